@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install kikimimi with the given extras.
+# torch goes first, pinned to a release the local CPU wheel satisfies, so that
+# no later package can pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-dev,eval}"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if [ -d /opt/wheels ]; then PIP+=(--find-links /opt/wheels); fi
+STAMP=".venv/.kikimimi-installed-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
+if [ ! -f "$STAMP" ]; then
+    .venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" "torch==2.13.0" || "${PIP[@]}" "torch>=2.3,<2.14"
+    "${PIP[@]}" -e ".[${EXTRAS}]"
+    touch "$STAMP"
+fi
