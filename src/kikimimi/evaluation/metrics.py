@@ -1,0 +1,140 @@
+"""Classification metrics for downstream evaluation (numpy only, no retrieval metrics here).
+
+Conventions: ``y_true`` / ``y_pred`` are integer class indices ``[N]``; multi-label targets are 0/1
+``[N, C]`` with scores ``[N, C]`` (logits or probabilities — only the ranking matters for AP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "MURMUR_WEIGHTS",
+    "accuracy",
+    "average_precision",
+    "confusion_matrix",
+    "macro_map",
+    "murmur_weighted_accuracy",
+    "per_class_accuracy",
+    "uar",
+    "weighted_accuracy",
+]
+
+#: PhysioNet/CinC 2022 murmur weights.
+MURMUR_WEIGHTS: dict[str, float] = {"Present": 5.0, "Unknown": 3.0, "Absent": 1.0}
+
+
+def _as_1d(name: str, y: Sequence | np.ndarray) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D [N], got shape {arr.shape}")
+    return arr
+
+
+def accuracy(y_true: Sequence | np.ndarray, y_pred: Sequence | np.ndarray) -> float:
+    """Fraction of exact matches, ``mean(y_true == y_pred)``; ``nan`` for empty input."""
+    t, p = _as_1d("y_true", y_true), _as_1d("y_pred", y_pred)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ in length")
+    return float(np.mean(t == p)) if t.size else float("nan")
+
+
+def confusion_matrix(
+    y_true: Sequence | np.ndarray, y_pred: Sequence | np.ndarray, n_classes: int | None = None
+) -> np.ndarray:
+    """Counts ``[C, C]`` int64: row = true class, column = predicted class."""
+    t = _as_1d("y_true", y_true).astype(np.int64)
+    p = _as_1d("y_pred", y_pred).astype(np.int64)
+    if n_classes is None:
+        n_classes = int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (t, p), 1)
+    return cm
+
+
+def per_class_accuracy(
+    y_true: Sequence | np.ndarray, y_pred: Sequence | np.ndarray, n_classes: int | None = None
+) -> np.ndarray:
+    """Per-class accuracy (= recall) ``[C]``; ``nan`` for classes absent from ``y_true``."""
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def uar(y_true: Sequence | np.ndarray, y_pred: Sequence | np.ndarray, n_classes: int | None = None) -> float:
+    """Unweighted average recall: mean of per-class recall over classes present in ``y_true``."""
+    rec = per_class_accuracy(y_true, y_pred, n_classes)
+    return float(np.nanmean(rec)) if np.any(~np.isnan(rec)) else float("nan")
+
+
+def average_precision(y_true: Sequence | np.ndarray, scores: Sequence | np.ndarray) -> float:
+    """Average precision of one binary target ``[N]`` (0/1) ranked by ``scores`` ``[N]``.
+
+    Same definition as scikit-learn's ``average_precision_score``: ``Σ_k (R_k − R_{k−1}) P_k`` over
+    distinct score thresholds (tied scores form one threshold). ``nan`` when there is no positive.
+    """
+    t = _as_1d("y_true", y_true).astype(np.float64)
+    s = _as_1d("scores", scores).astype(np.float64)
+    n_pos = t.sum()
+    if n_pos <= 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    t, s = t[order], s[order]
+    tp = np.cumsum(t)
+    # last index of each run of equal scores = one threshold
+    last = np.r_[np.nonzero(np.diff(s))[0], t.size - 1]
+    tp_at = tp[last]
+    precision = tp_at / (last + 1)
+    recall = tp_at / n_pos
+    prev_recall = np.r_[0.0, recall[:-1]]
+    return float(np.sum((recall - prev_recall) * precision))
+
+
+def macro_map(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Macro mean average precision over the classes that have at least one positive.
+
+    Args:
+        y_true: 0/1 targets ``[N, C]``.
+        scores: scores ``[N, C]``.
+    """
+    t, s = np.asarray(y_true), np.asarray(scores)
+    if t.ndim != 2 or t.shape != s.shape:
+        raise ValueError(
+            f"macro_map needs y_true and scores of the same [N, C] shape, got {t.shape}, {s.shape}"
+        )
+    aps = [average_precision(t[:, c], s[:, c]) for c in range(t.shape[1]) if t[:, c].sum() > 0]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def weighted_accuracy(y_true: Sequence, y_pred: Sequence, weights: Mapping[str | int, float]) -> float:
+    """Class-weighted accuracy ``Σ_c w_c·TP_c / Σ_c w_c·N_c`` (``N_c`` = number of true items of class c).
+
+    Labels may be strings or ints; every true label must have a weight.
+    """
+    t, p = list(y_true), list(y_pred)
+    if len(t) != len(p):
+        raise ValueError(f"y_true ({len(t)}) and y_pred ({len(p)}) differ in length")
+    missing = sorted({str(x) for x in t if x not in weights})
+    if missing:
+        raise ValueError(f"no weight for label(s) {missing}; weights cover {sorted(map(str, weights))}")
+    num = sum(weights[a] for a, b in zip(t, p, strict=True) if a == b)
+    den = sum(weights[a] for a in t)
+    return float(num / den) if den > 0 else float("nan")
+
+
+def murmur_weighted_accuracy(
+    y_true: Sequence, y_pred: Sequence, class_names: Sequence[str] | None = None
+) -> float:
+    """PhysioNet 2022 murmur W.acc = (5·TP_P + 3·TP_U + TP_A) / (5·N_P + 3·N_U + N_A).
+
+    Args:
+        y_true, y_pred: ``"Present"``/``"Unknown"``/``"Absent"`` strings, or indices into ``class_names``.
+        class_names: names for integer labels (e.g. ``["Absent", "Present", "Unknown"]``).
+    """
+    if class_names is not None:
+        y_true = [class_names[int(i)] for i in y_true]
+        y_pred = [class_names[int(i)] for i in y_pred]
+    return weighted_accuracy(y_true, y_pred, MURMUR_WEIGHTS)

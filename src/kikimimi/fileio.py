@@ -1,0 +1,261 @@
+"""File helpers: atomic writers, input-list collection (files / folders / CSV lists), stable keys.
+
+Atomic writers write to a temporary file in the destination folder, flush + fsync it, then
+``os.replace`` it over the destination: readers see either the old file or the complete new one,
+never a partial write. If writing fails the temporary file is removed and the old file is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "InputListError",
+    "atomic_open",
+    "atomic_save_npy",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "collect_audio_files",
+    "relative_key",
+]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+#: Column names recognised (case-insensitively) in CSV input lists, in order of preference.
+CSV_PATH_COLUMNS = ("file_name", "path")
+
+
+class InputListError(ValueError):
+    """A CSV input list cannot be used. The message names the file and (when known) the row."""
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writers
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on clean exit fsync it and move it onto ``path``.
+
+    ``mode`` must be a write mode (``"wb"`` or ``"w"``; text kwargs such as ``encoding`` pass
+    through). On an exception inside the block the temporary file is deleted, ``path`` is left
+    untouched and the exception propagates. The new file gets the old file's permission bits, or
+    the usual ``0o666 & ~umask`` for a new file.
+    """
+    if mode not in ("w", "wb", "wt"):
+        raise ValueError(f"atomic_open supports write modes 'w'/'wb', got {mode!r}")
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            perm = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            perm = 0o666 & ~_UMASK
+        os.chmod(tmp_name, perm)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename (best effort; not supported on every platform)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Atomically replace ``path`` with ``text`` (newlines written as given)."""
+    with atomic_open(path, "w", encoding=encoding, newline="") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    """Atomically write ``obj`` as JSON (UTF-8, trailing newline)."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False)  # serialise first: errors leave no file
+    atomic_write_text(path, text + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Atomically write ``array`` in ``.npy`` format to exactly ``path`` (no suffix is added)."""
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Atomically ``torch.save(obj)`` to ``path``."""
+    import torch
+
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+# --------------------------------------------------------------------------------------------
+# Input collection
+# --------------------------------------------------------------------------------------------
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _scan_folder(folder: Path, recursive: bool) -> list[Path]:
+    """Audio files below ``folder``, sorted by relative path; hidden files/folders (``.x``,
+    macOS ``._x.wav`` resource forks) are skipped."""
+    found = []
+    pattern = folder.rglob("*") if recursive else folder.glob("*")
+    for p in pattern:
+        rel = p.relative_to(folder)
+        if p.suffix.lower() in AUDIO_EXTENSIONS and not _is_hidden(rel) and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _read_csv_list(csv_path: Path) -> list[Path]:
+    """Paths listed in a CSV. See :func:`collect_audio_files` for the rules."""
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise InputListError(f"'{csv_path}': input list not found") from exc
+    except UnicodeDecodeError as exc:
+        raise InputListError(
+            f"'{csv_path}': not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise InputListError(f"'{csv_path}': cannot read input list ({exc.strerror or exc})") from exc
+    if "\x00" in text:
+        raise InputListError(f"'{csv_path}': contains NUL bytes; not a CSV text file")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise InputListError(f"'{csv_path}': malformed CSV at row {reader.line_num}: {exc}") from exc
+    if not rows:
+        raise InputListError(f"'{csv_path}': the input list is empty")
+
+    first_line, header = rows[0]
+    names = [c.strip().lower() for c in header]
+    column = next((names.index(n) for n in CSV_PATH_COLUMNS if n in names), None)
+    if column is not None:
+        data = rows[1:]
+    elif Path(header[0].strip()).suffix.lower() in AUDIO_EXTENSIONS:
+        column, data = 0, rows  # no header line: the first row is already a file
+    else:
+        column, data = 0, rows[1:]  # unknown header: use the first column
+    if not data:
+        raise InputListError(f"'{csv_path}': the input list has a header (row {first_line}) but no rows")
+
+    base = csv_path.parent
+    out = []
+    for line, row in data:
+        if len(row) != len(header):
+            raise InputListError(
+                f"'{csv_path}': row {line} has {len(row)} fields but the header (row {first_line}) "
+                f"has {len(header)}")
+        name = row[column].strip()
+        if not name:
+            raise InputListError(f"'{csv_path}': row {line} has an empty file name")
+        p = Path(name).expanduser()
+        out.append(p if p.is_absolute() else base / p)
+    return out
+
+
+def collect_audio_files(inputs: Sequence[str | os.PathLike], *, recursive: bool = True) -> list[Path]:
+    """Expand user inputs into a list of audio file paths.
+
+    Each input may be:
+    - a folder: its audio files (:data:`AUDIO_EXTENSIONS`, case-insensitive), recursively when
+      ``recursive``, sorted by relative path; hidden files and folders are skipped;
+    - a ``.csv`` list: column ``file_name`` or ``path`` if present, else the first column (the
+      first row is data when it names an audio file, else a header); relative paths are resolved
+      against the CSV's folder. Listed files that do not exist are kept, so the consumer reports
+      them. Problems with the CSV itself raise :class:`InputListError` naming the file and row;
+    - any other path: kept as given (even when missing or not an audio extension; the decoder
+      reports the problem).
+    Order follows the inputs; repeated paths are kept once (first occurrence).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    out: list[Path] = []
+    seen: set[str] = set()
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = _scan_folder(p, recursive)
+        elif p.suffix.lower() == ".csv":
+            found = _read_csv_list(p)
+        else:
+            found = [p]
+        for f in found:
+            key = os.path.normpath(os.path.abspath(f))
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def relative_key(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+    """A stable, filesystem-safe key for an input file, e.g. for cache and output file names.
+
+    ``path`` relative to ``root`` as a POSIX string (``"sub/a.wav"``) when it lies under ``root``;
+    otherwise ``"_ext/<8 hex of the absolute path hash>/<file name>"`` so that files with the same
+    name from different folders never collide. ``root=None`` uses only the hashed form.
+    """
+    abs_path = os.path.normpath(os.path.abspath(os.fspath(path)))
+    if root is not None:
+        abs_root = os.path.normpath(os.path.abspath(os.fspath(root)))
+        try:
+            rel = os.path.relpath(abs_path, abs_root)
+        except ValueError:  # different drives (Windows)
+            rel = None
+        if rel is not None and rel != "." and not rel.startswith(".." + os.sep) and rel != "..":
+            return Path(rel).as_posix()
+    digest = hashlib.sha1(abs_path.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"_ext/{digest}/{os.path.basename(abs_path)}"
