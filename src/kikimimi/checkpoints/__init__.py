@@ -1,0 +1,40 @@
+"""Checkpoint import/export: safe loading, official NTT layouts, kikimimi's safetensors format.
+
+- :func:`safe_torch_load` — ``torch.load`` with ``weights_only=True`` and a small allow-list.
+- :func:`parse_official_name` — sizes from official folder/file names (fact-sheet-m2d §4.3).
+- :func:`load_encoder` — official M2D / M2D-CLAP / BYOL-A files or kikimimi folders → :class:`EncoderBundle`.
+- :func:`save_kikimimi` / :func:`to_official_state_dict` — write our format / export the official layout.
+"""
+
+from kikimimi.checkpoints.bundle import EncoderBundle, TaggingHead
+from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.checkpoints.importer import BYOLA_FALLBACK_STATS, load_encoder
+from kikimimi.checkpoints.names import OfficialName, parse_official_name, try_parse_official_name
+from kikimimi.checkpoints.ours import (
+    LICENCE_NOTE,
+    is_kikimimi_checkpoint,
+    load_kikimimi,
+    official_folder_name,
+    save_kikimimi,
+    to_official_state_dict,
+)
+from kikimimi.checkpoints.safe_load import SAFE_GLOBALS, safe_torch_load
+
+__all__ = [
+    "BYOLA_FALLBACK_STATS",
+    "CheckpointError",
+    "EncoderBundle",
+    "LICENCE_NOTE",
+    "OfficialName",
+    "SAFE_GLOBALS",
+    "TaggingHead",
+    "is_kikimimi_checkpoint",
+    "load_encoder",
+    "load_kikimimi",
+    "official_folder_name",
+    "parse_official_name",
+    "safe_torch_load",
+    "save_kikimimi",
+    "to_official_state_dict",
+    "try_parse_official_name",
+]

@@ -1,0 +1,127 @@
+"""Parse official NTT weight names (fact-sheet-m2d §4.3–4.4, fact-sheet-byola-evar §1.5).
+
+M2D grammar: ``<model_cls>-<params>-<anything>``; ``params`` split on the letter ``p`` gives
+``[input FxT, patch fxt, optional sample rate 16k|32k, extras...]``, e.g.
+``m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025`` → input 80x1001, patch 16x16, 16 kHz, extras (B, TI).
+The official loaders read the *parent folder* name of the weight file; the file stem is the fallback.
+
+BYOL-A: ``AudioNTT2020-BYOLA-64x96d512`` (v1, d from ``d\\d+``) and ``AudioNTT2022-BYOLA-64x96d2048``
+(v2; the 2048 is the MLP width, the frame feature is 3072-d).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kikimimi.checkpoints.errors import CheckpointError
+
+__all__ = ["OfficialName", "parse_official_name", "try_parse_official_name", "BYOLA_V2_FEATURE_D"]
+
+#: Frame feature size of the released BYOL-A v2 encoder (1024 conv + 2048 MLP), fact-sheet-byola-evar §1.4.
+BYOLA_V2_FEATURE_D = 3072
+
+_M2D_RE = re.compile(r"^(?P<cls>[A-Za-z0-9_]+)-(?P<params>\d+x\d+p\d+x\d+(?:p[A-Za-z0-9]+)*)(?:-.*)?$")
+_BYOLA_RE = re.compile(r"^(?P<cls>AudioNTT20(?:20|22)\w*)-(?:.*?)(?P<f>\d+)x(?P<t>\d+)d(?P<d>\d+)")
+_SR_RE = re.compile(r"^(\d+)k$")
+
+
+@dataclass(frozen=True)
+class OfficialName:
+    """Facts encoded in an official weight name.
+
+    Attributes:
+        model_cls: factory name, e.g. ``m2d_vit_base`` / ``m2d_s_vit_base`` / ``AudioNTT2020``.
+        input_size: training input ``(n_mels, frames)``, e.g. ``(80, 608)``.
+        patch_size: ``(freq, time)`` patch in bins/frames (M2D only, else ``None``).
+        sample_rate: model sample rate in Hz (16000 unless the name says ``32k``).
+        extras: remaining ``p``-separated tokens, e.g. ``("B", "TI")``.
+        family: ``"m2d"`` or ``"byola"``.
+        feature_d: BYOL-A frame feature size (v1: d from the name; v2: 3072), ``None`` for M2D.
+        name: the string that was parsed (folder name or file stem).
+    """
+
+    model_cls: str
+    input_size: tuple[int, int] | None
+    patch_size: tuple[int, int] | None
+    sample_rate: int
+    extras: tuple[str, ...] = ()
+    family: str = "m2d"
+    feature_d: int | None = None
+    name: str = ""
+
+    @property
+    def is_m2d_s(self) -> bool:
+        """True for M2D-S (speech) names, whose stored ``norm_stats`` are not their training stats."""
+        return self.family == "m2d" and self.model_cls.startswith("m2d_s_")
+
+    @property
+    def byola_version(self) -> int | None:
+        """1 for ``AudioNTT2020*``, 2 for ``AudioNTT2022*``, ``None`` for M2D."""
+        if self.family != "byola":
+            return None
+        return 2 if self.model_cls.startswith("AudioNTT2022") else 1
+
+
+def _pair(text: str) -> tuple[int, int]:
+    a, b = text.split("x")
+    return int(a), int(b)
+
+
+def _parse_string(name: str) -> OfficialName | None:
+    m = _M2D_RE.match(name)
+    if m:
+        parts = m.group("params").split("p")
+        input_size, patch_size = _pair(parts[0]), _pair(parts[1])
+        rest = parts[2:]
+        sample_rate = 16000
+        if rest and _SR_RE.match(rest[0]):
+            sample_rate = int(_SR_RE.match(rest[0]).group(1)) * 1000
+            rest = rest[1:]
+        return OfficialName(
+            m.group("cls"), input_size, patch_size, sample_rate, tuple(rest), "m2d", None, name
+        )
+    m = _BYOLA_RE.match(name)
+    if m:
+        cls = m.group("cls")
+        d = int(m.group("d"))
+        feature_d = BYOLA_V2_FEATURE_D if cls.startswith("AudioNTT2022") else d
+        return OfficialName(
+            cls, (int(m.group("f")), int(m.group("t"))), None, 16000, (), "byola", feature_d, name
+        )
+    return None
+
+
+def try_parse_official_name(path: str | Path) -> OfficialName | None:
+    """Like :func:`parse_official_name` but returns ``None`` when no candidate name parses."""
+    path = Path(path)
+    candidates = [path.parent.name, path.stem, path.name]
+    for candidate in candidates:
+        if candidate:
+            parsed = _parse_string(candidate)
+            if parsed is not None:
+                return parsed
+    return None
+
+
+def parse_official_name(path: str | Path) -> OfficialName:
+    """Read model facts from the parent folder name of ``path``, falling back to the file name/stem.
+
+    Args:
+        path: a weight file (``.../m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth``), a folder,
+            or a bare name string.
+
+    Raises:
+        CheckpointError: neither the parent folder nor the file name follows an official naming scheme.
+    """
+    parsed = try_parse_official_name(path)
+    if parsed is None:
+        raise CheckpointError(
+            path,
+            "cannot read the model size from the name: neither the parent folder nor the file name looks "
+            "like '<model_cls>-<F>x<T>p<f>x<t>[p16k|p32k][p<extra>...]-<anything>' (M2D) or "
+            "'AudioNTT2020-BYOLA-64x96d512' (BYOL-A). Keep the official folder name or pass the sizes "
+            "explicitly (input_size=..., patch_size=...).",
+        )
+    return parsed

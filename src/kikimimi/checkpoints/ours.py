@@ -1,0 +1,255 @@
+"""kikimimi's own checkpoint format and export back to the official encoder-only layout.
+
+A kikimimi checkpoint is a folder with
+
+- ``model.safetensors``: every tensor, named ``encoder.*``, ``head.*``, ``audio_proj.*``, ``text_proj.*``,
+  ``text_encoder.*`` and ``logit_scale`` (no pickle, so loading cannot run code);
+- ``config.json``: ``format``/``format_version``, the bundle ``config`` (family, ViT or BYOL-A sizes,
+  extras), the ``frontend`` config, ``norm_stats`` ``[mean, std]``, which ``extras`` exist, the source
+  file and a licence note.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kikimimi.checkpoints.bundle import EncoderBundle
+from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.fileio import atomic_write_bytes, atomic_write_json
+from kikimimi.frontend import FrontendConfig
+from kikimimi.normstats import NormStats
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_NAME",
+    "LICENCE_NOTE",
+    "WEIGHTS_NAME",
+    "is_kikimimi_checkpoint",
+    "load_kikimimi",
+    "official_folder_name",
+    "save_kikimimi",
+    "to_official_state_dict",
+]
+
+FORMAT_NAME = "kikimimi"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+LICENCE_NOTE = (
+    "Weights converted from official NTT releases keep their original licence (the authors' terms, "
+    "typically evaluation/research use only); converting the file format does not change it. The kikimimi "
+    "code is Apache-2.0; that licence does not extend to third-party weights."
+)
+_PARTS = ("encoder", "head", "audio_proj", "text_proj")
+
+
+def _config_path(path: Path) -> Path:
+    return path / CONFIG_NAME if path.is_dir() else path.with_name(CONFIG_NAME)
+
+
+def is_kikimimi_checkpoint(path: str | Path) -> bool:
+    """True for a folder holding ``config.json`` or a ``.safetensors`` file with ``config.json`` beside it."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / CONFIG_NAME).is_file()
+    return path.suffix == ".safetensors"
+
+
+def _tensors(bundle: EncoderBundle) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for part in _PARTS:
+        module = getattr(bundle, part)
+        if module is not None:
+            for key, value in module.state_dict().items():
+                out[f"{part}.{key}"] = value
+    for key, value in (bundle.text_encoder_state or {}).items():
+        out[f"text_encoder.{key}"] = value
+    if bundle.logit_scale is not None:
+        out["logit_scale"] = torch.tensor(float(bundle.logit_scale), dtype=torch.float32)
+    # safetensors needs contiguous, non-aliased CPU tensors
+    return {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}
+
+
+def save_kikimimi(bundle: EncoderBundle, out_dir: str | Path) -> Path:
+    """Write ``bundle`` as ``out_dir/model.safetensors`` + ``out_dir/config.json``; returns ``out_dir``.
+
+    Both files are written atomically (temporary file + rename).
+    """
+    from safetensors.torch import save as st_save
+
+    if not isinstance(bundle, EncoderBundle):
+        raise TypeError(f"save_kikimimi expects an EncoderBundle, got {type(bundle).__name__}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(out_dir, "exists and is not a folder; kikimimi checkpoints are folders")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = _tensors(bundle)
+    atomic_write_bytes(out_dir / WEIGHTS_NAME, st_save(tensors, metadata={"format": "pt"}))
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "family": bundle.family,
+        "config": bundle.config,
+        "frontend": bundle.frontend.to_dict(),
+        "norm_stats": bundle.norm_stats.to_list(),
+        "extras": {
+            "head": bundle.head is not None,
+            "audio_proj": bundle.audio_proj is not None,
+            "text_proj": bundle.text_proj is not None,
+            "text_encoder": bool(bundle.text_encoder_state),
+            "logit_scale": bundle.logit_scale is not None,
+        },
+        "source": bundle.config.get("source"),
+        "licence_note": LICENCE_NOTE,
+    }
+    atomic_write_json(out_dir / CONFIG_NAME, meta)
+    return out_dir
+
+
+def _check_override(path: Path, label: str, given: Any, stored: Any) -> None:
+    if given is not None and list(given) != list(stored):
+        raise CheckpointError(
+            path,
+            f"{label} override {tuple(given)} differs from the stored {tuple(stored)}; "
+            "a kikimimi checkpoint's sizes are fixed by its tensors",
+        )
+
+
+def load_kikimimi(
+    path: str | Path,
+    *,
+    size: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    patch_size: tuple[int, int] | None = None,
+    sample_rate: int | None = None,
+    norm_stats: NormStats | None = None,
+) -> EncoderBundle:
+    """Load a folder written by :func:`save_kikimimi` (or its ``model.safetensors``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from kikimimi.checkpoints.importer import assemble_bundle
+
+    path = Path(path)
+    config_path = _config_path(path)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not config_path.is_file():
+        raise CheckpointError(
+            config_path, f"missing: {weights.name} needs the {CONFIG_NAME} written beside it"
+        )
+    if not weights.is_file():
+        raise CheckpointError(weights, "file not found (a kikimimi folder holds model.safetensors)")
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(config_path, f"unreadable JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(config_path, 'not a kikimimi config (expected "format": "kikimimi")')
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            config_path,
+            f"format_version {meta['format_version']} is newer than this "
+            f"kikimimi supports ({FORMAT_VERSION}); upgrade kikimimi",
+        )
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(weights, f"unreadable safetensors file ({exc})") from exc
+    config = meta["config"]
+    if config.get("family") == "m2d":
+        vit = config["vit"]
+        _check_override(path, "input_size", input_size, vit["input_size"])
+        _check_override(path, "patch_size", patch_size, vit["patch_size"])
+        if sample_rate is not None and int(sample_rate) != int(vit["sample_rate"]):
+            raise CheckpointError(
+                path, f"sample_rate {sample_rate} differs from the stored {vit['sample_rate']}"
+            )
+        if size is not None:
+            from kikimimi.models.vit import VIT_SIZES
+
+            if tuple(VIT_SIZES.get(size, ())) != (vit["embed_dim"], vit["depth"], vit["num_heads"]):
+                raise CheckpointError(
+                    path,
+                    f"size={size!r} does not match the stored ViT "
+                    f"({vit['embed_dim']}-d, depth {vit['depth']}, {vit['num_heads']} heads)",
+                )
+    elif any(v is not None for v in (size, input_size, patch_size)):
+        raise CheckpointError(path, "size/input_size/patch_size overrides apply to M2D checkpoints only")
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in _PARTS}
+    text_encoder: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in tensors.items():
+        head, _, rest = key.partition(".")
+        if head in parts:
+            parts[head][rest] = value
+        elif head == "text_encoder":
+            text_encoder[rest] = value
+        elif key == "logit_scale":
+            parts["logit_scale"] = {"": value}
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(weights, f"unexpected tensors {unknown[:8]} (not written by save_kikimimi)")
+    stats = norm_stats or NormStats.from_list(meta["norm_stats"])
+    frontend = FrontendConfig.from_dict(meta["frontend"])
+    return assemble_bundle(config, frontend, stats, parts, weights, text_encoder_state=text_encoder or None)
+
+
+def to_official_state_dict(
+    bundle: EncoderBundle, *, include_head: bool = True
+) -> OrderedDict[str, torch.Tensor]:
+    """Encoder-only state dict in the official layout, with ``norm_stats`` [2].
+
+    M2D: portable-ViT keys + ``audio_proj.*``/``text_proj.*``/``logit_scale`` when present (the
+    ``*_enconly`` layout); with a bundled text encoder, every key is prefixed ``backbone.`` and the text
+    encoder is stored under ``text_encoder.`` (the M2D-CLAP 2025 layout). BYOL-A: ``features.*``/``fc.*``
+    plus ``norm_stats`` (ignored by the official BYOL-A loaders). A tagging head is written with the EVAR
+    names ``module.head.norm.*`` / ``module.head.mlp.mlp.0.*`` (dropped by official encoder loaders).
+    """
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    out["norm_stats"] = bundle.norm_stats.to_tensor()
+    for key, value in bundle.encoder.state_dict().items():
+        out[key] = value.detach().clone()
+    for part in ("audio_proj", "text_proj"):
+        module = getattr(bundle, part)
+        if module is not None:
+            for key, value in module.state_dict().items():
+                out[f"{part}.{key}"] = value.detach().clone()
+    if bundle.logit_scale is not None:
+        out["logit_scale"] = torch.tensor(float(bundle.logit_scale))
+    if bundle.text_encoder_state:
+        out = OrderedDict((f"backbone.{k}", v) for k, v in out.items())
+        for key, value in bundle.text_encoder_state.items():
+            out[f"text_encoder.{key}"] = value.detach().clone()
+    if include_head and bundle.head is not None:
+        for key, value in bundle.head.state_dict().items():
+            part, _, rest = key.partition(".")
+            name = "module.head.norm." + rest if part == "norm" else "module.head.mlp.mlp.0." + rest
+            out[name] = value.detach().clone()
+    return out
+
+
+def official_folder_name(bundle: EncoderBundle, suffix: str = "kikimimi") -> str:
+    """A folder name in the official grammar, so name-parsing loaders find the sizes.
+
+    e.g. ``m2d_vit_base-80x608p16x16-kikimimi``, ``m2d_clap_vit_base-80x1001p16x16p16kpBpTI-kikimimi``,
+    ``AudioNTT2020-BYOLA-64x96d512``.
+    """
+    config = bundle.config
+    if bundle.family == "byola":
+        cfg = config["byola"]
+        if int(cfg["version"]) == 1:
+            return f"AudioNTT2020-BYOLA-{cfg['n_mels']}x96d{cfg['d']}"
+        mlp_d = int(bundle.encoder.state_dict()["fc.0.weight"].shape[0])
+        return f"AudioNTT2022-BYOLA-{cfg['n_mels']}x96d{mlp_d}"
+    vit = config["vit"]
+    params = f"{vit['input_size'][0]}x{vit['input_size'][1]}p{vit['patch_size'][0]}x{vit['patch_size'][1]}"
+    extras = list(config.get("name_extras") or [])
+    if extras or int(vit["sample_rate"]) != 16000:
+        params += f"p{int(vit['sample_rate']) // 1000}k" + "".join(f"p{e}" for e in extras)
+    return f"{config.get('model_cls') or 'm2d_vit_base'}-{params}-{suffix}"

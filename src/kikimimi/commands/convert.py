@@ -1,0 +1,89 @@
+"""``kikimimi convert SRC OUT [--to kikimimi|official] [--trust-pickle]``.
+
+``--to kikimimi`` (default): any official file (or kikimimi folder) → folder ``OUT`` with
+``model.safetensors`` + ``config.json``. ``--to official``: → an encoder-only official-layout ``.pth``
+(``OUT`` ending in ``.pth``/``.pt`` is the file; otherwise ``OUT`` is a folder and the file is written to
+``OUT/<official-folder-name>/weights_enconly.pth`` so that name-parsing loaders find the sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "convert"
+HELP = "Convert official NTT checkpoints to kikimimi's safetensors format (or back to the official layout)."
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        a, b = text.lower().split("x")
+        return int(a), int(b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AxB (e.g. 80x608), got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, help="official .pth/.ckpt file or kikimimi folder")
+    parser.add_argument("out", type=Path, help="output folder (kikimimi) or .pth file / folder (official)")
+    parser.add_argument("--to", choices=("kikimimi", "official"), default="kikimimi", help="output format")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects in SRC (can run code: only for files you trust)",
+    )
+    parser.add_argument("--size", default=None, help="ViT size name to check (tiny/small/base/large)")
+    parser.add_argument("--input-size", type=_pair, default=None, help="training input FxT, e.g. 80x608")
+    parser.add_argument("--patch-size", type=_pair, default=None, help="patch fxt, e.g. 16x16")
+    parser.add_argument("--sample-rate", type=int, default=None, help="model sample rate in Hz")
+    parser.add_argument(
+        "--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"), default=None, help="log-mel mean, std"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from kikimimi.checkpoints import (
+        LICENCE_NOTE,
+        CheckpointError,
+        load_encoder,
+        official_folder_name,
+        save_kikimimi,
+        to_official_state_dict,
+    )
+    from kikimimi.fileio import atomic_torch_save
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bundle = load_encoder(
+                args.src,
+                size=args.size,
+                input_size=args.input_size,
+                patch_size=args.patch_size,
+                sample_rate=args.sample_rate,
+                norm_stats=args.norm_stats,
+                trust_pickle=args.trust_pickle,
+            )
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        if args.to == "kikimimi":
+            out = save_kikimimi(bundle, args.out)
+        else:
+            out = args.out
+            if out.suffix not in (".pth", ".pt"):
+                out = out / official_folder_name(bundle) / "weights_enconly.pth"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(to_official_state_dict(bundle), out)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    extras = [k for k in ("head", "audio_proj", "text_proj") if getattr(bundle, k) is not None]
+    if bundle.text_encoder_state:
+        extras.append("text_encoder")
+    print(f"wrote {out} ({bundle.family}, norm_stats {bundle.norm_stats.to_list()}, "
+          f"extras: {', '.join(extras) or 'none'})")  # fmt: skip
+    print(f"note: {LICENCE_NOTE}")
+    return 0

@@ -1,0 +1,443 @@
+"""`kikimimi pretrain`: self-supervised pre-training of M2D or BYOL-A (v1/v2) on a corpus.
+
+Settings are resolved in this order: explicit command-line flags > ``--config FILE.json`` (keys = the
+long option names with ``_``) > per-method defaults from the fact sheets (M2D: fact-sheet-m2d §3.1;
+BYOL-A: fact-sheet-byola-evar §1.6). With ``--steps`` and no explicit warm-up, the warm-up keeps the
+recipe's fraction of the run (M2D: 20/300 of the steps). Every resolved setting is written to
+``config.json`` in the run folder, which is created inside ``--out`` with an official-style name:
+
+- M2D: ``m2d_vit_<size>-<F>x<T>p<f>x<t>[p32k]-<yymmdd>[-<n>]`` (the name parsers recover the input and
+  patch sizes and the sample rate from it) holding ``checkpoint-<step>.pth`` in the official layout;
+- BYOL-A: ``AudioNTT2020-BYOLA-<F>x<T>d<d>-<yymmdd>`` (v2: ``AudioNTT2022-…``), plus the encoder state
+  dict ``AudioNTT2020-BYOLA-<F>x<T>d<d>.pth`` written at the end.
+
+Multi-process: ``torchrun --nproc_per_node=N -m kikimimi pretrain …`` (gloo on CPU, nccl on CUDA);
+``--batch-size`` is per process. ``--resume RUN_DIR|CHECKPOINT`` restores every setting from the
+checkpoint (only ``--steps/--epochs``, ``--workers``, ``--device``, ``--amp`` may change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+NAME = "pretrain"
+HELP = "pre-train an M2D or BYOL-A encoder on audio files or a prep cache"
+
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "m2d": {
+        "size": "base",
+        "input_frames": 608,
+        "patch_size": "16x16",
+        "sample_rate": 16000,
+        "mask_ratio": 0.7,
+        "epochs": 300,
+        "warmup_epochs": 20,
+        "batch_size": 512,
+        "accum_iter": 1,
+        "blr": 3e-4,
+        "lr": None,
+        "min_lr": 0.0,
+        "optimizer": "adamw",
+        "betas": [0.9, 0.95],
+        "weight_decay": 0.05,
+        "schedule": "cosine",
+        "grad_clip": 3.0,
+        "seed": 3,
+        "min_epoch_size": 10000,
+    },
+    "byola": {
+        "size": None,
+        "input_frames": 96,
+        "sample_rate": 16000,
+        "epochs": 100,
+        "batch_size": 256,
+        "accum_iter": 1,
+        "lr": 3e-4,
+        "blr": None,
+        "min_lr": 0.0,
+        "optimizer": "adam",
+        "betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "grad_clip": None,
+        "seed": 42,
+        "min_epoch_size": 0,
+    },
+}
+METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "lr": 1e-4}
+COMMON_DEFAULTS: dict[str, Any] = {
+    "steps": None,
+    "warmup_steps": None,
+    "warmup_epochs": None,
+    "workers": 0,
+    "device": "auto",
+    "amp": "auto",
+    "save_every": None,
+    "keep_checkpoints": None,
+    "log_every": 10,
+    "norm_stats": None,
+    "norm_samples": 10000,
+    "pad_mode": None,
+    "frontend_on_device": False,
+    "init_from": None,
+    "byola_dim": None,
+    "run_name": None,
+    "progress": True,
+}
+#: settings that may change when resuming
+RESUME_OVERRIDES = ("steps", "epochs", "workers", "device", "amp", "progress", "save_every", "log_every")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # absent flags stay absent so config file / method defaults apply
+    p.add_argument("--method", choices=("m2d", "byola", "byola2"), default=S, help="objective (required)")
+    p.add_argument(
+        "--data", nargs="+", default=S, metavar="CORPUS", help="audio folders, CSV lists or prep caches"
+    )
+    p.add_argument("--out", default=S, help="parent folder of the run folder (default: runs)")
+    p.add_argument(
+        "--size", choices=("tiny", "small", "base", "large"), default=S, help="M2D ViT size (base)"
+    )
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=S, help="optimiser steps")
+    length.add_argument("--epochs", type=float, default=S, help="epochs (M2D 300, BYOL-A 100)")
+    p.add_argument("--batch-size", type=int, default=S, help="items per process (M2D 512, BYOL-A 256)")
+    p.add_argument("--accum-iter", type=int, default=S, help="gradient accumulation micro-batches (1)")
+    lr = p.add_mutually_exclusive_group()
+    lr.add_argument("--lr", type=float, default=S, help="absolute learning rate (BYOL-A 3e-4 / v2 1e-4)")
+    lr.add_argument(
+        "--blr", type=float, default=S, help="base lr; lr = blr × effective batch / 256 (M2D 3e-4)"
+    )
+    p.add_argument("--min-lr", type=float, default=S, help="end of the cosine schedule (0)")
+    p.add_argument("--warmup-epochs", type=float, default=S, help="linear warm-up (M2D 20 epochs)")
+    p.add_argument("--warmup-steps", type=int, default=S, help="linear warm-up in steps (overrides epochs)")
+    p.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (M2D 0.05)")
+    p.add_argument("--grad-clip", type=float, default=S, help="max gradient norm (M2D 3.0; 0 = off)")
+    p.add_argument("--input-frames", type=int, default=S, help="crop length in frames (M2D 608, BYOL-A 96)")
+    p.add_argument("--patch-size", default=S, help="M2D patch FxT in (bins x frames), e.g. 16x16")
+    p.add_argument("--sample-rate", type=int, choices=(16000, 32000), default=S, help="M2D rate in Hz")
+    p.add_argument("--mask-ratio", type=float, default=S, help="M2D mask ratio (0.7)")
+    p.add_argument("--byola-dim", type=int, default=S, help="BYOL-A encoder output d (v1 512, v2 3072)")
+    p.add_argument("--min-epoch-size", type=int, default=S, help="repeat small corpora up to N items/epoch")
+    p.add_argument(
+        "--pad-mode",
+        choices=("wave_zero", "log_silence", "log_zero"),
+        default=S,
+        help="padding of short items (audio: wave_zero, cache: log_silence)",
+    )
+    p.add_argument(
+        "--norm-stats",
+        type=float,
+        nargs=2,
+        metavar=("MEAN", "STD"),
+        default=S,
+        help="log-mel normalisation (default: estimated from the corpus)",
+    )
+    p.add_argument("--norm-samples", type=int, default=S, help="crops used to estimate norm stats (10000)")
+    p.add_argument(
+        "--frontend-on-device",
+        action="store_true",
+        default=S,
+        help="compute log-mels on the training device instead of in data workers (audio only)",
+    )
+    p.add_argument("--workers", type=int, default=S, help="DataLoader worker processes (0)")
+    p.add_argument("--device", default=S, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=S, help="mixed precision (auto)")
+    p.add_argument("--seed", type=int, default=S, help="seed (M2D 3, BYOL-A 42)")
+    p.add_argument("--save-every", type=int, default=S, help="checkpoint period in steps (default: end only)")
+    p.add_argument("--keep-checkpoints", type=int, default=S, help="keep only the newest N checkpoints")
+    p.add_argument("--log-every", type=int, default=S, help="log period in steps (10)")
+    p.add_argument("--run-name", default=S, help="run folder name (default: official-style name)")
+    p.add_argument("--resume", default=S, help="continue a run: run folder or checkpoint file")
+    p.add_argument(
+        "--init-from",
+        default=S,
+        metavar="OFFICIAL_CHECKPOINT",
+        help="further pre-training: start from an official full checkpoint",
+    )
+    p.add_argument("--config", default=S, metavar="FILE.json", help="settings file (keys = option names)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def _parse_pair(text: Any, what: str) -> list[int]:
+    if isinstance(text, (list, tuple)):
+        return [int(v) for v in text]
+    try:
+        a, b = str(text).lower().split("x")
+        return [int(a), int(b)]
+    except ValueError:
+        raise ValueError(f"{what} must look like 16x16, got {text!r}") from None
+
+
+def resolve_settings(cli: dict[str, Any]) -> dict[str, Any]:
+    """Merge explicit flags, an optional ``--config`` JSON file and the method defaults."""
+    file_cfg: dict[str, Any] = {}
+    if cli.get("config"):
+        path = Path(cli["config"])
+        try:
+            file_cfg = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--config '{path}': cannot read JSON settings: {err}") from None
+        if not isinstance(file_cfg, dict):
+            raise ValueError(f"--config '{path}': expected a JSON object of settings")
+        file_cfg = {k.replace("-", "_"): v for k, v in file_cfg.items()}
+    method = cli.get("method") or file_cfg.get("method")
+    if method not in METHOD_DEFAULTS:
+        raise ValueError("--method is required: m2d, byola or byola2")
+    s: dict[str, Any] = {"out": "runs", **COMMON_DEFAULTS, **METHOD_DEFAULTS[method], **file_cfg}
+    explicit = {k: v for k, v in cli.items() if k not in ("config", "_run", "command")}
+    if "steps" in explicit or "epochs" in explicit:  # a length flag replaces the other one
+        s["steps"] = s["epochs"] = None
+    s.update(explicit)
+    s["method"] = method
+    if s.get("steps") is not None:
+        s["epochs"] = None
+        warm_given = any(k in src for src in (explicit, file_cfg) for k in ("warmup_steps", "warmup_epochs"))
+        if not warm_given:  # keep the recipe's warm-up fraction (M2D 20/300 epochs) for step-based runs
+            d = METHOD_DEFAULTS[method]
+            frac = (d.get("warmup_epochs") or 0) / d["epochs"]
+            s["warmup_epochs"], s["warmup_steps"] = None, int(round(frac * int(s["steps"])))
+    if not s.get("data") and not s.get("resume"):
+        raise ValueError("--data is required (audio folders, CSV lists or prep caches)")
+    if s.get("grad_clip") == 0:
+        s["grad_clip"] = None
+    if s.get("lr") is not None:
+        s["blr"] = None
+    if method == "m2d":
+        s["patch_size"] = _parse_pair(s["patch_size"], "--patch-size")
+    return s
+
+
+def _frontend_preset(s: dict[str, Any]) -> str:
+    if s["method"] == "m2d":
+        return "m2d-32k" if int(s["sample_rate"]) == 32000 else "m2d-16k"
+    return "byola"
+
+
+def _run_folder_name(s: dict[str, Any], n_mels: int, method_cfg: dict[str, Any]) -> str:
+    date = _dt.date.today().strftime("%y%m%d")
+    if s["method"] == "m2d":
+        f, t = s["patch_size"]
+        sr = "p32k" if int(s["sample_rate"]) == 32000 else ""
+        return f"m2d_vit_{s['size']}-{n_mels}x{s['input_frames']}p{f}x{t}{sr}-{date}"
+    return f"{_byola_stem(s, n_mels, method_cfg)}-{date}"
+
+
+def _byola_stem(s: dict[str, Any], n_mels: int, method_cfg: dict[str, Any]) -> str:
+    family = "AudioNTT2020" if s["method"] == "byola" else "AudioNTT2022"
+    return f"{family}-BYOLA-{n_mels}x{s['input_frames']}d{method_cfg.get('d')}"
+
+
+def _unique_dir(parent: Path, name: str) -> Path:
+    candidate, n = parent / name, 2
+    while candidate.exists():
+        candidate, n = parent / f"{name}-{n}", n + 1
+    return candidate
+
+
+def _build_method(s: dict[str, Any], norm_stats):
+    import torch
+
+    from kikimimi.methods import build_method
+
+    torch.manual_seed(int(s["seed"]))
+    if s["method"] == "m2d":
+        n_mels = 80
+        return build_method(
+            "m2d",
+            size=s["size"],
+            input_size=(n_mels, int(s["input_frames"])),
+            patch_size=tuple(s["patch_size"]),
+            sample_rate=int(s["sample_rate"]),
+            mask_ratio=float(s["mask_ratio"]),
+            norm_stats=norm_stats.to_list(),
+        )
+    kw: dict[str, Any] = {"n_mels": 64, "input_frames": int(s["input_frames"]), "lr": s.get("lr")}
+    if s.get("byola_dim"):
+        kw["d"] = int(s["byola_dim"])
+    return build_method(s["method"], **kw)
+
+
+def _load_official(path: str):
+    try:
+        from kikimimi.checkpoints import safe_torch_load
+    except ImportError:
+        import torch
+
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_torch_load(path)
+
+
+def _export_kikimimi(settings: dict[str, Any], official: Path, out: Path, stats) -> str | None:
+    """Also write the encoder in kikimimi's own format when :mod:`kikimimi.checkpoints` provides it."""
+    try:
+        from kikimimi.checkpoints import load_encoder, save_kikimimi
+    except ImportError:
+        return None
+    try:
+        kw: dict[str, Any] = {"norm_stats": stats.to_list()}
+        if settings["method"] == "m2d":
+            kw.update(
+                size=settings["size"],
+                input_size=(80, int(settings["input_frames"])),
+                patch_size=tuple(settings["patch_size"]),
+                sample_rate=int(settings["sample_rate"]),
+            )
+        save_kikimimi(load_encoder(official, **kw), out)
+    except Exception as err:  # optional export must not fail a finished run
+        print(f"note: kikimimi-format export skipped: {err}")
+        return None
+    return str(out)
+
+
+# ---------------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> int:
+    from kikimimi.data import CropDataset, DeviceLogMel, estimate_norm_stats, resolve_corpus
+    from kikimimi.fileio import atomic_torch_save, atomic_write_json
+    from kikimimi.normstats import NormStats
+    from kikimimi.train import TrainConfig, Trainer, load_training_checkpoint
+    from kikimimi.training.checkpointing import find_resume_checkpoint
+    from kikimimi.training.distributed import broadcast_object, cleanup_distributed, init_distributed
+
+    cli = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    resume_path = None
+    if cli.get("resume"):
+        resume_path = find_resume_checkpoint(cli["resume"])
+        saved = load_training_checkpoint(resume_path)["args"]
+        known = {
+            *COMMON_DEFAULTS,
+            *METHOD_DEFAULTS["m2d"],
+            *METHOD_DEFAULTS["byola"],
+            "data",
+            "method",
+            "out",
+        }
+        settings = {k: v for k, v in saved.items() if k in known}
+        for key in RESUME_OVERRIDES:
+            if key in cli:
+                settings[key] = cli[key]
+        if "steps" in cli:
+            settings["epochs"] = None
+        if "epochs" in cli:
+            settings["steps"] = None
+        settings["workers"] = cli.get("workers", saved.get("num_workers", 0))
+        settings["progress"] = cli.get("progress", True)
+        run_dir = resume_path.resolve().parent
+    else:
+        settings = resolve_settings(cli)
+        run_dir = None
+
+    dist = init_distributed(settings.get("device") or "auto")
+    try:
+        corpus = resolve_corpus(settings["data"])
+        preset = _frontend_preset(settings)
+        if corpus.kind == "cache" and corpus.preset and corpus.preset != preset:
+            raise ValueError(
+                f"prep cache was made with preset {corpus.preset!r} but --method {settings['method']} "
+                f"needs {preset!r}; re-run kikimimi prep with that preset"
+            )
+        frames = int(settings["input_frames"])
+        ds_kw = dict(
+            frontend=preset,
+            seed=int(settings["seed"]),
+            min_epoch_size=int(settings.get("min_epoch_size") or 0),
+            pad_mode=settings.get("pad_mode"),
+        )
+        if settings.get("norm_stats"):
+            stats = NormStats.from_list(settings["norm_stats"])
+        else:
+            stats = None
+            if dist.is_main:
+                probe = CropDataset(corpus, frames, **ds_kw)
+                stats = estimate_norm_stats(
+                    probe,
+                    int(settings["norm_samples"]),
+                    int(settings["seed"]),
+                    num_workers=int(settings.get("workers") or 0),
+                )
+            stats = broadcast_object(stats)
+        settings["norm_stats"] = stats.to_list()
+
+        on_device = bool(settings.get("frontend_on_device")) and corpus.kind == "audio"
+        dataset = CropDataset(
+            corpus,
+            frames,
+            norm_stats=None if on_device else stats,
+            output="wave" if on_device else "lms",
+            **ds_kw,
+        )
+        transform = DeviceLogMel(preset, frames, stats).to(dist.device) if on_device else None
+
+        method = _build_method(settings, stats)
+        method_cfg = method.config_dict()
+        if settings.get("init_from") and resume_path is None:
+            ignored = method.load_official_state_dict(_load_official(settings["init_from"]))
+            settings["init_from_ignored_keys"] = len(ignored)
+
+        if run_dir is None:
+            parent = Path(settings.get("out") or "runs")
+            name = settings.get("run_name") or _run_folder_name(settings, dataset.n_mels or 80, method_cfg)
+            run_dir = _unique_dir(parent, name) if dist.is_main else None
+            run_dir = Path(broadcast_object(str(run_dir) if run_dir else None))
+        settings["run_dir"] = str(run_dir)
+
+        cfg = TrainConfig(
+            method=settings["method"],
+            size=str(settings.get("size")),
+            steps=settings.get("steps"),
+            epochs=settings.get("epochs"),
+            batch_size=int(settings["batch_size"]),
+            accum_iter=int(settings["accum_iter"]),
+            lr=settings.get("lr"),
+            blr=float(settings.get("blr") or 3e-4),
+            optimizer=settings["optimizer"],
+            betas=tuple(settings["betas"]),
+            weight_decay=float(settings["weight_decay"]),
+            schedule=settings["schedule"],
+            warmup_steps=settings.get("warmup_steps"),
+            warmup_epochs=settings.get("warmup_epochs"),
+            min_lr=float(settings["min_lr"]),
+            grad_clip=settings.get("grad_clip"),
+            amp=settings["amp"],
+            device=settings["device"],
+            seed=int(settings["seed"]),
+            num_workers=int(settings.get("workers") or 0),
+            save_every=settings.get("save_every"),
+            keep_checkpoints=settings.get("keep_checkpoints"),
+            log_every=int(settings["log_every"]),
+            out_dir=str(run_dir),
+            resume=str(resume_path) if resume_path else None,
+            progress=bool(settings.get("progress", True)),
+        )
+        extra = {k: v for k, v in settings.items() if k not in cfg.to_dict()}
+        extra["method_config"] = method_cfg
+        extra["frontend_preset"] = preset
+        extra["data"] = [str(d) for d in settings["data"]]
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "config.json", {**extra, **cfg.to_dict()})
+        result = Trainer(method, dataset, cfg, args=extra, batch_transform=transform, dist=dist).fit()
+
+        if dist.is_main:
+            written = [str(result.checkpoint)]
+            if settings["method"] in ("byola", "byola2"):
+                enc = run_dir / f"{_byola_stem(settings, dataset.n_mels or 64, method_cfg)}.pth"
+                atomic_torch_save(method.export_official_state_dict(), enc)
+                written.append(str(enc))
+            ours = _export_kikimimi(settings, Path(written[-1]), run_dir / "kikimimi", stats)
+            if ours is not None:
+                written.append(ours)
+            last = result.losses.get(result.step)
+            loss_txt = f", final loss {last:.4f}" if last is not None else ""
+            print(f"pre-training finished at step {result.step}/{result.total_steps}{loss_txt}")
+            for w in written:
+                print(f"  wrote {w}")
+    finally:
+        cleanup_distributed(dist)
+    return 0

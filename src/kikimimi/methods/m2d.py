@@ -1,0 +1,389 @@
+"""M2D (masked modeling duo) pre-training objective (fact-sheet-m2d §3.1, §4.2).
+
+Networks
+- online encoder: :class:`kikimimi.models.vit.AudioViT` (``self.encoder``);
+- target: ``target_blocks`` + ``target_norm`` (own random init, *not* a copy), sharing the online
+  encoder's ``patch_embed``, ``pos_embed`` and ``cls_token`` (the very same tensors); updated only by EMA;
+- predictor: ``decoder_embed`` (D→Dp), ``mask_token``, frozen sin-cos ``decoder_pos_embed``,
+  ``decoder_blocks``, ``decoder_norm``, ``decoder_pred`` (Dp→D).
+
+Step (``forward``): patch-embed + pos for all L patches → random mask → online encoder on CLS +
+visible → predictor on the full grid → predictions at the masked positions ``[B, Lm, D]``; target
+(no grad) on CLS + masked patch embeddings → ``[B, Lm, D]``; loss = ``norm_mse`` (2 − 2·cos after
+per-token standardisation of the target).
+
+Randomness: masks come from ``self.generator`` when set with :meth:`M2D.set_generator` (a CPU
+``torch.Generator``), otherwise from the global torch RNG (the trainer checkpoints that state).
+
+EMA: call :meth:`M2D.on_after_step` after every optimiser step with ``step`` = number of optimiser steps
+done so far (1 after the first update); τ is :func:`kikimimi.methods.ema.ema_tau` at ``step − 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from kikimimi.methods.ema import ema_tau, ema_update_, weight_decay_param_groups
+from kikimimi.methods.losses import norm_mse_loss
+from kikimimi.methods.masking import MaskIds, gather_tokens, random_masking
+from kikimimi.models.vit import AudioViT, Block, ViTConfig, sincos_pos_embed_2d
+
+__all__ = ["M2D", "PREDICTOR_SIZES", "DEFAULT_NORM_STATS"]
+
+#: default predictor (dim, depth) per ViT size
+PREDICTOR_SIZES: dict[str, tuple[int, int]] = {
+    "tiny": (128, 2),
+    "small": (256, 4),
+    "base": (512, 8),
+    "large": (512, 8),
+}
+#: scalar log-mel (mean, std) stored as ``norm_stats`` when none is given (fact-sheet-m2d §1.2)
+DEFAULT_NORM_STATS: tuple[float, float] = (-7.1, 4.2)
+MASK_MODES = ("unstructured",)
+
+
+def _init_mae_(module: nn.Module) -> None:
+    """MAE-style init: xavier-uniform Linear weights, zero biases, LayerNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class M2D(nn.Module):
+    """M2D pre-training module.
+
+    Args:
+        size: ViT size name (``tiny``, ``small``, ``base``, ``large``).
+        input_size: log-mel crop ``(F, T)`` in (mel bins, frames), e.g. ``(80, 608)`` or ``(80, 208)``.
+        patch_size: ``(f, t)`` patch size in (bins, frames).
+        sample_rate: sample rate in Hz recorded in the encoder config.
+        mask_ratio: fraction of masked patches (0.7 released default).
+        mask_mode: only ``"unstructured"`` is supported.
+        decoder_dim / decoder_depth / decoder_heads: predictor width, depth, heads (defaults from
+            :data:`PREDICTOR_SIZES`; heads = ``decoder_dim // 32``).
+        ema_taus: ``(tau0, tau1)`` linear EMA schedule.
+        norm_stats: ``(mean, std)`` of the log-mel normalisation, exported as ``norm_stats`` [2].
+        vit_config: a full :class:`ViTConfig` overriding ``size``/``input_size``/``patch_size``.
+    """
+
+    #: keys of :meth:`config_dict` that are not constructor arguments (ignored by ``build_method``)
+    config_only_keys = frozenset(
+        {
+            "method",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "default_optimizer",
+            "betas",
+            "weight_decay",
+            "blr",
+            "grad_clip",
+        }
+    )
+
+    def __init__(
+        self,
+        size: str = "base",
+        input_size: Sequence[int] = (80, 608),
+        patch_size: Sequence[int] = (16, 16),
+        *,
+        sample_rate: int = 16000,
+        mask_ratio: float = 0.7,
+        mask_mode: str = "unstructured",
+        decoder_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_heads: int | None = None,
+        ema_taus: Sequence[float] = (0.99995, 0.99999),
+        norm_stats: Sequence[float] | None = None,
+        vit_config: ViTConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode {mask_mode!r} is not supported; choose one of {MASK_MODES}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if vit_config is None:
+            vit_config = ViTConfig.from_size(
+                size,
+                input_size=tuple(int(v) for v in input_size),
+                patch_size=tuple(int(v) for v in patch_size),
+                sample_rate=int(sample_rate),
+            )
+        self.size = size
+        self.vit_config = vit_config
+        self.mask_ratio = float(mask_ratio)
+        self.mask_mode = mask_mode
+        self.ema_taus = (float(ema_taus[0]), float(ema_taus[1]))
+        self.generator: torch.Generator | None = None
+        self.last_tau: float | None = None
+
+        dim = vit_config.embed_dim
+        default_dp, default_depth = PREDICTOR_SIZES.get(size, PREDICTOR_SIZES["base"])
+        dp = int(decoder_dim or default_dp)
+        self.decoder_depth = int(decoder_depth or default_depth)
+        self.decoder_heads = int(decoder_heads or max(1, dp // 32))
+        if dp % self.decoder_heads:
+            raise ValueError(f"decoder_dim {dp} is not divisible by decoder_heads {self.decoder_heads}")
+        self.decoder_dim = dp
+        fg, tg = vit_config.grid_size
+
+        # online encoder (patch_embed, pos_embed, cls_token, blocks, norm)
+        self.encoder = AudioViT(vit_config)
+
+        # predictor
+        self.decoder_embed = nn.Linear(dim, dp)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dp))
+        self.decoder_pos_embed = nn.Parameter(
+            sincos_pos_embed_2d(dp, fg, tg, cls_token=True), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(dp, self.decoder_heads, vit_config.mlp_ratio, norm_eps=1e-6)
+                for _ in range(self.decoder_depth)
+            ]
+        )
+        self.decoder_norm = nn.LayerNorm(dp, eps=1e-6)
+        self.decoder_pred = nn.Linear(dp, dim)
+
+        # target network (shares patch_embed / pos_embed / cls_token with self.encoder)
+        self.target_blocks = nn.ModuleList(
+            [
+                Block(dim, vit_config.num_heads, vit_config.mlp_ratio, norm_eps=1e-6)
+                for _ in range(vit_config.depth)
+            ]
+        )
+        self.target_norm = nn.LayerNorm(dim, eps=1e-6)
+
+        stats = DEFAULT_NORM_STATS if norm_stats is None else tuple(float(v) for v in norm_stats)
+        if len(stats) != 2:
+            raise ValueError(f"norm_stats must be (mean, std), got {norm_stats!r}")
+        self.register_buffer("norm_stats", torch.tensor(stats, dtype=torch.float32))
+
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            _init_mae_(module)
+        _init_mae_(self.target_blocks)
+        _init_mae_(self.target_norm)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for p in self.target_parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ helpers
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        """Use ``generator`` (CPU) for masking; ``None`` returns to the global torch RNG."""
+        self.generator = generator
+
+    def target_parameters(self) -> list[nn.Parameter]:
+        """Target-network parameters (``target_blocks`` then ``target_norm``), in name order."""
+        return list(self.target_blocks.parameters()) + list(self.target_norm.parameters())
+
+    def _online_counterparts(self) -> list[nn.Parameter]:
+        """Online parameters matching :meth:`target_parameters` one by one."""
+        return list(self.encoder.blocks.parameters()) + list(self.encoder.norm.parameters())
+
+    def _cls(self, batch_size: int) -> torch.Tensor:
+        """CLS token plus its positional embedding, ``[B, 1, D]``."""
+        return (self.encoder.cls_token + self.encoder.pos_embed[:, :1]).expand(batch_size, -1, -1)
+
+    def _check_input(self, lms: torch.Tensor) -> None:
+        expected = tuple(self.vit_config.input_size)
+        if lms.dim() != 3 or tuple(lms.shape[1:]) != expected:
+            raise ValueError(
+                f"M2D expects batch['lms'] of shape [B, {expected[0]}, {expected[1]}] (normalised log-mel), "
+                f"got {tuple(lms.shape)}; crop the data to the model input_size"
+            )
+
+    def encode_visible(self, tokens: torch.Tensor, ids: MaskIds) -> torch.Tensor:
+        """Online encoder on CLS + visible tokens: ``tokens [B, L, D]`` → normed latent ``[B, 1 + Lv, D]``."""
+        x = torch.cat([self._cls(tokens.shape[0]), gather_tokens(tokens, ids.visible)], dim=1)
+        for blk in self.encoder.blocks:
+            x = blk(x)
+        return self.encoder.norm(x)
+
+    def predict(self, latent: torch.Tensor, ids: MaskIds) -> torch.Tensor:
+        """Predictor: latent ``[B, 1 + Lv, D]`` → predictions at the masked positions ``[B, Lm, D]``."""
+        x = self.decoder_embed(latent)
+        b, n_vis = x.shape[0], x.shape[1] - 1
+        n_total = ids.restore.shape[1]
+        mask_tokens = self.mask_token.expand(b, n_total - n_vis, -1)
+        grid = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        grid = gather_tokens(grid, ids.restore)  # back to patch order
+        x = torch.cat([x[:, :1], grid], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return gather_tokens(x, ids.masked)
+
+    @torch.no_grad()
+    def encode_target(self, tokens: torch.Tensor, ids: MaskIds) -> torch.Tensor:
+        """Target network on CLS + masked tokens: ``tokens [B, L, D]`` → ``[B, Lm, D]`` (CLS dropped)."""
+        x = torch.cat([self._cls(tokens.shape[0]), gather_tokens(tokens, ids.masked)], dim=1).detach()
+        for blk in self.target_blocks:
+            x = blk(x)
+        return self.target_norm(x)[:, 1:]
+
+    # ------------------------------------------------------------------ method interface
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One M2D step.
+
+        Args:
+            batch: ``{"lms": [B, F, T]}`` normalised log-mel (float32), ``(F, T) == input_size``.
+
+        Returns:
+            ``loss`` (scalar), ``visible_tokens`` ``[B, Lv, D]`` (online outputs of the visible patches,
+            CLS dropped; not a logging scalar) and, once an EMA update happened, ``ema_tau`` (scalar,
+            the τ of the last update).
+        """
+        lms = batch["lms"]
+        self._check_input(lms)
+        tokens = self.encoder.patchify_tokens(lms.unsqueeze(1))  # [B, L, D]
+        b, n = tokens.shape[:2]
+        ids = random_masking(b, n, self.mask_ratio, generator=self.generator, device=tokens.device)
+        latent = self.encode_visible(tokens, ids)
+        pred = self.predict(latent, ids)
+        target = self.encode_target(tokens, ids)
+        loss = norm_mse_loss(pred, target)
+        out: dict[str, torch.Tensor] = {"loss": loss, "visible_tokens": latent[:, 1:]}
+        if self.last_tau is not None:
+            out["ema_tau"] = torch.tensor(self.last_tau, dtype=torch.float64)
+        return out
+
+    @torch.no_grad()
+    def on_after_step(self, step: int, total_steps: int) -> None:
+        """EMA update of the target after optimiser step ``step`` (1-based) of ``total_steps``."""
+        tau = ema_tau(step - 1, total_steps, *self.ema_taus)
+        ema_update_(self.target_parameters(), self._online_counterparts(), tau)
+        self.last_tau = tau
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on ≥2-D weights only; frozen tensors (target, pos embeds) excluded."""
+        return weight_decay_param_groups(self, weight_decay)
+
+    def config_dict(self) -> dict:
+        """JSON-able description of the method and its recommended optimiser settings."""
+        cfg = self.vit_config
+        return {
+            "method": "m2d",
+            "size": self.size,
+            "input_size": list(cfg.input_size),
+            "patch_size": list(cfg.patch_size),
+            "sample_rate": int(cfg.sample_rate),
+            "embed_dim": int(cfg.embed_dim),
+            "depth": int(cfg.depth),
+            "num_heads": int(cfg.num_heads),
+            "mlp_ratio": float(cfg.mlp_ratio),
+            "mask_ratio": self.mask_ratio,
+            "mask_mode": self.mask_mode,
+            "decoder_dim": self.decoder_dim,
+            "decoder_depth": self.decoder_depth,
+            "decoder_heads": self.decoder_heads,
+            "ema_taus": list(self.ema_taus),
+            "norm_stats": [float(v) for v in self.norm_stats.tolist()],
+            "default_optimizer": "adamw",
+            "betas": [0.9, 0.95],
+            "weight_decay": 0.05,
+            "blr": 3e-4,
+            "grad_clip": 3.0,
+        }
+
+    # ------------------------------------------------------------------ official checkpoints
+    def export_official_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full-model state dict with the official key names (fact-sheet-m2d §4.2), incl. ``norm_stats``."""
+        out: dict[str, torch.Tensor] = {}
+        for key, value in self.state_dict().items():
+            name = key[len("encoder.") :] if key.startswith("encoder.") else key
+            out[name] = value.detach().clone()
+        return out
+
+    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+        """Initialise online, target and predictor from an official full M2D state dict.
+
+        Accepts the checkpoint dict itself (``{"model": ...}``) or the inner state dict. A missing
+        ``norm_stats`` keeps the current value. Keys this module does not have (e.g. M2D-X
+        ``offline_predictor.*``, CLAP ``audio_proj.*``) are ignored and returned.
+
+        Raises:
+            KeyError: required tensors are missing (e.g. an encoder-only file).
+            ValueError: shapes differ (wrong size, input_size, patch_size or decoder depth/dim).
+        """
+        if "model" in state_dict and isinstance(state_dict["model"], Mapping):
+            state_dict = state_dict["model"]
+        own = self.state_dict()
+        enc_keys = {k[len("encoder.") :] for k in own if k.startswith("encoder.")}
+        mapped: dict[str, torch.Tensor] = {}
+        ignored: list[str] = []
+        for key, value in state_dict.items():
+            target_key = f"encoder.{key}" if key in enc_keys else key
+            if target_key in own:
+                mapped[target_key] = value
+            else:
+                ignored.append(key)
+        if "norm_stats" not in mapped:
+            mapped["norm_stats"] = own["norm_stats"]
+        missing = [k.removeprefix("encoder.") for k in own if k not in mapped]
+        if missing:
+            raise KeyError(
+                f"official M2D state dict lacks {len(missing)} tensors, e.g. {missing[:5]}; a full training "
+                "checkpoint (checkpoint-*.pth with target_* and decoder_* keys) is needed, and the "
+                f"predictor depth must match (this model has {self.decoder_depth} decoder blocks)"
+            )
+        bad = [
+            f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in mapped.items()
+            if tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if bad:
+            raise ValueError(
+                "official M2D state dict does not fit this model (check size, input_size, patch_size, "
+                f"decoder_dim): {bad[:3]}"
+            )
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
+        return ignored
+
+    @classmethod
+    def from_official_state_dict(
+        cls, state_dict: Mapping[str, torch.Tensor], *, input_size: Sequence[int] = (80, 608), **kwargs
+    ) -> M2D:
+        """Build an M2D whose sizes are read from an official full state dict, then load it.
+
+        Width/depth/heads come from ``cls_token``/``blocks.N``; patch size from ``patch_embed.proj.weight``;
+        predictor width/depth from ``mask_token``/``decoder_blocks.N``. ``input_size`` (F, T) cannot be
+        inferred from the tensors and must match the file (default 80x608).
+        """
+        if "model" in state_dict and isinstance(state_dict["model"], Mapping):
+            state_dict = state_dict["model"]
+        try:
+            dim = int(state_dict["cls_token"].shape[-1])
+            patch = tuple(int(v) for v in state_dict["patch_embed.proj.weight"].shape[-2:])
+            dp = int(state_dict["mask_token"].shape[-1])
+        except KeyError as err:
+            raise KeyError(f"not an official full M2D state dict: missing {err}") from None
+        depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+        dec_depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("decoder_blocks."))
+        size = next((name for name, (d, dep, _h) in _vit_sizes().items() if d == dim and dep == depth), None)
+        if size is None:
+            raise ValueError(f"no ViT size with embed_dim={dim} and depth={depth}")
+        model = cls(
+            size,
+            input_size=input_size,
+            patch_size=patch,
+            decoder_dim=dp,
+            decoder_depth=dec_depth,
+            **kwargs,
+        )
+        model.load_official_state_dict(state_dict)
+        return model
+
+
+def _vit_sizes() -> dict[str, tuple[int, int, int]]:
+    from kikimimi.models.vit import VIT_SIZES
+
+    return dict(VIT_SIZES)
