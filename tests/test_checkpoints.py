@@ -429,3 +429,26 @@ def test_convert_command_round_trip(tmp_path, capsys):
     assert "--trust-pickle" in capsys.readouterr().err
     assert cli_main(["convert", str(evil), str(tmp_path / "e"), "--trust-pickle"]) == 0
     assert (tmp_path / "e" / "model.safetensors").is_file()
+
+
+def test_m2d_method_export_loads_as_official_full_file(tmp_path):
+    from kikimimi.methods.m2d import M2D
+
+    method = M2D(
+        size="tiny",
+        input_size=(80, 64),
+        decoder_dim=32,
+        decoder_depth=1,
+        decoder_heads=1,
+        norm_stats=(-6.5, 4.1),
+    )
+    state = method.export_official_state_dict()
+    path = L.write_training_checkpoint(
+        tmp_path / "m2d_vit_tiny-80x64p16x16-kikimimi" / "checkpoint-1.pth", state
+    )
+    bundle = load_encoder(path, size="tiny")
+    assert bundle.norm_stats.to_list() == pytest.approx([-6.5, 4.1])
+    method.encoder.eval()
+    x = torch.randn(2, 1, 80, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(bundle.encoder.forward_tokens(x), method.encoder.forward_tokens(x))

@@ -5,7 +5,7 @@ The ``config`` dict is JSON-serialisable and is what ``config.json`` stores:
 - ``family``: ``"m2d"`` or ``"byola"``;
 - ``vit``: :class:`kikimimi.models.vit.ViTConfig` fields (M2D) — or ``byola``: ``{"version", "n_mels", "d"}``;
 - ``head``: ``{"in_dim", "n_classes"}`` or ``None`` (EVAR-style tagging head);
-- ``audio_proj``: ``{"kind": "mlp", "dim"}`` (2024) / ``{"kind": "semantic", "dim", "depth", "mlp_ratio"}``
+- ``audio_proj``: ``{"kind": "mlp", "dim"[, "out_dim"]}`` (2024) / ``{"kind": "semantic", "dim", "depth", "mlp_ratio"}``
   (2025) or ``None``; ``text_proj``: ``{"kind": "linear", "in_dim", "out_dim", "bias"}`` /
   ``{"kind": "mlp", "in_dim", "hidden", "out_dim"}`` or ``None``;
 - informational: ``model_cls``, ``name_extras``, ``source``.
@@ -115,7 +115,8 @@ def build_audio_proj(cfg: dict[str, Any] | None) -> nn.Module | None:
     from kikimimi.models.projectors import MLPAudioProjector, SemanticProjector
 
     if cfg["kind"] == "mlp":
-        return MLPAudioProjector(dim=int(cfg["dim"]))
+        out_dim = cfg.get("out_dim")
+        return MLPAudioProjector(dim=int(cfg["dim"]), out_dim=None if out_dim is None else int(out_dim))
     if cfg["kind"] == "semantic":
         return SemanticProjector(
             dim=int(cfg["dim"]), depth=int(cfg["depth"]), mlp_ratio=float(cfg["mlp_ratio"])

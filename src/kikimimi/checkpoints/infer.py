@@ -217,6 +217,8 @@ def infer_extras(split: SplitState, path: str | Path) -> dict[str, Any]:
             }
         elif "0.weight" in ap:
             out["audio_proj"] = {"kind": "mlp", "dim": int(ap["0.weight"].shape[1])}
+            if "2.weight" in ap and int(ap["2.weight"].shape[0]) != out["audio_proj"]["dim"]:
+                out["audio_proj"]["out_dim"] = int(ap["2.weight"].shape[0])
         else:
             raise CheckpointError(path, f"unknown audio_proj layout: {sorted(ap)[:8]}")
     tp = split.text_proj
