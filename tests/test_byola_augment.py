@@ -106,9 +106,9 @@ def test_rrc_full_canvas_matches_manual_crop() -> None:
         canvas = torch.zeros(f, int(1.5 * t))
         t0 = (int(1.5 * t) - t) // 2
         canvas[:, t0 : t0 + t] = x
-        ref = F.interpolate(
-            canvas[i : i + h, j : j + w][None, None], size=(f, t), mode="bicubic", align_corners=True
-        )[0, 0]
+        ref = F.interpolate(canvas[i : i + h, j : j + w][None, None], size=(f, t), mode="bicubic", align_corners=True)[
+            0, 0
+        ]
         torch.testing.assert_close(out, ref)
 
 

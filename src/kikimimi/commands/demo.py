@@ -4,6 +4,9 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
 
 1. generate a labelled set of synthetic sounds (`kikimimi.synthetic`);
 2. convert it to an M2D 16 kHz log-mel cache (`kikimimi prep`) and summarise the log-mels;
+3. pre-train a tiny M2D and a tiny BYOL-A on an unlabelled pool of generated sounds drawn from
+   only some of the classes (`kikimimi pretrain`), so the evaluation also sees classes that
+   pre-training never heard;
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=float, default=3.0, help="clip duration in seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="worker processes for prep")
+    parser.add_argument("--m2d-steps", type=int, default=150, help="tiny M2D pre-training steps")
+    parser.add_argument("--byola-steps", type=int, default=100, help="tiny BYOL-A pre-training steps")
 
 
 def _stage(title: str) -> float:
@@ -77,6 +82,52 @@ def log_mel_cache(out: Path, labels_csv: Path, workers: int) -> Path:
     return cache
 
 
+#: Classes in the unlabelled pre-training pool; the others are only ever seen at evaluation time.
+PRETRAIN_CLASSES = ("tone", "chirp", "noise_burst", "harmonic_note", "silence")
+
+
+def pretrain_pool(out: Path, duration_s: float, seed: int, clips_per_class: int = 40) -> Path:
+    """Unlabelled pre-training audio (different seed from the labelled set, subset of classes)."""
+    from kikimimi.synthetic import make_dataset
+
+    csv_path = out / "pretrain-audio" / "labels.csv"
+    if not csv_path.exists():
+        make_dataset(out / "pretrain-audio", n_per_class=clips_per_class, duration_s=duration_s,
+                     seed=seed + 1000, classes=PRETRAIN_CLASSES)
+    print(f"   pre-training pool: {clips_per_class * len(PRETRAIN_CLASSES)} clips of {duration_s:g} s "
+          f"from {', '.join(PRETRAIN_CLASSES)}")
+    return csv_path
+
+
+def pool_cache(out: Path, pool_csv: Path, preset: str, workers: int) -> Path:
+    """Log-mel cache of the pre-training pool for one front-end preset (training reads crops from it)."""
+    from kikimimi.prep import prep_cache
+
+    cache = out / f"pretrain-logmel-{preset}"
+    prep_cache([pool_csv], cache, preset=preset, workers=workers)
+    return cache
+
+
+def pretrain(out: Path, pool_csv: Path, method: str, run_name: str, steps: int, extra: list[str]) -> Path:
+    """Run (or resume, or reuse) one `kikimimi pretrain` job; returns its run folder."""
+    from kikimimi.cli import main as cli_main
+
+    parent = out / "pretrain"
+    run_dir = parent / run_name
+    if (run_dir / "kikimimi" / "config.json").exists():
+        print(f"   {run_dir} already trained")
+        return run_dir
+    argv = ["pretrain", "--method", method, "--data", str(pool_csv), "--out", str(parent),
+            "--run-name", run_name, "--steps", str(steps), "--save-every", str(max(steps // 3, 1)),
+            "--min-epoch-size", "1000", "--norm-samples", "500", "--no-progress", *extra]
+    if any(run_dir.glob("checkpoint-*.pth")):
+        argv += ["--resume", str(run_dir)]
+    code = cli_main(argv)
+    if code:
+        raise SystemExit(f"pre-training {method} failed with exit code {code}")
+    return run_dir
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,6 +139,15 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = _stage("2. Convert to log-mel (M2D 16 kHz front end)")
     log_mel_cache(out, labels_csv, args.workers)
+    _done(t0)
+
+    t0 = _stage("3. Pre-train a tiny M2D and a tiny BYOL-A on unlabelled generated audio")
+    pool_csv = pretrain_pool(out, args.duration_s, args.seed)
+    m2d_run = pretrain(out, pool_cache(out, pool_csv, "m2d-16k", args.workers), "m2d", "m2d_vit_tiny-80x208p16x16-demo", args.m2d_steps,
+                       ["--size", "tiny", "--input-frames", "208", "--batch-size", "32", "--blr", "1e-2",
+                        "--warmup-steps", "10"])
+    byola_run = pretrain(out, pool_cache(out, pool_csv, "byola", args.workers), "byola", "AudioNTT2020-BYOLA-64x96d512-demo", args.byola_steps,
+                         ["--batch-size", "32", "--byola-dim", "512"])
     _done(t0)
 
     print(f"\nDemo finished in {time.perf_counter() - start:.1f} s; outputs in {out}")

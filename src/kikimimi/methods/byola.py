@@ -75,9 +75,7 @@ class BYOLA(nn.Module):
 
     default_optimizer = "adam"
     #: keys of :meth:`config_dict` that are not constructor arguments (ignored by ``build_method``)
-    config_only_keys = frozenset(
-        {"method", "version", "encoder", "default_optimizer", "weight_decay", "batch_size"}
-    )
+    config_only_keys = frozenset({"method", "version", "encoder", "default_optimizer", "weight_decay", "batch_size"})
 
     def __init__(
         self,

@@ -37,9 +37,7 @@ def ema_update_(targets: Iterable[torch.Tensor], onlines: Iterable[torch.Tensor]
     t_list = list(targets)
     o_list = list(onlines)
     if len(t_list) != len(o_list):
-        raise ValueError(
-            f"EMA needs matching tensor lists, got {len(t_list)} targets and {len(o_list)} online"
-        )
+        raise ValueError(f"EMA needs matching tensor lists, got {len(t_list)} targets and {len(o_list)} online")
     if not t_list:
         return
     for t, o in zip(t_list, o_list, strict=True):

@@ -20,9 +20,7 @@ def standardize_tokens(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x - mean) / (var + eps).sqrt()
 
 
-def norm_mse_loss(
-    pred: torch.Tensor, target: torch.Tensor, *, standardize_target: bool = True
-) -> torch.Tensor:
+def norm_mse_loss(pred: torch.Tensor, target: torch.Tensor, *, standardize_target: bool = True) -> torch.Tensor:
     """M2D ``norm_mse`` loss: mean over tokens of ``2 - 2 cos(pred, standardised target)``.
 
     Equivalent to the squared distance between the L2-normalised vectors.

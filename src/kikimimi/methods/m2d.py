@@ -142,24 +142,16 @@ class M2D(nn.Module):
         # predictor
         self.decoder_embed = nn.Linear(dim, dp)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dp))
-        self.decoder_pos_embed = nn.Parameter(
-            sincos_pos_embed_2d(dp, fg, tg, cls_token=True), requires_grad=False
-        )
+        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed_2d(dp, fg, tg, cls_token=True), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
-            [
-                Block(dp, self.decoder_heads, vit_config.mlp_ratio, norm_eps=1e-6)
-                for _ in range(self.decoder_depth)
-            ]
+            [Block(dp, self.decoder_heads, vit_config.mlp_ratio, norm_eps=1e-6) for _ in range(self.decoder_depth)]
         )
         self.decoder_norm = nn.LayerNorm(dp, eps=1e-6)
         self.decoder_pred = nn.Linear(dp, dim)
 
         # target network (shares patch_embed / pos_embed / cls_token with self.encoder)
         self.target_blocks = nn.ModuleList(
-            [
-                Block(dim, vit_config.num_heads, vit_config.mlp_ratio, norm_eps=1e-6)
-                for _ in range(vit_config.depth)
-            ]
+            [Block(dim, vit_config.num_heads, vit_config.mlp_ratio, norm_eps=1e-6) for _ in range(vit_config.depth)]
         )
         self.target_norm = nn.LayerNorm(dim, eps=1e-6)
 

@@ -59,9 +59,7 @@ def random_masking(
     """
     keep = num_visible(num_patches, mask_ratio)
     if keep < 1:
-        raise ValueError(
-            f"mask_ratio={mask_ratio} leaves no visible patch out of {num_patches}; lower the ratio"
-        )
+        raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {num_patches}; lower the ratio")
     noise = torch.rand(batch_size, num_patches, generator=generator)
     shuffle = torch.argsort(noise, dim=1)
     restore = torch.argsort(shuffle, dim=1)
