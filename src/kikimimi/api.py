@@ -172,3 +172,28 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, *,
         norm_stats = tuple(float(v) for v in norm_stats)
     bundle = load_encoder(path, norm_stats=norm_stats, trust_pickle=trust_pickle, **overrides)
     return AudioEncoder(bundle, device=device)
+
+
+def random_init_like(model: AudioEncoder, seed: int = 0) -> AudioEncoder:
+    """The same architecture, front end and normalisation as ``model`` with freshly initialised weights.
+
+    The "random init" baseline of evaluation reports: a score only means something next to the same
+    network before pre-training.
+    """
+    import copy
+
+    from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
+
+    bundle = copy.copy(model.bundle)
+    torch.manual_seed(seed)
+    if bundle.family == "m2d":
+        from kikimimi.models.vit import AudioViT
+
+        fresh = AudioViT(model.encoder.config)
+        fresh.pos_embed.data.copy_(model.encoder.pos_embed.data.cpu())  # fixed, not learnt
+    else:
+        cls = AudioNTT2022 if isinstance(model.encoder, AudioNTT2022) else AudioNTT2020
+        fresh = cls(n_mels=model.encoder.n_mels, d=model.encoder.d)
+    bundle.encoder = fresh
+    bundle.head = bundle.audio_proj = bundle.text_proj = None
+    return AudioEncoder(bundle, device=model.device)
