@@ -1,0 +1,97 @@
+"""`kikimimi tag FILE… -m CHECKPOINT --labels class_labels_indices.csv`: AudioSet tagging with a
+fine-tuned checkpoint's 527-way head, over sliding windows for long files.
+
+The official AudioSet fine-tuned heads output classes in **sorted-MID order** (fact-sheet-m2d §4.4),
+not in the CSV's index order: the labels CSV (``index,mid,display_name``) is sorted by ``mid`` to name
+the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NAME = "tag"
+HELP = "Tag audio with an AudioSet fine-tuned checkpoint (sliding windows over long files)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="audio files")
+    parser.add_argument("-m", "--model", required=True, help="fine-tuned checkpoint with a tagging head")
+    parser.add_argument("--labels", required=True, help="class_labels_indices.csv (index,mid,display_name)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--window-s", type=float, default=10.0, help="window length in seconds")
+    parser.add_argument("--hop-s", type=float, default=5.0, help="hop between windows in seconds")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--trust-pickle", action="store_true")
+
+
+def read_labels_sorted_by_mid(path: str | Path) -> list[str]:
+    """Display names in sorted-MID order (the order of the official AudioSet heads)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"mid", "display_name"} <= set(rows[0]):
+        raise ValueError(f"'{path}': expected columns index,mid,display_name")
+    return [r["display_name"] for r in sorted(rows, key=lambda r: r["mid"])]
+
+
+def windows(n_samples: int, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+    """(start, end) sample ranges covering the clip; one window when the clip is shorter than it."""
+    win, hop = int(window_s * sample_rate), max(1, int(hop_s * sample_rate))
+    if n_samples <= win:
+        return [(0, n_samples)]
+    starts = list(range(0, n_samples - win + 1, hop))
+    if starts[-1] + win < n_samples:
+        starts.append(n_samples - win)
+    return [(s, s + win) for s in starts]
+
+
+def tag_waveform(model, wave: np.ndarray, window_s: float, hop_s: float) -> list[tuple[float, float, np.ndarray]]:
+    """Per window: (start s, end s, sigmoid probabilities [n_classes]) from the model's head."""
+    import torch
+
+    head = model.bundle.head.to(model.device).eval()
+    spans = windows(len(wave), model.sample_rate, window_s, hop_s)
+    clips = model.embed([wave[s:e] for s, e in spans])
+    with torch.inference_mode():
+        probs = torch.sigmoid(head(torch.from_numpy(clips).to(model.device))).cpu().numpy()
+    return [(s / model.sample_rate, e / model.sample_rate, p) for (s, e), p in zip(spans, probs, strict=True)]
+
+
+def run(args: argparse.Namespace) -> int:
+    import kikimimi
+    from kikimimi.audio import AudioDecodeError, load_audio
+    from kikimimi.checkpoints import CheckpointError
+
+    try:
+        model = kikimimi.load(args.model, device=args.device, trust_pickle=args.trust_pickle)
+        labels = read_labels_sorted_by_mid(args.labels)
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if model.bundle.head is None:
+        print(f"error: '{args.model}' has no tagging head (use an AudioSet fine-tuned checkpoint)", file=sys.stderr)
+        return 2
+    n_out = model.bundle.head.linear.out_features
+    if n_out != len(labels):
+        print(f"error: the head has {n_out} outputs but '{args.labels}' lists {len(labels)} classes",
+              file=sys.stderr)
+        return 2
+    failed = 0
+    for path in args.files:
+        try:
+            wave, _ = load_audio(path, model.sample_rate)
+        except AudioDecodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(path)
+        for start, end, probs in tag_waveform(model, wave, args.window_s, args.hop_s):
+            top = np.argsort(-probs)[: args.top_k]
+            tags = ", ".join(f"{labels[i]} {probs[i]:.3f}" for i in top)
+            print(f"  {start:7.2f}-{end:7.2f} s  {tags}")
+    return 1 if failed == len(args.files) else 0
