@@ -102,6 +102,9 @@ class AudioEncoder:
         return frames.float().cpu()
 
     def _encode(self, waves: list[np.ndarray], batch_size: int) -> list[torch.Tensor]:
+        """Frame features ``[T'_i, D]`` for every waveform (CPU float32)."""
+        if self.family == "m2d":
+            return self._encode_m2d_chunks(waves, batch_size)
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, w in enumerate(waves):
             by_length[len(w)].append(i)
@@ -113,6 +116,42 @@ class AudioEncoder:
                 for i, f in zip(chunk, frames, strict=True):
                     out[i] = f
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _encode_m2d_chunks(self, waves: list[np.ndarray], batch_size: int) -> list[torch.Tensor]:
+        """The official chunking rule, with chunks of equal width batched *across* clips.
+
+        Each clip's log-mel is normalised, right-padded with zeros to whole patches and cut into
+        training-length chunks exactly as :meth:`AudioViT.encode_lms`; chunks are then grouped by
+        width so that clips of any lengths share batches without padding changing any result.
+        """
+        unit = self.encoder.config.input_size[1]
+        p = self.encoder.config.patch_size[1]
+        pieces: dict[int, list[tuple[int, int, torch.Tensor]]] = defaultdict(list)
+        n_chunks = []
+        for clip, wave in enumerate(waves):
+            lms = self.frontend(torch.from_numpy(np.ascontiguousarray(wave)).to(self.device))[0]
+            lms.sub_(self.norm_stats.mean).div_(self.norm_stats.std)
+            pad = (p - (lms.shape[-1] % unit % p)) % p
+            if pad:
+                lms = torch.nn.functional.pad(lms, (0, pad))
+            count = 0
+            for start in range(0, lms.shape[-1], unit):
+                chunk = lms[:, start:start + unit]
+                whole = chunk.shape[-1] // p * p
+                if whole:
+                    pieces[whole].append((clip, count, chunk[:, :whole]))
+                    count += 1
+            n_chunks.append(count)
+        results: list[list[torch.Tensor | None]] = [[None] * n for n in n_chunks]
+        for group in pieces.values():
+            for start in range(0, len(group), batch_size):
+                part = group[start:start + batch_size]
+                x = torch.stack([c for _, _, c in part]).unsqueeze(1)
+                frames = self.encoder._to_frames(self.encoder.forward_tokens(x)).float().cpu()
+                for (clip, index, _), f in zip(part, frames, strict=True):
+                    results[clip][index] = f
+        return [torch.cat(r, dim=0) for r in results]  # type: ignore[arg-type]
 
     def timestamps_ms(self, n_frames: int, n_samples: int) -> np.ndarray:
         """Timestamps (ms) of ``n_frames`` frame features of a clip of ``n_samples`` samples."""
@@ -136,16 +175,17 @@ class AudioEncoder:
             clips = [f.max(dim=0).values + f.mean(dim=0) for f in frames]
         return torch.stack(clips).numpy()
 
-    def embed_frames(self, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8):
+    def embed_frames(self, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8,
+                     stack: bool = True):
         """Frame embeddings and their timestamps.
 
         Returns ``(embeddings, timestamps_ms)``: arrays ``[B, T, D]`` and ``[B, T]`` when every clip gives
-        the same number of frames, else lists of ``[T_i, D]`` and ``[T_i]`` arrays.
+        the same number of frames (and ``stack``), else lists of ``[T_i, D]`` and ``[T_i]`` arrays.
         """
         waves = self._waveforms(audio, sample_rate)
         frames = [f.numpy() for f in self._encode(waves, batch_size)]
         stamps = [self.timestamps_ms(len(f), len(w)) for f, w in zip(frames, waves, strict=True)]
-        if len({len(f) for f in frames}) == 1:
+        if stack and len({len(f) for f in frames}) == 1:
             return np.stack(frames), np.stack(stamps)
         return frames, stamps
 

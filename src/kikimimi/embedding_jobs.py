@@ -44,14 +44,13 @@ def shard_of_environment() -> tuple[int, int]:
 
 
 def _save(path: Path, level: str, emb: np.ndarray, ts: np.ndarray | None) -> None:
+    """Write one output atomically, streaming straight into the temporary file (no extra copies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    if level == "clip":
-        np.save(buf, emb.astype(np.float32))
-    else:
-        np.savez(buf, embeddings=emb.astype(np.float32), timestamps_ms=ts.astype(np.float64))
     with atomic_open(path, "wb") as f:
-        f.write(buf.getvalue())
+        if level == "clip":
+            np.save(f, emb.astype(np.float32, copy=False))
+        else:
+            np.savez(f, embeddings=emb.astype(np.float32, copy=False), timestamps_ms=ts.astype(np.float64))
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -67,8 +66,8 @@ def _embed_batch(model: AudioEncoder, waves: list[np.ndarray], level: str,
     """Embeddings (and frame timestamps) of equal- or mixed-length waveforms, one tuple per wave."""
     if level == "clip":
         return [(e, None) for e in model.embed(waves, batch_size=batch_size)]
-    embs, stamps = model.embed_frames(waves, batch_size=batch_size)
-    return [(np.asarray(e), np.asarray(t)) for e, t in zip(embs, stamps, strict=True)]
+    embs, stamps = model.embed_frames(waves, batch_size=batch_size, stack=False)
+    return list(zip(embs, stamps, strict=True))
 
 
 def run_embed_job(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
