@@ -22,17 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import matmul_flops
 
 HERE = Path(__file__).resolve().parent
-
-
-def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
 def vit_chunk_flops(tokens: int, dim: int = 768, depth: int = 12, patch_pixels: int = 256) -> float:

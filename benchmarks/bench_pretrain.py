@@ -20,15 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t)
+from _common import matmul_flops
 
 
 def transformer_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> float:

@@ -29,7 +29,7 @@ from torch import nn
 from kikimimi.methods.ema import ema_tau, ema_update_, weight_decay_param_groups
 from kikimimi.methods.losses import norm_mse_loss
 from kikimimi.methods.masking import MaskIds, gather_tokens, random_masking
-from kikimimi.models.vit import AudioViT, Block, ViTConfig, sincos_pos_embed_2d
+from kikimimi.models.vit import AudioViT, Block, ViTConfig, init_vit_weights, sincos_pos_embed_2d
 
 __all__ = ["M2D", "PREDICTOR_SIZES", "DEFAULT_NORM_STATS"]
 
@@ -46,15 +46,8 @@ MASK_MODES = ("unstructured",)
 
 
 def _init_mae_(module: nn.Module) -> None:
-    """MAE-style init: xavier-uniform Linear weights, zero biases, LayerNorm 1/0."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    """MAE-style init of every submodule (see :func:`kikimimi.models.vit.init_vit_weights`)."""
+    module.apply(init_vit_weights)
 
 
 class M2D(nn.Module):

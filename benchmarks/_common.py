@@ -1,0 +1,17 @@
+"""Shared pieces of the benchmark scripts."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a plain float32 ``[n, n] @ [n, n]`` matmul on this machine, measured now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t)
