@@ -102,3 +102,15 @@ def test_byola_norm_stats_matter(tmp_path):
     a = kikimimi.load(path, norm_stats=(-9.0, 4.5)).embed(_noise(1.0))
     b = kikimimi.load(path, norm_stats=(-5.0, 3.0)).embed(_noise(1.0))
     assert not np.allclose(a, b)
+
+
+def test_norm_stats_from_files(tmp_path):
+    from kikimimi.api import norm_stats_from_files
+
+    quiet, loud = tmp_path / "quiet.wav", tmp_path / "loud.wav"
+    sf.write(quiet, _noise(1.0, seed=1) * 0.01, 16000)
+    sf.write(loud, _noise(1.0, seed=2), 16000)
+    both = norm_stats_from_files([quiet, loud], n_samples=200)
+    only_quiet = norm_stats_from_files([quiet], n_samples=200)
+    assert both.mean > only_quiet.mean and both.std > only_quiet.std
+    assert norm_stats_from_files([quiet, loud], n_samples=200) == both  # seeded

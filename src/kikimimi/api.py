@@ -237,3 +237,19 @@ def random_init_like(model: AudioEncoder, seed: int = 0) -> AudioEncoder:
     bundle.encoder = fresh
     bundle.head = bundle.audio_proj = bundle.text_proj = None
     return AudioEncoder(bundle, device=model.device)
+
+
+def norm_stats_from_files(paths: Sequence[str | os.PathLike], preset: str = "byola", *, crop_s: float = 0.95,
+                          n_samples: int = 10000, seed: int = 0) -> NormStats:
+    """Scalar log-mel mean/std of a set of audio files, as BYOL-A needs per dataset (EVAR: the training split).
+
+    Each sample is a random ``crop_s``-second crop (right-padded when shorter) of a random file's log-mel
+    computed with ``preset``; unreadable files raise :class:`~kikimimi.audio.AudioDecodeError`.
+    """
+    from kikimimi.frontend import get_preset, log_mel
+    from kikimimi.normstats import compute_norm_stats
+
+    config = get_preset(preset)
+    mels = [log_mel(load_audio(p, config.sample_rate)[0], config) for p in paths]
+    crop_frames = config.num_frames(int(crop_s * config.sample_rate))
+    return compute_norm_stats(mels, crop_frames=crop_frames, n_samples=n_samples, seed=seed)

@@ -134,22 +134,17 @@ def pretrain(out: Path, pool_csv: Path, method: str, run_name: str, steps: int, 
 def evaluate(out: Path, labels_csv: Path, m2d_run: Path, byola_run: Path) -> None:
     """Stage 4: probe every model on the labelled set; write a report and a cluster plot."""
     import kikimimi
-    from kikimimi.api import random_init_like
+    from kikimimi.api import norm_stats_from_files, random_init_like
     from kikimimi.evaluation.baselines import LogMelStats
     from kikimimi.evaluation.cluster_plot import plot_clusters
     from kikimimi.evaluation.probe import ProbeConfig, evaluate_task
     from kikimimi.evaluation.tasks import Task
     from kikimimi.fileio import atomic_write_text
-    from kikimimi.normstats import compute_norm_stats
 
     task = Task.from_csv(labels_csv, name="synthetic8", unit_s=2.0)
     m2d = kikimimi.load(m2d_run / "kikimimi", device="cpu")
     # BYOL-A statistics are per dataset: computed from the task's training split (BYOL-A front end).
-    from kikimimi.audio import load_audio
-    from kikimimi.frontend import log_mel
-
-    train = [load_audio(item.path, 16000)[0] for item in task.split_items("train")]
-    stats = compute_norm_stats([log_mel(w, "byola") for w in train], crop_frames=201, n_samples=len(train))
+    stats = norm_stats_from_files([item.path for item in task.split_items("train")], "byola", crop_s=2.0)
     byola = kikimimi.load(byola_run / "kikimimi", device="cpu", norm_stats=(stats.mean, stats.std))
     models = {
         "log-mel stats": (LogMelStats("m2d-16k"), 3e-4),
