@@ -1,0 +1,53 @@
+"""`kikimimi eval MODEL… --task TASK… -o OUT`: linear-probe report with baselines and plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "eval"
+HELP = "Linear-probe evaluation (EVAR protocol) of checkpoints on task CSVs or class folders, with baselines."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", help="checkpoints (official or kikimimi), or 'logmel'")
+    parser.add_argument("--task", nargs="+", required=True,
+                        help="EVAR-style CSVs (file_name,label,split|fold) or folders with one sub-folder per class")
+    parser.add_argument("-o", "--out", required=True, help="report folder")
+    parser.add_argument("--unit-s", type=float, help="clip length in seconds (default: per task)")
+    parser.add_argument("--seeds", type=int, default=3, help="probe repeats on the cached embeddings")
+    parser.add_argument("--lr", type=float, help="probe lr (default: 3e-5 M2D, 3e-4 BYOL-A and baselines)")
+    parser.add_argument("--hidden", type=int, nargs="*", default=[], help="MLP probe hidden sizes, e.g. 512")
+    parser.add_argument("--no-baselines", action="store_true", help="skip log-mel and random-init baselines")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--norm-stats", nargs=2, type=float, metavar=("MEAN", "STD"),
+                        help="fixed log-mel statistics (default: file's for M2D, per task for BYOL-A)")
+    parser.add_argument("--device", default="cpu")
+
+
+def load_task(spec: str, unit_s: float | None):
+    from kikimimi.evaluation.tasks import Task
+
+    path = Path(spec)
+    if path.is_dir():
+        return Task.from_folder(path, unit_s=unit_s)
+    return Task.from_csv(path, unit_s=unit_s)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kikimimi.checkpoints import CheckpointError
+    from kikimimi.evaluation.report import model_specs, run_evaluation
+    from kikimimi.evaluation.tasks import TaskError
+
+    try:
+        tasks = [load_task(t, args.unit_s) for t in args.task]
+        specs = model_specs(args.models, baselines=not args.no_baselines, device=args.device, lr=args.lr,
+                            norm_stats=args.norm_stats)
+    except (TaskError, CheckpointError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    outcome = run_evaluation(specs, tasks, args.out, seeds=tuple(range(42, 42 + args.seeds)), hidden=args.hidden,
+                             device=args.device, plots=not args.no_plots, log=print)
+    print(f"wrote {Path(args.out) / 'report.md'}, report.json, scores.csv")
+    return 0 if outcome.results else 1

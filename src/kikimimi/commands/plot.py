@@ -1,0 +1,53 @@
+"""`kikimimi plot EMBEDDINGS --labels CSV -o out.png`: t-SNE map of any embedding file coloured by class."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NAME = "plot"
+HELP = "Draw a t-SNE cluster map of an embedding file (.npy rows, or an `embed` output folder) by class."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("embeddings", help=".npy [N, D] (rows in --labels order) or a `kikimimi embed` folder")
+    parser.add_argument("--labels", required=True, help="CSV with file_name,label (row order, or matched by name)")
+    parser.add_argument("-o", "--out", required=True, help="output PNG")
+    parser.add_argument("--title", default=None)
+
+
+def _read_labels(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "label" not in rows[0]:
+        raise ValueError(f"'{path}': needs a 'label' column")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from kikimimi.evaluation.cluster_plot import plot_clusters
+
+    try:
+        rows = _read_labels(Path(args.labels))
+        src = Path(args.embeddings)
+        if src.is_dir():  # an `embed` output folder: match its manifest to the label rows by file stem
+            label_of = {Path(r["file_name"]).stem: r["label"] for r in rows}
+            with open(src / "manifest.csv", newline="") as f:
+                manifest = [r for r in csv.DictReader(f) if Path(r["source"]).stem in label_of]
+            emb = np.stack([np.load(src / r["file_name"]) for r in manifest])
+            labels = [label_of[Path(r["source"]).stem] for r in manifest]
+        else:
+            emb = np.load(src)
+            labels = [r["label"] for r in rows]
+            if len(labels) != len(emb):
+                raise ValueError(f"'{src}' has {len(emb)} rows but '{args.labels}' has {len(labels)} labels")
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = plot_clusters({args.title or src.stem: (emb, labels)}, args.out)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,256 @@
+"""Linear-probe evaluation of several models on several tasks, with baselines, written as a report.
+
+`run_evaluation` embeds every task with every model (cached), runs the EVAR probe with repeated seeds
+and writes, under ``out_dir``:
+
+- ``report.md``: one table (rows = models including baselines, columns = tasks, mean ± std), then per task
+  the settings, notes (e.g. no validation split) and a per-class accuracy table;
+- ``report.json``: everything machine-readable (scores per fold and seed, per-class accuracy, settings,
+  model and data fingerprints, kikimimi version, time);
+- ``scores.csv``: ``model,task,metric,mean,std,n_test``;
+- ``<task>/confusion-<model>.png`` for every single-label model × task and ``<task>/clusters.png``: a t-SNE
+  map of the test embeddings of every model side by side, coloured by class.
+
+Baselines: the log-mel statistics embedding and, for every checkpoint, the same architecture at random
+initialisation, so every score has context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kikimimi.evaluation.probe import ProbeConfig, ProbeResult, evaluate_task
+from kikimimi.evaluation.tasks import Task
+from kikimimi.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+LOGMEL = "logmel"
+
+
+@dataclass
+class ModelSpec:
+    """A model to evaluate: a display name, an embedding-function factory and its settings."""
+
+    name: str
+    make: Callable[[Task], Any]  # task -> embedding function (called once per task: BYOL-A stats per task)
+    sample_rate: int
+    lr: float
+    fingerprint: str
+    family: str = "baseline"
+
+
+@dataclass
+class EvalOutcome:
+    results: dict[str, dict[str, ProbeResult]] = field(default_factory=dict)  # task -> model -> result
+    out_dir: Path | None = None
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file, or of every file of a folder (sorted), as hex."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def task_fingerprint(task: Task) -> str:
+    """Hash of the task rows (file, label, split/fold) and each file's size."""
+    h = hashlib.sha256()
+    for item in task.items:
+        size = item.path.stat().st_size if item.path.exists() else -1
+        h.update(f"{item.key}|{item.labels}|{item.split}|{item.fold}|{size}\n".encode())
+    return h.hexdigest()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = "cpu",
+                lr: float | None = None, norm_stats: Sequence[float] | None = None) -> list[ModelSpec]:
+    """Model specs from CLI-style names: checkpoint paths, or ``logmel`` for the log-mel baseline."""
+    import kikimimi
+    from kikimimi.api import norm_stats_from_files, random_init_like
+    from kikimimi.evaluation.baselines import LogMelStats
+
+    specs: list[ModelSpec] = []
+    names = list(models)
+    if baselines and LOGMEL not in names:
+        names.insert(0, LOGMEL)
+    for name in names:
+        if name == LOGMEL:
+            specs.append(ModelSpec("log-mel stats", lambda task: LogMelStats("m2d-16k"), 16000, lr or 3e-4,
+                                   "logmel-m2d-16k"))
+            continue
+        encoder = kikimimi.load(name, device=device, norm_stats=norm_stats)
+        path = Path(name)
+        label = path.parent.name if path.is_file() or path.name == "kikimimi" else path.name
+        while label in {s.name for s in specs}:
+            label += "'"
+        default_lr = 3e-5 if encoder.family == "m2d" else 3e-4
+
+        def make(task: Task, encoder=encoder, random: bool = False):
+            enc = encoder
+            if encoder.family == "byola" and norm_stats is None:
+                # EVAR: BYOL-A statistics from the first fold's training split
+                first = next(task.folds())
+                stats = norm_stats_from_files([it.path for it in first.train], "byola",
+                                              n_samples=min(10000, 20 * len(first.train)))
+                enc = type(encoder)(encoder.bundle, device=encoder.device)
+                enc.norm_stats = stats
+            return random_init_like(enc) if random else enc
+
+        fp = file_fingerprint(name)
+        specs.append(ModelSpec(label, make, encoder.sample_rate, lr or default_lr, fp, encoder.family))
+        if baselines:
+            specs.append(ModelSpec(f"{label} (random init)", lambda task, m=make: m(task, random=True),
+                                   encoder.sample_rate, lr or default_lr, f"random:{fp}", encoder.family))
+    return specs
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    return buf.getvalue()
+
+
+def plot_confusion(result: ProbeResult, title: str, out_png: Path) -> None:
+    """Row-normalised confusion matrix of the first seed's test predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kikimimi.evaluation.metrics import confusion_matrix
+
+    classes = result.classes
+    folds = [f for f in result.folds if f.seed == result.folds[0].seed]
+    y_true = np.concatenate([f.y_true for f in folds])
+    y_pred = np.concatenate([f.y_pred for f in folds])
+    cm = confusion_matrix(y_true, y_pred, len(classes)).astype(float)
+    cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = min(12.0, 2.5 + 0.35 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if cm[i, j] > 0:
+                    ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write_bytes(out_png, _png(fig))
+    plt.close(fig)
+
+
+def run_evaluation(specs: Sequence[ModelSpec], tasks: Sequence[Task], out_dir: str | Path, *,
+                   seeds: Sequence[int] = (42, 43, 44), hidden: Sequence[int] = (), device: str = "cpu",
+                   plots: bool = True, progress: bool = False, log: Callable[[str], None] | None = None) -> EvalOutcome:
+    """Evaluate every model on every task and write the report files (see the module docstring)."""
+    from kikimimi import __version__
+    from kikimimi.evaluation.cluster_plot import plot_clusters
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outcome = EvalOutcome(out_dir=out)
+    notes: dict[str, list[str]] = {}
+    for task in tasks:
+        outcome.results[task.name] = {}
+        notes[task.name] = []
+        if not task.has_valid:
+            notes[task.name].append("no validation split: a class-complete 10% hold-out of each training fold "
+                                    "selects the probe's early-stopping epoch")
+        panels = {}
+        for spec in specs:
+            config = ProbeConfig(lr=spec.lr, hidden=tuple(hidden), device=device)
+            embed_fn = spec.make(task)
+            result, embs = evaluate_task(embed_fn, task, sample_rate=spec.sample_rate, config=config, seeds=seeds,
+                                         cache_dir=out / "cache", model_id=spec.fingerprint[:16] + _slug(spec.name),
+                                         progress=progress)
+            outcome.results[task.name][spec.name] = result
+            if log:
+                log(f"{task.name:<16} {spec.name:<40} {result.metric} {100 * result.score:5.1f} "
+                    f"± {100 * result.std:.1f}")
+            if plots and result.metric == "accuracy":
+                plot_confusion(result, f"{spec.name} — {task.name}\naccuracy {100 * result.score:.1f}%",
+                               out / _slug(task.name) / f"confusion-{_slug(spec.name)}.png")
+                fold = embs.folds[0]
+                if len(fold.test) >= 3:
+                    panels[f"{spec.name}\n{100 * result.score:.1f}%"] = (fold.x_test, [it.label for it in fold.test])
+        if plots and panels:
+            plot_clusters(panels, out / _slug(task.name) / "clusters.png",
+                          title=f"{task.name}: t-SNE of test embeddings (fold {embs.folds[0].index})")
+    _write_reports(outcome, specs, tasks, notes, seeds, hidden, __version__)
+    return outcome
+
+
+def _write_reports(outcome: EvalOutcome, specs, tasks, notes, seeds, hidden, version: str) -> None:
+    out = outcome.out_dir
+    assert out is not None
+    names = [s.name for s in specs]
+    lines = ["# kikimimi evaluation report", "",
+             f"Linear probe, EVAR protocol, seeds {list(seeds)}" + (f", MLP hidden {list(hidden)}" if hidden else ""),
+             "", "| model | " + " | ".join(t.name for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name in names:
+        cells = []
+        for t in tasks:
+            r = outcome.results[t.name][name]
+            cells.append(f"{100 * r.score:.1f} ± {100 * r.std:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    csv_rows = ["model,task,metric,mean,std,n_test"]
+    report: dict[str, Any] = {"kikimimi_version": version, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "seeds": list(seeds), "hidden": list(hidden), "models": {}, "tasks": {}}
+    for spec in specs:
+        report["models"][spec.name] = {"fingerprint": spec.fingerprint, "family": spec.family, "lr": spec.lr,
+                                       "sample_rate": spec.sample_rate}
+    for t in tasks:
+        slug = _slug(t.name)
+        lines += ["", f"## {t.name}", "",
+                  f"{len(t.items)} clips, {t.n_classes} classes, unit {t.unit_s:g} s, "
+                  f"{'folds ' + str(t.fold_ids()) if t.is_cv else 'train/valid/test split'}."]
+        lines += [f"- {n}" for n in notes[t.name]]
+        results = outcome.results[t.name]
+        first = next(iter(results.values()))
+        if first.metric == "accuracy":
+            classes = first.classes
+            lines += ["", "Per-class accuracy (%):", "", "| model | " + " | ".join(classes) + " |",
+                      "|---|" + "---|" * len(classes)]
+            for name in names:
+                pc = results[name].per_class_accuracy
+                lines.append(f"| {name} | " + " | ".join(f"{100 * pc[c]:.0f}" for c in classes) + " |")
+            if (out / slug / "clusters.png").exists():
+                lines += ["", f"![clusters]({slug}/clusters.png)"]
+        report["tasks"][t.name] = {"fingerprint": task_fingerprint(t), "notes": notes[t.name], "results": {}}
+        for name in names:
+            r = results[name]
+            n_test = sum(len(f.y_true) for f in r.folds if f.seed == r.folds[0].seed)
+            csv_rows.append(f"{name},{t.name},{r.metric},{r.score:.6f},{r.std:.6f},{n_test}")
+            report["tasks"][t.name]["results"][name] = {
+                "metric": r.metric, "mean": r.score, "std": r.std, "seed_scores": r.seed_scores,
+                "fold_scores": {str(k): v for k, v in r.fold_scores.items()},
+                "per_class_accuracy": r.per_class_accuracy, "settings": _jsonable(r.settings)}
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "scores.csv", "\n".join(csv_rows) + "\n")
+    atomic_write_json(out / "report.json", _jsonable(report))
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
