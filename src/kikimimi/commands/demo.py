@@ -132,52 +132,21 @@ def pretrain(out: Path, pool_csv: Path, method: str, run_name: str, steps: int, 
 
 
 def evaluate(out: Path, labels_csv: Path, m2d_run: Path, byola_run: Path) -> None:
-    """Stage 4: probe every model on the labelled set; write a report and a cluster plot."""
-    import kikimimi
-    from kikimimi.api import norm_stats_from_files, random_init_like
-    from kikimimi.evaluation.baselines import LogMelStats
-    from kikimimi.evaluation.cluster_plot import plot_clusters
-    from kikimimi.evaluation.probe import ProbeConfig, evaluate_task
+    """Stage 4: probe both pre-trained encoders and the baselines; report, confusion matrices, t-SNE maps."""
+    from kikimimi.evaluation.report import model_specs, run_evaluation
     from kikimimi.evaluation.tasks import Task
-    from kikimimi.fileio import atomic_write_text
 
     task = Task.from_csv(labels_csv, name="synthetic8", unit_s=2.0)
-    m2d = kikimimi.load(m2d_run / "kikimimi", device="cpu")
-    # BYOL-A statistics are per dataset: computed from the task's training split (BYOL-A front end).
-    stats = norm_stats_from_files([item.path for item in task.split_items("train")], "byola", crop_s=2.0)
-    byola = kikimimi.load(byola_run / "kikimimi", device="cpu", norm_stats=(stats.mean, stats.std))
-    models = {
-        "log-mel stats": (LogMelStats("m2d-16k"), 3e-4),
-        "M2D random init": (random_init_like(m2d), 3e-4),
-        "M2D pre-trained": (m2d, 3e-4),
-        "BYOL-A random init": (random_init_like(byola), 3e-4),
-        "BYOL-A pre-trained": (byola, 3e-4),
-    }
-    rows, panels = [], {}
-    for name, (embed_fn, lr) in models.items():
-        result, embs = evaluate_task(embed_fn, task, sample_rate=16000, config=ProbeConfig(lr=lr),
-                                     seeds=(42, 43, 44), batch_size=32)
-        rows.append((name, result.score, result.std, result.per_class_accuracy))
-        fold = embs.folds[0]
-        panels[f"{name}\nacc {100 * result.score:.1f}%"] = (fold.x_test, [it.label for it in fold.test])
-        print(f"   {name:<20} accuracy {100 * result.score:5.1f} ± {100 * result.std:.1f} %", flush=True)
-    classes = sorted(rows[0][3])
-    lines = ["# kikimimi demo: linear probe on generated sounds", "",
-             f"Task: {len(classes)} classes, {len(task.split_items('train'))} train / "
-             f"{len(task.split_items('valid'))} valid / {len(task.split_items('test'))} test clips; "
-             f"classes not in the pre-training pool: {', '.join(c for c in classes if c not in PRETRAIN_CLASSES)}.",
-             "Probe: EVAR protocol (StandardScaler, linear layer, Adam, early stopping on valid), 3 seeds.", "",
-             "| model | accuracy % | " + " | ".join(classes) + " |",
-             "|---|---|" + "---|" * len(classes)]
-    for name, score, std, per_class in rows:
-        lines.append(f"| {name} | {100 * score:.1f} ± {100 * std:.1f} | "
-                     + " | ".join(f"{100 * per_class[c]:.0f}" for c in classes) + " |")
-    lines += ["", "![t-SNE of test embeddings](clusters.png)", ""]
-    atomic_write_text(out / "report.md", "\n".join(lines))
-    atomic_write_text(out / "scores.csv", "model,accuracy,std\n"
-                      + "".join(f"{n},{s:.4f},{d:.4f}\n" for n, s, d, _ in rows))
-    plot_clusters(panels, out / "clusters.png", title="t-SNE of held-out test embeddings")
-    print(f"   wrote {out / 'report.md'}, {out / 'scores.csv'}, {out / 'clusters.png'}")
+    unseen = sorted(set(task.classes) - set(PRETRAIN_CLASSES))
+    print(f"   task: {task.n_classes} classes ({', '.join(unseen)} never heard in pre-training), "
+          f"{len(task.split_items('train'))} train / {len(task.split_items('valid'))} valid / "
+          f"{len(task.split_items('test'))} test clips")
+    # BYOL-A statistics come from the task's training split; M2D keeps the statistics in its file.
+    # One probe lr for every model keeps this small comparison like for like.
+    specs = model_specs([str(m2d_run / "kikimimi"), str(byola_run / "kikimimi")], lr=3e-4)
+    run_evaluation(specs, [task], out / "report", seeds=(42, 43, 44),
+                   log=lambda line: print("   " + line, flush=True))
+    print(f"   wrote {out / 'report' / 'report.md'} (+ report.json, scores.csv, synthetic8/*.png)")
 
 
 def run(args: argparse.Namespace) -> int:
