@@ -58,6 +58,11 @@ class _BYOLAFrames(nn.Module):
     def frame_hop_frames(self) -> int:
         return self.time_downsample
 
+    @property
+    def embedding_dim(self) -> int:
+        """Size of frame and clip embeddings (``d``)."""
+        return self.d
+
 
 class AudioNTT2020Frames(_BYOLAFrames):
     """BYOL-A v1 frame-level encoder: ``[B, 1, F, T]`` -> ``[B, T // 8, d]``."""
@@ -71,10 +76,6 @@ class AudioNTT2020Frames(_BYOLAFrames):
         self.features = nn.Sequential(*_conv_block(1, 64), *_conv_block(64, 64), *_conv_block(64, 64))
         self.fc = nn.Sequential(nn.Linear(64 * (n_mels // 8), d), nn.ReLU(), nn.Dropout(p=0.3),
                                 nn.Linear(d, d), nn.ReLU())
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _as_4d(x)
@@ -107,10 +108,6 @@ class AudioNTT2022Frames(_BYOLAFrames):
         self.features = nn.Sequential(*_conv_block(1, base_d), *_conv_block(base_d, base_d))
         self.fc = nn.Sequential(nn.Linear(conv_d, mlp_hidden_d), nn.ReLU(), nn.Dropout(p=0.3),
                                 nn.Linear(mlp_hidden_d, d - conv_d), nn.ReLU())
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _as_4d(x)
