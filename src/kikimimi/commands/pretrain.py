@@ -34,6 +34,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "patch_size": "16x16",
         "sample_rate": 16000,
         "mask_ratio": 0.7,
+        "ema_taus": [0.99995, 0.99999],
         "epochs": 300,
         "warmup_epochs": 20,
         "batch_size": 512,
@@ -121,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", default=S, help="M2D patch FxT in (bins x frames), e.g. 16x16")
     p.add_argument("--sample-rate", type=int, choices=(16000, 32000), default=S, help="M2D rate in Hz")
     p.add_argument("--mask-ratio", type=float, default=S, help="M2D mask ratio (0.7)")
+    p.add_argument("--ema-taus", type=float, nargs=2, default=S, metavar=("START", "END"),
+                   help="M2D target EMA decay, linear over the run (0.99995 0.99999, tuned for ~300k steps; "
+                   "short runs need a faster-moving target, e.g. 0.995 0.9995)")
     p.add_argument("--byola-dim", type=int, default=S, help="BYOL-A encoder output d (v1 512, v2 3072)")
     p.add_argument("--min-epoch-size", type=int, default=S, help="repeat small corpora up to N items/epoch")
     p.add_argument(
@@ -255,6 +259,7 @@ def _build_method(s: dict[str, Any], norm_stats):
             patch_size=tuple(s["patch_size"]),
             sample_rate=int(s["sample_rate"]),
             mask_ratio=float(s["mask_ratio"]),
+            ema_taus=tuple(float(t) for t in s.get("ema_taus") or (0.99995, 0.99999)),
             norm_stats=norm_stats.to_list(),
         )
     kw: dict[str, Any] = {"n_mels": 64, "input_frames": int(s["input_frames"]), "lr": s.get("lr")}
