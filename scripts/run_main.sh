@@ -2,6 +2,6 @@
 # Set up the environment (first run only) and run the demo pipeline on generated audio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,eval
+bash scripts/setup.sh dev,eval,text
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec .venv/bin/python -m kikimimi demo --out "${KIKIMIMI_DEMO_DIR:-outputs/demo}" "$@"

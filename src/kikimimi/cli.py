@@ -22,7 +22,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "convert",
     "pretrain",
     "eval",
+    "finetune",
     "plot",
+    "zeroshot",
+    "retrieval",
+    "index",
+    "search",
 )
 
 

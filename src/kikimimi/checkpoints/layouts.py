@@ -136,6 +136,9 @@ def _split_m2d(state: dict[str, Tensor], prefix: str) -> SplitState:
         if key.startswith(_HEAD_LINEAR):
             out.head["linear." + key[len(_HEAD_LINEAR) :]] = value
             continue
+        if key == "logit_scale" and prefix and out.logit_scale is None:
+            out.logit_scale = value  # 2025 wrapper: the CLAP temperature sits beside backbone./text_encoder.
+            continue
         if not key.startswith(prefix):
             out.dropped.append(key)  # front-end buffers and other wrapper parts
             continue

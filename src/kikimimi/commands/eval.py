@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, nargs="*", default=[], help="MLP probe hidden sizes, e.g. 512")
     parser.add_argument("--no-baselines", action="store_true", help="skip log-mel and random-init baselines")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--map", choices=("tsne", "umap"), default="tsne",
+                        help="cluster map method (umap needs: pip install umap-learn)")
     parser.add_argument("--norm-stats", nargs=2, type=float, metavar=("MEAN", "STD"),
                         help="fixed log-mel statistics (default: file's for M2D, per task for BYOL-A)")
     parser.add_argument("--device", default="cpu")
@@ -41,13 +43,18 @@ def run(args: argparse.Namespace) -> int:
     from kikimimi.evaluation.tasks import TaskError
 
     try:
+        if args.map == "umap" and not args.no_plots:
+            from kikimimi.evaluation.cluster_plot import import_umap
+
+            import_umap()
         tasks = [load_task(t, args.unit_s) for t in args.task]
         specs = model_specs(args.models, baselines=not args.no_baselines, device=args.device, lr=args.lr,
                             norm_stats=args.norm_stats)
-    except (TaskError, CheckpointError, OSError) as exc:
+    except (TaskError, CheckpointError, OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     outcome = run_evaluation(specs, tasks, args.out, seeds=tuple(range(42, 42 + args.seeds)), hidden=args.hidden,
-                             device=args.device, plots=not args.no_plots, log=print)
+                             device=args.device, plots=not args.no_plots, log=print,
+                             map_method=args.map)
     print(f"wrote {Path(args.out) / 'report.md'}, report.json, scores.csv")
     return 0 if outcome.results else 1

@@ -1,4 +1,4 @@
-"""`kikimimi plot EMBEDDINGS --labels CSV -o out.png`: t-SNE map of any embedding file coloured by class."""
+"""`kikimimi plot EMBEDDINGS --labels CSV -o out.png`: t-SNE (or UMAP) map of any embedding file by class."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, help="CSV with file_name,label (row order, or matched by name)")
     parser.add_argument("-o", "--out", required=True, help="output PNG")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--method", choices=("tsne", "umap"), default="tsne",
+                        help="2-D map: t-SNE, or UMAP (optional: pip install umap-learn)")
 
 
 def _read_labels(path: Path) -> list[dict[str, str]]:
@@ -48,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = plot_clusters({args.title or src.stem: (emb, labels)}, args.out)
+    try:
+        out = plot_clusters({args.title or src.stem: (emb, labels)}, args.out, method=args.method)
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0

@@ -11,6 +11,13 @@ recipe's fraction of the run (M2D: 20/300 of the steps). Every resolved setting 
 - BYOL-A: ``AudioNTT2020-BYOLA-<F>x<T>d<d>-<yymmdd>`` (v2: ``AudioNTT2022-…``), plus the encoder state
   dict ``AudioNTT2020-BYOLA-<F>x<T>d<d>.pth`` written at the end.
 
+M2D-CLAP / M2D2 (fact-sheet-m2d §5): ``--method m2d_clap`` (and ``m2d2_stage1``, the same objective against
+LLM-based caption embeddings) needs ``--captions`` = a caption table (CSV/JSON; its embedding cache is
+built first with ``--text-encoder`` inside the run folder, reused on resume) or a caption-embedding cache;
+run folders are named ``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>-<yymmdd>``. ``--method m2d2_stage2`` trains the
+semantic projector and a text encoder (``--text-encoder``) on the encoder of ``--init-from STAGE1_RUN``
+(frozen unless ``--unfreeze-audio``), folder ``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>p16kp<code>pTI-<yymmdd>``.
+
 Multi-process: ``torchrun --nproc_per_node=N -m kikimimi pretrain …`` (gloo on CPU, nccl on CUDA);
 ``--batch-size`` is per process. ``--resume RUN_DIR|CHECKPOINT`` restores every setting from the
 checkpoint (only ``--steps/--epochs``, ``--workers``, ``--device``, ``--amp`` may change).
@@ -25,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 NAME = "pretrain"
-HELP = "pre-train an M2D or BYOL-A encoder on audio files or a prep cache"
+HELP = "pre-train an M2D, M2D-CLAP / M2D2 or BYOL-A encoder on audio files or a prep cache"
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "m2d": {
@@ -70,6 +77,33 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "lr": 1e-4}
+# M2D-CLAP 2024: the M2D recipe + CLAP weight 0.01 (fact-sheet-m2d §5.1); M2D2 stage 1 is the same objective
+METHOD_DEFAULTS["m2d_clap"] = {**METHOD_DEFAULTS["m2d"], "clap_weight": 0.01}
+METHOD_DEFAULTS["m2d2_stage1"] = {**METHOD_DEFAULTS["m2d_clap"]}
+# M2D2 stage 2: training hyper-parameters are not public (fact-sheet-m2d §9); kikimimi's choice: 30 epochs
+# (the release is checkpoint-30.pth), a text-encoder fine-tuning lr, sizes come from the stage-1 file
+METHOD_DEFAULTS["m2d2_stage2"] = {
+    **{k: METHOD_DEFAULTS["m2d"][k] for k in ("size", "input_frames", "patch_size", "sample_rate")},
+    "epochs": 30,
+    "warmup_epochs": 1,
+    "batch_size": 128,
+    "accum_iter": 1,
+    "lr": 5e-5,
+    "blr": None,
+    "min_lr": 0.0,
+    "optimizer": "adamw",
+    "betas": [0.9, 0.95],
+    "weight_decay": 0.05,
+    "schedule": "cosine",
+    "grad_clip": 3.0,
+    "seed": 3,
+    "min_epoch_size": 0,
+    "sem_mode": 1,
+}
+#: methods built on the M2D ViT (80-bin M2D front end, patch sizes, official-style run names)
+M2D_FAMILY = ("m2d", "m2d_clap", "m2d2_stage1", "m2d2_stage2")
+#: methods that pair each item with a caption
+CAPTION_METHODS = ("m2d_clap", "m2d2_stage1", "m2d2_stage2")
 COMMON_DEFAULTS: dict[str, Any] = {
     "steps": None,
     "warmup_steps": None,
@@ -88,6 +122,14 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "byola_dim": None,
     "run_name": None,
     "progress": True,
+    "captions": None,
+    "text_encoder": None,
+    "clap_weight": None,
+    "missing_captions": "error",
+    "unfreeze_audio": False,
+    "sem_mode": None,
+    "text_dim": None,
+    "vit_config": None,
 }
 #: settings that may change when resuming
 RESUME_OVERRIDES = ("steps", "epochs", "workers", "device", "amp", "progress", "save_every", "log_every")
@@ -95,7 +137,12 @@ RESUME_OVERRIDES = ("steps", "epochs", "workers", "device", "amp", "progress", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # absent flags stay absent so config file / method defaults apply
-    p.add_argument("--method", choices=("m2d", "byola", "byola2"), default=S, help="objective (required)")
+    p.add_argument(
+        "--method",
+        choices=("m2d", "byola", "byola2", "m2d_clap", "m2d2_stage1", "m2d2_stage2"),
+        default=S,
+        help="objective (required)",
+    )
     p.add_argument(
         "--data", nargs="+", default=S, metavar="CORPUS", help="audio folders, CSV lists or prep caches"
     )
@@ -161,8 +208,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--init-from",
         default=S,
         metavar="OFFICIAL_CHECKPOINT",
-        help="further pre-training: start from an official full checkpoint",
+        help="further pre-training: start from an official full checkpoint (m2d2_stage2: the stage-1 run)",
     )
+    p.add_argument(
+        "--captions",
+        default=S,
+        metavar="CAPTIONS",
+        help="M2D-CLAP/M2D2: caption table (.csv/.json; embedded with --text-encoder) or caption-embedding cache",
+    )
+    p.add_argument(
+        "--text-encoder",
+        default=S,
+        metavar="SPEC",
+        help="text encoder (minilm, st:PATH, gte:PATH, bert:PATH, llm:PATH#eos, smollm2#eos): embeds a caption "
+        "table for m2d_clap/m2d2_stage1, is trained in m2d2_stage2",
+    )
+    p.add_argument("--clap-weight", type=float, default=S, help="CLAP loss weight in M2D-CLAP (0.01)")
+    p.add_argument(
+        "--missing-captions",
+        choices=("error", "skip"),
+        default=S,
+        help="training files without a caption: error listing them (default) or skip them with a warning",
+    )
+    p.add_argument(
+        "--unfreeze-audio",
+        action="store_true",
+        default=S,
+        help="m2d2_stage2: also train the stage-1 audio encoder (frozen by default)",
+    )
+    p.add_argument("--sem-mode", type=int, choices=(1, 2, 3, 4), default=S, help="m2d2_stage2 projector mode (1)")
     p.add_argument("--config", default=S, metavar="FILE.json", help="settings file (keys = option names)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")
 
@@ -192,7 +266,7 @@ def resolve_settings(cli: dict[str, Any]) -> dict[str, Any]:
         file_cfg = {k.replace("-", "_"): v for k, v in file_cfg.items()}
     method = cli.get("method") or file_cfg.get("method")
     if method not in METHOD_DEFAULTS:
-        raise ValueError("--method is required: m2d, byola or byola2")
+        raise ValueError("--method is required: m2d, byola, byola2, m2d_clap, m2d2_stage1 or m2d2_stage2")
     s: dict[str, Any] = {"out": "runs", **COMMON_DEFAULTS, **METHOD_DEFAULTS[method], **file_cfg}
     explicit = {k: v for k, v in cli.items() if k not in ("config", "_run", "command")}
     if "steps" in explicit or "epochs" in explicit:  # a length flag replaces the other one
@@ -212,19 +286,56 @@ def resolve_settings(cli: dict[str, Any]) -> dict[str, Any]:
         s["grad_clip"] = None
     if s.get("lr") is not None:
         s["blr"] = None
-    if method == "m2d":
+    if method in M2D_FAMILY:
         s["patch_size"] = _parse_pair(s["patch_size"], "--patch-size")
+    if method in CAPTION_METHODS and not s.get("resume"):
+        _check_caption_settings(s)
     return s
 
 
+def _check_caption_settings(s: dict[str, Any]) -> None:
+    """Required flags of the caption methods (before any data is read)."""
+    method = s["method"]
+    if not s.get("captions"):
+        raise ValueError(f"--method {method} needs --captions (caption table .csv/.json or embedding cache)")
+    if method == "m2d2_stage2":
+        if not s.get("init_from"):
+            raise ValueError("--method m2d2_stage2 needs --init-from STAGE1_RUN_OR_CHECKPOINT")
+        if not s.get("text_encoder"):
+            raise ValueError("--method m2d2_stage2 needs --text-encoder SPEC (the text encoder to train)")
+        if _is_embedding_cache(s["captions"]):
+            raise ValueError(
+                f"--captions {s['captions']}: m2d2_stage2 trains its text encoder and needs caption texts "
+                "(a .csv/.json caption table), not an embedding cache"
+            )
+    elif not _is_embedding_cache(s["captions"]) and not s.get("text_encoder"):
+        raise ValueError(
+            f"--captions {s['captions']} is a caption table: give --text-encoder SPEC to embed it "
+            "(or pass a caption-embedding cache)"
+        )
+
+
+def _is_embedding_cache(path: Any) -> bool:
+    return Path(str(path)).suffix.lower() not in (".csv", ".json", ".tsv")
+
+
 def _frontend_preset(s: dict[str, Any]) -> str:
-    if s["method"] == "m2d":
+    if s["method"] in M2D_FAMILY:
         return "m2d-32k" if int(s["sample_rate"]) == 32000 else "m2d-16k"
     return "byola"
 
 
 def _run_folder_name(s: dict[str, Any], n_mels: int, method_cfg: dict[str, Any]) -> str:
     date = _dt.date.today().strftime("%y%m%d")
+    if s["method"] == "m2d2_stage2":
+        from kikimimi.methods.m2d2 import stage2_folder_name
+        from kikimimi.models.vit import ViTConfig
+
+        return stage2_folder_name(ViTConfig.from_dict(s["vit_config"]), s.get("text_encoder"), date)
+    if s["method"] in ("m2d_clap", "m2d2_stage1"):
+        f, t = s["patch_size"]
+        sr = "p32k" if int(s["sample_rate"]) == 32000 else ""
+        return f"m2d_clap_vit_{s['size']}-{n_mels}x{s['input_frames']}p{f}x{t}{sr}-{date}"
     if s["method"] == "m2d":
         f, t = s["patch_size"]
         sr = "p32k" if int(s["sample_rate"]) == 32000 else ""
@@ -250,6 +361,29 @@ def _build_method(s: dict[str, Any], norm_stats):
     from kikimimi.methods import build_method
 
     torch.manual_seed(int(s["seed"]))
+    if s["method"] == "m2d2_stage2":
+        return build_method(
+            "m2d2_stage2",
+            vit_config=s["vit_config"],
+            text_encoder=s["text_encoder"],
+            sem_mode=int(s.get("sem_mode") or 1),
+            unfreeze_audio=bool(s.get("unfreeze_audio")),
+            norm_stats=norm_stats.to_list(),
+        )
+    if s["method"] in ("m2d_clap", "m2d2_stage1"):
+        return build_method(
+            s["method"],
+            size=s["size"],
+            input_size=(80, int(s["input_frames"])),
+            patch_size=tuple(s["patch_size"]),
+            sample_rate=int(s["sample_rate"]),
+            mask_ratio=float(s["mask_ratio"]),
+            ema_taus=tuple(float(t) for t in s.get("ema_taus") or (0.99995, 0.99999)),
+            norm_stats=norm_stats.to_list(),
+            text_dim=s.get("text_dim"),
+            clap_weight=float(s["clap_weight"] if s.get("clap_weight") is not None else 0.01),
+            text_encoder=s.get("text_encoder"),
+        )
     if s["method"] == "m2d":
         n_mels = 80
         return build_method(
@@ -287,7 +421,7 @@ def _export_kikimimi(settings: dict[str, Any], official: Path, out: Path, stats)
         return None
     try:
         kw: dict[str, Any] = {"norm_stats": stats.to_list()}
-        if settings["method"] == "m2d":
+        if settings["method"] in M2D_FAMILY:
             kw.update(
                 size=settings["size"],
                 input_size=(80, int(settings["input_frames"])),
@@ -299,6 +433,91 @@ def _export_kikimimi(settings: dict[str, Any], official: Path, out: Path, stats)
         print(f"note: kikimimi-format export skipped: {err}")
         return None
     return str(out)
+
+
+# ---------------------------------------------------------------------------------------------- captions
+def _load_caption_table(path: str):
+    """A ``kikimimi.captions.CaptionTable`` from a ``.csv`` / ``.json`` caption file."""
+    from kikimimi.captions import CaptionTable
+
+    return CaptionTable.load(path)
+
+
+def _caption_cache_path(run_dir: Path, spec: str) -> Path:
+    slug = "".join(c if c.isalnum() else "_" for c in spec).strip("_")[:40] or "text"
+    return run_dir / f"caption-embeddings-{slug}.safetensors"
+
+
+def _prepare_embedding_cache(settings: dict[str, Any], run_dir: Path, dist) -> tuple[Any, str]:
+    """Open (or first build, on rank 0, resumably) the caption-embedding cache; ``(cache, path)``.
+
+    A caption table is embedded with ``--text-encoder`` into ``run_dir/caption-embeddings-<spec>.safetensors``
+    (+ ``.info.json`` recording the encoder); an existing cache is reused. A given cache is checked against
+    ``--text-encoder`` when its side-car records one.
+    """
+    from kikimimi.caption_data import read_cache_info, write_cache_info
+    from kikimimi.captions import CaptionEmbeddingCache
+    from kikimimi.training.distributed import barrier
+
+    captions = str(settings["captions"])
+    spec = settings.get("text_encoder")
+    if _is_embedding_cache(captions):
+        cache = CaptionEmbeddingCache.load(captions)
+        info = read_cache_info(captions) or {}
+        made_by = info.get("text_encoder") or cache.encoder_name
+        if spec and made_by and _spec_key(spec) not in (_spec_key(made_by), _spec_key(cache.encoder_name)):
+            raise ValueError(
+                f"--captions '{captions}' was made with text encoder {made_by!r}, not --text-encoder {spec!r}"
+            )
+        settings["text_encoder"] = spec or made_by
+        return cache, captions
+    cache_path = _caption_cache_path(run_dir, str(spec))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not cache_path.exists():
+            from kikimimi.models.text import load_text_encoder
+
+            encoder = load_text_encoder(str(spec), device=dist.device)
+            cache = CaptionEmbeddingCache.build(_load_caption_table(captions), encoder, cache_path)
+            write_cache_info(cache_path, text_encoder=str(spec), dim=int(cache.dim), captions=captions)
+            print(f"embedded captions of {captions} with {spec} into {cache_path}")
+    barrier()
+    settings["caption_cache"] = str(cache_path)
+    return CaptionEmbeddingCache.load(cache_path), str(cache_path)
+
+
+def _spec_key(spec: str) -> str:
+    """A text-encoder spec with its path made absolute (``gte:models/gte`` ≡ ``gte:/abs/models/gte``)."""
+    import os
+
+    kind, sep, rest = str(spec).partition(":")
+    if not sep:
+        return str(spec)
+    path, hash_, suffix = rest.partition("#")
+    return f"{kind}:{os.path.abspath(path)}{hash_}{suffix}"
+
+
+def _stage1_setup(settings: dict[str, Any]):
+    """m2d2_stage2: read the stage-1 encoder; its sizes and statistics become the run's settings."""
+    from kikimimi.checkpoints import load_encoder
+    from kikimimi.methods.m2d2 import resolve_stage1_checkpoint, vit_size_name
+    from kikimimi.models.vit import ViTConfig
+
+    ckpt = resolve_stage1_checkpoint(settings["init_from"])
+    bundle = load_encoder(ckpt)
+    if bundle.family != "m2d":
+        raise ValueError(f"--init-from '{ckpt}': m2d2_stage2 needs an M2D / M2D-CLAP encoder, got {bundle.family}")
+    vit = ViTConfig.from_dict(bundle.config["vit"])
+    settings.update(
+        init_from=str(ckpt),
+        vit_config=vit.to_dict(),
+        size=vit_size_name(vit),
+        input_frames=int(vit.input_size[1]),
+        patch_size=list(vit.patch_size),
+        sample_rate=int(vit.sample_rate),
+        norm_stats=bundle.norm_stats.to_list(),
+    )
+    return bundle
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -340,7 +559,27 @@ def run(args: argparse.Namespace) -> int:
 
     dist = init_distributed(settings.get("device") or "auto")
     try:
+        method_name = settings["method"]
+        stage1 = _stage1_setup(settings) if method_name == "m2d2_stage2" and resume_path is None else None
         corpus = resolve_corpus(settings["data"])
+        captions = embeddings = caption_source = None
+        if method_name in CAPTION_METHODS:
+            from kikimimi.caption_data import caption_lists, filter_captioned
+
+            if run_dir is None:
+                parent = Path(settings.get("out") or "runs")
+                name = settings.get("run_name") or _run_folder_name(settings, 80, {})
+                run_dir = _unique_dir(parent, name) if dist.is_main else None
+                run_dir = Path(broadcast_object(str(run_dir) if run_dir else None))
+            if method_name == "m2d2_stage2":
+                captions = caption_lists(_load_caption_table(str(settings["captions"])))
+                caption_source, available = str(settings["captions"]), list(captions)
+            else:
+                embeddings, caption_source = _prepare_embedding_cache(settings, run_dir, dist)
+                available = list(embeddings.keys())
+            corpus, caption_keys = filter_captioned(
+                corpus, available, settings.get("missing_captions") or "error", source=caption_source
+            )
         preset = _frontend_preset(settings)
         if corpus.kind == "cache" and corpus.preset and corpus.preset != preset:
             raise ValueError(
@@ -378,10 +617,22 @@ def run(args: argparse.Namespace) -> int:
             **ds_kw,
         )
         transform = DeviceLogMel(preset, frames, stats).to(dist.device) if on_device else None
+        if method_name in CAPTION_METHODS:
+            from kikimimi.caption_data import CaptionCropDataset
+
+            dataset = CaptionCropDataset(
+                dataset, embeddings=embeddings, captions=captions, keys=caption_keys, source=caption_source
+            )
+            if dataset.text_dim is not None:
+                settings["text_dim"] = int(dataset.text_dim)
 
         method = _build_method(settings, stats)
         method_cfg = method.config_dict()
-        if settings.get("init_from") and resume_path is None:
+        if method_name == "m2d2_stage2":
+            method.set_captions(dataset.caption_texts)
+            if stage1 is not None:
+                method.load_stage1_encoder(stage1.encoder.state_dict(), norm_stats=stats.to_list())
+        elif settings.get("init_from") and resume_path is None:
             ignored = method.load_official_state_dict(_load_official(settings["init_from"]))
             settings["init_from_ignored_keys"] = len(ignored)
 

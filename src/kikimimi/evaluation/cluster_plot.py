@@ -1,5 +1,6 @@
-"""2-D maps of embeddings coloured by class (t-SNE), one panel per model — the figure method papers use
-to show that each sound class forms its own cluster."""
+"""2-D maps of embeddings coloured by class (t-SNE, or UMAP when the optional ``umap-learn`` package is
+installed), one panel per model — the figure method papers use to show that each sound class forms its
+own cluster."""
 
 from __future__ import annotations
 
@@ -19,14 +20,60 @@ def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
+MAP_METHODS = ("tsne", "umap")
+
+
+def import_umap():
+    """The ``umap`` module of the optional ``umap-learn`` package.
+
+    Raises:
+        ImportError: not installed; the message says how to install it.
+    """
+    try:
+        import umap
+    except ImportError as exc:
+        raise ImportError("UMAP maps need the optional package umap-learn, which is not installed: "
+                          "run `pip install umap-learn` (or use method='tsne' / --method tsne)") from exc
+    return umap
+
+
+def umap_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``[N, D]`` → ``[N, 2]`` UMAP of standardised embeddings (``n_neighbors`` adapted to small N).
+
+    Raises:
+        ImportError: ``umap-learn`` is not installed (it is optional: ``pip install umap-learn``).
+    """
+    umap = import_umap()
+    from sklearn.preprocessing import StandardScaler
+
+    x = StandardScaler().fit_transform(np.asarray(embeddings, dtype=np.float64))
+    n_neighbors = int(min(15, max(2, len(x) - 1)))
+    reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=seed)
+    return np.asarray(reducer.fit_transform(x))
+
+
+def map_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """``[N, D]`` → ``[N, 2]`` with ``method`` ``"tsne"`` or ``"umap"``."""
+    if method == "tsne":
+        return tsne_2d(embeddings, seed)
+    if method == "umap":
+        return umap_2d(embeddings, seed)
+    raise ValueError(f"unknown map method {method!r}; choose one of {', '.join(MAP_METHODS)}")
+
+
 def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_png: str | Path,
-                  title: str | None = None, seed: int = 0) -> Path:
-    """Draw one t-SNE panel per model side by side with a shared legend.
+                  title: str | None = None, seed: int = 0, method: str = "tsne") -> Path:
+    """Draw one t-SNE (or UMAP) panel per model side by side with a shared legend.
 
     Args:
         panels: ``{panel title: (embeddings [N, D], labels [N])}``.
         out_png: output file (written atomically).
+        method: ``"tsne"`` or ``"umap"`` (needs ``pip install umap-learn``; a clear ImportError otherwise).
     """
+    if method not in MAP_METHODS:
+        raise ValueError(f"unknown map method {method!r}; choose one of {', '.join(MAP_METHODS)}")
+    if method == "umap":
+        import_umap()  # fail before any work, with the install hint
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +87,7 @@ def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_pn
     n = len(panels)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.8), squeeze=False)
     for ax, (name, (emb, labels)) in zip(axes[0], panels.items(), strict=True):
-        xy = tsne_2d(emb, seed)
+        xy = map_2d(emb, method, seed)
         labels = np.asarray([str(c) for c in labels])
         for c in classes:
             sel = labels == c

@@ -1,0 +1,75 @@
+"""`kikimimi finetune MODEL TASK [--epochs N] [--optimizer sgd|adamw|lars] [--lr LR] [--out DIR]`:
+EVAR-style fine-tuning with a Markdown + JSON report and the fine-tuned weights in kikimimi format."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "finetune"
+HELP = "Fine-tune a checkpoint on a task CSV / class folder (EVAR protocol); report + fine-tuned weights."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="checkpoint (official file or kikimimi folder)")
+    parser.add_argument("task", help="EVAR-style CSV (file_name,label,split|fold) or a folder of class folders")
+    parser.add_argument("--out", "-o", default=None, help="output folder (default: finetune-<task>); rerun to resume")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--warmup-epochs", type=float, default=5.0)
+    parser.add_argument("--optimizer", choices=("sgd", "adamw", "lars"), default="sgd")
+    parser.add_argument("--lr", type=float, default=1e-3, help="base lr (recipes: LARS 0.5, AdamW 5e-4)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--weight-decay", type=float, default=None, help="default: 0 (SGD, LARS), 1e-4 (AdamW)")
+    parser.add_argument("--mixup", type=float, default=0.5, help="Beta alpha of batch mixup (0 = off)")
+    parser.add_argument("--freq-mask", type=int, default=30, help="SpecAugment max mel bins (0 = off)")
+    parser.add_argument("--time-mask", type=int, default=100, help="SpecAugment max frames (0 = off)")
+    parser.add_argument("--no-rrc", action="store_true", help="disable the random resize crop")
+    parser.add_argument("--lr-decay", type=float, default=1.0, help="ViT layer-wise lr decay (1 = off)")
+    parser.add_argument("--freeze-embed", action="store_true", help="keep the ViT patch embedding fixed")
+    parser.add_argument("--dur-frames", type=int, default=None,
+                        help="ViT input length in frames, one pass (positional table resampled / truncated)")
+    parser.add_argument("--unit-s", type=float, default=None, help="clip length in seconds (default: per task)")
+    parser.add_argument("--no-valid", choices=("holdout", "last_epoch"), default="holdout",
+                        help="selection for tasks without a validation split")
+    parser.add_argument("--folds", type=int, nargs="*", default=None, help="folds to run (default: all)")
+    parser.add_argument("--norm-stats", nargs=2, type=float, metavar=("MEAN", "STD"), default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kikimimi.checkpoints import CheckpointError, load_encoder
+    from kikimimi.commands.eval import load_task
+    from kikimimi.evaluation.finetune import FinetuneConfig, finetune_task
+    from kikimimi.evaluation.report import file_fingerprint, write_finetune_report
+    from kikimimi.evaluation.tasks import TaskError
+
+    try:
+        config = FinetuneConfig(
+            lr=args.lr, optimizer=args.optimizer, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+            batch_size=args.batch_size, weight_decay=args.weight_decay, mixup=args.mixup, freq_mask=args.freq_mask,
+            time_mask=args.time_mask, rrc=not args.no_rrc, lr_decay=args.lr_decay, freeze_embed=args.freeze_embed,
+            dur_frames=args.dur_frames, unit_s=args.unit_s, no_valid=args.no_valid,
+            norm_stats=tuple(args.norm_stats) if args.norm_stats else None,
+            folds=tuple(args.folds) if args.folds else None, device=args.device, amp=not args.no_amp, seed=args.seed)
+        task = load_task(args.task, args.unit_s)
+        bundle = load_encoder(args.model)
+    except (TaskError, CheckpointError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(f"finetune-{task.name}")
+    path = Path(args.model)
+    name = path.parent.name if path.is_file() and path.suffix != ".safetensors" else path.name
+    try:
+        result = finetune_task(bundle, task, config, out, progress=not args.quiet)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = write_finetune_report(result, out, model_name=name, task=task, model_fingerprint=file_fingerprint(path))
+    print(f"{task.name}: {result.metric} {100 * result.score:.1f} (selection: {result.selection})")
+    print(f"wrote {report}, report.json, predictions.csv; weights in "
+          + ", ".join(result.model_dirs.values()))
+    return 0

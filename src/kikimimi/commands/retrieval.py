@@ -1,0 +1,74 @@
+"""`kikimimi retrieval MODEL CAPTIONS.csv`: audio↔text retrieval metrics (R@k, mAP@10, ranks) of a CLAP model.
+
+``CAPTIONS`` is a ``file_name,caption`` CSV (several rows per file), or with ``--dataset audiocaps|clotho``
+the dataset root, converted on the fly (``--write-csv`` keeps the converted list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kikimimi.commands.zeroshot import add_clap_arguments
+
+NAME = "retrieval"
+HELP = "Audio-text retrieval metrics (both directions) of an M2D-CLAP checkpoint on captioned audio."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="M2D-CLAP checkpoint")
+    parser.add_argument("captions", help="captions CSV (file_name,caption), or a dataset root with --dataset")
+    parser.add_argument("--dataset", choices=("audiocaps", "clotho"), help="read an AudioCaps/Clotho tree")
+    parser.add_argument("--split", help="dataset split (default: test for AudioCaps, evaluation for Clotho)")
+    parser.add_argument("--audio-dir", help="dataset audio folder (default: searched under the root)")
+    parser.add_argument("--audio-root", help="folder relative file_name values are resolved against")
+    parser.add_argument("--write-csv", help="also write the captions list as file_name,caption CSV")
+    parser.add_argument("-o", "--out", help="write the metrics JSON here")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--batch-size", type=int, default=8)
+    add_clap_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kikimimi.checkpoints import CheckpointError
+    from kikimimi.clap_api import CLAPError, load_clap
+    from kikimimi.evaluation.caption_adapters import (
+        CAPTION_ADAPTERS,
+        CaptionError,
+        read_captions_csv,
+        write_captions_csv,
+    )
+    from kikimimi.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
+    from kikimimi.fileio import atomic_write_json
+
+    try:
+        if args.dataset:
+            split = args.split or {"audiocaps": "test", "clotho": "evaluation"}[args.dataset]
+            captions = CAPTION_ADAPTERS[args.dataset](args.captions, split=split, audio_dir=args.audio_dir)
+            if captions.missing:
+                print(f"note: {len(captions.missing)} clips of the metadata have no audio file and are skipped",
+                      file=sys.stderr)
+        else:
+            captions = read_captions_csv(args.captions, audio_root=args.audio_root)
+        if not captions.rows:
+            print("error: no captioned audio found", file=sys.stderr)
+            return 2
+        if args.write_csv:
+            write_captions_csv(captions, args.write_csv)
+        model = load_clap(args.model, text_encoder=args.text_encoder, device=args.device,
+                          trust_pickle=args.trust_pickle)
+        metrics = evaluate_retrieval(model, captions.rows, batch_size=args.batch_size)
+    except (CaptionError, CheckpointError, CLAPError, ValueError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, reason in metrics["errors"]:
+        print(f"error: '{path}': {reason}", file=sys.stderr)
+    if args.out:
+        atomic_write_json(args.out, metrics)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{metrics['n_audio']} clips, {metrics['n_captions']} captions")
+        print(format_retrieval_table(metrics))
+    return 0

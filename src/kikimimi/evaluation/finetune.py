@@ -1,0 +1,686 @@
+"""EVAR-style fine-tuning of a loaded encoder on a :class:`~kikimimi.evaluation.tasks.Task`
+(fact-sheet-byola-evar §2.5, fact-sheet-m2d §1.3 ``dur_frames``, §2.3 head, §6.2 recipes).
+
+Model: the encoder (M2D ViT or BYOL-A CNN, all weights trainable unless ``freeze_embed``) → clip feature
+(M2D: time-mean of the ``[T', Fg·D]`` frame features; BYOL-A: its max + mean pooled embedding) →
+``BatchNorm1d(affine=False)`` → ``Linear`` (weights N(0, 0.01), bias 0) — the EVAR/official head.
+
+One training step on a batch of waveforms (random ``unit_s`` crops, end-padded when short):
+log-mel → mixup (λ ~ Beta(α, α) per item, partner from a permutation, power-domain mixing, labels
+mixed alike) → ``(x − mean) / std`` → frequency mask → time mask → per-item random resize crop → model.
+Loss: soft-target cross-entropy (``−Σ_c y_c log softmax_c``, mean over the batch), or BCE with logits
+for multi-label tasks. The learning rate follows a per-iteration linear warm-up from 0 then a
+half-cosine to ``min_lr``; optimisers SGD (momentum 0.9), AdamW (β 0.9/0.95, amsgrad) or LARS;
+optional layer-wise lr decay for the ViT (block ``i`` of ``depth`` gets ``decay^(depth − i)``, the
+patch embedding ``decay^(depth + 1)``, final norm and head 1).
+
+Inputs of the ViT: with ``dur_frames`` the whole crop is encoded in one pass of up to ``dur_frames``
+frames; the positional-embedding table is resampled bicubically to that grid when it is longer than
+the pre-training length and truncated when shorter (:func:`set_dur_frames`). Without it, the official
+chunking at the pre-training length applies.
+
+Model selection: the validation split (first segment of each clip) is scored after every epoch and the
+epoch with the best score (ties → later epoch) gives the test score. A task without a validation split
+never selects on test: ``no_valid="holdout"`` carves a class-complete hold-out from training
+(:func:`~kikimimi.evaluation.probe.holdout_split`), ``"last_epoch"`` takes the final weights; the result
+records which (``selection``).
+
+Determinism and resume: every random draw of epoch ``e`` of fold ``k`` comes from generators seeded by
+``(seed, k, e)``; after each epoch ``last.pt`` (model, optimiser, scaler, epoch, history, best score, RNG
+state) and, on improvement, ``best.pt`` are written atomically, so a killed run restarted with the same
+``out_dir`` continues at the next epoch and ends with the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kikimimi.checkpoints.bundle import EncoderBundle, TaggingHead
+from kikimimi.evaluation.augment_ft import mixup_log_mel, random_resize_crop_batch, spec_augment
+from kikimimi.evaluation.metrics import accuracy, macro_map, per_class_accuracy
+from kikimimi.evaluation.probe import holdout_split
+from kikimimi.evaluation.tasks import Fold, Task, TaskItem, crop_or_pad
+from kikimimi.training.schedule import lr_at_step, set_lr
+
+__all__ = [
+    "LARS",
+    "OPTIMIZERS",
+    "SELECTIONS",
+    "FinetuneConfig",
+    "FinetuneModel",
+    "FinetuneResult",
+    "build_finetune_model",
+    "build_optimizer",
+    "export_finetuned",
+    "finetune_lr",
+    "finetune_task",
+    "layer_decay_param_groups",
+    "set_dur_frames",
+]
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+SELECTIONS = ("valid", "holdout", "last_epoch")
+_DEFAULT_WD = {"sgd": 0.0, "adamw": 1e-4, "lars": 0.0}
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters (EVAR ``finetune.py`` names in brackets; defaults = EVAR defaults).
+
+    Attributes:
+        lr: base learning rate [``ft_lr``]; recipes: LARS 0.5 (ESC-50, SPCV2, AS20K), AdamW 5e-4 (VC1).
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adamw"`` or ``"lars"`` [``--optim``].
+        epochs / warmup_epochs: schedule length and linear warm-up, both in epochs [``ft_epochs``, ``warmup_epochs``].
+        min_lr: the cosine's floor (timm's ``lr_min``).
+        batch_size: [``ft_bs``].
+        weight_decay: ``None`` → 0 for SGD/LARS, 1e-4 for AdamW; never applied to 1-D parameters / biases.
+        mixup: Beta α of batch mixup (0 = off) [``mixup``].
+        freq_mask / time_mask: SpecAugment maximum widths in mel bins / frames (0 = off).
+        rrc: per-item random resize crop [``ft_rrc``].
+        lr_decay: layer-wise lr decay for the ViT (1.0 = off).
+        freeze_embed: keep the ViT patch embedding fixed [``freeze_embed``].
+        dur_frames: ViT input length in frames for one-pass encoding (``None`` = pre-training length).
+        unit_s: crop length in seconds (``None`` = the task's).
+        no_valid: selection when the task has no validation split: ``"holdout"`` or ``"last_epoch"``.
+        holdout_ratio: size of that hold-out.
+        norm_stats: ``(mean, std)`` override; ``None`` → the file's (M2D), per task from the first fold's
+            training files (BYOL-A, as the EVAR probe).
+        folds: fold indices to run (``None`` = all).
+        device: ``"cpu"``, ``"cuda"`` … (``"auto"`` picks CUDA when present); ``amp``: float16 autocast on CUDA.
+        seed: seeds the head initialisation, hold-out, batch order, crops and every augmentation.
+    """
+
+    lr: float = 1e-3
+    optimizer: str = "sgd"
+    epochs: int = 200
+    warmup_epochs: float = 5.0
+    min_lr: float = 1e-7
+    batch_size: int = 128
+    weight_decay: float | None = None
+    mixup: float = 0.5
+    freq_mask: int = 30
+    time_mask: int = 100
+    rrc: bool = True
+    lr_decay: float = 1.0
+    freeze_embed: bool = False
+    dur_frames: int | None = None
+    unit_s: float | None = None
+    no_valid: str = "holdout"
+    holdout_ratio: float = 0.1
+    norm_stats: tuple[float, float] | None = None
+    folds: tuple[int, ...] | None = None
+    device: str = "cpu"
+    amp: bool = True
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.optimizer = self.optimizer.lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.no_valid not in ("holdout", "last_epoch"):
+            raise ValueError(f"no_valid must be 'holdout' or 'last_epoch', got {self.no_valid!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.dur_frames is not None and self.dur_frames < 1:
+            raise ValueError(f"dur_frames must be positive, got {self.dur_frames}")
+
+    @property
+    def effective_weight_decay(self) -> float:
+        return _DEFAULT_WD[self.optimizer] if self.weight_decay is None else float(self.weight_decay)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["norm_stats"] = None if self.norm_stats is None else list(self.norm_stats)
+        d["folds"] = None if self.folds is None else list(self.folds)
+        d["weight_decay"] = self.effective_weight_decay
+        return d
+
+
+# ------------------------------------------------------------------------------------------ optimiser
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling (You et al. 2017) with heavy-ball momentum.
+
+    For a parameter ``p`` with more than one dimension: ``d = g + wd·p``, then
+    ``d ← d · η·‖p‖/‖d‖`` (trust ratio; 1 when either norm is 0). 1-D parameters (biases, norm scales)
+    get ``d = g`` with neither weight decay nor adaptation. Then ``m ← μ·m + d`` (``m`` starts at 0) and
+    ``p ← p − lr·m``.
+
+    Args:
+        lr: learning rate; momentum ``μ``; weight_decay ``wd``; trust_coefficient ``η`` (0.001).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+                 trust_coefficient: float = 0.001) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
+            raise ValueError(f"invalid LARS settings lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
+                             f"trust_coefficient={trust_coefficient}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim > 1:
+                    if group["weight_decay"]:
+                        d = d.add(p, alpha=group["weight_decay"])
+                    p_norm = torch.linalg.vector_norm(p)
+                    d_norm = torch.linalg.vector_norm(d)
+                    ratio = torch.where((p_norm > 0) & (d_norm > 0),
+                                        group["trust_coefficient"] * p_norm / d_norm, torch.ones_like(p_norm))
+                    d = d * ratio
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def finetune_lr(iteration: int, iters_per_epoch: int, config: FinetuneConfig) -> float:
+    """Learning rate for 0-based optimiser step ``iteration``: linear warm-up from 0 over
+    ``warmup_epochs · iters_per_epoch`` steps, then a half-cosine from ``lr`` to ``min_lr`` at the end of
+    ``epochs · iters_per_epoch`` steps (per-iteration, i.e. fractional epochs as timm's scheduler)."""
+    total = config.epochs * iters_per_epoch
+    warmup = int(round(config.warmup_epochs * iters_per_epoch))
+    return lr_at_step(iteration, total, config.lr, warmup_steps=min(warmup, total), min_lr=config.min_lr)
+
+
+def _layer_id(name: str, depth: int) -> int:
+    """ViT layer index: 0 = patch embedding / CLS / positions, ``i + 1`` = block ``i``, ``depth + 1`` = rest."""
+    if name.startswith(("encoder.patch_embed", "encoder.cls_token", "encoder.pos_embed")):
+        return 0
+    if name.startswith("encoder.blocks."):
+        return int(name.split(".")[2]) + 1
+    return depth + 1
+
+
+def layer_decay_param_groups(model: nn.Module, *, lr_decay: float = 1.0, weight_decay: float = 0.0,
+                             depth: int | None = None) -> list[dict]:
+    """Parameter groups with ``lr_scale`` = ``lr_decay^(depth + 1 − layer_id)`` (see :func:`_layer_id`)
+    and weight decay only on parameters with more than one dimension. Frozen parameters are left out.
+
+    ``depth=None`` (or a non-ViT model) gives every group ``lr_scale`` 1. Each group carries a
+    ``"layer"`` key (the layer id) for inspection.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = _layer_id(name, depth) if depth is not None else 0
+        scale = lr_decay ** (depth + 1 - layer) if depth is not None else 1.0
+        decay = p.ndim > 1 and not name.endswith(".bias")
+        key = (layer, decay)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "lr_scale": float(scale), "layer": layer,
+                           "weight_decay": weight_decay if decay else 0.0}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(groups: list[dict], config: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9), AdamW (β 0.9/0.95, eps 1e-8, amsgrad) or :class:`LARS` over ``groups``."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8, amsgrad=True)
+    return LARS(groups, lr=config.lr, momentum=0.9)
+
+
+# ------------------------------------------------------------------------------------------ model
+def set_dur_frames(encoder: nn.Module, dur_frames: int) -> nn.Module:
+    """Make a ViT encode up to ``dur_frames`` frames in one pass (in place; returns ``encoder``).
+
+    The positional table ``[1, 1 + Fg·Tg, D]`` becomes ``[1, 1 + Fg·Tg', D]`` with ``Tg' = dur_frames //
+    patch_width``: bicubic resampling (align_corners=False) when longer, the first ``Tg'`` columns when
+    shorter (:func:`kikimimi.models.vit.resize_pos_embed`); ``config.input_size`` becomes ``(F, dur_frames)``.
+    """
+    from kikimimi.models.vit import AudioViT, resize_pos_embed
+
+    if not isinstance(encoder, AudioViT):
+        raise TypeError(f"dur_frames applies to M2D ViT encoders, got {type(encoder).__name__}")
+    cfg = encoder.config
+    p = cfg.patch_size[1]
+    new_t = dur_frames // p
+    if new_t < 1:
+        raise ValueError(f"dur_frames {dur_frames} is shorter than one patch ({p} frames)")
+    old_grid = cfg.grid_size
+    new_grid = (old_grid[0], new_t)
+    if new_grid != old_grid:
+        with torch.no_grad():
+            table = resize_pos_embed(encoder.pos_embed.data, old_grid, new_grid)
+        encoder.pos_embed = nn.Parameter(table.contiguous(), requires_grad=False)
+    encoder.config = replace(cfg, input_size=(cfg.input_size[0], int(dur_frames)), extras=dict(cfg.extras))
+    return encoder
+
+
+class FinetuneModel(nn.Module):
+    """Encoder + EVAR head. ``forward(lms [B, F, T] normalised log-mel) -> logits [B, C]``."""
+
+    def __init__(self, family: str, encoder: nn.Module, n_classes: int, feature_dim: int) -> None:
+        super().__init__()
+        self.family = family
+        self.encoder = encoder
+        self.head = TaggingHead(feature_dim, n_classes)
+
+    def features(self, lms: torch.Tensor) -> torch.Tensor:
+        """Clip features ``[B, feature_dim]``: M2D time-mean of frames, BYOL-A max + mean pooling."""
+        if self.family == "m2d":
+            return self.encoder.encode_lms(lms).mean(dim=1)
+        return self.encoder(lms.unsqueeze(1))
+
+    def forward(self, lms: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(lms))
+
+
+def build_finetune_model(bundle: EncoderBundle, n_classes: int, config: FinetuneConfig) -> FinetuneModel:
+    """A trainable copy of ``bundle.encoder`` with a fresh head (seeded), ``dur_frames`` and freezing applied."""
+    encoder = copy.deepcopy(bundle.encoder).cpu()
+    if bundle.family == "m2d":
+        if config.dur_frames is not None:
+            set_dur_frames(encoder, config.dur_frames)
+        dim = int(encoder.frame_dim)
+        if config.freeze_embed:
+            encoder.patch_embed.requires_grad_(False)
+    else:
+        dim = int(encoder.embedding_dim)
+    model = FinetuneModel(bundle.family, encoder, n_classes, dim)
+    g = torch.Generator().manual_seed(int(config.seed))
+    nn.init.normal_(model.head.linear.weight, std=0.01, generator=g)
+    nn.init.zeros_(model.head.linear.bias)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass
+class FinetuneResult:
+    """Outcome of fine-tuning on every requested fold.
+
+    Attributes:
+        metric: ``"accuracy"`` or ``"mAP"``; ``score``: mean test score over folds; ``std``: over folds (ddof 0).
+        fold_scores: ``{fold: test score}``; ``best_epochs``: ``{fold: selected 1-based epoch}``.
+        selection: ``"valid"``, ``"holdout"`` or ``"last_epoch"`` — what chose the test epoch.
+        per_class_accuracy: ``{class: accuracy}`` over all test predictions (single-label; ``nan`` if absent).
+        history: one dict per fold × epoch (``fold``, ``epoch``, ``lr``, ``loss``, ``select_score``).
+        predictions: one dict per test item (``key``, ``fold``, ``label``, ``prediction`` | ``scores``).
+        model_dirs: ``{fold: kikimimi checkpoint folder}`` of the selected weights (when ``out_dir`` was given).
+        settings / classes / errors: hyper-parameters, class names, unreadable files.
+    """
+
+    metric: str
+    score: float
+    std: float
+    fold_scores: dict[int, float]
+    best_epochs: dict[int, int]
+    selection: str
+    per_class_accuracy: dict[str, float]
+    history: list[dict]
+    predictions: list[dict]
+    classes: list[str]
+    settings: dict
+    errors: list[str] = field(default_factory=list)
+    model_dirs: dict[int, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fold_scores"] = {str(k): v for k, v in self.fold_scores.items()}
+        d["best_epochs"] = {str(k): v for k, v in self.best_epochs.items()}
+        d["model_dirs"] = {str(k): v for k, v in self.model_dirs.items()}
+        return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class _Split:
+    waves: list[np.ndarray]
+    y: np.ndarray
+    keys: list[str]
+
+    def subset(self, idx: np.ndarray) -> _Split:
+        return _Split([self.waves[i] for i in idx], self.y[idx], [self.keys[i] for i in idx])
+
+
+def _load_split(items: Sequence[TaskItem], task: Task, classes: list[str], sample_rate: int,
+                errors: list[str]) -> _Split:
+    from kikimimi.audio import AudioDecodeError, load_audio
+
+    waves, kept = [], []
+    for it in items:
+        try:
+            waves.append(load_audio(it.path, sample_rate)[0])
+            kept.append(it)
+        except AudioDecodeError as exc:
+            errors.append(f"{it.key}: {exc.reason}")
+    return _Split(waves, task.targets(kept, classes), [it.key for it in kept])
+
+
+def _onehot(y: np.ndarray, n_classes: int, multi: bool) -> torch.Tensor:
+    if multi:
+        return torch.from_numpy(np.asarray(y, np.float32))
+    return nn.functional.one_hot(torch.from_numpy(np.asarray(y, np.int64)), n_classes).float()
+
+
+class _Inputs:
+    """Waveform crops → normalised log-mel ``[B, F, T]`` on the device."""
+
+    def __init__(self, bundle: EncoderBundle, stats, unit: int, device: torch.device) -> None:
+        from kikimimi.frontend import LogMelSpectrogram
+
+        self.frontend = LogMelSpectrogram(bundle.frontend).to(device)
+        self.stats, self.unit, self.device = stats, unit, device
+
+    def log_mel(self, waves: Sequence[np.ndarray], rng: np.random.Generator | None) -> torch.Tensor:
+        """Raw (unnormalised) log-mel of crops: random (``rng``) or first segment (``None``)."""
+        batch = np.stack([crop_or_pad(w, self.unit, rng) for w in waves])
+        with torch.no_grad():
+            return self.frontend(torch.from_numpy(batch).to(self.device))
+
+    def normalise(self, lms: torch.Tensor) -> torch.Tensor:
+        return (lms - self.stats.mean) / self.stats.std
+
+
+def _score(y: np.ndarray, logits: np.ndarray, multi: bool) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return macro_map(y, logits) if multi else accuracy(y, logits.argmax(axis=1))
+
+
+@torch.no_grad()
+def _predict(model: FinetuneModel, fixed: torch.Tensor, batch_size: int, autocast) -> np.ndarray:
+    model.eval()
+    outs = []
+    for start in range(0, len(fixed), batch_size):
+        with autocast():
+            outs.append(model(fixed[start:start + batch_size]).float().cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, model.head.linear.out_features), np.float32)
+
+
+# ------------------------------------------------------------------------------------------ main loop
+def _resolve_bundle(bundle_or_path: Any) -> EncoderBundle:
+    if isinstance(bundle_or_path, EncoderBundle):
+        return bundle_or_path
+    if hasattr(bundle_or_path, "bundle") and isinstance(bundle_or_path.bundle, EncoderBundle):
+        return bundle_or_path.bundle
+    from kikimimi.checkpoints import load_encoder
+
+    return load_encoder(bundle_or_path)
+
+
+def _fingerprint(config: FinetuneConfig, bundle: EncoderBundle, fold: Fold, stats) -> str:
+    keep = {k: v for k, v in config.to_dict().items() if k not in ("device", "amp", "folds")}
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
+    h.update(json.dumps(bundle.config, sort_keys=True, default=str).encode())
+    h.update(f"{stats.mean:.8f},{stats.std:.8f}|{fold.index}".encode())
+    for part in (fold.train, fold.valid or [], fold.test):
+        h.update(("|".join(f"{it.key}:{it.label}" for it in part) + "#").encode())
+    return h.hexdigest()[:16]
+
+
+def _epoch_rngs(seed: int, fold: int, epoch: int) -> tuple[np.random.Generator, torch.Generator, int]:
+    rng = np.random.default_rng([int(seed), int(fold), int(epoch)])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return rng, gen, int(rng.integers(2**62))
+
+
+def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None = None,
+                  out_dir: str | Path | None = None, *, progress: bool = False,
+                  callback: Callable[[dict], None] | None = None) -> FinetuneResult:
+    """Fine-tune a copy of the encoder on every (requested) fold of ``task`` and score the test split.
+
+    Args:
+        bundle_or_path: an :class:`EncoderBundle`, a :class:`kikimimi.api.AudioEncoder` or a checkpoint path.
+        task: the downstream task (split or fold CSV).
+        config: hyper-parameters (:class:`FinetuneConfig`).
+        out_dir: where ``fold<k>/last.pt`` (resume), ``fold<k>/best.pt`` and ``fold<k>/model`` (the selected
+            weights in kikimimi format) go; ``None`` keeps everything in memory (no resume).
+        progress: tqdm bar over epochs.
+        callback: called after each epoch (after its checkpoint is written) with ``{"fold", "epoch",
+            "loss", "select_score", "lr"}``; an exception raised there stops the run (resumable).
+
+    Returns:
+        :class:`FinetuneResult`.
+    """
+    cfg = config or FinetuneConfig()
+    bundle = _resolve_bundle(bundle_or_path)
+    from kikimimi.api import resolve_device
+    from kikimimi.normstats import NormStats
+
+    device = resolve_device(cfg.device)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    classes = task.classes
+    multi = task.multi_label
+    sr = int(bundle.frontend.sample_rate)
+    unit = int(sr * (cfg.unit_s if cfg.unit_s is not None else task.unit_s))
+    folds = [f for f in task.folds() if cfg.folds is None or f.index in cfg.folds]
+    if not folds:
+        raise ValueError(f"task '{task.name}' has none of the requested folds {cfg.folds}")
+    if cfg.norm_stats is not None:
+        stats = NormStats(float(cfg.norm_stats[0]), float(cfg.norm_stats[1]))
+    elif bundle.family == "byola":
+        from kikimimi.api import norm_stats_from_files
+
+        train = folds[0].train
+        stats = norm_stats_from_files([it.path for it in train], "byola", n_samples=min(10000, 20 * len(train)))
+    else:
+        stats = bundle.norm_stats
+    selection = "valid" if task.has_valid else cfg.no_valid
+    errors: list[str] = []
+    out = Path(out_dir) if out_dir is not None else None
+    fold_scores: dict[int, float] = {}
+    best_epochs: dict[int, int] = {}
+    history: list[dict] = []
+    predictions: list[dict] = []
+    model_dirs: dict[int, str] = {}
+    y_true_all, y_pred_all = [], []
+    inputs = _Inputs(bundle, stats, unit, device)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.float16, enabled=use_amp) if device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+
+    for fold in folds:
+        fold_dir = out / f"fold{fold.index}" if out is not None else None
+        train = _load_split(fold.train, task, classes, sr, errors)
+        test = _load_split(fold.test, task, classes, sr, errors)
+        if selection == "valid":
+            select = _load_split(fold.valid or [], task, classes, sr, errors)
+        elif selection == "holdout":
+            tr, va = holdout_split(train.y, multi_label=multi, ratio=cfg.holdout_ratio, seed=cfg.seed)
+            train, select = train.subset(tr), train.subset(va)
+        else:
+            select = _Split([], train.y[:0], [])
+        if len(train.waves) < 2:
+            raise ValueError(f"task '{task.name}' fold {fold.index}: fewer than 2 readable training clips")
+        if selection != "last_epoch" and not select.waves:
+            raise ValueError(f"task '{task.name}' fold {fold.index}: the {selection} split has no readable clips")
+        outcome = _train_fold(bundle, fold, train, select, selection, cfg, inputs, classes, multi, device,
+                              use_amp, autocast, fold_dir, _fingerprint(cfg, bundle, fold, stats), progress,
+                              callback)
+        model, best_epoch, fold_history = outcome
+        history += fold_history
+        best_epochs[fold.index] = best_epoch
+        fixed_test = inputs.normalise(inputs.log_mel(test.waves, None)) if test.waves else None
+        logits = (_predict(model, fixed_test, cfg.batch_size, autocast) if fixed_test is not None
+                  else np.zeros((0, len(classes)), np.float32))
+        fold_scores[fold.index] = float(_score(test.y, logits, multi))
+        for i, key in enumerate(test.keys):
+            if multi:
+                label = ",".join(c for c, v in zip(classes, test.y[i], strict=True) if v)
+                predictions.append({"key": key, "fold": fold.index, "label": label, "scores": logits[i].tolist()})
+            else:
+                predictions.append({"key": key, "fold": fold.index, "label": classes[int(test.y[i])],
+                                    "prediction": classes[int(logits[i].argmax())]})
+        if not multi and len(test.y):
+            y_true_all.append(test.y)
+            y_pred_all.append(logits.argmax(axis=1))
+        if fold_dir is not None:
+            model_dirs[fold.index] = str(export_finetuned(model, bundle, classes, fold_dir / "model", stats=stats,
+                                                          info={"task": task.name, "fold": fold.index,
+                                                                "metric": "mAP" if multi else "accuracy",
+                                                                "score": fold_scores[fold.index],
+                                                                "selection": selection}))
+    per_class: dict[str, float] = {}
+    if y_true_all:
+        pc = per_class_accuracy(np.concatenate(y_true_all), np.concatenate(y_pred_all), len(classes))
+        per_class = {c: float(v) for c, v in zip(classes, pc, strict=True)}
+    scores = list(fold_scores.values())
+    settings = {**cfg.to_dict(), "task": task.name, "unit_s": unit / sr, "unit_samples": unit,
+                "sample_rate": sr, "family": bundle.family, "norm_stats": [stats.mean, stats.std],
+                "n_classes": len(classes), "multi_label": multi, "selection": selection,
+                "model_source": bundle.config.get("source"), "device": str(device), "amp": use_amp}
+    return FinetuneResult(
+        metric="mAP" if multi else "accuracy", score=float(np.mean(scores)), std=float(np.std(scores)),
+        fold_scores=fold_scores, best_epochs=best_epochs, selection=selection, per_class_accuracy=per_class,
+        history=history, predictions=predictions, classes=classes, settings=settings, errors=errors,
+        model_dirs=model_dirs)
+
+
+def _train_fold(bundle, fold, train: _Split, select: _Split, selection: str, cfg: FinetuneConfig,
+                inputs: _Inputs, classes, multi: bool, device, use_amp: bool, autocast, fold_dir: Path | None,
+                fingerprint: str, progress: bool, callback) -> tuple[FinetuneModel, int, list[dict]]:
+    """Train one fold (resuming from ``fold_dir/last.pt``); returns the selected model, its epoch, history."""
+    from kikimimi.checkpoints.safe_load import safe_torch_load
+    from kikimimi.fileio import atomic_torch_save
+
+    n_classes = len(classes)
+    model = build_finetune_model(bundle, n_classes, cfg).to(device)
+    depth = len(model.encoder.blocks) if bundle.family == "m2d" else None
+    groups = layer_decay_param_groups(model, lr_decay=cfg.lr_decay, weight_decay=cfg.effective_weight_decay,
+                                      depth=depth)
+    optimizer = build_optimizer(groups, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    y_train = _onehot(train.y, n_classes, multi)
+    n = len(train.waves)
+    bs = min(cfg.batch_size, n)
+    iters = n // bs + (1 if n % bs > 1 else 0)  # a trailing batch of one item is dropped (BatchNorm)
+    fixed_select = inputs.normalise(inputs.log_mel(select.waves, None)) if select.waves else None
+
+    start_epoch, history, best_score, best_epoch, best_state = 1, [], -math.inf, 0, None
+    last_path = fold_dir / "last.pt" if fold_dir is not None else None
+    best_path = fold_dir / "best.pt" if fold_dir is not None else None
+    if last_path is not None and last_path.is_file():
+        state = safe_torch_load(last_path)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"'{last_path}': checkpoint of a different run (model, task or settings changed); "
+                             "use another output folder or delete it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"]) + 1
+        history = list(state["history"])
+        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        if best_epoch and best_path is not None and best_path.is_file():
+            best_state = safe_torch_load(best_path)["model"]
+
+    epochs: Iterable[int] = range(start_epoch, cfg.epochs + 1)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc=f"finetune fold {fold.index}", unit="epoch", initial=start_epoch - 1,
+                      total=cfg.epochs)
+    rrc = None
+    if cfg.rrc:
+        from kikimimi.methods.byola_augment import RandomResizeCrop
+
+        rrc = RandomResizeCrop()
+    for epoch in epochs:
+        rng, gen, torch_seed = _epoch_rngs(cfg.seed, fold.index, epoch)
+        model.train()
+        order = rng.permutation(n)
+        losses = []
+        lr = cfg.lr
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(torch_seed)  # dropout (BYOL-A) draws from the global generator
+            for it in range(iters):
+                idx = order[it * bs:(it + 1) * bs]
+                lms = inputs.log_mel([train.waves[i] for i in idx], rng)
+                y = y_train[idx].to(device)
+                lms, y, _, _ = mixup_log_mel(lms, y, cfg.mixup, rng)
+                x = spec_augment(inputs.normalise(lms), cfg.freq_mask, cfg.time_mask, gen)
+                if rrc is not None:
+                    x = random_resize_crop_batch(x, gen, rrc)
+                lr = finetune_lr((epoch - 1) * iters + it, iters, cfg)
+                set_lr(optimizer, lr)
+                with autocast():
+                    logits = model(x).float()
+                if multi:
+                    loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+                else:
+                    loss = -(y * torch.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+        if fixed_select is not None:
+            score = _score(select.y, _predict(model, fixed_select, cfg.batch_size, autocast), multi)
+            score = -math.inf if math.isnan(score) else score
+        else:
+            score = float("nan")
+        row = {"fold": fold.index, "epoch": epoch, "lr": lr, "loss": float(np.mean(losses)),
+               "select_score": None if math.isinf(score) or math.isnan(score) else float(score)}
+        history.append(row)
+        if selection == "last_epoch" or score >= best_score:
+            best_score = score if selection != "last_epoch" else best_score
+            best_epoch = epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if best_path is not None:
+                atomic_torch_save({"model": best_state, "epoch": epoch, "score": score}, best_path)
+        if last_path is not None:
+            atomic_torch_save({"fingerprint": fingerprint, "model": model.state_dict(),
+                               "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                               "epoch": epoch, "history": history, "best_score": best_score,
+                               "best_epoch": best_epoch, "rng": torch.get_rng_state()}, last_path)
+        if callback is not None:
+            callback(dict(row))
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, best_epoch, history
+
+
+def export_finetuned(model: FinetuneModel, bundle: EncoderBundle, classes: Sequence[str], out_dir: str | Path, *,
+                     stats=None, info: dict | None = None) -> Path:
+    """Write the fine-tuned encoder + head as a kikimimi checkpoint (``model.safetensors`` + ``config.json``).
+
+    The config records ``head`` ``{in_dim, n_classes, pooling, classes}`` and, for a ViT, the (possibly
+    ``dur_frames``-changed) ``input_size``; ``info`` lands under ``config["finetune"]``.
+    """
+    from kikimimi.checkpoints import save_kikimimi
+
+    config = json.loads(json.dumps(bundle.config, default=str))
+    if bundle.family == "m2d":
+        config["vit"] = model.encoder.config.to_dict()
+    head = model.head
+    config["head"] = {"in_dim": int(head.linear.in_features), "n_classes": int(head.linear.out_features),
+                      "pooling": "time-mean" if bundle.family == "m2d" else "max+mean", "classes": list(classes)}
+    config["finetune"] = dict(info or {})
+    encoder = copy.deepcopy(model.encoder).cpu().eval()
+    out_bundle = EncoderBundle(family=bundle.family, encoder=encoder, frontend=bundle.frontend,
+                               norm_stats=stats or bundle.norm_stats, config=config,
+                               head=copy.deepcopy(head).cpu().eval())
+    return save_kikimimi(out_bundle, out_dir)

@@ -1,0 +1,342 @@
+"""M2D2 = M2D-CLAP (2025) training (fact-sheet-m2d §5.2).
+
+Stage 1 is :class:`~kikimimi.methods.m2d_clap.M2DCLAP` trained against caption embeddings from an
+**LLM-based sentence embedder** (e.g. ``llm:PATH#eos`` / ``smollm2#eos``) instead of GTE-base: only the
+caption-embedding cache differs. :func:`stage1_method` builds it with the method label ``m2d2_stage1``
+and records the text-encoder spec that made the cache.
+
+Stage 2 (:class:`M2D2Stage2`) learns CLAP features with a trainable text encoder, guided by the stage-1
+audio encoder:
+
+- the stage-1 audio encoder (frozen unless ``unfreeze_audio=True``) encodes the whole crop — no masking —
+  into the unpooled patch-token sequence ``[B, N, D]``;
+- the semantic-token projector (:class:`~kikimimi.models.projectors.SemanticProjector`) maps it to
+  ``[B, D]``;
+- a trainable text encoder (``TextEncoder.forward(texts) -> [B, Dt]``, e.g. ``bert:PATH``) plus
+  ``text_proj`` (``nn.Linear(Dt, D)``) when ``Dt ≠ D`` embeds the captions;
+- loss = symmetric InfoNCE only (:func:`kikimimi.methods.clap.clip_infonce`), logit scale clamped after
+  every step.
+
+Captions reach the method as ``batch["caption_index"]`` ``[B]`` int64 indices into the caption list set
+with :meth:`M2D2Stage2.set_captions` (the trainer moves only tensors to the device).
+
+State-dict keys are the official 2025 (RuntimeM2D-wrapped) layout: ``backbone.`` + encoder keys,
+``backbone.norm_stats``, ``backbone.audio_proj.sem_token`` / ``sem_blocks.N.*`` / ``norm.*``,
+``backbone.text_proj.*`` when present, ``text_encoder.*`` and ``logit_scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kikimimi.methods.clap import clamp_logit_scale_, clip_infonce, new_logit_scale
+from kikimimi.methods.ema import weight_decay_param_groups
+from kikimimi.methods.m2d_clap import M2DCLAP
+from kikimimi.models.projectors import SEMANTIC_MODES, SemanticProjector, linear_text_projection
+from kikimimi.models.vit import VIT_SIZES, AudioViT, ViTConfig
+
+__all__ = [
+    "TEXT_ENCODER_CODES",
+    "M2D2Stage2",
+    "SemanticBackbone",
+    "stage1_method",
+    "text_encoder_code",
+    "stage2_folder_name",
+    "resolve_stage1_checkpoint",
+]
+
+#: name-extras code of the text encoder (fact-sheet-m2d §5.2): A = GTE-base, B = BERT, N = LLM embedder
+TEXT_ENCODER_CODES: dict[str, str] = {"gte": "A", "bert": "B", "llm": "N", "smollm2": "N"}
+
+
+def stage1_method(text_encoder: str | None = None, **kwargs: Any) -> M2DCLAP:
+    """M2D2 stage 1: an :class:`M2DCLAP` labelled ``m2d2_stage1``.
+
+    Args:
+        text_encoder: spec of the (LLM-based) text encoder that produced the caption-embedding cache,
+            recorded in ``config_dict()["text_encoder"]``.
+        **kwargs: :class:`M2DCLAP` arguments (``text_dim`` = the cache's embedding width, e.g. 4096).
+    """
+    kwargs.pop("method_name", None)
+    return M2DCLAP(method_name="m2d2_stage1", text_encoder=text_encoder, **kwargs)
+
+
+def text_encoder_code(spec: str | None) -> str:
+    """One-letter code for folder names: ``gte:…`` → ``A``, ``bert:…`` → ``B``, LLM specs → ``N``, else ``X``."""
+    if not spec:
+        return "X"
+    kind = str(spec).split(":", 1)[0].split("#", 1)[0].lower()
+    return TEXT_ENCODER_CODES.get(kind, "X")
+
+
+def vit_size_name(cfg: ViTConfig) -> str:
+    for name, (dim, depth, heads) in VIT_SIZES.items():
+        if (dim, depth, heads) == (cfg.embed_dim, cfg.depth, cfg.num_heads):
+            return name
+    return f"d{cfg.embed_dim}"
+
+
+def stage2_folder_name(vit: ViTConfig, text_encoder: str | None, date: str) -> str:
+    """``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>p<sr>kp<code>pTI-<date>`` (parses with the official grammar)."""
+    f_in, t_in = vit.input_size
+    fp, tp = vit.patch_size
+    sr = int(vit.sample_rate) // 1000
+    code = text_encoder_code(text_encoder)
+    return f"m2d_clap_vit_{vit_size_name(vit)}-{f_in}x{t_in}p{fp}x{tp}p{sr}kp{code}pTI-{date}"
+
+
+def resolve_stage1_checkpoint(path: str | Path) -> Path:
+    """A stage-1 run folder (its ``last.pth`` / newest checkpoint), checkpoint file or kikimimi folder."""
+    from kikimimi.checkpoints import is_kikimimi_checkpoint
+    from kikimimi.training.checkpointing import find_resume_checkpoint
+
+    p = Path(path)
+    try:
+        return find_resume_checkpoint(p)  # a run folder also holds a config.json: checkpoints win
+    except FileNotFoundError:
+        if p.is_dir() and is_kikimimi_checkpoint(p):
+            return p
+        raise
+
+
+class SemanticBackbone(AudioViT):
+    """The 2025 ``backbone``: the audio ViT plus ``audio_proj`` (semantic projector), optional
+    ``text_proj`` and the ``norm_stats`` buffer, so its state-dict keys are the official ones."""
+
+    def __init__(
+        self,
+        config: ViTConfig,
+        *,
+        sem_depth: int = 1,
+        sem_mlp_ratio: float = 1.0,
+        text_dim: int | None = None,
+        norm_stats: Sequence[float] = (-7.1, 4.2),
+    ) -> None:
+        super().__init__(config)
+        dim = config.embed_dim
+        self.audio_proj = SemanticProjector(dim, depth=int(sem_depth), mlp_ratio=float(sem_mlp_ratio))
+        self.text_proj = (
+            linear_text_projection(int(text_dim), dim) if text_dim is not None and int(text_dim) != dim else None
+        )
+        stats = [float(v) for v in norm_stats]
+        if len(stats) != 2:
+            raise ValueError(f"norm_stats must be (mean, std), got {norm_stats!r}")
+        self.register_buffer("norm_stats", torch.tensor(stats, dtype=torch.float32))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the audio ViT itself (not the projectors)."""
+        skip = ("audio_proj.", "text_proj.")
+        return [p for n, p in self.named_parameters() if not n.startswith(skip)]
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the ViT encoder tensors (official encoder key names)."""
+        skip = ("audio_proj.", "text_proj.", "norm_stats")
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+
+
+class M2D2Stage2(nn.Module):
+    """M2D2 stage 2: CLAP with a trainable text encoder on top of the stage-1 audio encoder.
+
+    Args:
+        vit_config: the stage-1 encoder's :class:`ViTConfig` (or its dict).
+        text_encoder: a ``TextEncoder`` (``nn.Module`` with ``dim`` and ``forward(list[str]) -> [N, Dt]``)
+            or a spec string for :func:`kikimimi.models.text.load_text_encoder`.
+        sem_mode: official projector mode 1–4 (depth/MLP ratio 1/1, 2/1, 3/2, 4/2); ``sem_depth`` and
+            ``sem_mlp_ratio`` override it.
+        unfreeze_audio: also train the audio encoder (default: frozen, as guided by stage 1).
+        norm_stats: ``(mean, std)`` of the stage-1 normalisation (stored as ``backbone.norm_stats``).
+        text_encoder_spec: spec recorded in :meth:`config_dict` (default: the string given as ``text_encoder``).
+        captions: optional caption list for ``batch["caption_index"]`` (see :meth:`set_captions`).
+    """
+
+    config_only_keys = frozenset(
+        {"method", "size", "default_optimizer", "betas", "weight_decay", "lr", "grad_clip", "text_dim"}
+    )
+
+    def __init__(
+        self,
+        vit_config: ViTConfig | Mapping[str, Any],
+        text_encoder: nn.Module | str,
+        *,
+        sem_mode: int = 1,
+        sem_depth: int | None = None,
+        sem_mlp_ratio: float | None = None,
+        unfreeze_audio: bool = False,
+        norm_stats: Sequence[float] = (-7.1, 4.2),
+        text_encoder_spec: str | None = None,
+        captions: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(vit_config, Mapping):
+            vit_config = ViTConfig.from_dict(dict(vit_config))
+        if sem_mode not in SEMANTIC_MODES:
+            raise ValueError(f"sem_mode must be one of {sorted(SEMANTIC_MODES)}, got {sem_mode}")
+        depth, ratio = SEMANTIC_MODES[int(sem_mode)]
+        self.sem_mode = int(sem_mode)
+        self.sem_depth = int(sem_depth or depth)
+        self.sem_mlp_ratio = float(sem_mlp_ratio or ratio)
+        if isinstance(text_encoder, str):
+            from kikimimi.models.text import load_text_encoder
+
+            text_encoder_spec = text_encoder_spec or text_encoder
+            text_encoder = load_text_encoder(text_encoder)
+        text_dim = int(text_encoder.dim)
+        self.vit_config = vit_config
+        self.text_dim = text_dim
+        self.text_encoder_spec = text_encoder_spec or getattr(text_encoder, "name", None)
+        self.unfreeze_audio = bool(unfreeze_audio)
+        self.backbone = SemanticBackbone(
+            vit_config,
+            sem_depth=self.sem_depth,
+            sem_mlp_ratio=self.sem_mlp_ratio,
+            text_dim=text_dim,
+            norm_stats=norm_stats,
+        )
+        self.text_encoder = text_encoder
+        self.logit_scale = new_logit_scale()
+        self.captions: list[str] = list(captions) if captions is not None else []
+        for p in self.backbone.encoder_parameters():
+            if p is not self.backbone.pos_embed:
+                p.requires_grad_(self.unfreeze_audio)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def encoder(self) -> AudioViT:
+        """The audio encoder (the backbone ViT, with its projectors attached)."""
+        return self.backbone
+
+    def set_captions(self, captions: Sequence[str]) -> None:
+        """Caption strings that ``batch["caption_index"]`` indexes into."""
+        self.captions = [str(c) for c in captions]
+
+    def load_stage1_encoder(self, encoder_state: Mapping[str, torch.Tensor], norm_stats=None) -> None:
+        """Copy a stage-1 encoder (official encoder key names) into the backbone (strict for the ViT)."""
+        own = self.backbone.encoder_state_dict()
+        missing = [k for k in own if k not in encoder_state]
+        unexpected = [k for k in encoder_state if k not in own]
+        if missing or unexpected:
+            raise KeyError(
+                f"stage-1 encoder does not fit: missing {missing[:5]} ({len(missing)}), "
+                f"unexpected {unexpected[:5]} ({len(unexpected)})"
+            )
+        bad = [k for k in own if tuple(own[k].shape) != tuple(encoder_state[k].shape)]
+        if bad:
+            raise ValueError(f"stage-1 encoder shapes differ from the model: {bad[:5]}")
+        with torch.no_grad():
+            for key, value in own.items():
+                value.copy_(encoder_state[key].to(value.dtype))
+            if norm_stats is not None:
+                self.backbone.norm_stats.copy_(torch.as_tensor(list(norm_stats), dtype=torch.float32))
+
+    @classmethod
+    def from_stage1(cls, path: str | Path, text_encoder: nn.Module | str, **kwargs: Any) -> M2D2Stage2:
+        """Build stage 2 on the encoder of a stage-1 run folder / checkpoint / kikimimi folder.
+
+        The ViT sizes and ``norm_stats`` come from the stage-1 file (via
+        :func:`kikimimi.checkpoints.load_encoder`); ``kwargs`` are the other constructor arguments.
+        """
+        from kikimimi.checkpoints import load_encoder
+
+        ckpt = resolve_stage1_checkpoint(path)
+        bundle = load_encoder(ckpt)
+        if bundle.family != "m2d":
+            raise ValueError(f"'{ckpt}': stage 2 needs an M2D / M2D-CLAP audio encoder, got {bundle.family}")
+        vit = dict(bundle.config["vit"])
+        stats = bundle.norm_stats.to_list()
+        kwargs.setdefault("norm_stats", stats)
+        model = cls(vit, text_encoder, **kwargs)
+        model.load_stage1_encoder(bundle.encoder.state_dict(), norm_stats=kwargs["norm_stats"])
+        return model
+
+    def _check_input(self, lms: torch.Tensor) -> None:
+        expected = tuple(self.vit_config.input_size)
+        if lms.dim() != 3 or tuple(lms.shape[1:]) != expected:
+            raise ValueError(
+                f"M2D2 stage 2 expects batch['lms'] of shape [B, {expected[0]}, {expected[1]}] (the stage-1 "
+                f"input size), got {tuple(lms.shape)}"
+            )
+
+    def _texts(self, batch: Mapping[str, torch.Tensor]) -> list[str]:
+        if "caption_index" not in batch:
+            raise KeyError(
+                "M2D2 stage 2 needs batch['caption_index'] (indices into the caption list); train with "
+                "kikimimi.caption_data.CaptionCropDataset in text mode and call method.set_captions()"
+            )
+        idx = batch["caption_index"].detach().cpu().tolist()
+        if not self.captions:
+            raise RuntimeError("M2D2 stage 2 has no captions; call set_captions(dataset.caption_texts) first")
+        bad = [i for i in idx if not 0 <= int(i) < len(self.captions)]
+        if bad:
+            raise IndexError(f"caption_index {bad[:3]} outside the {len(self.captions)} captions")
+        return [self.captions[int(i)] for i in idx]
+
+    # ------------------------------------------------------------------ embeddings
+    def audio_embedding(self, lms: torch.Tensor) -> torch.Tensor:
+        """``lms [B, F, T]`` (training crop size) → ``audio_proj`` of all patch tokens ``[B, D]``."""
+        grad = torch.is_grad_enabled() and self.unfreeze_audio
+        with torch.set_grad_enabled(grad):
+            tokens = self.backbone.forward_tokens(lms.unsqueeze(1))
+        return self.backbone.audio_proj(tokens)
+
+    def text_embedding(self, texts: Sequence[str]) -> torch.Tensor:
+        """Captions → ``[B, D]`` through the trainable text encoder (+ ``text_proj``)."""
+        t = self.text_encoder(list(texts)).float()
+        return self.backbone.text_proj(t) if self.backbone.text_proj is not None else t
+
+    # ------------------------------------------------------------------ method interface
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One stage-2 step: ``{"lms": [B, F, T], "caption_index": [B]}`` → ``loss`` (= ``loss_clap``),
+        ``loss_clap`` and ``logit_scale`` (detached)."""
+        lms = batch["lms"]
+        self._check_input(lms)
+        audio = self.audio_embedding(lms)
+        text = self.text_embedding(self._texts(batch))
+        loss = clip_infonce(audio, text, self.logit_scale)
+        return {"loss": loss, "loss_clap": loss.detach(), "logit_scale": self.logit_scale.detach().clone()}
+
+    @torch.no_grad()
+    def on_after_step(self, step: int, total_steps: int) -> None:
+        """Clamp ``logit_scale`` to ``[0, ln 100]``."""
+        clamp_logit_scale_(self.logit_scale)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups (no decay on 1-D params/biases; the frozen audio encoder is excluded)."""
+        return weight_decay_param_groups(self, weight_decay)
+
+    def config_dict(self) -> dict:
+        cfg = self.vit_config
+        return {
+            "method": "m2d2_stage2",
+            "size": vit_size_name(cfg),
+            "vit_config": cfg.to_dict(),
+            "sem_mode": self.sem_mode,
+            "sem_depth": self.sem_depth,
+            "sem_mlp_ratio": self.sem_mlp_ratio,
+            "unfreeze_audio": self.unfreeze_audio,
+            "text_encoder": self.text_encoder_spec,
+            "text_dim": self.text_dim,
+            "norm_stats": [float(v) for v in self.backbone.norm_stats.tolist()],
+            "default_optimizer": "adamw",
+            "betas": [0.9, 0.95],
+            "weight_decay": 0.05,
+            "lr": 5e-5,
+            "grad_clip": 3.0,
+        }
+
+    def export_official_state_dict(self) -> dict[str, torch.Tensor]:
+        """Official 2025 layout: ``backbone.*`` (encoder, ``norm_stats``, ``audio_proj.*``, ``text_proj.*``),
+        ``text_encoder.*`` and ``logit_scale`` (the trainer wraps it in ``{"model": ...}``)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+
+def build_stage2(**cfg: Any) -> M2D2Stage2:
+    """:class:`M2D2Stage2` from ``config_dict()`` keys plus ``text_encoder`` (module or spec)."""
+    cfg = {k: v for k, v in cfg.items() if k not in M2D2Stage2.config_only_keys}
+    vit = cfg.pop("vit_config")
+    text_encoder = cfg.pop("text_encoder")
+    return M2D2Stage2(vit, text_encoder, **cfg)

@@ -1,0 +1,167 @@
+"""M2D-CLAP (2024) pre-training objective: M2D plus CLAP on the same forward pass (fact-sheet-m2d §5.1).
+
+Audio side: mean over the online encoder outputs of the *visible* patches (CLS dropped; returned by
+:meth:`M2D.forward` as ``visible_tokens``) → ``audio_proj`` (:class:`~kikimimi.models.projectors.
+MLPAudioProjector`, D→D→D; 768 for ViT-Base, the encoder width for other sizes).
+Text side: frozen pre-computed caption embeddings ``batch["text_emb"]`` ``[B, Dt]`` (e.g. GTE-base
+mean-pooled, or LLM-based sentence embeddings for M2D2 stage 1) → ``text_proj`` (``nn.Linear(Dt, D)``)
+only when ``Dt ≠ D`` (identity otherwise, as the official 2024 file).
+
+Loss = ``L_M2D + clap_weight · InfoNCE`` (``clap_weight`` 0.01 by default) with global-batch negatives
+under DDP (:func:`kikimimi.methods.clap.clip_infonce`). After every optimiser step: the M2D EMA update
+and the clamp of ``logit_scale`` to ``[0, ln 100]``.
+
+State-dict keys are the official 2024 ones: the M2D keys plus ``logit_scale`` (0-d), ``audio_proj.0.*``,
+``audio_proj.2.*`` and ``text_proj.*`` when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from kikimimi.methods.clap import clamp_logit_scale_, clip_infonce, new_logit_scale
+from kikimimi.methods.m2d import M2D
+from kikimimi.models.projectors import MLPAudioProjector, linear_text_projection
+
+__all__ = ["M2DCLAP", "CLAP_KEYS_PREFIXES"]
+
+#: official key prefixes added by M2D-CLAP on top of the M2D keys
+CLAP_KEYS_PREFIXES = ("audio_proj.", "text_proj.", "logit_scale")
+
+
+class M2DCLAP(M2D):
+    """M2D + CLAP pre-training module.
+
+    Args:
+        size / input_size / patch_size / ...: as :class:`~kikimimi.methods.m2d.M2D`.
+        text_dim: width ``Dt`` of the caption embeddings in ``batch["text_emb"]``; ``None`` = the encoder
+            width (no ``text_proj``).
+        clap_weight: weight of the CLAP loss (official 0.01).
+        method_name: label written to :meth:`config_dict` (``"m2d_clap"``, or ``"m2d2_stage1"``).
+        text_encoder: informational spec of the text encoder that produced the embeddings (recorded in
+            :meth:`config_dict`, e.g. ``"gte:/models/gte-base"`` or ``"llm:/models/nv-embed#eos"``).
+        **m2d_kwargs: the remaining :class:`M2D` arguments.
+    """
+
+    config_only_keys = M2D.config_only_keys
+
+    def __init__(
+        self,
+        size: str = "base",
+        input_size: Sequence[int] = (80, 608),
+        patch_size: Sequence[int] = (16, 16),
+        *,
+        text_dim: int | None = None,
+        clap_weight: float = 0.01,
+        method_name: str = "m2d_clap",
+        text_encoder: str | None = None,
+        **m2d_kwargs,
+    ) -> None:
+        super().__init__(size, input_size, patch_size, **m2d_kwargs)
+        dim = self.vit_config.embed_dim
+        self.text_dim = int(text_dim) if text_dim is not None else dim
+        if self.text_dim <= 0:
+            raise ValueError(f"text_dim must be positive, got {text_dim}")
+        if clap_weight < 0:
+            raise ValueError(f"clap_weight must be >= 0, got {clap_weight}")
+        self.clap_weight = float(clap_weight)
+        self.method_name = str(method_name)
+        self.text_encoder_spec = text_encoder
+        self.audio_proj = MLPAudioProjector(dim)
+        self.text_proj = linear_text_projection(self.text_dim, dim) if self.text_dim != dim else None
+        self.logit_scale = new_logit_scale()
+
+    # ------------------------------------------------------------------ embeddings
+    def audio_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``audio_proj`` of the token mean: tokens ``[B, N, D]`` → ``[B, D]`` (training: visible tokens)."""
+        return self.audio_proj(tokens.mean(dim=1))
+
+    def text_embedding(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Caption embeddings ``[B, Dt]`` → ``[B, D]`` (``text_proj`` when ``Dt ≠ D``)."""
+        if text_emb.dim() != 2 or text_emb.shape[1] != self.text_dim:
+            raise ValueError(
+                f"M2D-CLAP expects batch['text_emb'] of shape [B, {self.text_dim}], got {tuple(text_emb.shape)}; "
+                "the caption-embedding cache and --text-encoder must match the model's text_dim"
+            )
+        x = text_emb.float()
+        return self.text_proj(x) if self.text_proj is not None else x
+
+    @torch.no_grad()
+    def zero_shot_audio(self, lms: torch.Tensor) -> torch.Tensor:
+        """Inference audio embedding: ``audio_proj(mean of all patch tokens)`` for ``lms [B, F, T]`` → ``[B, D]``."""
+        tokens = self.encoder.encode_lms(lms, flat=True)
+        return self.audio_embedding(tokens)
+
+    # ------------------------------------------------------------------ method interface
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One M2D-CLAP step.
+
+        Args:
+            batch: ``{"lms": [B, F, T] normalised log-mel, "text_emb": [B, Dt] caption embeddings}``.
+
+        Returns:
+            ``loss`` (scalar, ``loss_m2d + clap_weight · loss_clap``), ``loss_m2d``, ``loss_clap``,
+            ``logit_scale`` (the log-scale; all detached scalars) and ``ema_tau`` once an EMA update happened.
+        """
+        if "text_emb" not in batch:
+            raise KeyError(
+                "M2D-CLAP needs batch['text_emb'] (caption embeddings); train with a caption-aware dataset "
+                "(kikimimi.caption_data.CaptionCropDataset, --captions)"
+            )
+        out = super().forward(batch)
+        loss_m2d = out.pop("loss")
+        visible = out.pop("visible_tokens")
+        audio = self.audio_embedding(visible)
+        text = self.text_embedding(batch["text_emb"])
+        loss_clap = clip_infonce(audio, text, self.logit_scale)
+        out.update(
+            loss=loss_m2d + self.clap_weight * loss_clap,
+            loss_m2d=loss_m2d.detach(),
+            loss_clap=loss_clap.detach(),
+            logit_scale=self.logit_scale.detach().clone(),
+        )
+        return out
+
+    @torch.no_grad()
+    def on_after_step(self, step: int, total_steps: int) -> None:
+        """M2D EMA update, then clamp ``logit_scale`` to ``[0, ln 100]``."""
+        super().on_after_step(step, total_steps)
+        clamp_logit_scale_(self.logit_scale)
+
+    def config_dict(self) -> dict:
+        cfg = super().config_dict()
+        cfg.update(
+            method=self.method_name,
+            text_dim=self.text_dim,
+            clap_weight=self.clap_weight,
+            text_encoder=self.text_encoder_spec,
+            method_name=self.method_name,
+        )
+        return cfg
+
+    # ------------------------------------------------------------------ official checkpoints
+    def export_official_state_dict(self) -> dict[str, torch.Tensor]:
+        """Official 2024 full-model dict: the M2D keys + ``logit_scale``, ``audio_proj.{0,2}.*``, ``text_proj.*``."""
+        return super().export_official_state_dict()
+
+    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+        """Initialise from an official M2D or M2D-CLAP full state dict.
+
+        CLAP tensors (``audio_proj``, ``text_proj``, ``logit_scale``) absent from the file keep their
+        fresh initialisation (further pre-training an M2D checkpoint with CLAP); present ones must fit.
+        """
+        if "model" in state_dict and isinstance(state_dict["model"], Mapping):
+            state_dict = state_dict["model"]
+        merged = dict(state_dict)
+        own = self.state_dict()
+        for key, value in own.items():
+            if key.startswith(CLAP_KEYS_PREFIXES) and key not in merged:
+                merged[key] = value
+        return super().load_official_state_dict(merged)
+
+
+def build_m2d_clap(**cfg) -> M2DCLAP:
+    """:class:`M2DCLAP` from constructor/config keys (informational ``config_dict`` keys are ignored)."""
+    return M2DCLAP(**{k: v for k, v in cfg.items() if k not in M2DCLAP.config_only_keys})

@@ -1,0 +1,104 @@
+"""Search index: incremental updates re-embed only added/changed files, removals and unreadable files are
+handled, ranking is right on a fake CLAP model, and `kikimimi index` / `kikimimi search` run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from clap_fakes import FrequencyCLAP, HashTextEncoder, patch_text_encoder, write_tiny_clap2025
+from conftest import sine
+
+from kikimimi.cli import main as cli_main
+from kikimimi.search_index import SearchIndex, SearchIndexError, search, update_index
+
+SR = 16000
+
+
+def _write(path, freq, seconds=0.5):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, sine(freq, seconds, SR), SR)
+    return path
+
+
+@pytest.fixture
+def library(tmp_path):
+    root = tmp_path / "library"
+    for f in (220, 440, 880, 1760, 3520):
+        _write(root / ("sub" if f > 1000 else "") / f"tone{f}.wav", f)
+    (root / "broken.wav").write_bytes(b"not a wav file")
+    return root
+
+
+def test_build_search_and_incremental_update(library, tmp_path):
+    model, index_dir = FrequencyCLAP(), tmp_path / "index"
+    first = update_index(model, library, index_dir, model_id="fake", batch_size=2)
+    assert sorted(first.added) == ["sub/tone1760.wav", "sub/tone3520.wav", "tone220.wav", "tone440.wav",
+                                   "tone880.wav"]
+    assert [k for k, _ in first.errors] == ["broken.wav"]
+    assert sum(model.embedded) == 5
+    hits = search(index_dir, "what sounds like 440 Hz", model, top=5)
+    keys = [h.key for h in hits]
+    assert keys[0] == "tone440.wav" and set(keys[1:3]) == {"tone220.wav", "tone880.wav"}
+    assert keys[3:] == ["sub/tone1760.wav", "sub/tone3520.wav"]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5) and hits[0].score >= hits[1].score >= hits[4].score
+    assert len(search(index_dir, "440", model, top=2)) == 2
+
+    again = update_index(model, library, index_dir, model_id="fake")
+    assert again.embedded == 0 and len(again.unchanged) == 5 and sum(model.embedded) == 5
+    assert [k for k, _ in again.errors] == ["broken.wav"]  # unchanged unreadable files are not retried
+
+    _write(library / "tone300.wav", 300)                       # added
+    _write(library / "tone880.wav", 6000, seconds=0.7)         # changed (new size and mtime)
+    os.remove(library / "sub" / "tone1760.wav")                # removed
+    before = sum(model.embedded)
+    upd = update_index(model, library, index_dir, model_id="fake")
+    assert upd.added == ["tone300.wav"] and upd.changed == ["tone880.wav"] and upd.removed == ["sub/tone1760.wav"]
+    assert sum(model.embedded) - before == 2
+    index = SearchIndex.load(index_dir)
+    assert len(index.entries) == 5 and index.embeddings.shape == (5, 13)
+    assert search(index, "6000", model, top=1)[0].key == "tone880.wav"
+    assert "sub/tone1760.wav" not in {e["key"] for e in index.entries}
+    assert len(list(index_dir.glob("embeddings-*.npy"))) == 1  # the previous embeddings file is gone
+
+
+def test_other_model_needs_rebuild_and_bad_queries_are_explained(library, tmp_path):
+    model, index_dir = FrequencyCLAP(), tmp_path / "index"
+    update_index(model, library, index_dir, model_id="fake")
+    with pytest.raises(SearchIndexError, match="--rebuild"):
+        update_index(model, library, index_dir, model_id="other")
+    rebuilt = update_index(model, library, index_dir, model_id="other", rebuild=True)
+    assert len(rebuilt.added) == 5
+    with pytest.raises(SearchIndexError, match="dims"):
+        search(index_dir, np.zeros(4, dtype=np.float32))
+    with pytest.raises(SearchIndexError, match="no manifest.json"):
+        SearchIndex.load(tmp_path / "nowhere")
+
+
+def test_index_and_search_commands_end_to_end(library, tmp_path, capsys, monkeypatch):
+    ckpt = write_tiny_clap2025(tmp_path / "models")
+    patch_text_encoder(monkeypatch, HashTextEncoder(dim=32))
+    out = tmp_path / "idx"
+    assert cli_main(["index", str(library), "-m", str(ckpt), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "added 5, changed 0, removed 0, unchanged 0, unreadable 1" in captured.out
+    assert "broken.wav" in captured.err
+    assert cli_main(["index", str(library), "-m", str(ckpt), "-o", str(out)]) == 0
+    assert "added 0, changed 0, removed 0, unchanged 5" in capsys.readouterr().out
+    assert cli_main(["search", str(out), "a high tone", "--top", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    scores = [r["score"] for r in data["results"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    # the ranking equals cosine(text, audio) computed directly with the same model
+    from kikimimi.clap_api import cosine_similarity, load_clap
+
+    model = load_clap(ckpt)
+    index = SearchIndex.load(out)
+    direct = cosine_similarity(model.encode_text(["a high tone"]), model.encode_audio(
+        [e["path"] for e in index.entries]))[0]
+    best = [index.entries[i]["key"] for i in np.argsort(-direct)[:3]]
+    assert [r["key"] for r in data["results"]] == best
+    assert cli_main(["search", str(tmp_path / "missing"), "x"]) == 2
