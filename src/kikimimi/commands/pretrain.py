@@ -9,7 +9,10 @@ recipe's fraction of the run (M2D: 20/300 of the steps). Every resolved setting 
 - M2D: ``m2d_vit_<size>-<F>x<T>p<f>x<t>[p32k]-<yymmdd>[-<n>]`` (the name parsers recover the input and
   patch sizes and the sample rate from it) holding ``checkpoint-<step>.pth`` in the official layout;
 - BYOL-A: ``AudioNTT2020-BYOLA-<F>x<T>d<d>-<yymmdd>`` (v2: ``AudioNTT2022-…``), plus the encoder state
-  dict ``AudioNTT2020-BYOLA-<F>x<T>d<d>.pth`` written at the end.
+  dict ``AudioNTT2020-BYOLA-<F>x<T>d<d>.pth`` written at the end. ``--pre-norm running`` (v1 default)
+  feeds raw log-mel crops to the method, which normalises them with running statistics (update budget
+  10 × 2 × files); ``precomputed`` (v2 default) normalises in the data pipeline with corpus statistics.
+  The corpus statistics are estimated and recorded in both modes (they go with the exported encoder).
 
 M2D-CLAP / M2D2 (fact-sheet-m2d §5): ``--method m2d_clap`` (and ``m2d2_stage1``, the same objective against
 LLM-based caption embeddings) needs ``--captions`` = a caption table (CSV/JSON; its embedding cache is
@@ -74,9 +77,12 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "grad_clip": None,
         "seed": 42,
         "min_epoch_size": 0,
+        "pre_norm": "running",
     },
 }
-METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "lr": 1e-4}
+METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "lr": 1e-4, "pre_norm": "precomputed"}
+#: BYOL-A methods (64-bin front end, --pre-norm)
+BYOLA_METHODS = ("byola", "byola2")
 # M2D-CLAP 2024: the M2D recipe + CLAP weight 0.01 (fact-sheet-m2d §5.1); M2D2 stage 1 is the same objective
 METHOD_DEFAULTS["m2d_clap"] = {**METHOD_DEFAULTS["m2d"], "clap_weight": 0.01}
 METHOD_DEFAULTS["m2d2_stage1"] = {**METHOD_DEFAULTS["m2d_clap"]}
@@ -173,6 +179,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="M2D target EMA decay, linear over the run (0.99995 0.99999, tuned for ~300k steps; "
                    "short runs need a faster-moving target, e.g. 0.995 0.9995)")
     p.add_argument("--byola-dim", type=int, default=S, help="BYOL-A encoder output d (v1 512, v2 3072)")
+    p.add_argument(
+        "--pre-norm",
+        choices=("running", "precomputed"),
+        default=S,
+        help="BYOL-A pre-normalisation: running statistics inside the method (v1 default) or corpus "
+        "statistics in the data pipeline (v2 default)",
+    )
     p.add_argument("--min-epoch-size", type=int, default=S, help="repeat small corpora up to N items/epoch")
     p.add_argument(
         "--pad-mode",
@@ -286,6 +299,8 @@ def resolve_settings(cli: dict[str, Any]) -> dict[str, Any]:
         s["grad_clip"] = None
     if s.get("lr") is not None:
         s["blr"] = None
+    if s.get("pre_norm") is not None and method not in BYOLA_METHODS:
+        raise ValueError(f"--pre-norm is a BYOL-A setting; --method {method} normalises with corpus statistics")
     if method in M2D_FAMILY:
         s["patch_size"] = _parse_pair(s["patch_size"], "--patch-size")
     if method in CAPTION_METHODS and not s.get("resume"):
@@ -397,6 +412,9 @@ def _build_method(s: dict[str, Any], norm_stats):
             norm_stats=norm_stats.to_list(),
         )
     kw: dict[str, Any] = {"n_mels": 64, "input_frames": int(s["input_frames"]), "lr": s.get("lr")}
+    kw["pre_norm"] = s.get("pre_norm") or "precomputed"
+    if kw["pre_norm"] == "running":
+        kw["epoch_samples"] = int(s["epoch_samples"])
     if s.get("byola_dim"):
         kw["d"] = int(s["byola_dim"])
     return build_method(s["method"], **kw)
@@ -560,6 +578,8 @@ def run(args: argparse.Namespace) -> int:
     dist = init_distributed(settings.get("device") or "auto")
     try:
         method_name = settings["method"]
+        if method_name in BYOLA_METHODS and not settings.get("pre_norm"):
+            settings["pre_norm"] = "precomputed"  # runs saved before --pre-norm existed normalised in the pipeline
         stage1 = _stage1_setup(settings) if method_name == "m2d2_stage2" and resume_path is None else None
         corpus = resolve_corpus(settings["data"])
         captions = embeddings = caption_source = None
@@ -607,16 +627,22 @@ def run(args: argparse.Namespace) -> int:
                 )
             stats = broadcast_object(stats)
         settings["norm_stats"] = stats.to_list()
+        # BYOL-A v1 running pre-norm: the method normalises raw crops itself (stats above are still written
+        # for the exported encoder); update budget 10 × epoch_samples, epoch_samples = 2 × files (v1 recipe)
+        running_norm = method_name in BYOLA_METHODS and settings.get("pre_norm") == "running"
+        if running_norm:
+            settings["epoch_samples"] = 2 * len(corpus)
+        pipeline_stats = None if running_norm else stats
 
         on_device = bool(settings.get("frontend_on_device")) and corpus.kind == "audio"
         dataset = CropDataset(
             corpus,
             frames,
-            norm_stats=None if on_device else stats,
+            norm_stats=None if on_device else pipeline_stats,
             output="wave" if on_device else "lms",
             **ds_kw,
         )
-        transform = DeviceLogMel(preset, frames, stats).to(dist.device) if on_device else None
+        transform = DeviceLogMel(preset, frames, pipeline_stats).to(dist.device) if on_device else None
         if method_name in CAPTION_METHODS:
             from kikimimi.caption_data import CaptionCropDataset
 
@@ -692,6 +718,9 @@ def run(args: argparse.Namespace) -> int:
             last = result.losses.get(result.step)
             loss_txt = f", final loss {last:.4f}" if last is not None else ""
             print(f"pre-training finished at step {result.step}/{result.total_steps}{loss_txt}")
+            rn = getattr(method, "running_norm", None)
+            if rn is not None:
+                print(f"  running pre-norm after {rn.count} item updates: mean {rn.mean:.4f}, std {rn.std:.4f}")
             for w in written:
                 print(f"  wrote {w}")
     finally:

@@ -1,8 +1,14 @@
 """BYOL-A v1/v2 pre-training objective (fact-sheet-byola-evar §1.6–1.7).
 
-Input: ``batch["lms"]`` ``[B, F, T]`` log-mel **already pre-normalised** with scalar dataset statistics
-(the v2 ``PrecomputedNorm`` recipe; the trainer's data pipeline does this). v1's per-worker running
-normalisation is not implemented — v1 here uses the same precomputed statistics.
+Input: ``batch["lms"]`` ``[B, F, T]`` log-mel. Pre-normalisation (``pre_norm``):
+
+- ``"precomputed"`` (v2 default, ``PrecomputedNorm``): the batch is **already normalised** with scalar
+  corpus statistics (the data pipeline does this);
+- ``"running"`` (v1 default, ``RunningNorm``): the batch holds **raw** log-mel and the method normalises
+  it item by item with running statistics (:class:`~kikimimi.methods.running_norm.RunningNorm`), updated
+  in training mode until ``max_update_epochs · epoch_samples`` items have been seen (the v1 recipe uses
+  ``epoch_samples = 2 × number of training files``). Unlike the official per-DataLoader-worker module,
+  there is one deterministic set of statistics per process, saved in ``state_dict()``.
 
 Per step: two views per item via :class:`~kikimimi.methods.byola_augment.BYOLAAugment` (v1: mixup 0.4 →
 random resize crop; v2: mixup 0.2 → RRC → random linear fader), joint post-normalisation, then BYOL:
@@ -17,7 +23,9 @@ buffers of the target evolve with its own forward passes.
 Randomness: augmentation draws come from ``self.generator`` when set with :meth:`BYOLA.set_generator`,
 otherwise from the global torch RNG; the encoders' dropout always uses the global torch RNG. The
 mixup memory bank is part of ``state_dict()`` (extra state of ``augment.mixup``), so a resumed run
-continues with the same bank. The bank only grows in training mode.
+continues with the same bank. The bank only grows in training mode. Likewise the running
+pre-normalisation statistics (extra state of ``running_norm``) are saved and restored, and only update in
+training mode.
 """
 
 from __future__ import annotations
@@ -31,14 +39,16 @@ from torch import nn
 from kikimimi.methods.byola_augment import BYOLAAugment
 from kikimimi.methods.ema import ema_update_modules_, weight_decay_param_groups
 from kikimimi.methods.losses import byol_symmetric_loss
+from kikimimi.methods.running_norm import RunningNorm
 from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
 
 __all__ = ["BYOLA", "BYOLMLP"]
 
 _DEFAULTS = {
-    1: {"d": 512, "mixup_ratio": 0.4, "lr": 3e-4},
-    2: {"d": 3072, "mixup_ratio": 0.2, "lr": 1e-4},
+    1: {"d": 512, "mixup_ratio": 0.4, "lr": 3e-4, "pre_norm": "running"},
+    2: {"d": 3072, "mixup_ratio": 0.2, "lr": 1e-4, "pre_norm": "precomputed"},
 }
+PRE_NORM_MODES = ("running", "precomputed")
 
 
 class BYOLMLP(nn.Sequential):
@@ -71,6 +81,11 @@ class BYOLA(nn.Module):
         fader_gain: v2 random linear fader gain (1.0; ``None`` = 1.0).
         lr: recommended Adam learning rate exposed in :meth:`config_dict` (default per version).
         input_frames: crop length ``T`` in frames (96 = 0.95 s at 10 ms hop) — recorded in the config only.
+        pre_norm: ``"running"`` (v1 default: raw log-mel in, :class:`RunningNorm` inside the method) or
+            ``"precomputed"`` (v2 default: the batch is already normalised).
+        epoch_samples: ``RunningNorm`` update budget per epoch (v1 recipe: 2 × training files;
+            ``None`` = never stop updating). Ignored with ``"precomputed"``.
+        max_update_epochs: ``RunningNorm`` freezes after ``max_update_epochs · epoch_samples`` updates (10).
     """
 
     default_optimizer = "adam"
@@ -91,11 +106,18 @@ class BYOLA(nn.Module):
         fader_gain: float | None = 1.0,
         lr: float | None = None,
         input_frames: int = 96,
+        pre_norm: str | None = None,
+        epoch_samples: int | None = None,
+        max_update_epochs: int = 10,
     ) -> None:
         super().__init__()
         if version not in _DEFAULTS:
             raise ValueError(f"BYOL-A version must be 1 or 2, got {version!r}")
         defaults = _DEFAULTS[version]
+        pre_norm = defaults["pre_norm"] if pre_norm is None else str(pre_norm)
+        if pre_norm not in PRE_NORM_MODES:
+            raise ValueError(f"BYOL-A pre_norm must be 'running' or 'precomputed', got {pre_norm!r}")
+        self.pre_norm = pre_norm
         self.version = version
         self.d = int(d if d is not None else defaults["d"])
         self.n_mels = int(n_mels)
@@ -121,6 +143,10 @@ class BYOLA(nn.Module):
             n_memory=n_memory,
             fader_gain=1.0 if fader_gain is None else fader_gain,
         )
+        # only present in "running" mode, so precomputed-mode state dicts keep their old keys
+        self.running_norm: RunningNorm | None = (
+            RunningNorm(epoch_samples, max_update_epochs) if pre_norm == "running" else None
+        )
 
     def set_generator(self, generator: torch.Generator | None) -> None:
         """Use ``generator`` (CPU) for the augmentations; ``None`` returns to the global torch RNG."""
@@ -139,8 +165,8 @@ class BYOLA(nn.Module):
         """One BYOL-A step.
 
         Args:
-            batch: ``{"lms": [B, F, T]}`` pre-normalised log-mel (float32), ``F == n_mels``, ``B ≥ 2``
-                in training mode (BatchNorm).
+            batch: ``{"lms": [B, F, T]}`` log-mel (float32), ``F == n_mels``, ``B ≥ 2`` in training mode
+                (BatchNorm); raw with ``pre_norm="running"``, already normalised with ``"precomputed"``.
 
         Returns:
             ``{"loss": scalar}`` (plus ``ema_tau`` once an EMA update happened).
@@ -148,9 +174,10 @@ class BYOLA(nn.Module):
         lms = batch["lms"]
         if lms.dim() != 3 or lms.shape[1] != self.n_mels:
             raise ValueError(
-                f"BYOL-A expects batch['lms'] of shape [B, {self.n_mels}, T] (pre-normalised log-mel), "
-                f"got {tuple(lms.shape)}"
+                f"BYOL-A expects batch['lms'] of shape [B, {self.n_mels}, T] (log-mel), got {tuple(lms.shape)}"
             )
+        if self.running_norm is not None:  # v1 pre-normalisation, item by item, before any augmentation
+            lms = self.running_norm(lms, update=self.training)
         view_a, view_b = self.augment(lms, self.generator, update_bank=self.training)
         b = lms.shape[0]
         views = torch.cat([view_a, view_b]).unsqueeze(1)  # [2B, 1, F, T]
@@ -186,6 +213,9 @@ class BYOLA(nn.Module):
             "d": self.d,
             "n_mels": self.n_mels,
             "input_frames": self.input_frames,
+            "pre_norm": self.pre_norm,
+            "epoch_samples": self.running_norm.epoch_samples if self.running_norm is not None else None,
+            "max_update_epochs": self.running_norm.max_update_epochs if self.running_norm is not None else 10,
             "proj_hidden": self.proj_hidden,
             "proj_dim": self.proj_dim,
             "ema_decay": self.ema_decay,

@@ -7,9 +7,9 @@ Pipeline (``BYOLAAugment``), applied twice per item to make two views:
 
 then both views of the whole batch are post-normalised jointly (:func:`post_normalize`).
 
-Pre-normalisation is *not* done here: the batch given to the method is already normalised with
-precomputed dataset statistics (scalar mean/std, the v2 ``PrecomputedNorm`` recipe); v1's per-worker
-running normalisation is not implemented.
+Pre-normalisation is *not* done here: the batch given to :class:`BYOLAAugment` is already normalised,
+either with precomputed corpus statistics (v2 ``PrecomputedNorm``, in the data pipeline) or by the
+method's v1 running normalisation (:class:`kikimimi.methods.running_norm.RunningNorm`).
 
 Randomness: every ``forward`` takes an optional CPU ``torch.Generator``; ``None`` means the global torch
 RNG (which the trainer checkpoints). Inputs are log-mel items ``[F, T]`` or ``[C, F, T]`` (F mel bins,
