@@ -114,3 +114,17 @@ def test_norm_stats_from_files(tmp_path):
     only_quiet = norm_stats_from_files([quiet], n_samples=200)
     assert both.mean > only_quiet.mean and both.std > only_quiet.std
     assert norm_stats_from_files([quiet, loud], n_samples=200) == both  # seeded
+
+
+def test_norm_stats_from_files_pads_short_clips_and_skips_bad_files(tmp_path):
+    from kikimimi.api import norm_stats_from_files
+    from kikimimi.audio import AudioDecodeError
+
+    blip, bad = tmp_path / "blip.wav", tmp_path / "bad.wav"
+    sf.write(blip, _noise(0.02, seed=3), 16000)  # 320 samples: shorter than one BYOL-A STFT window
+    bad.write_bytes(b"not audio at all")
+    with pytest.warns(UserWarning, match="bad.wav"):
+        stats = norm_stats_from_files([blip, bad], n_samples=50)
+    assert np.isfinite(stats.mean) and stats.std > 0
+    with pytest.raises(AudioDecodeError, match="bad.wav"):
+        norm_stats_from_files([bad], n_samples=10)

@@ -215,6 +215,24 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
     assert cfg2["unfreeze_audio"] is False and cfg2["input_frames"] == 64 and cfg2["text_encoder"] == spec
     assert load_encoder(run2 / "checkpoint-2.pth").text_encoder_state
 
+    # a stage-2 text encoder of another kind (GTE-style mean pooling) comes back from the file through the
+    # spec recorded in config.json, with its fine-tuned weights (not the folder's original ones)
+    from kikimimi.clap_api import load_clap
+    from kikimimi.models.text import load_text_encoder
+
+    gte = "gte:" + spec.split(":", 1)[1]
+    assert main(["pretrain", *stage2, "--text-encoder", gte, "--run-name", "stage2-gte"]) == 0
+    run3 = tmp_path / "runs" / "stage2-gte"
+    sd3 = torch.load(run3 / "checkpoint-2.pth", map_location="cpu", weights_only=True)["model"]
+    model = load_clap(run3 / "checkpoint-2.pth")
+    assert model.text_encoder.name.startswith("gte:")  # mean pooling as trained, not BERT's [CLS]
+    loaded = model.text_encoder.state_dict()
+    stored = {k.removeprefix("text_encoder."): v for k, v in sd3.items() if k.startswith("text_encoder.")}
+    assert stored and all(torch.equal(loaded[k], v) for k, v in stored.items())
+    original = load_text_encoder(gte).state_dict()
+    assert any(not torch.equal(original[k], v) for k, v in stored.items())
+    assert model.encode_text(["The sound of tone."]).shape == (1, model.embedding_dim)
+
 
 def test_cli_caption_errors(tmp_path) -> None:
     from kikimimi.cli import main
@@ -241,3 +259,4 @@ def test_cli_caption_errors(tmp_path) -> None:
         main([*base, "--method", "m2d2_stage2", "--captions", str(caps), "--text-encoder", "minilm"])
     with pytest.raises(ValueError, match="not --text-encoder"):
         main([*base, "--method", "m2d_clap", "--captions", str(cache), "--text-encoder", "minilm"])
+

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def map_by_length(waves: Sequence[np.ndarray], batch_size: int,
+                  fn: Callable[[list[np.ndarray]], Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Apply ``fn`` to batches of equal-length waveforms (at most ``batch_size``) and return its per-clip
+    outputs in input order. Clips are never padded to share a batch, so no result depends on the batch."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, w in enumerate(waves):
+        by_length[len(w)].append(i)
+    out: list[torch.Tensor | None] = [None] * len(waves)
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            for i, result in zip(chunk, fn([waves[i] for i in chunk]), strict=True):
+                out[i] = result
+    return out  # type: ignore[return-value]
 
 
 class AudioEncoder:
@@ -105,17 +121,7 @@ class AudioEncoder:
         """Frame features ``[T'_i, D]`` for every waveform (CPU float32)."""
         if self.family == "m2d":
             return self._encode_m2d_chunks(waves, batch_size)
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, w in enumerate(waves):
-            by_length[len(w)].append(i)
-        out: list[torch.Tensor | None] = [None] * len(waves)
-        for indices in by_length.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                frames = self._frames_same_length([waves[i] for i in chunk])
-                for i, f in zip(chunk, frames, strict=True):
-                    out[i] = f
-        return out  # type: ignore[return-value]
+        return map_by_length(waves, batch_size, self._frames_same_length)
 
     @torch.inference_mode()
     def _encode_m2d_chunks(self, waves: list[np.ndarray], batch_size: int) -> list[torch.Tensor]:
@@ -243,13 +249,33 @@ def norm_stats_from_files(paths: Sequence[str | os.PathLike], preset: str = "byo
                           n_samples: int = 10000, seed: int = 0) -> NormStats:
     """Scalar log-mel mean/std of a set of audio files, as BYOL-A needs per dataset (EVAR: the training split).
 
-    Each sample is a random ``crop_s``-second crop (right-padded when shorter) of a random file's log-mel
-    computed with ``preset``; unreadable files raise :class:`~kikimimi.audio.AudioDecodeError`.
+    Each sample is a random ``crop_s``-second crop of a random file's log-mel computed with ``preset``;
+    clips shorter than the crop are zero-padded at the end in the waveform first (as the evaluation crops
+    are). Unreadable files are skipped with a warning naming them; if none is readable,
+    :class:`~kikimimi.audio.AudioDecodeError` of the first one is raised.
     """
+    import warnings
+
+    from kikimimi.audio import AudioDecodeError
     from kikimimi.frontend import get_preset, log_mel
     from kikimimi.normstats import compute_norm_stats
 
     config = get_preset(preset)
-    mels = [log_mel(load_audio(p, config.sample_rate)[0], config) for p in paths]
-    crop_frames = config.num_frames(int(crop_s * config.sample_rate))
+    crop_samples = int(crop_s * config.sample_rate)
+    mels, failures = [], []
+    for p in paths:
+        try:
+            wave = load_audio(p, config.sample_rate)[0]
+        except AudioDecodeError as exc:
+            failures.append(exc)
+            continue
+        if len(wave) < crop_samples:
+            wave = np.pad(wave, (0, crop_samples - len(wave)))
+        mels.append(log_mel(wave, config))
+    if failures:
+        if not mels:
+            raise failures[0]
+        warnings.warn(f"normalisation statistics: skipped {len(failures)} unreadable file(s), e.g. {failures[0]}",
+                      stacklevel=2)
+    crop_frames = config.num_frames(crop_samples)
     return compute_norm_stats(mels, crop_frames=crop_frames, n_samples=n_samples, seed=seed)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kikimimi.api import AudioEncoder, AudioInput, load
+from kikimimi.api import AudioEncoder, AudioInput, load, map_by_length
 
 __all__ = ["CLAPError", "CLAPModel", "cosine_similarity", "load_clap", "text_encoder_spec_from_config"]
 
@@ -155,13 +154,21 @@ class CLAPModel:
         if isinstance(arg, str):
             return text_models.load_text_encoder(arg, device=self.device)
         state = self.audio.bundle.text_encoder_state
-        if state:
-            return text_models.bert_from_state_dict(state, device=self.device)
         spec = text_encoder_spec_from_config(self.source) if self.source else None
         if spec is None:
             spec = self.audio.bundle.config.get("text_encoder")
+        if state and not (isinstance(spec, str) and spec and not spec.startswith("bert")):
+            return text_models.bert_from_state_dict(state, device=self.device)
         if isinstance(spec, str) and spec:
-            return text_models.load_text_encoder(spec, device=self.device)
+            encoder = text_models.load_text_encoder(spec, device=self.device)
+            if state:  # a text encoder fine-tuned by kikimimi (M2D2 stage 2): its weights are in the file
+                try:
+                    encoder.load_state_dict(state, strict=True)
+                except RuntimeError as exc:
+                    raise CLAPError(
+                        f"'{self.source}': the text-encoder tensors in the file do not fit {spec!r}: {exc}"
+                    ) from exc
+            return encoder
         raise CLAPError(
             f"'{self.source}': this checkpoint has no text encoder inside it (the M2D-CLAP 2024 release was "
             "trained on frozen GTE-base sentence embeddings). Download thenlper/gte-base once and pass "
@@ -217,19 +224,12 @@ class CLAPModel:
         """
         enc = self.audio
         waves = enc._waveforms(audio, sample_rate)
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, w in enumerate(waves):
-            by_length[len(w)].append(i)
-        out: list[torch.Tensor | None] = [None] * len(waves)
-        for indices in by_length.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                x = torch.from_numpy(np.stack([waves[i] for i in chunk])).to(self.device)
-                lms = enc.norm_stats.normalize(enc.frontend(x))
-                tokens = enc.encoder.encode_lms(lms, flat=True)
-                for i, t in zip(chunk, tokens, strict=True):
-                    out[i] = t
-        return out  # type: ignore[return-value]
+
+        def tokens_same_length(batch: list[np.ndarray]) -> torch.Tensor:
+            x = torch.from_numpy(np.stack(batch)).to(self.device)
+            return enc.encoder.encode_lms(enc.norm_stats.normalize(enc.frontend(x)), flat=True)
+
+        return map_by_length(waves, batch_size, tokens_same_length)
 
     @torch.inference_mode()
     def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm-stats", nargs=2, type=float, metavar=("MEAN", "STD"),
                         help="fixed log-mel statistics (default: file's for M2D, per task for BYOL-A)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--text-encoder", metavar="SPEC",
+                        help="text encoder for the zero-shot rows of CLAP models (e.g. gte:/path/to/gte-base for the "
+                        "2024 release; default: the one inside or recorded beside the checkpoint)")
 
 
 def load_task(spec: str, unit_s: float | None):
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             import_umap()
         tasks = [load_task(t, args.unit_s) for t in args.task]
         specs = model_specs(args.models, baselines=not args.no_baselines, device=args.device, lr=args.lr,
-                            norm_stats=args.norm_stats)
+                            norm_stats=args.norm_stats, text_encoder=args.text_encoder)
     except (TaskError, CheckpointError, OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -133,6 +133,9 @@ class BYOLA(nn.Module):
         self.encoder = encoder_cls(n_mels=self.n_mels, d=self.d)
         self.projector = BYOLMLP(self.d, self.proj_hidden, self.proj_dim)
         self.predictor = BYOLMLP(self.proj_dim, self.proj_hidden, self.proj_dim)
+        # channels_last weights: mkldnn/cuDNN convolutions and max-pooling run ~1.5x faster on this layout
+        # (measured on CPU, benchmarks/bench_pretrain.py); exported tensors are made contiguous again.
+        self.encoder.to(memory_format=torch.channels_last)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_projector = copy.deepcopy(self.projector)
         for p in list(self.target_encoder.parameters()) + list(self.target_projector.parameters()):
@@ -181,6 +184,7 @@ class BYOLA(nn.Module):
         view_a, view_b = self.augment(lms, self.generator, update_bank=self.training)
         b = lms.shape[0]
         views = torch.cat([view_a, view_b]).unsqueeze(1)  # [2B, 1, F, T]
+        views = views.contiguous(memory_format=torch.channels_last)
         pred = self._online(views)
         target = self._target(views)
         loss = byol_symmetric_loss(pred[:b], pred[b:], target[:b], target[b:])
@@ -230,7 +234,7 @@ class BYOLA(nn.Module):
 
     def export_official_state_dict(self) -> dict[str, torch.Tensor]:
         """Online encoder state dict with the official ``features.*`` / ``fc.*`` keys."""
-        return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
+        return {k: v.detach().contiguous().clone() for k, v in self.encoder.state_dict().items()}
 
     def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
         """Initialise the online *and* target encoders from an official encoder state dict.
