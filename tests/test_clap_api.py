@@ -92,6 +92,13 @@ def test_text_encoder_spec_from_config_json_beside_the_checkpoint(tmp_path, monk
     folder = save_kikimimi(bundle, tmp_path / "ours")
     assert load_clap(folder).encode_text(["x"]).shape == (1, 64)
     assert seen[-1] == "fake:folder"
+    # a run's kikimimi/ export without the spec: the run's config.json one level up names it
+    run = tmp_path / "run"
+    bundle.config.pop("text_encoder")
+    export = save_kikimimi(bundle, run / "kikimimi")
+    (run / "config.json").write_text(json.dumps({"method_config": {"text_encoder": "fake:run"}}))
+    assert load_clap(export).encode_text(["x"]).shape == (1, 64)
+    assert seen[-1] == "fake:run"
 
 
 def _tiny_bert_state(hidden: int = 32) -> dict[str, torch.Tensor]:

@@ -57,13 +57,15 @@ def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor
 
 
 def text_encoder_spec_from_config(path: str | os.PathLike) -> str | None:
-    """The ``text_encoder`` spec recorded in ``config.json`` beside ``path`` (or inside the folder ``path``).
+    """The ``text_encoder`` spec recorded in ``config.json`` beside ``path`` (or inside the folder ``path``,
+    then in its parent: ``kikimimi pretrain`` writes the run settings next to the ``kikimimi/`` export).
 
     Looks at the top-level key, ``method_config.text_encoder`` (``kikimimi pretrain`` run folders) and
     ``config.text_encoder`` (kikimimi folders written by ``save_kikimimi``).
     """
     path = Path(path)
-    candidates = [path / "config.json"] if path.is_dir() else [path.parent / "config.json"]
+    # a folder (ours: model.safetensors + config.json, or a run's kikimimi/ export beside the run's config.json)
+    candidates = [path / "config.json", path.parent / "config.json"] if path.is_dir() else [path.parent / "config.json"]
     for cfg in candidates:
         if not cfg.is_file():
             continue
