@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 import build_data  # noqa: E402
 import clap_report as cr  # noqa: E402
-from run_suite import TASKS, kikimimi_cli, load_tasks, log  # noqa: E402
+from run_suite import TASKS, kikimimi_cli, load_tasks, log, pretrain_run  # noqa: E402
 
 from kikimimi.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -174,33 +174,11 @@ def caption_cache(data: Path, table: Path, spec: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- pre-training
-def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / "last.pth").exists() or any(run_dir.glob("checkpoint-*.pth"))
-
-
 def pretrain(runs: Path, method: str, settings: dict[str, Any], corpus: Path) -> Path:
-    """Train, resume or reuse one run; returns the run folder (holding ``kikimimi/``)."""
-    settings = dict(settings)
-    name = settings.pop("run_name")
-    run_dir = runs / name
-    if (run_dir / "kikimimi" / "config.json").exists():
-        log(f"   {name}: already trained")
-        return run_dir
-    TIMES.mark()
-    if has_checkpoint(run_dir):
-        log(f"   {name}: resuming")
-        kikimimi_cli(["pretrain", "--resume", str(run_dir), "--no-progress"], f"pretrain {method} (resume)")
-    else:
-        if run_dir.exists():  # killed before its first checkpoint: start again in the same folder
-            shutil.rmtree(run_dir)
-        runs.mkdir(parents=True, exist_ok=True)
-        recipe = runs / f"{name}.recipe.json"
-        atomic_write_json(recipe, {"method": method, **settings})
-        kikimimi_cli(["pretrain", "--method", method, "--data", str(corpus), "--out", str(runs), "--run-name", name,
-                      "--config", str(recipe), "--no-progress"], f"pretrain {method}")
-    if not (run_dir / "kikimimi" / "config.json").exists():
-        raise SystemExit(f"'{run_dir}': pre-training ended without writing kikimimi/config.json")
-    return run_dir
+    """Train, resume or reuse one run (:func:`run_suite.pretrain_run`), timing only real training."""
+    if not (runs / settings["run_name"] / "kikimimi" / "config.json").exists():
+        TIMES.mark()
+    return pretrain_run(runs, method, settings, corpus)
 
 
 def train_all(data: Path, recipe: dict[str, Any], table: Path, corpus: Path) -> dict[str, Path]:

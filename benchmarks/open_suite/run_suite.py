@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,27 +75,33 @@ def prep(data: Path, preset: str, workers: int) -> Path:
     return cache
 
 
-def pretrain(data: Path, method: str, settings: dict, prep_dir: Path) -> Path:
-    """Train (or resume, or reuse) one run; returns the run folder holding ``kikimimi/``."""
-    runs = data / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+def pretrain_run(runs: Path, method: str, settings: dict, corpus: Path) -> Path:
+    """Train, resume or reuse one run under ``runs`` (``settings["run_name"]`` names it); returns its folder."""
     settings = dict(settings)
     name = settings.pop("run_name")
     run_dir = runs / name
     if (run_dir / "kikimimi" / "config.json").exists():
-        log(f"   {run_dir.name}: already trained")
+        log(f"   {name}: already trained")
         return run_dir
-    if any(run_dir.glob("checkpoint-*.pth")):
-        log(f"   {run_dir.name}: resuming")
+    if (run_dir / "last.pth").exists() or any(run_dir.glob("checkpoint-*.pth")):
+        log(f"   {name}: resuming")
         kikimimi_cli(["pretrain", "--resume", str(run_dir), "--no-progress"], f"pretrain {method} (resume)")
     else:
+        if run_dir.exists():  # killed before its first checkpoint: start again in the same folder
+            shutil.rmtree(run_dir)
+        runs.mkdir(parents=True, exist_ok=True)
         recipe = runs / f"{name}.recipe.json"
         atomic_write_json(recipe, {"method": method, **settings})
-        kikimimi_cli(["pretrain", "--method", method, "--data", str(prep_dir), "--out", str(runs), "--run-name", name,
+        kikimimi_cli(["pretrain", "--method", method, "--data", str(corpus), "--out", str(runs), "--run-name", name,
                       "--config", str(recipe), "--no-progress"], f"pretrain {method}")
     if not (run_dir / "kikimimi" / "config.json").exists():
         raise SystemExit(f"'{run_dir}': pre-training ended without writing kikimimi/config.json")
     return run_dir
+
+
+def pretrain(data: Path, method: str, settings: dict, prep_dir: Path) -> Path:
+    """One open-suite pre-training run in ``<data>/runs``."""
+    return pretrain_run(data / "runs", method, settings, prep_dir)
 
 
 def load_tasks(data: Path):

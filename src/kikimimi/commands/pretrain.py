@@ -89,20 +89,12 @@ METHOD_DEFAULTS["m2d2_stage1"] = {**METHOD_DEFAULTS["m2d_clap"]}
 # M2D2 stage 2: training hyper-parameters are not public (fact-sheet-m2d §9); kikimimi's choice: 30 epochs
 # (the release is checkpoint-30.pth), a text-encoder fine-tuning lr, sizes come from the stage-1 file
 METHOD_DEFAULTS["m2d2_stage2"] = {
-    **{k: METHOD_DEFAULTS["m2d"][k] for k in ("size", "input_frames", "patch_size", "sample_rate")},
+    **{k: v for k, v in METHOD_DEFAULTS["m2d"].items() if k not in ("mask_ratio", "ema_taus")},  # no masking/EMA
     "epochs": 30,
     "warmup_epochs": 1,
     "batch_size": 128,
-    "accum_iter": 1,
     "lr": 5e-5,
     "blr": None,
-    "min_lr": 0.0,
-    "optimizer": "adamw",
-    "betas": [0.9, 0.95],
-    "weight_decay": 0.05,
-    "schedule": "cosine",
-    "grad_clip": 3.0,
-    "seed": 3,
     "min_epoch_size": 0,
     "sem_mode": 1,
 }

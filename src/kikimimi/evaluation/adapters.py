@@ -81,15 +81,24 @@ def _need_file(path: Path, what: str) -> Path:
     return path
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+def read_csv_rows(path: Path, required: Sequence[str],
+                  error: type[Exception] | None = None) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` pairs of a metadata CSV with stripped names and values; a missing required
+    column raises ``error`` (default :class:`AdapterError`) naming the file."""
+    error = error or AdapterError
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         reader.fieldnames = cols
         missing = [c for c in required if c not in cols]
         if missing:
-            raise AdapterError(f"'{path}': missing column(s) {missing} (found {cols})")
-        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+            raise error(f"'{path}': missing column(s) {missing} (found {cols})")
+        return [(line, {k: (v or "").strip() for k, v in row.items() if k is not None})
+                for line, row in enumerate(reader, start=2)]
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    return [row for _, row in read_csv_rows(path, required)]
 
 
 def _audio_files(folder: Path) -> list[Path]:

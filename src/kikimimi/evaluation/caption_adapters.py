@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kikimimi.evaluation.adapters import read_csv_rows
 from kikimimi.fileio import AUDIO_EXTENSIONS, atomic_write_text
 
 __all__ = [
@@ -55,15 +56,7 @@ class CaptionSet:
 def _read_dict_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise CaptionError(f"'{path}': file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        reader.fieldnames = columns
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise CaptionError(f"'{path}': missing column(s) {missing} (found {columns})")
-        return [(line, {k: (v or "").strip() for k, v in row.items() if k is not None})
-                for line, row in enumerate(reader, start=2)]
+    return read_csv_rows(path, required, error=CaptionError)
 
 
 def read_captions_csv(path: str | os.PathLike, *, audio_root: str | os.PathLike | None = None) -> CaptionSet:
