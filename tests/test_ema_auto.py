@@ -1,11 +1,14 @@
-"""`--ema-taus auto`: the official M2D EMA schedule for long runs, the short-run one otherwise."""
+"""`auto` run-length settings: the official M2D EMA schedule / BYOL-A lr for long runs, short-run ones otherwise."""
 
 from __future__ import annotations
 
 from kikimimi.commands.pretrain import (
+    OFFICIAL_BYOLA_LR,
     OFFICIAL_EMA_TAUS,
+    SHORT_RUN_BYOLA_LR,
     SHORT_RUN_EMA_TAUS,
     planned_steps,
+    resolve_byola_lr,
     resolve_ema_taus,
     resolve_settings,
 )
@@ -38,3 +41,28 @@ def test_further_pretraining_keeps_the_official_schedule():
     s = resolve_settings({"method": "m2d", "data": ["x"], "steps": 10, "init_from": "checkpoint-300.pth"})
     resolve_ema_taus(s, 100)
     assert tuple(s["ema_taus"]) == OFFICIAL_EMA_TAUS and "--init-from" in s["ema_taus_rule"]
+
+
+def test_byola_lr_auto_short_runs_use_the_short_run_rate():
+    short = resolve_settings({"method": "byola", "data": ["x"], "steps": 640})
+    assert short["lr"] == "auto"
+    resolve_byola_lr(short, 10_000)
+    assert short["lr"] == SHORT_RUN_BYOLA_LR["byola"] != OFFICIAL_BYOLA_LR["byola"]
+    assert "640 planned steps" in short["lr_rule"]
+
+    official = resolve_settings({"method": "byola", "data": ["x"], "epochs": 100})  # batch 256, 2M clips
+    resolve_byola_lr(official, 2_000_000)
+    assert official["lr"] == OFFICIAL_BYOLA_LR["byola"] == 3e-4
+
+    further = resolve_settings({"method": "byola", "data": ["x"], "steps": 10, "init_from": "enc.pth"})
+    resolve_byola_lr(further, 100)
+    assert further["lr"] == OFFICIAL_BYOLA_LR["byola"]
+
+
+def test_byola_lr_auto_keeps_explicit_rates_and_v2():
+    explicit = resolve_settings({"method": "byola", "data": ["x"], "steps": 640, "lr": 5e-4})
+    resolve_byola_lr(explicit, 10_000)
+    assert explicit["lr"] == 5e-4 and "lr_rule" not in explicit
+    v2 = resolve_settings({"method": "byola2", "data": ["x"], "steps": 640})
+    resolve_byola_lr(v2, 10_000)
+    assert v2["lr"] == OFFICIAL_BYOLA_LR["byola2"] == 1e-4

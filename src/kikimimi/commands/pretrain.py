@@ -67,7 +67,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "epochs": 100,
         "batch_size": 256,
         "accum_iter": 1,
-        "lr": 3e-4,
+        "lr": "auto",
         "blr": None,
         "min_lr": 0.0,
         "optimizer": "adam",
@@ -80,7 +80,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "pre_norm": "running",
     },
 }
-METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "lr": 1e-4, "pre_norm": "precomputed"}
+METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "pre_norm": "precomputed"}
 #: BYOL-A methods (64-bin front end, --pre-norm)
 BYOLA_METHODS = ("byola", "byola2")
 # M2D-CLAP 2024: the M2D recipe + CLAP weight 0.01 (fact-sheet-m2d §5.1); M2D2 stage 1 is the same objective
@@ -154,7 +154,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=S, help="items per process (M2D 512, BYOL-A 256)")
     p.add_argument("--accum-iter", type=int, default=S, help="gradient accumulation micro-batches (1)")
     lr = p.add_mutually_exclusive_group()
-    lr.add_argument("--lr", type=float, default=S, help="absolute learning rate (BYOL-A 3e-4 / v2 1e-4)")
+    lr.add_argument("--lr", type=float, default=S, help="absolute learning rate (BYOL-A default auto: "
+                    "the official 3e-4 (v2 1e-4) for runs of >= 100k steps, 1e-4 for shorter v1 runs)")
     lr.add_argument(
         "--blr", type=float, default=S, help="base lr; lr = blr × effective batch / 256 (M2D 3e-4)"
     )
@@ -370,6 +371,13 @@ OFFICIAL_EMA_TAUS = (0.99995, 0.99999)
 SHORT_RUN_EMA_TAUS = (0.999, 0.9999)
 #: runs with at least this many optimiser steps get the official schedule under ``--ema-taus auto``
 OFFICIAL_EMA_MIN_STEPS = 100_000
+#: BYOL-A Adam learning rates: the official ones (fact-sheet-byola-evar §1.6, batch 256, ~767k steps) and
+#: kikimimi's short-run one for v1. In the first few hundred steps at 3e-4 the encoder's MLP layers lose
+#: rank (frame features' effective rank 6.2 vs 11.7 at random init) while the conv stack improves; measured
+#: on the open suite (v1 d512, 640 steps of 64, 4 real tasks, logistic probe): lr 1e-3 56.0 %,
+#: 3e-4 61.1 %, 1e-4 62.9 %, 3e-5 61.6 %, random init 59.6 %.
+OFFICIAL_BYOLA_LR = {"byola": 3e-4, "byola2": 1e-4}
+SHORT_RUN_BYOLA_LR = {"byola": 1e-4}
 
 
 def planned_steps(settings: dict[str, Any], n_items: int, world_size: int = 1) -> int:
@@ -381,20 +389,42 @@ def planned_steps(settings: dict[str, Any], n_items: int, world_size: int = 1) -
     return max(1, int(float(settings["epochs"]) * iters) // int(settings.get("accum_iter") or 1))
 
 
+def _run_length_rule(settings: dict[str, Any], n_items: int, world_size: int) -> tuple[bool, str]:
+    """``(official, why)``: whether a run gets the official (long-run) value of an ``auto`` setting.
+
+    Official for further pre-training (``--init-from``: the networks are trained already) and for runs of
+    at least :data:`OFFICIAL_EMA_MIN_STEPS` planned optimiser steps; the short-run value otherwise.
+    """
+    total = planned_steps(settings, n_items, world_size)
+    if settings.get("init_from"):
+        return True, "--init-from"
+    if total >= OFFICIAL_EMA_MIN_STEPS:
+        return True, f"{total} planned steps ≥ {OFFICIAL_EMA_MIN_STEPS}"
+    return False, f"{total} planned steps < {OFFICIAL_EMA_MIN_STEPS}"
+
+
 def resolve_ema_taus(settings: dict[str, Any], n_items: int, world_size: int = 1) -> None:
     """Replace ``ema_taus: "auto"`` by the official schedule for long runs and further pre-training
     (``--init-from``), and by the short-run schedule otherwise."""
     if settings.get("ema_taus") not in (None, "auto"):
         return
-    total = planned_steps(settings, n_items, world_size)
-    if settings.get("init_from"):  # further pre-training: the target is trained already, keep the official pace
-        taus, why = OFFICIAL_EMA_TAUS, "--init-from"
-    elif total >= OFFICIAL_EMA_MIN_STEPS:
-        taus, why = OFFICIAL_EMA_TAUS, f"{total} planned steps ≥ {OFFICIAL_EMA_MIN_STEPS}"
-    else:
-        taus, why = SHORT_RUN_EMA_TAUS, f"{total} planned steps < {OFFICIAL_EMA_MIN_STEPS}"
+    official, why = _run_length_rule(settings, n_items, world_size)
+    taus = OFFICIAL_EMA_TAUS if official else SHORT_RUN_EMA_TAUS
     settings["ema_taus"] = list(taus)
     settings["ema_taus_rule"] = f"auto: {why} → {taus[0]} → {taus[1]}"
+
+
+def resolve_byola_lr(settings: dict[str, Any], n_items: int, world_size: int = 1) -> None:
+    """Replace ``lr: "auto"`` (BYOL-A) by the official Adam lr for long runs and further pre-training, and
+    by :data:`SHORT_RUN_BYOLA_LR` for shorter runs of methods that have one (v1 only; v2 keeps 1e-4)."""
+    if settings.get("lr") != "auto":
+        return
+    method = settings["method"]
+    official_lr = OFFICIAL_BYOLA_LR[method]
+    official, why = _run_length_rule(settings, n_items, world_size)
+    lr = official_lr if official else SHORT_RUN_BYOLA_LR.get(method, official_lr)
+    settings["lr"] = lr
+    settings["lr_rule"] = f"auto: {why} → {lr:g}"
 
 
 def _build_method(s: dict[str, Any], norm_stats):
@@ -681,6 +711,8 @@ def run(args: argparse.Namespace) -> int:
 
         if "ema_taus" in METHOD_DEFAULTS.get(method_name, {}):
             resolve_ema_taus(settings, len(dataset), dist.world_size)
+        if method_name in BYOLA_METHODS:
+            resolve_byola_lr(settings, len(dataset), dist.world_size)
         method = _build_method(settings, stats)
         method_cfg = method.config_dict()
         if method_name == "m2d2_stage2":
