@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from kikimimi.commands.pretrain import (
-    OFFICIAL_BYOLA_LR,
     OFFICIAL_EMA_TAUS,
     SHORT_RUN_BYOLA_LR,
     SHORT_RUN_EMA_TAUS,
@@ -12,6 +11,9 @@ from kikimimi.commands.pretrain import (
     resolve_ema_taus,
     resolve_settings,
 )
+from kikimimi.methods.byola import OFFICIAL_LR
+
+OFFICIAL_BYOLA_LR = {"byola": OFFICIAL_LR[1], "byola2": OFFICIAL_LR[2]}
 
 
 def test_planned_steps_from_steps_or_epochs():

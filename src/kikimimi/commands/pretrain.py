@@ -369,14 +369,13 @@ def _unique_dir(parent: Path, name: str) -> Path:
 #: probe): official 59.7 %, (0.999, 0.9999) 61.8 %, (0.99, 0.999) 57.2 % (at step 1000), random init 56.1 %.
 OFFICIAL_EMA_TAUS = (0.99995, 0.99999)
 SHORT_RUN_EMA_TAUS = (0.999, 0.9999)
-#: runs with at least this many optimiser steps get the official schedule under ``--ema-taus auto``
-OFFICIAL_EMA_MIN_STEPS = 100_000
-#: BYOL-A Adam learning rates: the official ones (fact-sheet-byola-evar §1.6, batch 256, ~767k steps) and
-#: kikimimi's short-run one for v1. In the first few hundred steps at 3e-4 the encoder's MLP layers lose
+#: runs with at least this many optimiser steps get the official value of ``auto`` settings (M2D EMA, BYOL-A lr)
+OFFICIAL_RECIPE_MIN_STEPS = 100_000
+#: kikimimi's short-run BYOL-A Adam rate for v1 (the official ones, batch 256 and ~767k steps, are
+#: ``kikimimi.methods.byola.OFFICIAL_LR``). In the first few hundred steps at 3e-4 the encoder's MLP layers lose
 #: rank (frame features' effective rank 6.2 vs 11.7 at random init) while the conv stack improves; measured
 #: on the open suite (v1 d512, 640 steps of 64, 4 real tasks, logistic probe): lr 1e-3 56.0 %,
 #: 3e-4 61.1 %, 1e-4 62.9 %, 3e-5 61.6 %, random init 59.6 %.
-OFFICIAL_BYOLA_LR = {"byola": 3e-4, "byola2": 1e-4}
 SHORT_RUN_BYOLA_LR = {"byola": 1e-4}
 
 
@@ -393,14 +392,14 @@ def _run_length_rule(settings: dict[str, Any], n_items: int, world_size: int) ->
     """``(official, why)``: whether a run gets the official (long-run) value of an ``auto`` setting.
 
     Official for further pre-training (``--init-from``: the networks are trained already) and for runs of
-    at least :data:`OFFICIAL_EMA_MIN_STEPS` planned optimiser steps; the short-run value otherwise.
+    at least :data:`OFFICIAL_RECIPE_MIN_STEPS` planned optimiser steps; the short-run value otherwise.
     """
     total = planned_steps(settings, n_items, world_size)
     if settings.get("init_from"):
         return True, "--init-from"
-    if total >= OFFICIAL_EMA_MIN_STEPS:
-        return True, f"{total} planned steps ≥ {OFFICIAL_EMA_MIN_STEPS}"
-    return False, f"{total} planned steps < {OFFICIAL_EMA_MIN_STEPS}"
+    if total >= OFFICIAL_RECIPE_MIN_STEPS:
+        return True, f"{total} planned steps ≥ {OFFICIAL_RECIPE_MIN_STEPS}"
+    return False, f"{total} planned steps < {OFFICIAL_RECIPE_MIN_STEPS}"
 
 
 def resolve_ema_taus(settings: dict[str, Any], n_items: int, world_size: int = 1) -> None:
@@ -419,8 +418,10 @@ def resolve_byola_lr(settings: dict[str, Any], n_items: int, world_size: int = 1
     by :data:`SHORT_RUN_BYOLA_LR` for shorter runs of methods that have one (v1 only; v2 keeps 1e-4)."""
     if settings.get("lr") != "auto":
         return
+    from kikimimi.methods.byola import OFFICIAL_LR  # torch: imported only when a run starts
+
     method = settings["method"]
-    official_lr = OFFICIAL_BYOLA_LR[method]
+    official_lr = OFFICIAL_LR[2 if method == "byola2" else 1]
     official, why = _run_length_rule(settings, n_items, world_size)
     lr = official_lr if official else SHORT_RUN_BYOLA_LR.get(method, official_lr)
     settings["lr"] = lr

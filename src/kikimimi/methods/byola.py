@@ -42,13 +42,15 @@ from kikimimi.methods.losses import byol_symmetric_loss
 from kikimimi.methods.running_norm import RunningNorm
 from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
 
-__all__ = ["BYOLA", "BYOLMLP"]
+__all__ = ["BYOLA", "BYOLMLP", "OFFICIAL_LR"]
 
 _DEFAULTS = {
     1: {"d": 512, "mixup_ratio": 0.4, "lr": 3e-4, "pre_norm": "running"},
     2: {"d": 3072, "mixup_ratio": 0.2, "lr": 1e-4, "pre_norm": "precomputed"},
 }
 PRE_NORM_MODES = ("running", "precomputed")
+#: official Adam learning rate per version (fact-sheet-byola-evar §1.6)
+OFFICIAL_LR = {version: d["lr"] for version, d in _DEFAULTS.items()}
 
 
 class BYOLMLP(nn.Sequential):
