@@ -6,6 +6,7 @@ import io
 import json
 import math
 
+import pytest
 import torch
 
 from kikimimi.methods import build_method
@@ -104,6 +105,52 @@ def test_adam_steps_lower_loss() -> None:
         losses.append(loss.item())
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.85 * first, losses
+
+
+def _train_steps(model: BYOLA, steps: int, lr: float = 1e-3) -> None:
+    from kikimimi.training.schedule import set_lr
+
+    opt = torch.optim.Adam(model.param_groups(0.0), lr=lr)
+    for step in range(1, steps + 1):
+        set_lr(opt, lr)  # the trainer's way of applying each group's lr_scale
+        model.set_generator(torch.Generator().manual_seed(step))
+        loss = model(_batch(seed=step, b=8))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.on_after_step(step, steps)
+
+
+def test_mlp_lr_scale_zero_keeps_the_encoder_mlp_at_init() -> None:
+    model = _tiny(mlp_lr_scale=0.0)
+    mlp0 = {k: v.clone() for k, v in model.encoder.fc.state_dict().items()}
+    conv0 = {k: v.clone() for k, v in model.encoder.features.state_dict().items()}
+    proj0 = model.projector[0].weight.clone()
+    _train_steps(model, 4)
+    for k, v in model.encoder.fc.state_dict().items():
+        assert torch.equal(v, mlp0[k]), k
+        assert torch.equal(model.target_encoder.fc.state_dict()[k], mlp0[k]), k  # EMA of a constant
+    assert not torch.equal(model.encoder.features[0].weight, conv0["0.weight"])
+    assert not torch.equal(model.projector[0].weight, proj0)
+    assert model.config_dict()["mlp_lr_scale"] == 0.0
+
+
+def test_mlp_lr_scale_groups() -> None:
+    official = _tiny()
+    assert all("lr_scale" not in g for g in official.param_groups(0.0))  # unsplit, as saved runs expect
+    model = _tiny(mlp_lr_scale=0.1)
+    groups = model.param_groups(0.05)
+    mlp = {id(p) for p in model.encoder.fc.parameters()}
+    for g in groups:
+        in_mlp = {id(p) in mlp for p in g["params"]}
+        assert len(in_mlp) == 1  # a group is all MLP or none of it
+        assert g["lr_scale"] == (0.1 if in_mlp == {True} else 1.0)
+    n_trainable = sum(p.requires_grad for p in model.parameters())
+    assert sum(len(g["params"]) for g in groups) == n_trainable
+    # decay / no-decay split is kept inside the MLP: Linear weights decay, biases do not
+    assert {g["weight_decay"] for g in groups if g["lr_scale"] == 0.1} == {0.05, 0.0}
+    with pytest.raises(ValueError, match="mlp_lr_scale"):
+        _tiny(mlp_lr_scale=-1.0)
 
 
 def test_state_dict_roundtrips_bank_and_training() -> None:

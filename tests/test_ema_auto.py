@@ -1,13 +1,16 @@
-"""`auto` run-length settings: the official M2D EMA schedule / BYOL-A lr for long runs, short-run ones otherwise."""
+"""`auto` run-length settings: the official M2D EMA schedule / BYOL-A MLP lr scale for long runs,
+short-run ones otherwise."""
 
 from __future__ import annotations
 
+import pytest
+
 from kikimimi.commands.pretrain import (
     OFFICIAL_EMA_TAUS,
-    SHORT_RUN_BYOLA_LR,
+    SHORT_RUN_BYOLA_MLP_LR_SCALE,
     SHORT_RUN_EMA_TAUS,
     planned_steps,
-    resolve_byola_lr,
+    resolve_byola_auto,
     resolve_ema_taus,
     resolve_settings,
 )
@@ -45,26 +48,36 @@ def test_further_pretraining_keeps_the_official_schedule():
     assert tuple(s["ema_taus"]) == OFFICIAL_EMA_TAUS and "--init-from" in s["ema_taus_rule"]
 
 
-def test_byola_lr_auto_short_runs_use_the_short_run_rate():
-    short = resolve_settings({"method": "byola", "data": ["x"], "steps": 640})
-    assert short["lr"] == "auto"
-    resolve_byola_lr(short, 10_000)
-    assert short["lr"] == SHORT_RUN_BYOLA_LR["byola"] != OFFICIAL_BYOLA_LR["byola"]
-    assert "640 planned steps" in short["lr_rule"]
-
-    official = resolve_settings({"method": "byola", "data": ["x"], "epochs": 100})  # batch 256, 2M clips
-    resolve_byola_lr(official, 2_000_000)
-    assert official["lr"] == OFFICIAL_BYOLA_LR["byola"] == 3e-4
-
-    further = resolve_settings({"method": "byola", "data": ["x"], "steps": 10, "init_from": "enc.pth"})
-    resolve_byola_lr(further, 100)
-    assert further["lr"] == OFFICIAL_BYOLA_LR["byola"]
-
-
-def test_byola_lr_auto_keeps_explicit_rates_and_v2():
+def test_byola_lr_defaults_to_the_official_rate_per_version():
+    for method, official_lr in (("byola", 3e-4), ("byola2", 1e-4)):
+        for run in ({"steps": 640}, {"epochs": 100}, {"steps": 10, "init_from": "enc.pth"}):
+            s = resolve_settings({"method": method, "data": ["x"], **run})
+            assert s["lr"] is None
+            resolve_byola_auto(s, 2_000_000)
+            assert s["lr"] == OFFICIAL_BYOLA_LR[method] == official_lr
     explicit = resolve_settings({"method": "byola", "data": ["x"], "steps": 640, "lr": 5e-4})
-    resolve_byola_lr(explicit, 10_000)
-    assert explicit["lr"] == 5e-4 and "lr_rule" not in explicit
+    resolve_byola_auto(explicit, 10_000)
+    assert explicit["lr"] == 5e-4
+
+
+def test_byola_mlp_lr_scale_auto_by_run_length():
+    short = resolve_settings({"method": "byola", "data": ["x"], "steps": 640})
+    assert short["mlp_lr_scale"] == "auto"
+    resolve_byola_auto(short, 10_000)
+    assert short["mlp_lr_scale"] == SHORT_RUN_BYOLA_MLP_LR_SCALE["byola"] != 1.0
+    assert "640 planned steps" in short["mlp_lr_scale_rule"]
     v2 = resolve_settings({"method": "byola2", "data": ["x"], "steps": 640})
-    resolve_byola_lr(v2, 10_000)
-    assert v2["lr"] == OFFICIAL_BYOLA_LR["byola2"] == 1e-4
+    resolve_byola_auto(v2, 10_000)
+    assert v2["mlp_lr_scale"] == 1.0  # v2's output includes the conv features; no short-run scale
+    for official in (resolve_settings({"method": "byola", "data": ["x"], "epochs": 100}),
+                     resolve_settings({"method": "byola", "data": ["x"], "steps": 10, "init_from": "enc.pth"})):
+        resolve_byola_auto(official, 2_000_000)
+        assert official["mlp_lr_scale"] == 1.0
+    explicit = resolve_settings({"method": "byola", "data": ["x"], "steps": 640, "mlp_lr_scale": 0.5})
+    resolve_byola_auto(explicit, 10_000)
+    assert explicit["mlp_lr_scale"] == 0.5 and "mlp_lr_scale_rule" not in explicit
+
+
+def test_mlp_lr_scale_is_a_byola_setting():
+    with pytest.raises(ValueError, match="--mlp-lr-scale is a BYOL-A setting"):
+        resolve_settings({"method": "m2d", "data": ["x"], "steps": 10, "mlp_lr_scale": 0.0})

@@ -261,7 +261,8 @@ def test_pretrain_settings_precedence_and_run_names(tmp_path):
     s2 = resolve_settings({"method": "m2d", "data": ["x"], "config": str(cfg_file), "epochs": 2})
     assert s2["epochs"] == 2 and s2["steps"] is None and s2["warmup_epochs"] == 20
     b = resolve_settings({"method": "byola2", "data": ["x"]})
-    assert (b["optimizer"], b["lr"], b["weight_decay"], b["schedule"]) == ("adam", "auto", 0.0, "constant")
+    assert (b["optimizer"], b["weight_decay"], b["schedule"], b["mlp_lr_scale"]) == ("adam", 0.0, "constant", "auto")
+    assert b["lr"] is None  # the official per-version rate is filled in when the run starts (resolve_byola_auto)
     assert b["grad_clip"] is None and b["input_frames"] == 96 and b["blr"] is None
     with pytest.raises(ValueError, match="--method is required"):
         resolve_settings({"data": ["x"]})

@@ -88,6 +88,10 @@ class BYOLA(nn.Module):
         epoch_samples: ``RunningNorm`` update budget per epoch (v1 recipe: 2 × training files;
             ``None`` = never stop updating). Ignored with ``"precomputed"``.
         max_update_epochs: ``RunningNorm`` freezes after ``max_update_epochs · epoch_samples`` updates (10).
+        mlp_lr_scale: learning-rate multiplier of the encoder's MLP (``encoder.fc.*``); 1.0 is the official
+            recipe, 0.0 keeps the MLP at its initialisation (kikimimi's short-run setting, see
+            :data:`kikimimi.commands.pretrain.SHORT_RUN_BYOLA_MLP_LR_SCALE`). Projector, predictor and the
+            conv stack always train at the full rate.
     """
 
     default_optimizer = "adam"
@@ -111,6 +115,7 @@ class BYOLA(nn.Module):
         pre_norm: str | None = None,
         epoch_samples: int | None = None,
         max_update_epochs: int = 10,
+        mlp_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if version not in _DEFAULTS:
@@ -128,6 +133,9 @@ class BYOLA(nn.Module):
         self.ema_decay = float(ema_decay)
         self.lr = float(lr if lr is not None else defaults["lr"])
         self.input_frames = int(input_frames)
+        if not mlp_lr_scale >= 0:
+            raise ValueError(f"BYOL-A mlp_lr_scale must be >= 0, got {mlp_lr_scale!r}")
+        self.mlp_lr_scale = float(mlp_lr_scale)
         self.generator: torch.Generator | None = None
         self.last_tau: float | None = None
 
@@ -207,8 +215,21 @@ class BYOLA(nn.Module):
         """Optimiser groups over the online networks (targets are frozen and excluded).
 
         BYOL-A uses Adam without weight decay; if a decay is given, 1-D params and biases are exempt.
+        With ``mlp_lr_scale != 1`` each group is split in two: the encoder's MLP (``encoder.fc.*``) with
+        ``lr_scale = mlp_lr_scale`` (the trainer multiplies the scheduled lr by a group's ``lr_scale``) and
+        the rest with ``lr_scale`` 1. With 1.0 the groups are the unsplit ones, as in runs saved before.
         """
-        return weight_decay_param_groups(self, weight_decay)
+        groups = weight_decay_param_groups(self, weight_decay)
+        if self.mlp_lr_scale == 1.0:
+            return groups
+        mlp = {id(p) for p in self.encoder.fc.parameters()}
+        split = []
+        for group in groups:
+            rest = [p for p in group["params"] if id(p) not in mlp]
+            in_mlp = [p for p in group["params"] if id(p) in mlp]
+            split += [{**group, "params": ps, "lr_scale": scale}
+                      for ps, scale in ((rest, 1.0), (in_mlp, self.mlp_lr_scale)) if ps]
+        return split
 
     def config_dict(self) -> dict:
         """JSON-able settings, including the recommended optimiser (``adam``, lr 3e-4 v1 / 1e-4 v2)."""
@@ -228,6 +249,7 @@ class BYOLA(nn.Module):
             "mixup_ratio": self.augment.mixup.ratio,
             "n_memory": self.augment.mixup.n_memory,
             "fader_gain": self.augment.fader.gain if self.augment.fader is not None else None,
+            "mlp_lr_scale": self.mlp_lr_scale,
             "default_optimizer": self.default_optimizer,
             "lr": self.lr,
             "weight_decay": 0.0,
