@@ -383,14 +383,10 @@ SHORT_RUN_EMA_TAUS = (0.999, 0.9999)
 OFFICIAL_RECIPE_MIN_STEPS = 100_000
 #: kikimimi's short-run lr multiplier of the BYOL-A v1 encoder's MLP (``encoder.fc``): 0 keeps it at its random
 #: initialisation while the conv stack, projector and predictor train at the official rate. In the first few
-#: hundred steps the MLP loses rank (effective rank of the frame features after 640 steps of 64: 2.5 at lr
-#: 1e-3, 6.2 at 3e-4, 7.8 at 1e-4, 11.7 at random init; 13.8 with the MLP kept at init, 3e-4) while the conv
-#: stack improves. Measured on the open suite (v1 d512, 640 steps of 64, 4.1 h of real recordings, EVAR probe
-#: on language / drum type / instrument / shifted soundfont): MLP kept at init, lr 3e-4, seeds 42 and 7:
-#: 94.2 / 71.9 / 44.2 / 35.1 and 95.3 / 69.7 / 45.3 / 34.0 %; trained MLP, lr 1e-4 (the previous short-run
-#: rule): 93.8 / 68.7 / 42.2 / 34.3 and 94.7 / 74.1 / 40.9 / 33.3 %; random init 94.7 / 62.6 / 41.5 / 32.5 %.
-#: v2 keeps 1: its output includes the conv features, and a kept-at-init MLP did not beat the trained one
-#: (480 steps: 97.8 / 73.9 / 45.1 / 37.2 vs 97.8 / 75.1 / 45.9 / 38.0 %).
+#: hundred steps a trained MLP loses rank while the conv stack improves; kept at init, the EVAR probe beat
+#: random init on drum type, instrument family and the shifted soundfont at two seeds (measurements in
+#: docs/usage.md, "Short runs on a CPU"). v2 keeps 1: its output includes the conv features, and a
+#: kept-at-init MLP did not beat the trained one.
 SHORT_RUN_BYOLA_MLP_LR_SCALE = {"byola": 0.0}
 
 
