@@ -24,7 +24,7 @@ import numpy as np
 
 def make_audio(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
     """Mixed test material: alternating speech-like, noise bursts and harmonic notes (float32)."""
-    from kikimimi.synthetic import make_sound, speech_like
+    from kikimimi.audio.synthetic import make_sound, speech_like
 
     rng = np.random.default_rng(seed)
     pieces, total, n = [], 0, int(seconds * sample_rate)
@@ -55,7 +55,7 @@ def bench_throughput(minutes: float, threads: int, repeats: int) -> None:
     import librosa
     import torch
 
-    from kikimimi.frontend import LogMelSpectrogram, get_preset
+    from kikimimi.features.frontend import LogMelSpectrogram, get_preset
 
     torch.set_num_threads(threads)
     c = get_preset("m2d-16k")

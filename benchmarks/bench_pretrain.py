@@ -58,9 +58,9 @@ def time_steps(method, batch: dict, steps: int) -> float:
 
 
 def bench_data(batch_size: int, n_items: int = 128) -> tuple[float, float]:
-    from kikimimi.data import CropDataset, resolve_corpus
-    from kikimimi.prep import prep_cache
-    from kikimimi.synthetic import make_dataset
+    from kikimimi.audio.synthetic import make_dataset
+    from kikimimi.data.corpus import CropDataset, resolve_corpus
+    from kikimimi.features.prep_cache import prep_cache
 
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = make_dataset(Path(tmp) / "audio", n_per_class=n_items // 8, duration_s=10.0)

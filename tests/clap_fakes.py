@@ -11,7 +11,7 @@ import numpy as np
 import official_layouts as L
 import torch
 
-from kikimimi.audio import load_audio
+from kikimimi.audio.decode import load_audio
 
 TINY = dict(embed_dim=64, depth=2, input_size=(80, 64), patch_size=(16, 16))
 
@@ -37,7 +37,7 @@ class HashTextEncoder:
 
 def patch_text_encoder(monkeypatch, encoder) -> None:
     """Make every CLAPModel resolve its text encoder to ``encoder`` (CLI tests run in-process)."""
-    from kikimimi.clap_api import CLAPModel
+    from kikimimi.inference.clap import CLAPModel
 
     monkeypatch.setattr(CLAPModel, "_resolve_text_encoder", lambda self: encoder)
 

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 import kikimimi
-from kikimimi.frontend import log_mel
+from kikimimi.features.frontend import log_mel
 
 TINY = dict(embed_dim=64, depth=2)
 
@@ -69,7 +69,7 @@ def test_variable_length_batch_equals_one_by_one(m2d_608):
 def test_paths_and_resampling(m2d_608, tmp_path):
     wave16 = _noise(2.0, seed=5)
     sf.write(tmp_path / "a.wav", wave16, 16000)
-    from kikimimi.audio import resample
+    from kikimimi.audio.decode import resample
 
     wave44 = resample(wave16, 16000, 44100)
     sf.write(tmp_path / "b.wav", wave44, 44100, subtype="FLOAT")
@@ -105,7 +105,7 @@ def test_byola_norm_stats_matter(tmp_path):
 
 
 def test_norm_stats_from_files(tmp_path):
-    from kikimimi.api import norm_stats_from_files
+    from kikimimi.inference.encoder import norm_stats_from_files
 
     quiet, loud = tmp_path / "quiet.wav", tmp_path / "loud.wav"
     sf.write(quiet, _noise(1.0, seed=1) * 0.01, 16000)
@@ -117,8 +117,8 @@ def test_norm_stats_from_files(tmp_path):
 
 
 def test_norm_stats_from_files_pads_short_clips_and_skips_bad_files(tmp_path):
-    from kikimimi.api import norm_stats_from_files
-    from kikimimi.audio import AudioDecodeError
+    from kikimimi.audio.decode import AudioDecodeError
+    from kikimimi.inference.encoder import norm_stats_from_files
 
     blip, bad = tmp_path / "blip.wav", tmp_path / "bad.wav"
     sf.write(blip, _noise(0.02, seed=3), 16000)  # 320 samples: shorter than one BYOL-A STFT window

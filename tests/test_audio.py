@@ -1,4 +1,4 @@
-"""kikimimi.audio: decoding, resampling, mono mix, streaming, error reporting; `kikimimi info`."""
+"""kikimimi.audio.decode: decoding, resampling, mono mix, streaming, error reporting; `kikimimi info`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from kikimimi import cli
-from kikimimi.audio import (
+from kikimimi.audio.decode import (
     AudioDecodeError,
     AudioInfo,
     audio_info,

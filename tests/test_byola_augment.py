@@ -1,4 +1,4 @@
-"""Tests of the BYOL-A augmentation blocks (kikimimi.methods.byola_augment)."""
+"""Tests of the BYOL-A augmentation blocks (kikimimi.features.augment)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kikimimi.methods.byola_augment import (
+from kikimimi.features.augment import (
     FLOAT32_EPS,
     BYOLAAugment,
     MixupFIFO,

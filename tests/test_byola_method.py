@@ -108,7 +108,7 @@ def test_adam_steps_lower_loss() -> None:
 
 
 def _train_steps(model: BYOLA, steps: int, lr: float = 1e-3) -> None:
-    from kikimimi.training.schedule import set_lr
+    from kikimimi.optim import set_lr
 
     opt = torch.optim.Adam(model.param_groups(0.0), lr=lr)
     for step in range(1, steps + 1):

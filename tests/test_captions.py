@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kikimimi.captions import (
+from kikimimi.data.captions import (
     CaptionCacheError,
     CaptionEmbeddingCache,
     CaptionError,

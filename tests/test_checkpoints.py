@@ -24,7 +24,7 @@ from kikimimi.checkpoints import (
 )
 from kikimimi.checkpoints.layouts import split_official
 from kikimimi.cli import main as cli_main
-from kikimimi.normstats import M2D_DEFAULT
+from kikimimi.features.normstats import M2D_DEFAULT
 
 TINY = dict(embed_dim=64, depth=2, input_size=(80, 64), patch_size=(16, 16))
 TINY_NAME = "m2d_vit_base-80x64p16x16-231231-tiny"

@@ -12,10 +12,10 @@ import pytest
 import torch
 from clap_fakes import TINY, HashTextEncoder, write_tiny_clap2024
 
+from kikimimi.audio.synthetic import make_sound
 from kikimimi.checkpoints import save_kikimimi
-from kikimimi.clap_api import CLAPError, cosine_similarity, load_clap
-from kikimimi.frontend import log_mel
-from kikimimi.synthetic import make_sound
+from kikimimi.features.frontend import log_mel
+from kikimimi.inference.clap import CLAPError, cosine_similarity, load_clap
 
 BASE1 = dict(embed_dim=768, depth=1)  # ViT-Base width (the documented 768-d space), one block for speed
 

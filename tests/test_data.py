@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from kikimimi.data import (
+from kikimimi.data.corpus import (
     Corpus,
     CropDataset,
     DeviceLogMel,
@@ -21,8 +21,8 @@ from kikimimi.data import (
     make_loader,
     resolve_corpus,
 )
-from kikimimi.frontend import get_preset, log_mel
-from kikimimi.normstats import NormStats
+from kikimimi.features.frontend import get_preset, log_mel
+from kikimimi.features.normstats import NormStats
 
 SR = 16000
 LOG_EPS = math.log(1.1920929e-07)

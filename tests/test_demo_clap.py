@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kikimimi.audio.synthetic import make_dataset
 from kikimimi.commands import demo
-from kikimimi.prep import prep_cache
-from kikimimi.synthetic import make_dataset
+from kikimimi.features.prep_cache import prep_cache
 
 CLASSES = ("tone", "noise_burst", "clicks")
 

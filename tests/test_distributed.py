@@ -19,9 +19,9 @@ WORKER = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from test_train import ToyMethod, make_cache_corpus
-    from kikimimi.data import CropDataset
-    from kikimimi.normstats import NormStats
-    from kikimimi.train import TrainConfig, Trainer
+    from kikimimi.data.corpus import CropDataset
+    from kikimimi.features.normstats import NormStats
+    from kikimimi.training.trainer import TrainConfig, Trainer
 
     corpus = make_cache_corpus(__import__("pathlib").Path({cache!r}), n_files=12)
     ds = CropDataset(corpus, crop_frames=16, norm_stats=NormStats(-5.0, 2.0), seed=7)
@@ -82,7 +82,7 @@ def _methods_available() -> bool:
 
 @pytest.mark.skipif(not _methods_available(), reason="kikimimi.methods M2D (models/vit.py) not available")
 def test_cli_pretrain_two_ranks_m2d(tmp_path):
-    from kikimimi.synthetic import make_dataset
+    from kikimimi.audio.synthetic import make_dataset
 
     make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.6, classes=("tone", "noise_burst", "chirp"))
     args = [

@@ -10,8 +10,8 @@ import numpy as np
 import official_layouts as ol
 import torch
 
+from kikimimi.audio.synthetic import make_dataset
 from kikimimi.cli import main
-from kikimimi.synthetic import make_dataset
 
 
 def _tiny_m2d(tmp_path):

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import kikimimi
+from kikimimi.audio.synthetic import make_dataset
 from kikimimi.cli import main
-from kikimimi.evaluation.augment_ft import mask_along_axis, mixup_log_mel, random_resize_crop_batch, spec_augment
 from kikimimi.evaluation.finetune import (
     LARS,
     FinetuneConfig,
@@ -26,8 +26,8 @@ from kikimimi.evaluation.finetune import (
     set_dur_frames,
 )
 from kikimimi.evaluation.tasks import Task
+from kikimimi.features.augment_finetune import mask_along_axis, mixup_log_mel, random_resize_crop_batch, spec_augment
 from kikimimi.methods import build_method
-from kikimimi.synthetic import make_dataset
 
 CLASSES = ("tone", "noise_burst", "clicks")
 FAST = dict(optimizer="adamw", lr=1e-3, warmup_epochs=1, batch_size=8, mixup=0.0, freq_mask=8, time_mask=16,
@@ -104,9 +104,9 @@ def test_multi_label_uses_bce_and_map(tiny_m2d, split_task, tmp_path):
 
 def test_byola_finetune_runs(split_task, tmp_path):
     from kikimimi.checkpoints.bundle import EncoderBundle
-    from kikimimi.frontend import PRESETS
+    from kikimimi.features.frontend import PRESETS
+    from kikimimi.features.normstats import NormStats
     from kikimimi.models.byola import AudioNTT2020
-    from kikimimi.normstats import NormStats
 
     torch.manual_seed(0)
     bundle = EncoderBundle("byola", AudioNTT2020(n_mels=64, d=64), PRESETS["byola"], NormStats(-8.0, 4.0),
@@ -231,7 +231,7 @@ def test_layer_decay_lr_per_block(tiny_m2d):
     assert scale["head.linear.weight"] == 1.0 and scale["encoder.norm.weight"] == 1.0
     assert "encoder.pos_embed" not in scale  # fixed table, never trained
     opt = build_optimizer(groups, FinetuneConfig(lr=0.1, optimizer="adamw"))
-    from kikimimi.training.schedule import set_lr
+    from kikimimi.optim import set_lr
 
     set_lr(opt, 0.1)
     lrs = {g["layer"]: g["lr"] for g in opt.param_groups}

@@ -9,18 +9,17 @@ import pytest
 import soundfile as sf
 import torch
 
-from kikimimi import synthetic
-from kikimimi.audio import load_audio
-from kikimimi.frontend import (
+from kikimimi.audio import synthetic
+from kikimimi.audio.decode import load_audio
+from kikimimi.features.frontend import (
     PRESETS,
     FrontendConfig,
     LogMelSpectrogram,
     get_preset,
     log_mel,
-    log_mel_from_blocks,
     slaney_mel_filterbank,
-    stream_log_mel,
 )
+from kikimimi.features.streaming import log_mel_from_blocks, stream_log_mel
 
 LN_EPS = math.log(1.1920929e-07)
 

@@ -8,8 +8,8 @@ import official_layouts as ol
 import pytest
 import torch
 
+from kikimimi.audio.synthetic import make_dataset
 from kikimimi.cli import main
-from kikimimi.synthetic import make_dataset
 
 
 @pytest.mark.parametrize("taus", [None, (0.9, 0.95)])

@@ -18,8 +18,8 @@ from kikimimi.apps.heart import (
     score_labels,
     segment_recording,
 )
+from kikimimi.audio.synthetic import make_sound
 from kikimimi.evaluation.baselines import LogMelStats
-from kikimimi.synthetic import make_sound
 
 
 def test_segment_recording_pads_last():

@@ -15,14 +15,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_m2d_clap import TINY_INPUT, WordBagEncoder, random_corpus  # noqa: E402
 
-from kikimimi.caption_data import CaptionCropDataset  # noqa: E402
-from kikimimi.data import CropDataset  # noqa: E402
+from kikimimi.data.caption_pairs import CaptionCropDataset  # noqa: E402
+from kikimimi.data.corpus import CropDataset  # noqa: E402
+from kikimimi.features.normstats import NormStats  # noqa: E402
 from kikimimi.methods import build_method  # noqa: E402
 from kikimimi.methods.m2d2 import M2D2Stage2, stage2_folder_name, text_encoder_code  # noqa: E402
 from kikimimi.methods.m2d_clap import M2DCLAP  # noqa: E402
 from kikimimi.models.vit import ViTConfig  # noqa: E402
-from kikimimi.normstats import NormStats  # noqa: E402
-from kikimimi.train import TrainConfig, Trainer, load_training_checkpoint  # noqa: E402
+from kikimimi.training.trainer import TrainConfig, Trainer, load_training_checkpoint  # noqa: E402
 
 VIT = ViTConfig.from_size("tiny", input_size=TINY_INPUT)
 CAPTIONS = {f"clip{i}": [f"sound number {i}", f"a recording of thing {i % 3}"] for i in range(8)}
@@ -168,9 +168,9 @@ def _tiny_bert_folder(path: Path) -> str:
 
 
 def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
+    from kikimimi.audio.synthetic import make_dataset
     from kikimimi.checkpoints import load_encoder
     from kikimimi.cli import main
-    from kikimimi.synthetic import make_dataset
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     labels = make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.8, classes=("tone", "chirp", "noise_burst"))
@@ -217,7 +217,7 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
 
     # a stage-2 text encoder of another kind (GTE-style mean pooling) comes back from the file through the
     # spec recorded in config.json, with its fine-tuned weights (not the folder's original ones)
-    from kikimimi.clap_api import load_clap
+    from kikimimi.inference.clap import load_clap
     from kikimimi.models.text import load_text_encoder
 
     gte = "gte:" + spec.split(":", 1)[1]
@@ -235,14 +235,14 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
 
 
 def test_cli_caption_errors(tmp_path) -> None:
+    from kikimimi.audio.synthetic import make_dataset
     from kikimimi.cli import main
-    from kikimimi.synthetic import make_dataset
 
     make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.5, classes=("tone", "chirp"))
     files = sorted(p.relative_to(tmp_path / "audio").as_posix() for p in (tmp_path / "audio").rglob("*.wav"))
     caps = tmp_path / "audio" / "captions.csv"
     caps.write_text(f"file_name,caption\n{files[0]},a tone\n")  # the second file has no caption
-    from kikimimi.captions import CaptionEmbeddingCache
+    from kikimimi.data.captions import CaptionEmbeddingCache
 
     cache = tmp_path / "caps.safetensors"
     CaptionEmbeddingCache({files[0]: np.ones((1, 8), np.float16)}, encoder_name="wordbag", dim=8).save(cache)

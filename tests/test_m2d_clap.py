@@ -1,4 +1,4 @@
-"""M2D-CLAP (kikimimi.methods.m2d_clap) and the caption-aware dataset (kikimimi.caption_data).
+"""M2D-CLAP (kikimimi.methods.m2d_clap) and the caption-aware dataset (kikimimi.data.caption_pairs).
 
 The text side uses a deterministic stand-in of our own (a fixed random vector per word, averaged), so the
 tests need no text model; the real encoders live in kikimimi.models.text.
@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from kikimimi.caption_data import CaptionCropDataset, filter_captioned, match_caption_keys
-from kikimimi.data import Corpus, CropDataset
+from kikimimi.data.caption_pairs import CaptionCropDataset, filter_captioned, match_caption_keys
+from kikimimi.data.corpus import Corpus, CropDataset
+from kikimimi.features.normstats import NormStats
 from kikimimi.methods import build_method
 from kikimimi.methods.clap import LOGIT_SCALE_MAX
 from kikimimi.methods.m2d_clap import M2DCLAP
-from kikimimi.normstats import NormStats
-from kikimimi.train import TrainConfig, Trainer, load_training_checkpoint
+from kikimimi.training.trainer import TrainConfig, Trainer, load_training_checkpoint
 
 TINY_INPUT = (80, 64)  # 5 x 4 patches of 16x16
 
@@ -267,8 +267,8 @@ ZS_TEMPLATES = ("The sound of {}.", "A recording of {}.", "{} sound")
 
 
 def _zs_clips(n_per_class: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    from kikimimi.frontend import log_mel
-    from kikimimi.synthetic import make_sound
+    from kikimimi.audio.synthetic import make_sound
+    from kikimimi.features.frontend import log_mel
 
     clips, labels = {}, {}
     for c in ZS_CLASSES:

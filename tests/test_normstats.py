@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kikimimi.normstats import M2D_DEFAULT, NormStats, compute_norm_stats, crop_or_pad
+from kikimimi.features.normstats import M2D_DEFAULT, NormStats, compute_norm_stats, crop_or_pad
 
 
 def test_default_and_roundtrips():

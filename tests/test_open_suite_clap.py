@@ -66,7 +66,7 @@ def test_check_sides_rejects_shared_files_and_templates():
 
 
 def test_training_table_is_one_row_per_train_file_and_reads_back_as_caption_table(tmp_path):
-    from kikimimi.captions import CaptionTable
+    from kikimimi.data.captions import CaptionTable
 
     table = cr.training_table_rows(_rows())
     assert table == [

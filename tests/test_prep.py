@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kikimimi.audio import load_audio
+from kikimimi.audio.decode import load_audio
 from kikimimi.cli import main
-from kikimimi.frontend import log_mel, stream_log_mel
-from kikimimi.prep import PrepError, plan_outputs, prep_cache, read_manifest
+from kikimimi.features.frontend import log_mel
+from kikimimi.features.prep_cache import PrepError, plan_outputs, prep_cache, read_manifest
+from kikimimi.features.streaming import stream_log_mel
 
 
 def _noise(seconds: float, sr: int, seed: int) -> np.ndarray:

@@ -159,7 +159,7 @@ def test_evaluate_task_end_to_end_with_cache(tmp_path):
         assert all(w.shape == (int(0.4 * sr),) for w in waves)
         return base(waves, sr)
 
-    # real loader (kikimimi.audio.load_audio): broken.wav raises AudioDecodeError and is skipped
+    # real loader (kikimimi.audio.decode.load_audio): broken.wav raises AudioDecodeError and is skipped
     kwargs = dict(sample_rate=16000, config=FAST, seeds=(42,), cache_dir=tmp_path / "cache", model_id="lms")
     res, embs = evaluate_task(embed, task, **kwargs)
     n_calls = len(calls)

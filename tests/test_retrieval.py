@@ -165,7 +165,7 @@ def test_clotho_adapter_expands_five_caption_columns(tmp_path):
 def test_retrieval_command_reports_both_directions(tmp_path, capsys, monkeypatch):
     from clap_fakes import HashTextEncoder, patch_text_encoder
 
-    from kikimimi.synthetic import make_sound
+    from kikimimi.audio.synthetic import make_sound
 
     ckpt = write_tiny_clap2025(tmp_path / "models")
     patch_text_encoder(monkeypatch, HashTextEncoder(dim=32))

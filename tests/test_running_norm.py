@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
+from kikimimi.features.augment import FLOAT32_EPS
 from kikimimi.methods import build_method
 from kikimimi.methods.byola import BYOLA
-from kikimimi.methods.byola_augment import FLOAT32_EPS
 from kikimimi.methods.running_norm import RunningNorm
 
 F_BINS, T_FRAMES = 4, 6
@@ -117,7 +117,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
 
 def _raw_logmel_batch(b: int = 4, frames: int = 48) -> torch.Tensor:
     """Raw BYOL-A log-mel crops ``[b, 64, frames]`` of synthetic tones + noise (~0.5 s each)."""
-    from kikimimi.frontend import LogMelSpectrogram, get_preset
+    from kikimimi.features.frontend import LogMelSpectrogram, get_preset
 
     cfg = get_preset("byola")
     g = torch.Generator().manual_seed(3)
@@ -182,9 +182,9 @@ def test_pretrain_settings_pre_norm() -> None:
 
 
 def test_cli_pretrain_running_norm_raw_crops_and_exact_resume(tmp_path) -> None:
+    from kikimimi.audio.synthetic import make_dataset
     from kikimimi.cli import main
-    from kikimimi.synthetic import make_dataset
-    from kikimimi.train import load_training_checkpoint
+    from kikimimi.training.trainer import load_training_checkpoint
 
     make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.8, classes=("tone", "chirp", "noise_burst"))
     out = tmp_path / "runs"

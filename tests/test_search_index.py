@@ -13,7 +13,7 @@ from clap_fakes import FrequencyCLAP, HashTextEncoder, patch_text_encoder, write
 from conftest import sine
 
 from kikimimi.cli import main as cli_main
-from kikimimi.search_index import SearchIndex, SearchIndexError, search, update_index
+from kikimimi.inference.search import SearchIndex, SearchIndexError, search, update_index
 
 SR = 16000
 
@@ -93,7 +93,7 @@ def test_index_and_search_commands_end_to_end(library, tmp_path, capsys, monkeyp
     scores = [r["score"] for r in data["results"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
     # the ranking equals cosine(text, audio) computed directly with the same model
-    from kikimimi.clap_api import cosine_similarity, load_clap
+    from kikimimi.inference.clap import cosine_similarity, load_clap
 
     model = load_clap(ckpt)
     index = SearchIndex.load(out)

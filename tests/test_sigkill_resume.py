@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kikimimi.synthetic import make_dataset
+from kikimimi.audio.synthetic import make_dataset
 
 STEPS = 60
 

@@ -1,4 +1,4 @@
-"""kikimimi.synthetic: seeded labelled sounds, the dataset writer and the speech-like signal."""
+"""kikimimi.audio.synthetic: seeded labelled sounds, the dataset writer and the speech-like signal."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kikimimi.audio import load_audio
-from kikimimi.synthetic import SOUND_CLASSES, make_dataset, make_sound, speech_like
+from kikimimi.audio.decode import load_audio
+from kikimimi.audio.synthetic import SOUND_CLASSES, make_dataset, make_sound, speech_like
 
 SR = 16000
 

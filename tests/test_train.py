@@ -12,16 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from kikimimi.data import Corpus, CropDataset
-from kikimimi.normstats import NormStats
-from kikimimi.train import (
+from kikimimi.data.corpus import Corpus, CropDataset
+from kikimimi.features.normstats import NormStats
+from kikimimi.optim import lr_at_step, scaled_lr
+from kikimimi.training.trainer import (
     TrainConfig,
     Trainer,
     TrainingDivergedError,
     load_training_checkpoint,
     parameter_hash,
 )
-from kikimimi.training.schedule import lr_at_step, scaled_lr
 
 
 # ------------------------------------------------------------------------------------------ toy method
@@ -278,7 +278,7 @@ def test_pretrain_settings_precedence_and_run_names(tmp_path):
 
 
 def test_amp_resolution_and_bf16_on_cpu(tmp_path):
-    from kikimimi.train import resolve_amp
+    from kikimimi.device import resolve_amp
 
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) == (None, False)
@@ -300,9 +300,9 @@ def _real_methods() -> bool:
 
 @pytest.mark.skipif(not _real_methods(), reason="kikimimi.models (vit/byola) not written yet")
 def test_cli_pretrain_real_methods_end_to_end(tmp_path):
+    from kikimimi.audio.synthetic import make_dataset
     from kikimimi.checkpoints import parse_official_name
     from kikimimi.cli import main
-    from kikimimi.synthetic import make_dataset
 
     make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.8, classes=("tone", "chirp", "noise_burst"))
     common = ["--data", str(tmp_path / "audio"), "--out", str(tmp_path / "runs"), "--steps", "2",

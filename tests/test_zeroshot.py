@@ -102,7 +102,7 @@ def test_evaluation_report_gets_a_zero_shot_section(tmp_path):
 
 
 def test_zeroshot_command_end_to_end(tmp_path, capsys, monkeypatch):
-    from kikimimi.synthetic import make_sound
+    from kikimimi.audio.synthetic import make_sound
 
     ckpt = write_tiny_clap2025(tmp_path / "models")
     patch_text_encoder(monkeypatch, HashTextEncoder(dim=32))

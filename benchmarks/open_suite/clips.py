@@ -26,11 +26,11 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> N
 
 
 def load_16k(path: Path) -> np.ndarray:
-    """Mono float32 ``[samples]`` at 16 kHz (soxr HQ resampling through :mod:`kikimimi.audio`).
+    """Mono float32 ``[samples]`` at 16 kHz (soxr HQ resampling through :mod:`kikimimi.audio.decode`).
 
     A file that cannot be decoded (empty, corrupt) is recorded in :data:`SKIPPED` and gives ``[0]`` samples.
     """
-    from kikimimi.audio import AudioDecodeError, load_audio
+    from kikimimi.audio.decode import AudioDecodeError, load_audio
 
     try:
         wave, _ = load_audio(path, SAMPLE_RATE)

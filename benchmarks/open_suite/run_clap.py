@@ -150,8 +150,8 @@ def prep_train_audio(data: Path, table: Path, workers: int) -> Path:
 
 def caption_cache(data: Path, table: Path, spec: str) -> Path:
     """Caption-embedding cache of the train captions for the frozen text encoder ``spec`` (built resumably)."""
-    from kikimimi.caption_data import read_cache_info, write_cache_info
-    from kikimimi.captions import CaptionEmbeddingCache, CaptionTable
+    from kikimimi.data.caption_pairs import read_cache_info, write_cache_info
+    from kikimimi.data.captions import CaptionEmbeddingCache, CaptionTable
 
     slug = "".join(c if c.isalnum() else "_" for c in spec).strip("_")
     out = data / "clap" / f"captions-{slug}.safetensors"
@@ -202,7 +202,7 @@ def train_all(data: Path, recipe: dict[str, Any], table: Path, corpus: Path) -> 
 # ---------------------------------------------------------------------------------------------- CLAP evaluation
 def load_clap_model(run: str, run_dir: Path, spec: str):
     """The run's ``kikimimi/`` folder as a ``CLAPModel``; stage 2 gets its fine-tuned text encoder back."""
-    from kikimimi.clap_api import CLAPModel, load_clap
+    from kikimimi.inference.clap import CLAPModel, load_clap
     from kikimimi.models.text import load_text_encoder
 
     path = run_dir / "kikimimi"
@@ -218,7 +218,7 @@ def load_clap_model(run: str, run_dir: Path, spec: str):
 
 
 def _test_waves(task, sr: int):
-    from kikimimi.audio import load_audio
+    from kikimimi.audio.decode import load_audio
     from kikimimi.evaluation.tasks import crop_or_pad
 
     items = [it for fold in task.folds() for it in fold.test]

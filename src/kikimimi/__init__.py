@@ -15,7 +15,7 @@ __all__ = ["__version__", "load"]
 
 
 def load(*args, **kwargs):
-    """Load an encoder from an official or kikimimi checkpoint; see :func:`kikimimi.api.load`."""
-    from kikimimi.api import load as _load
+    """Load an encoder from an official or kikimimi checkpoint; see :func:`kikimimi.inference.encoder.load`."""
+    from kikimimi.inference.encoder import load as _load
 
     return _load(*args, **kwargs)

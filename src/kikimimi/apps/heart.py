@@ -162,7 +162,7 @@ def embed_recordings(
 ) -> SegmentEmbeddings:
     """Embed every ``segment_s`` segment of every recording; unreadable files are skipped and reported."""
     if load_fn is None:
-        from kikimimi.audio import load_audio
+        from kikimimi.audio.decode import load_audio
 
         def load_fn(path, sr):
             return load_audio(path, sr)

@@ -8,8 +8,8 @@
 
 from kikimimi.checkpoints.bundle import EncoderBundle, TaggingHead
 from kikimimi.checkpoints.errors import CheckpointError
-from kikimimi.checkpoints.importer import BYOLA_FALLBACK_STATS, load_encoder
 from kikimimi.checkpoints.names import OfficialName, parse_official_name, try_parse_official_name
+from kikimimi.checkpoints.official import BYOLA_FALLBACK_STATS, load_encoder
 from kikimimi.checkpoints.ours import (
     LICENCE_NOTE,
     is_kikimimi_checkpoint,

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kikimimi.frontend import FrontendConfig
-from kikimimi.normstats import NormStats
+from kikimimi.features.frontend import FrontendConfig
+from kikimimi.features.normstats import NormStats
 
 __all__ = [
     "EncoderBundle",

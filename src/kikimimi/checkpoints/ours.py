@@ -20,9 +20,9 @@ import torch
 
 from kikimimi.checkpoints.bundle import EncoderBundle
 from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.features.frontend import FrontendConfig
+from kikimimi.features.normstats import NormStats
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json
-from kikimimi.frontend import FrontendConfig
-from kikimimi.normstats import NormStats
 
 __all__ = [
     "CONFIG_NAME",
@@ -133,7 +133,7 @@ def load_kikimimi(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from kikimimi.checkpoints.importer import assemble_bundle
+    from kikimimi.checkpoints.official import assemble_bundle
 
     path = Path(path)
     config_path = _config_path(path)

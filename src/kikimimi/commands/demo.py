@@ -2,7 +2,7 @@
 
 Stages (each skipped when its output already exists, so an interrupted demo resumes):
 
-1. generate a labelled set of synthetic sounds (`kikimimi.synthetic`);
+1. generate a labelled set of synthetic sounds (`kikimimi.audio.synthetic`);
 2. convert it to an M2D 16 kHz log-mel cache (`kikimimi prep`) and summarise the log-mels;
 3. pre-train a tiny M2D and a tiny BYOL-A on an unlabelled pool of generated sounds drawn from
    only some of the classes (`kikimimi pretrain`), so the evaluation also sees classes that
@@ -64,7 +64,7 @@ def _done(t0: float) -> None:
 
 def generate_audio(out: Path, clips_per_class: int, duration_s: float, seed: int) -> Path:
     """Stage 1: write the synthetic labelled set; returns its `labels.csv`."""
-    from kikimimi.synthetic import make_dataset
+    from kikimimi.audio.synthetic import make_dataset
 
     csv_path = out / "audio" / "labels.csv"
     if not csv_path.exists():
@@ -81,7 +81,7 @@ def generate_audio(out: Path, clips_per_class: int, duration_s: float, seed: int
 
 def log_mel_cache(out: Path, labels_csv: Path, workers: int) -> Path:
     """Stage 2: M2D 16 kHz log-mel cache of every clip; prints a per-class summary."""
-    from kikimimi.prep import prep_cache, read_manifest
+    from kikimimi.features.prep_cache import prep_cache, read_manifest
 
     cache = out / "logmel-m2d-16k"
     result = prep_cache([labels_csv], cache, preset="m2d-16k", workers=workers)
@@ -108,7 +108,7 @@ PRETRAIN_CLASSES = ("tone", "chirp", "noise_burst", "harmonic_note", "silence")
 
 def pretrain_pool(out: Path, duration_s: float, seed: int, clips_per_class: int = 40) -> Path:
     """Unlabelled pre-training audio (different seed from the labelled set, subset of classes)."""
-    from kikimimi.synthetic import make_dataset
+    from kikimimi.audio.synthetic import make_dataset
 
     csv_path = out / "pretrain-audio" / "labels.csv"
     if not csv_path.exists():
@@ -121,7 +121,7 @@ def pretrain_pool(out: Path, duration_s: float, seed: int, clips_per_class: int 
 
 def pool_cache(out: Path, pool_csv: Path, preset: str, workers: int) -> Path:
     """Log-mel cache of the pre-training pool for one front-end preset (training reads crops from it)."""
-    from kikimimi.prep import prep_cache
+    from kikimimi.features.prep_cache import prep_cache
 
     cache = out / f"pretrain-logmel-{preset}"
     prep_cache([pool_csv], cache, preset=preset, workers=workers)
@@ -210,7 +210,7 @@ def write_clap_captions(labels_csv: Path, templates: Sequence[str] = CLAP_TEMPLA
     Written beside ``labels_csv`` (``captions.csv``) so that its keys (paths relative to that folder, e.g.
     ``tone/tone_0.wav``) match the prep-cache names (``tone/tone_0.npy``). Returns ``(path, files, captions)``.
     """
-    from kikimimi.captions import captions_from_labels
+    from kikimimi.data.captions import captions_from_labels
     from kikimimi.fileio import atomic_write_text
 
     table = captions_from_labels(labels_csv, templates, splits=("train",))
@@ -309,7 +309,7 @@ def _zero_shot_lines(zs: dict[str, Any]) -> list[str]:
 def _search(clap: Any, heldout: Path, index_dir: Path, model_id: str, labels: dict[str, str],
             queries: Sequence[tuple[str, str]], top: int = 3) -> list[dict[str, Any]]:
     """Index the clips under ``heldout`` and run the text ``queries``; ``labels`` = ``{key: label}``."""
-    from kikimimi.search_index import search, update_index
+    from kikimimi.inference.search import search, update_index
 
     update = update_index(clap, heldout, index_dir, model_id=model_id, rebuild=True)
     if update.errors:
@@ -385,7 +385,7 @@ def audio_language(out: Path, labels_csv: Path, cache: Path, *, steps: int = 100
         run_dir = _pretrain_clap(out, cache, captions_csv, steps, clap_weight)
     model_dir = run_dir / "kikimimi"
     with _clap_step(f"load the trained model ({model_dir}) and the {CLAP_TEXT_ENCODER} text encoder"):
-        from kikimimi.clap_api import load_clap
+        from kikimimi.inference.clap import load_clap
         from kikimimi.models.text import load_text_encoder
 
         clap = load_clap(model_dir, text_encoder=load_text_encoder(CLAP_TEXT_ENCODER), device="cpu")

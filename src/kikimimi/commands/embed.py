@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import kikimimi
     from kikimimi.checkpoints import CheckpointError
-    from kikimimi.embedding_jobs import run_embed_job, shard_of_environment
+    from kikimimi.inference.jobs import run_embed_job, shard_of_environment
 
     try:
         model = kikimimi.load(args.model, device=args.device, norm_stats=args.norm_stats,

@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError
-    from kikimimi.clap_api import CLAPError, load_clap
-    from kikimimi.search_index import SearchIndexError, update_index
+    from kikimimi.inference.clap import CLAPError, load_clap
+    from kikimimi.inference.search import SearchIndexError, update_index
 
     model_id = str(Path(args.model).resolve())
     try:

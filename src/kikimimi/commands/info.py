@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kikimimi.audio import AudioDecodeError, audio_info
+    from kikimimi.audio.decode import AudioDecodeError, audio_info
     from kikimimi.fileio import InputListError, collect_audio_files
 
     try:

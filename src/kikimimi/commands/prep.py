@@ -16,7 +16,7 @@ def _default_workers() -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from kikimimi.frontend import PRESETS
+    from kikimimi.features.frontend import PRESETS
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="audio files, folders (searched recursively) or CSV lists")
@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.features.prep_cache import PrepError, prep_cache
     from kikimimi.fileio import InputListError
-    from kikimimi.prep import PrepError, prep_cache
 
     try:
         result = prep_cache(args.inputs, args.output, args.preset, workers=args.workers, dtype=args.dtype,

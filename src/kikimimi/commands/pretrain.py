@@ -533,8 +533,8 @@ def _export_kikimimi(settings: dict[str, Any], official: Path, out: Path, stats)
 
 # ---------------------------------------------------------------------------------------------- captions
 def _load_caption_table(path: str):
-    """A ``kikimimi.captions.CaptionTable`` from a ``.csv`` / ``.json`` caption file."""
-    from kikimimi.captions import CaptionTable
+    """A ``kikimimi.data.captions.CaptionTable`` from a ``.csv`` / ``.json`` caption file."""
+    from kikimimi.data.captions import CaptionTable
 
     return CaptionTable.load(path)
 
@@ -551,8 +551,8 @@ def _prepare_embedding_cache(settings: dict[str, Any], run_dir: Path, dist) -> t
     (+ ``.info.json`` recording the encoder); an existing cache is reused. A given cache is checked against
     ``--text-encoder`` when its side-car records one.
     """
-    from kikimimi.caption_data import read_cache_info, write_cache_info
-    from kikimimi.captions import CaptionEmbeddingCache
+    from kikimimi.data.caption_pairs import read_cache_info, write_cache_info
+    from kikimimi.data.captions import CaptionEmbeddingCache
     from kikimimi.training.distributed import barrier
 
     captions = str(settings["captions"])
@@ -618,12 +618,12 @@ def _stage1_setup(settings: dict[str, Any]):
 
 # ---------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    from kikimimi.data import CropDataset, DeviceLogMel, estimate_norm_stats, resolve_corpus
+    from kikimimi.data.corpus import CropDataset, DeviceLogMel, estimate_norm_stats, resolve_corpus
+    from kikimimi.features.normstats import NormStats
     from kikimimi.fileio import atomic_torch_save, atomic_write_json
-    from kikimimi.normstats import NormStats
-    from kikimimi.train import TrainConfig, Trainer, load_training_checkpoint
     from kikimimi.training.checkpointing import find_resume_checkpoint
     from kikimimi.training.distributed import broadcast_object, cleanup_distributed, init_distributed
+    from kikimimi.training.trainer import TrainConfig, Trainer, load_training_checkpoint
 
     cli = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
     resume_path = None
@@ -662,7 +662,7 @@ def run(args: argparse.Namespace) -> int:
         corpus = resolve_corpus(settings["data"])
         captions = embeddings = caption_source = None
         if method_name in CAPTION_METHODS:
-            from kikimimi.caption_data import caption_lists, filter_captioned
+            from kikimimi.data.caption_pairs import caption_lists, filter_captioned
 
             if run_dir is None:
                 parent = Path(settings.get("out") or "runs")
@@ -722,7 +722,7 @@ def run(args: argparse.Namespace) -> int:
         )
         transform = DeviceLogMel(preset, frames, pipeline_stats).to(dist.device) if on_device else None
         if method_name in CAPTION_METHODS:
-            from kikimimi.caption_data import CaptionCropDataset
+            from kikimimi.data.caption_pairs import CaptionCropDataset
 
             dataset = CaptionCropDataset(
                 dataset, embeddings=embeddings, captions=captions, keys=caption_keys, source=caption_source

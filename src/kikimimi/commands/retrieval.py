@@ -32,7 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError
-    from kikimimi.clap_api import CLAPError, load_clap
     from kikimimi.evaluation.caption_adapters import (
         CAPTION_ADAPTERS,
         CaptionError,
@@ -41,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from kikimimi.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
     from kikimimi.fileio import atomic_write_json
+    from kikimimi.inference.clap import CLAPError, load_clap
 
     try:
         if args.dataset:

@@ -64,7 +64,7 @@ def tag_waveform(model, wave: np.ndarray, window_s: float, hop_s: float) -> list
 
 def run(args: argparse.Namespace) -> int:
     import kikimimi
-    from kikimimi.audio import AudioDecodeError, load_audio
+    from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.checkpoints import CheckpointError
 
     try:

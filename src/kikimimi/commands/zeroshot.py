@@ -30,17 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    from kikimimi.clap_api import load_clap
+    from kikimimi.inference.clap import load_clap
 
     return load_clap(args.model, text_encoder=args.text_encoder, device=args.device, trust_pickle=args.trust_pickle)
 
 
 def run(args: argparse.Namespace) -> int:
-    from kikimimi.audio import AudioDecodeError, load_audio
+    from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.checkpoints import CheckpointError
-    from kikimimi.clap_api import CLAPError
     from kikimimi.evaluation.zeroshot import zero_shot_classify
     from kikimimi.fileio import InputListError, collect_audio_files
+    from kikimimi.inference.clap import CLAPError
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if not labels:

@@ -87,7 +87,7 @@ def fingerprint(
 
 
 def _default_load(path: Path, sample_rate: int) -> tuple[np.ndarray, int]:
-    from kikimimi.audio import load_audio
+    from kikimimi.audio.decode import load_audio
 
     return load_audio(path, sample_rate)
 
@@ -160,7 +160,7 @@ def extract_embeddings(
         cache_dir: folder for ``.npz`` caches (needs ``model_id``); ``None`` disables caching.
         model_id: identifies the model in the cache fingerprint.
         task_name, split, fold: identify the item list in the cache name/fingerprint.
-        load_fn: ``(path, sample_rate) -> (wave [samples], sr)``; default :func:`kikimimi.audio.load_audio`.
+        load_fn: ``(path, sample_rate) -> (wave [samples], sr)``; default :func:`kikimimi.audio.decode.load_audio`.
         progress: show a tqdm bar.
 
     Returns:

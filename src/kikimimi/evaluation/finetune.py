@@ -47,11 +47,11 @@ import torch
 from torch import nn
 
 from kikimimi.checkpoints.bundle import EncoderBundle, TaggingHead
-from kikimimi.evaluation.augment_ft import mixup_log_mel, random_resize_crop_batch, spec_augment
 from kikimimi.evaluation.metrics import accuracy, macro_map, per_class_accuracy
 from kikimimi.evaluation.probe import holdout_split
 from kikimimi.evaluation.tasks import Fold, Task, TaskItem, crop_or_pad
-from kikimimi.training.schedule import lr_at_step, set_lr
+from kikimimi.features.augment_finetune import mixup_log_mel, random_resize_crop_batch, spec_augment
+from kikimimi.optim import lr_at_step, set_lr
 
 __all__ = [
     "LARS",
@@ -365,7 +365,7 @@ class _Split:
 
 def _load_split(items: Sequence[TaskItem], task: Task, classes: list[str], sample_rate: int,
                 errors: list[str]) -> _Split:
-    from kikimimi.audio import AudioDecodeError, load_audio
+    from kikimimi.audio.decode import AudioDecodeError, load_audio
 
     waves, kept = [], []
     for it in items:
@@ -387,7 +387,7 @@ class _Inputs:
     """Waveform crops → normalised log-mel ``[B, F, T]`` on the device."""
 
     def __init__(self, bundle: EncoderBundle, stats, unit: int, device: torch.device) -> None:
-        from kikimimi.frontend import LogMelSpectrogram
+        from kikimimi.features.frontend import LogMelSpectrogram
 
         self.frontend = LogMelSpectrogram(bundle.frontend).to(device)
         self.stats, self.unit, self.device = stats, unit, device
@@ -451,7 +451,7 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
     """Fine-tune a copy of the encoder on every (requested) fold of ``task`` and score the test split.
 
     Args:
-        bundle_or_path: an :class:`EncoderBundle`, a :class:`kikimimi.api.AudioEncoder` or a checkpoint path.
+        bundle_or_path: an :class:`EncoderBundle`, an :class:`~kikimimi.inference.encoder.AudioEncoder` or a path.
         task: the downstream task (split or fold CSV).
         config: hyper-parameters (:class:`FinetuneConfig`).
         out_dir: where ``fold<k>/last.pt`` (resume), ``fold<k>/best.pt`` and ``fold<k>/model`` (the selected
@@ -465,8 +465,8 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
     """
     cfg = config or FinetuneConfig()
     bundle = _resolve_bundle(bundle_or_path)
-    from kikimimi.api import resolve_device
-    from kikimimi.normstats import NormStats
+    from kikimimi.device import resolve_device
+    from kikimimi.features.normstats import NormStats
 
     device = resolve_device(cfg.device)
     use_amp = bool(cfg.amp and device.type == "cuda")
@@ -480,7 +480,7 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
     if cfg.norm_stats is not None:
         stats = NormStats(float(cfg.norm_stats[0]), float(cfg.norm_stats[1]))
     elif bundle.family == "byola":
-        from kikimimi.api import norm_stats_from_files
+        from kikimimi.inference.encoder import norm_stats_from_files
 
         train = folds[0].train
         stats = norm_stats_from_files([it.path for it in train], "byola", n_samples=min(10000, 20 * len(train)))
@@ -604,7 +604,7 @@ def _train_fold(bundle, fold, train: _Split, select: _Split, selection: str, cfg
                       total=cfg.epochs)
     rrc = None
     if cfg.rrc:
-        from kikimimi.methods.byola_augment import RandomResizeCrop
+        from kikimimi.features.augment import RandomResizeCrop
 
         rrc = RandomResizeCrop()
     for epoch in epochs:

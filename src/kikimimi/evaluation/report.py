@@ -93,8 +93,8 @@ def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = 
     spec their text side needs when the file has none inside it (e.g. ``"gte:/path/to/gte-base"``).
     """
     import kikimimi
-    from kikimimi.api import norm_stats_from_files, random_init_like
     from kikimimi.evaluation.baselines import LogMelStats
+    from kikimimi.inference.encoder import norm_stats_from_files, random_init_like
 
     specs: list[ModelSpec] = []
     names = list(models)
@@ -369,8 +369,8 @@ def _zero_shot_factory(encoder: Any, source: str, text_encoder: str | None) -> C
         return None
 
     def run(task: Task) -> Any:
-        from kikimimi.clap_api import CLAPModel
         from kikimimi.evaluation.zeroshot import zero_shot_task
+        from kikimimi.inference.clap import CLAPModel
 
         return zero_shot_task(CLAPModel(encoder, text_encoder=text_encoder, source=source), task)
 

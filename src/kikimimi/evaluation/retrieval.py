@@ -130,9 +130,9 @@ def evaluate_retrieval(model: Any, rows: Sequence[tuple[Any, str]], *, batch_siz
     Each audio file is encoded whole (EVAR ``retr_a2t_t2a.py``). Unreadable files are reported under
     ``"errors"`` (``[[path, reason], …]``) and left out together with their captions.
     """
-    from kikimimi.audio import AudioDecodeError, load_audio
-    from kikimimi.clap_api import cosine_similarity
+    from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.evaluation.caption_adapters import group_captions
+    from kikimimi.inference.clap import cosine_similarity
 
     files, captions, owner = group_captions(rows)
     waves, keep, errors = [], [], []

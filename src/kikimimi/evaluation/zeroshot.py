@@ -9,7 +9,7 @@ macro mAP. Test clips are the first ``unit_s`` seconds (zero-padded when shorter
 use the test part of every fold, i.e. the whole dataset once.
 
 A model here is anything with ``sample_rate``, ``encode_audio(waves, sample_rate) -> [B, D]`` and
-``encode_text(texts) -> [C, D]`` (optionally ``temperature_scale``), e.g. :class:`kikimimi.clap_api.CLAPModel`.
+``encode_text(texts) -> [C, D]`` (optionally ``temperature_scale``), e.g. :class:`kikimimi.inference.clap.CLAPModel`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from kikimimi.clap_api import cosine_similarity
+    from kikimimi.inference.clap import cosine_similarity
 
     return cosine_similarity(a, b)
 
@@ -153,7 +153,7 @@ class ZeroShotResult:
 def zero_shot_task(model: Any, task: Task, *, template: str = DEFAULT_TEMPLATE,
                    label_names: Mapping[str, str] | None = None, batch_size: int = 8) -> ZeroShotResult:
     """Zero-shot evaluation of ``model`` on every test clip of ``task`` (all folds' test parts for CV tasks)."""
-    from kikimimi.audio import AudioDecodeError, load_audio
+    from kikimimi.audio.decode import AudioDecodeError, load_audio
 
     classes = task.classes
     captions = class_captions(classes, template, task.name, label_names)

@@ -10,7 +10,7 @@ Input: ``batch["lms"]`` ``[B, F, T]`` log-mel. Pre-normalisation (``pre_norm``):
   ``epoch_samples = 2 × number of training files``). Unlike the official per-DataLoader-worker module,
   there is one deterministic set of statistics per process, saved in ``state_dict()``.
 
-Per step: two views per item via :class:`~kikimimi.methods.byola_augment.BYOLAAugment` (v1: mixup 0.4 →
+Per step: two views per item via :class:`~kikimimi.features.augment.BYOLAAugment` (v1: mixup 0.4 →
 random resize crop; v2: mixup 0.2 → RRC → random linear fader), joint post-normalisation, then BYOL:
 online = encoder → projector → predictor, target = encoder copy → projector copy (no grad); loss =
 ``2 − 2·cos(pred(A), target(B)) + 2 − 2·cos(pred(B), target(A))``, mean over the batch. Both views go
@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from kikimimi.methods.byola_augment import BYOLAAugment
+from kikimimi.features.augment import BYOLAAugment
 from kikimimi.methods.ema import ema_update_modules_, weight_decay_param_groups
 from kikimimi.methods.losses import byol_symmetric_loss
 from kikimimi.methods.running_norm import RunningNorm

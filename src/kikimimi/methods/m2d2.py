@@ -265,7 +265,7 @@ class M2D2Stage2(nn.Module):
         if "caption_index" not in batch:
             raise KeyError(
                 "M2D2 stage 2 needs batch['caption_index'] (indices into the caption list); train with "
-                "kikimimi.caption_data.CaptionCropDataset in text mode and call method.set_captions()"
+                "kikimimi.data.caption_pairs.CaptionCropDataset in text mode and call method.set_captions()"
             )
         idx = batch["caption_index"].detach().cpu().tolist()
         if not self.captions:

@@ -108,7 +108,7 @@ class M2DCLAP(M2D):
         if "text_emb" not in batch:
             raise KeyError(
                 "M2D-CLAP needs batch['text_emb'] (caption embeddings); train with a caption-aware dataset "
-                "(kikimimi.caption_data.CaptionCropDataset, --captions)"
+                "(kikimimi.data.caption_pairs.CaptionCropDataset, --captions)"
             )
         out = super().forward(batch)
         loss_m2d = out.pop("loss")

@@ -1,6 +1,6 @@
 """Training-checkpoint contents: RNG states, method state split, ``last.pth`` pointer, resume lookup.
 
-A checkpoint written by :class:`kikimimi.train.Trainer` is a plain dict in the official M2D layout::
+A checkpoint written by :class:`kikimimi.training.trainer.Trainer` is a plain dict in the official M2D layout::
 
     {"model": method.export_official_state_dict(), "args": {...config...}, "epoch": int, "step": int,
      "optimizer": ..., "scaler": ... | None, "trainer_state": {...}}

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kikimimi.device import resolve_device
+
 __all__ = [
     "DistInfo",
-    "resolve_device",
     "init_distributed",
     "cleanup_distributed",
     "all_reduce_mean",
@@ -44,26 +45,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; ``cuda`` → that device.
-
-    Raises:
-        RuntimeError: ``cuda`` requested but not available.
-    """
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is False")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-        return torch.device(name)
-    if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
-    return torch.device("cpu")
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

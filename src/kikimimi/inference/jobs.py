@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kikimimi.api import AudioEncoder
-from kikimimi.audio import AudioDecodeError, load_audio
+from kikimimi.audio.decode import AudioDecodeError, load_audio
+from kikimimi.features.prep_cache import plan_outputs
 from kikimimi.fileio import atomic_open, atomic_write_text
-from kikimimi.prep import plan_outputs
+from kikimimi.inference.encoder import AudioEncoder
 
 
 @dataclass

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from kikimimi.features.frontend import FrontendConfig, get_preset
 from kikimimi.fileio import (
     atomic_save_npy,
     atomic_write_json,
@@ -45,7 +46,6 @@ from kikimimi.fileio import (
     collect_audio_files,
     relative_key,
 )
-from kikimimi.frontend import FrontendConfig, get_preset
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -161,11 +161,12 @@ def convert_file(task: PrepTask) -> dict[str, Any]:
     """Convert one file and write its ``.npy`` atomically.
 
     Returns the manifest fields except ``file_name``: ``source``, ``duration_s``, ``frames``,
-    ``sample_rate``. Raises :class:`kikimimi.audio.AudioDecodeError` for unreadable audio and
+    ``sample_rate``. Raises :class:`kikimimi.audio.decode.AudioDecodeError` for unreadable audio and
     ``ValueError`` for audio too short for the front end.
     """
-    from kikimimi.audio import audio_info, load_audio
-    from kikimimi.frontend import log_mel, stream_log_mel
+    from kikimimi.audio.decode import audio_info, load_audio
+    from kikimimi.features.frontend import log_mel
+    from kikimimi.features.streaming import stream_log_mel
 
     config = FrontendConfig.from_dict(task.config)
     info = audio_info(task.source)
@@ -334,7 +335,7 @@ def prep_cache(
     key_of = {str(cache / key): key for _, key in plan}
 
     # Metadata of outputs from earlier runs (header reads only).
-    from kikimimi.audio import audio_info
+    from kikimimi.audio.decode import audio_info
 
     for source, key, frames in existing:
         result.skipped += 1

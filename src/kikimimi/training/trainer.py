@@ -9,7 +9,7 @@ Counting: a *step* is one optimiser update; it consumes ``accum_iter`` micro-bat
 items per rank, so ``effective_batch = batch_size × world_size × accum_iter``. The data stream is
 continuous across epochs: after ``s`` steps a rank has consumed ``m = s × accum_iter`` micro-batches,
 i.e. it is at epoch ``m // iters_per_epoch``, batch ``m % iters_per_epoch`` — which is all a resume
-needs, because crops depend only on ``(seed, epoch, index)`` (see :mod:`kikimimi.data`).
+needs, because crops depend only on ``(seed, epoch, index)`` (see :mod:`kikimimi.data.corpus`).
 
 Files written by rank 0 into ``config.out_dir`` (the run folder):
 ``checkpoint-<step>.pth`` (every ``save_every`` steps and at the end; atomic temp + rename),
@@ -32,7 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from kikimimi.data import CropDataset, make_loader
+from kikimimi.data.corpus import CropDataset, make_loader
+from kikimimi.device import AMP_MODES, resolve_amp
+from kikimimi.optim import SCHEDULES, lr_at_step, scaled_lr, set_lr
 from kikimimi.training.checkpointing import (
     CHECKPOINT_PREFIX,
     capture_rng_state,
@@ -51,21 +53,17 @@ from kikimimi.training.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from kikimimi.training.schedule import SCHEDULES, lr_at_step, scaled_lr, set_lr
 
 __all__ = [
-    "AMP_MODES",
     "DEBUG_HASH_ENV",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingDivergedError",
-    "resolve_amp",
     "parameter_hash",
     "load_training_checkpoint",
 ]
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: when set to a folder, every rank writes ``param-hash-rank<r>.txt`` there at the end of ``fit``
 DEBUG_HASH_ENV = "KIKIMIMI_DEBUG_PARAM_HASH"
 LOG_NAME = "log.jsonl"
@@ -173,19 +171,6 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
 
 
-def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """``(autocast dtype or None, use GradScaler)`` for an AMP mode on ``device``."""
-    if mode not in AMP_MODES:
-        raise ValueError(f"unknown AMP mode {mode!r}; choose one of {AMP_MODES}")
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None, False
-    if mode == "auto":
-        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
-    if mode == "bf16":
-        return torch.bfloat16, False
-    return torch.float16, True
-
-
 def parameter_hash(module: nn.Module) -> str:
     """SHA-256 over every state-dict tensor (name, dtype, bytes) — equal hashes mean equal weights."""
     h = hashlib.sha256()
@@ -230,13 +215,13 @@ class Trainer:
 
     Args:
         method: the method module (see module docstring); moved to the device by the trainer.
-        dataset: a :class:`~kikimimi.data.CropDataset` (or any dataset accepting ``(epoch, index)`` keys
+        dataset: a :class:`~kikimimi.data.corpus.CropDataset` (or any dataset accepting ``(epoch, index)`` keys
             and yielding dicts of tensors).
         config: run settings.
         args: extra JSON-able settings stored with ``config`` in every checkpoint's ``args`` dict
             (method config, data sources, norm stats, …).
         batch_transform: applied on the device to each collated batch
-            (e.g. :class:`~kikimimi.data.DeviceLogMel`).
+            (e.g. :class:`~kikimimi.data.corpus.DeviceLogMel`).
         dist: process placement; default: :func:`~kikimimi.training.distributed.init_distributed`.
     """
 

@@ -23,15 +23,15 @@ from kikimimi.checkpoints.infer import infer_byola_config, infer_extras, infer_v
 from kikimimi.checkpoints.layouts import SplitState, missing_unexpected_message, split_official
 from kikimimi.checkpoints.names import OfficialName, try_parse_official_name
 from kikimimi.checkpoints.safe_load import safe_torch_load
-from kikimimi.frontend import PRESETS, FrontendConfig
-from kikimimi.normstats import M2D_DEFAULT, NormStats
+from kikimimi.features.frontend import PRESETS, FrontendConfig
+from kikimimi.features.normstats import M2D_DEFAULT, NormStats
 
 __all__ = ["BYOLA_FALLBACK_STATS", "load_encoder", "load_into", "frontend_for", "as_norm_stats"]
 
 #: Used for BYOL-A files (which store no statistics) when the caller gives none: the SPCV2 statistics of
 #: the BYOL-A v2 README, measured with the nnAudio/Slaney front end that kikimimi reproduces
 #: (fact-sheet-byola-evar §1.8). BYOL-A statistics are per dataset; compute yours with
-#: :func:`kikimimi.normstats.compute_norm_stats` and pass ``norm_stats=(mean, std)``.
+#: :func:`kikimimi.features.normstats.compute_norm_stats` and pass ``norm_stats=(mean, std)``.
 BYOLA_FALLBACK_STATS = NormStats(-9.660292, 4.7219563)
 
 
@@ -92,7 +92,7 @@ def _norm_stats_m2d(split: SplitState, given: NormStats | None, model_cls: str |
         warnings.warn(
             f"{model_cls}: M2D-S checkpoints store norm_stats that are NOT the statistics they were trained "
             "with (LibriSpeech statistics were used in training); pass norm_stats=(mean, std) computed on "
-            "your data (kikimimi.normstats.compute_norm_stats) for faithful features",
+            "your data (kikimimi.features.normstats.compute_norm_stats) for faithful features",
             stacklevel=3,
         )
     if split.norm_stats is not None:
@@ -156,7 +156,7 @@ def _import_official(
             warnings.warn(
                 f"'{path}': BYOL-A files carry no normalisation statistics and BYOL-A statistics are per "
                 f"dataset; using the fallback {BYOLA_FALLBACK_STATS.to_list()}. Pass norm_stats=(mean, std) "
-                "computed on your training data (kikimimi.normstats.compute_norm_stats)",
+                "computed on your training data (kikimimi.features.normstats.compute_norm_stats)",
                 stacklevel=3,
             )
         stats = norm_stats or (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kikimimi.methods.byola_augment import RandomResizeCrop
+from kikimimi.features.augment import RandomResizeCrop
 
 __all__ = ["mask_along_axis", "mixup_log_mel", "random_resize_crop_batch", "spec_augment"]
 

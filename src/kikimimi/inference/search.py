@@ -119,7 +119,7 @@ class SearchIndex:
 
     def search(self, query: np.ndarray, top: int = 10) -> list[SearchHit]:
         """The ``top`` files most similar (cosine) to one query embedding ``[dim]``, best first."""
-        from kikimimi.clap_api import cosine_similarity
+        from kikimimi.inference.clap import cosine_similarity
 
         if not self.entries:
             return []
@@ -143,7 +143,7 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
 
     Args:
         model: anything with ``sample_rate`` and ``encode_audio(waves, sample_rate=, batch_size=) -> [B, D]``
-            (e.g. :class:`kikimimi.clap_api.CLAPModel`).
+            (e.g. :class:`kikimimi.inference.clap.CLAPModel`).
         root: folder to index (recursively; see :func:`kikimimi.fileio.collect_audio_files`).
         index_dir: index folder (created when missing).
         model_id: identifies the model (the CLI stores the checkpoint path); an existing index built with
@@ -153,7 +153,7 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
     Returns:
         :class:`IndexUpdate`; only ``added`` and ``changed`` files were embedded.
     """
-    from kikimimi.audio import AudioDecodeError, load_audio
+    from kikimimi.audio.decode import AudioDecodeError, load_audio
 
     root_path = Path(root)
     if not root_path.is_dir():

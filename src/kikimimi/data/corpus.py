@@ -5,7 +5,7 @@ or one or more ``kikimimi prep`` caches (a folder with ``manifest.csv`` whose ``
 ``.npy`` log-mels ``[n_mels, frames]`` relative to the folder, and ``prep.json`` naming the preset).
 
 :class:`CropDataset` yields ``{"lms": [F, crop_frames]}`` float32 log-mel crops, normalised with the run's
-:class:`~kikimimi.normstats.NormStats` (``(x − mean) / std``) when given.
+:class:`~kikimimi.features.normstats.NormStats` (``(x − mean) / std``) when given.
 
 Determinism: item ``i`` of epoch ``e`` draws all its randomness (crop start, replacement of an
 unreadable file) from ``np.random.default_rng((seed, e, i))``. Items therefore do not depend on the
@@ -143,7 +143,7 @@ def resolve_corpus(inputs: Sequence[str | Path]) -> Corpus:
 
 # ---------------------------------------------------------------------------------------------- dataset
 def _frontend_config(frontend: Any):
-    from kikimimi.frontend import FrontendConfig, get_preset
+    from kikimimi.features.frontend import FrontendConfig, get_preset
 
     if isinstance(frontend, FrontendConfig):
         return frontend
@@ -214,7 +214,7 @@ class CropDataset(Dataset):
         n = len(corpus)
         self.repeats = max(1, math.ceil(int(min_epoch_size) / n)) if min_epoch_size else 1
         self._warned: set[str] = set()
-        from kikimimi.frontend import FrontendConfig
+        from kikimimi.features.frontend import FrontendConfig
 
         self.eps = float(self.frontend.eps) if self.frontend is not None else FrontendConfig.eps
 
@@ -260,7 +260,7 @@ class CropDataset(Dataset):
         return self._pad_log(out)
 
     def _crop_wave(self, path: Path, rng: np.random.Generator) -> np.ndarray:
-        from kikimimi.audio import load_audio
+        from kikimimi.audio.decode import load_audio
 
         wave, _ = load_audio(path, int(self.frontend.sample_rate))
         wave = np.asarray(wave, dtype=np.float32)
@@ -275,7 +275,7 @@ class CropDataset(Dataset):
         return wave
 
     def _crop_audio(self, path: Path, rng: np.random.Generator) -> np.ndarray:
-        from kikimimi.frontend import log_mel
+        from kikimimi.features.frontend import log_mel
 
         wave = self._crop_wave(path, rng)
         if wave.size < self.frontend.min_samples:  # too short for the reflect-padded STFT
@@ -407,9 +407,9 @@ def estimate_norm_stats(dataset: CropDataset, n_samples: int = 10000, seed: int 
     Items are drawn with ``np.random.default_rng(seed)``; sample ``j`` is cropped with
     ``np.random.default_rng((STATS_KEY, seed, j))`` (apart from any training crop); each crop is
     already cut/padded to ``crop_frames`` as in training (official M2D procedure).
-    Returns a :class:`kikimimi.normstats.NormStats`; population std over all bins and frames.
+    Returns a :class:`kikimimi.features.normstats.NormStats`; population std over all bins and frames.
     """
-    from kikimimi.normstats import NormStats
+    from kikimimi.features.normstats import NormStats
 
     if dataset.output != "lms":
         raise ValueError("norm statistics need log-mel crops (output='lms')")
@@ -443,13 +443,13 @@ def estimate_norm_stats(dataset: CropDataset, n_samples: int = 10000, seed: int 
 class DeviceLogMel(torch.nn.Module):
     """Front end on the training device: ``{"wave": [B, samples]}`` → ``{"lms": [B, F, crop_frames]}``.
 
-    Applies :class:`kikimimi.frontend.LogMelSpectrogram`, keeps the first ``crop_frames`` frames and
+    Applies :class:`kikimimi.features.frontend.LogMelSpectrogram`, keeps the first ``crop_frames`` frames and
     normalises with ``norm_stats`` (when given). Use with ``CropDataset(output="wave")``.
     """
 
     def __init__(self, frontend: Any, crop_frames: int, norm_stats: Any = None) -> None:
         super().__init__()
-        from kikimimi.frontend import LogMelSpectrogram
+        from kikimimi.features.frontend import LogMelSpectrogram
 
         self.melspec = LogMelSpectrogram(_frontend_config(frontend))
         self.crop_frames = int(crop_frames)

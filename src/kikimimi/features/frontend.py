@@ -22,9 +22,7 @@ never holds the whole waveform in memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,10 +35,8 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "log_mel",
-    "log_mel_from_blocks",
     "periodic_hann",
     "slaney_mel_filterbank",
-    "stream_log_mel",
 ]
 
 FLOAT32_EPS = 1.1920929e-07
@@ -150,7 +146,7 @@ def get_preset(name: str) -> FrontendConfig:
         raise ValueError(f"unknown front-end preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def _resolve(config: FrontendConfig | str) -> FrontendConfig:
+def resolve_config(config: FrontendConfig | str) -> FrontendConfig:
     return get_preset(config) if isinstance(config, str) else config
 
 
@@ -257,7 +253,7 @@ class LogMelSpectrogram(nn.Module):
         guard_tol: float = 5e-4,
     ) -> None:
         super().__init__()
-        self.config = _resolve(config)
+        self.config = resolve_config(config)
         self.precision_guard = precision_guard
         self.guard_tol = guard_tol
         c = self.config
@@ -407,7 +403,7 @@ class LogMelSpectrogram(nn.Module):
 _MODULE_CACHE: dict[FrontendConfig, LogMelSpectrogram] = {}
 
 
-def _cpu_module(config: FrontendConfig) -> LogMelSpectrogram:
+def cpu_module(config: FrontendConfig) -> LogMelSpectrogram:
     module = _MODULE_CACHE.get(config)
     if module is None:
         module = _MODULE_CACHE[config] = LogMelSpectrogram(config)
@@ -424,134 +420,10 @@ def log_mel(wave: np.ndarray, config: FrontendConfig | str = "m2d-16k") -> np.nd
     Returns:
         ``[n_mels, samples // hop + 1]`` float32.
     """
-    config = _resolve(config)
+    config = resolve_config(config)
     wave = np.asarray(wave)
     if wave.ndim != 1:
         raise ValueError(f"log_mel expects a mono waveform [samples], got shape {wave.shape}")
     with torch.inference_mode():
-        out = _cpu_module(config)(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
+        out = cpu_module(config)(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
     return out[0].numpy()
-
-
-# ----------------------------------------------------------------------------------------------
-# Streaming
-# ----------------------------------------------------------------------------------------------
-
-
-def _limited(blocks: Iterable[np.ndarray], max_samples: int | None) -> Iterator[np.ndarray]:
-    seen = 0
-    for block in blocks:
-        if max_samples is not None:
-            block = block[: max(0, max_samples - seen)]
-        if block.size:
-            seen += block.size
-            yield block
-        if max_samples is not None and seen >= max_samples:
-            return
-
-
-def log_mel_from_blocks(
-    blocks: Iterable[np.ndarray],
-    config: FrontendConfig | str = "m2d-16k",
-    *,
-    expected_samples: int | None = None,
-) -> np.ndarray:
-    """Log-mel of a waveform given as consecutive mono blocks, equal to ``log_mel`` of their concatenation.
-
-    Keeps at most one block plus ``n_fft`` samples of context in memory besides the result. The first
-    block (or the first few, if tiny) must together hold ``n_fft // 2 + 1`` samples before the start
-    padding can be formed; the end padding is built from the last ``n_fft // 2 + 1`` samples once the
-    blocks run out. ``expected_samples`` (a hint, e.g. from the file header) lets the result be
-    allocated once instead of grown.
-
-    Returns:
-        ``[n_mels, total_samples // hop + 1]`` float32.
-    """
-    config = _resolve(config)
-    module = _cpu_module(config)
-    pad, hop, n_fft = config.pad, config.hop_length, config.n_fft
-    buffer = np.zeros(0, dtype=np.float32)  # padded-signal samples not yet fully consumed
-    last_real = np.zeros(0, dtype=np.float32)  # the latest pad + 1 waveform samples
-    started = False
-    total = 0
-    capacity = config.num_frames(expected_samples) if expected_samples else 1024
-    result = np.empty((config.n_mels, capacity), dtype=np.float32)
-    filled = 0
-
-    def emit() -> None:
-        # Compute every frame that lies entirely inside the buffer, then drop the consumed samples.
-        nonlocal buffer, result, filled
-        if buffer.size < n_fft:
-            return
-        n_frames = 1 + (buffer.size - n_fft) // hop
-        used = (n_frames - 1) * hop + n_fft
-        with torch.inference_mode():
-            out = module.frames_from_padded(torch.from_numpy(buffer[:used]).unsqueeze(0))[0].numpy()
-        if filled + n_frames > result.shape[1]:  # grow geometrically (only when the hint was low)
-            grown = np.empty((config.n_mels, max(2 * result.shape[1], filled + n_frames)), np.float32)
-            grown[:, :filled] = result[:, :filled]
-            result = grown
-        result[:, filled : filled + n_frames] = out
-        filled += n_frames
-        buffer = buffer[n_frames * hop :]
-
-    for block in blocks:
-        block = np.asarray(block, dtype=np.float32).reshape(-1)
-        total += block.size
-        buffer = np.concatenate([buffer, block])
-        last_real = np.concatenate([last_real, block[-(pad + 1) :]])[-(pad + 1) :]
-        if not started:
-            if buffer.size < pad + 1:
-                continue
-            buffer = np.concatenate([buffer[pad:0:-1], buffer])  # start padding
-            started = True
-        emit()
-
-    module.check_length(total)
-    # End padding: the `pad` samples before the last one, reversed.
-    buffer = np.concatenate([buffer, last_real[-2::-1]])
-    emit()
-    expected = config.num_frames(total)
-    if filled != expected:  # pragma: no cover - internal consistency guard
-        raise RuntimeError(f"streamed log-mel has {filled} frames, expected {expected}")
-    return result if filled == result.shape[1] else result[:, :filled].copy()
-
-
-def stream_log_mel(
-    path: str | Path,
-    config: FrontendConfig | str = "m2d-16k",
-    block_s: float = 60.0,
-    *,
-    limit_s: float | None = None,
-) -> np.ndarray:
-    """Log-mel of a (long) audio file with bounded memory, equal to the whole-file :func:`log_mel`.
-
-    The file is read with :func:`kikimimi.audio.stream_audio` (mono, resampled to ``config.sample_rate``)
-    in blocks of ``block_s`` seconds; each block is processed with ``n_fft // 2`` samples of context on
-    either side so frames line up with the whole-file result, including the reflect-padded edges.
-
-    Args:
-        path: audio file.
-        config: front-end config or preset name.
-        block_s: block length in seconds (memory ~ block samples x a few float32 copies).
-        limit_s: if given, only the first ``limit_s`` seconds are used (same as truncating the waveform).
-
-    Returns:
-        ``[n_mels, frames]`` float32 with ``frames = samples // hop + 1``.
-    """
-    from kikimimi.audio import audio_info, stream_audio
-
-    config = _resolve(config)
-    if block_s <= 0:
-        raise ValueError(f"block_s must be > 0 seconds, got {block_s}")
-    block_samples = max(int(round(block_s * config.sample_rate)), config.n_fft)
-    max_samples = None if limit_s is None else int(round(limit_s * config.sample_rate))
-    info = audio_info(path)
-    hint = int(round(info.frames * config.sample_rate / info.sample_rate))
-    if max_samples is not None:
-        hint = min(hint, max_samples)
-    blocks = stream_audio(path, block_samples, sample_rate=config.sample_rate)
-    try:
-        return log_mel_from_blocks(_limited(blocks, max_samples), config, expected_samples=hint)
-    except ValueError as exc:
-        raise ValueError(f"'{path}': {exc}") from exc

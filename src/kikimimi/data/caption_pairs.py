@@ -1,10 +1,10 @@
 """Caption-aware pre-training data for M2D-CLAP / M2D2: log-mel crops paired with one caption each.
 
-:class:`CaptionCropDataset` wraps a :class:`kikimimi.data.CropDataset` and adds, per item, either
+:class:`CaptionCropDataset` wraps a :class:`kikimimi.data.corpus.CropDataset` and adds, per item, either
 
 - ``text_emb`` ``[Dt]`` float32 — one of the pre-computed caption embeddings of the item's file
   (embedding mode, M2D-CLAP / M2D2 stage 1; the source is e.g. a
-  ``kikimimi.captions.CaptionEmbeddingCache`` or any object with ``get(key) -> [n, Dt]``), or
+  ``kikimimi.data.captions.CaptionEmbeddingCache`` or any object with ``get(key) -> [n, Dt]``), or
 - ``caption_index`` (0-d int64) — the index of one of the file's captions in :attr:`CaptionCropDataset.
   caption_texts` (text mode, M2D2 stage 2, where a trainable text encoder embeds the strings).
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kikimimi.data import Corpus, CropDataset
+from kikimimi.data.corpus import Corpus, CropDataset
 
 __all__ = [
     "CAPTION_RNG_KEY",
@@ -141,7 +141,7 @@ def filter_captioned(
 def caption_lists(table: Any) -> dict[str, list[str]]:
     """Caption strings per key from a mapping ``key -> str | list[str]`` or a caption table object.
 
-    Tables (e.g. :class:`kikimimi.captions.CaptionTable`) are read through their ``items()``.
+    Tables (e.g. :class:`kikimimi.data.captions.CaptionTable`) are read through their ``items()``.
     """
     if not callable(getattr(table, "items", None)):
         raise TypeError(f"cannot read captions from a {type(table).__name__} (needs items())")
@@ -236,7 +236,7 @@ class CaptionCropDataset(Dataset):
         if lacking:
             raise ValueError(
                 f"'{source}': {len(lacking)} training files have no caption (e.g. {lacking[:3]}); "
-                "use kikimimi.caption_data.filter_captioned to report or skip them"
+                "use kikimimi.data.caption_pairs.filter_captioned to report or skip them"
             )
         self.keys: list[str] = [str(k) for k in matched]
         self.caption_texts: list[str] = []
