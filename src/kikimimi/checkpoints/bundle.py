@@ -14,16 +14,24 @@ The ``config`` dict is JSON-serialisable and is what ``config.json`` stores:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.checkpoints.layouts import missing_unexpected_message
 from kikimimi.features.frontend import FrontendConfig
 from kikimimi.features.normstats import NormStats
+from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
+from kikimimi.models.projectors import MLPAudioProjector, SemanticProjector
+from kikimimi.models.vit import AudioViT, ViTConfig
 
 __all__ = [
     "EncoderBundle",
+    "assemble_bundle",
+    "load_into",
     "TaggingHead",
     "build_audio_proj",
     "build_encoder",
@@ -86,15 +94,11 @@ def build_encoder(config: dict[str, Any]) -> nn.Module:
     """Instantiate the (randomly initialised) encoder described by ``config``."""
     family = config.get("family")
     if family == "m2d":
-        from kikimimi.models.vit import AudioViT, ViTConfig
-
         vit = dict(config["vit"])
         vit["input_size"] = tuple(vit["input_size"])
         vit["patch_size"] = tuple(vit["patch_size"])
         return AudioViT(ViTConfig(**vit))
     if family == "byola":
-        from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
-
         cfg = config["byola"]
         cls = AudioNTT2022 if int(cfg["version"]) == 2 else AudioNTT2020
         return cls(n_mels=int(cfg["n_mels"]), d=int(cfg["d"]))
@@ -112,8 +116,6 @@ def build_audio_proj(cfg: dict[str, Any] | None) -> nn.Module | None:
     """2024 MLP or 2025 semantic projector from its config (``None`` → ``None``)."""
     if not cfg:
         return None
-    from kikimimi.models.projectors import MLPAudioProjector, SemanticProjector
-
     if cfg["kind"] == "mlp":
         out_dim = cfg.get("out_dim")
         return MLPAudioProjector(dim=int(cfg["dim"]), out_dim=None if out_dim is None else int(out_dim))
@@ -137,3 +139,62 @@ def build_text_proj(cfg: dict[str, Any] | None) -> nn.Module | None:
             nn.Linear(int(cfg["hidden"]), int(cfg["out_dim"])),
         )
     raise ValueError(f"unknown text_proj kind {cfg['kind']!r}; expected 'linear' or 'mlp'")
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Strict ``load_state_dict`` whose failures become a :class:`CheckpointError` listing the keys."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            path, f"{what} does not match the file; " + missing_unexpected_message(missing, unexpected)
+        )
+    wrong = [
+        f"{k} {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        shown = "; ".join(wrong[:6])
+        raise CheckpointError(
+            path, f"{what}: tensor shapes differ from the model built for this file: {shown}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def assemble_bundle(
+    config: dict[str, Any],
+    frontend: FrontendConfig,
+    stats: NormStats,
+    parts: dict[str, dict[str, torch.Tensor]],
+    path: str | Path,
+    *,
+    text_encoder_state: dict[str, torch.Tensor] | None = None,
+) -> EncoderBundle:
+    """Build every module described by ``config`` and load its tensors strictly (eval mode)."""
+    try:
+        encoder = build_encoder(config)
+        head = build_head(config.get("head"))
+        audio_proj = build_audio_proj(config.get("audio_proj"))
+        text_proj = build_text_proj(config.get("text_proj"))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(path, f"cannot build the model from its configuration ({exc})") from exc
+    load_into(encoder, parts.get("encoder", {}), path, f"{config['family']} encoder")
+    for label, module in (("head", head), ("audio_proj", audio_proj), ("text_proj", text_proj)):
+        if module is not None:
+            load_into(module, parts.get(label, {}), path, label)
+    logit = parts.get("logit_scale", {}).get("")
+    bundle = EncoderBundle(
+        family=config["family"],
+        encoder=encoder,
+        frontend=frontend,
+        norm_stats=stats,
+        config=config,
+        head=head,
+        audio_proj=audio_proj,
+        text_proj=text_proj,
+        text_encoder_state=text_encoder_state,
+        logit_scale=None if logit is None else float(logit),
+    )
+    return bundle.eval()

@@ -9,24 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from kikimimi.checkpoints.bundle import (
-    EncoderBundle,
-    build_audio_proj,
-    build_encoder,
-    build_head,
-    build_text_proj,
-)
+from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.infer import infer_byola_config, infer_extras, infer_vit_config
-from kikimimi.checkpoints.layouts import SplitState, missing_unexpected_message, split_official
+from kikimimi.checkpoints.layouts import SplitState, split_official
 from kikimimi.checkpoints.names import OfficialName, try_parse_official_name
+from kikimimi.checkpoints.ours import is_kikimimi_checkpoint, load_kikimimi
 from kikimimi.checkpoints.safe_load import safe_torch_load
 from kikimimi.features.frontend import PRESETS, FrontendConfig
 from kikimimi.features.normstats import M2D_DEFAULT, NormStats
 
-__all__ = ["BYOLA_FALLBACK_STATS", "load_encoder", "load_into", "frontend_for", "as_norm_stats"]
+__all__ = ["BYOLA_FALLBACK_STATS", "as_norm_stats", "frontend_for", "load_encoder"]
 
 #: Used for BYOL-A files (which store no statistics) when the caller gives none: the SPCV2 statistics of
 #: the BYOL-A v2 README, measured with the nnAudio/Slaney front end that kikimimi reproduces
@@ -54,28 +48,6 @@ def frontend_for(family: str, sample_rate: int, n_mels: int) -> FrontendConfig:
             raise ValueError(f"M2D front ends exist for 16000 and 32000 Hz, got sample_rate={sample_rate}")
         preset = PRESETS[key]
     return preset if preset.n_mels == n_mels else dataclasses.replace(preset, n_mels=n_mels)
-
-
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
-    """Strict ``load_state_dict`` whose failures become a :class:`CheckpointError` listing the keys."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            path, f"{what} does not match the file; " + missing_unexpected_message(missing, unexpected)
-        )
-    wrong = [
-        f"{k} {list(state[k].shape)} vs model {list(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        shown = "; ".join(wrong[:6])
-        raise CheckpointError(
-            path, f"{what}: tensor shapes differ from the model built for this file: {shown}"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 def _model_cls(name: OfficialName | None, args: Any) -> str | None:
@@ -189,43 +161,6 @@ def split_tensors(split: SplitState) -> dict[str, dict[str, torch.Tensor]]:
     return parts
 
 
-def assemble_bundle(
-    config: dict[str, Any],
-    frontend: FrontendConfig,
-    stats: NormStats,
-    parts: dict[str, dict[str, torch.Tensor]],
-    path: str | Path,
-    *,
-    text_encoder_state: dict[str, torch.Tensor] | None = None,
-) -> EncoderBundle:
-    """Build every module described by ``config`` and load its tensors strictly (eval mode)."""
-    try:
-        encoder = build_encoder(config)
-        head = build_head(config.get("head"))
-        audio_proj = build_audio_proj(config.get("audio_proj"))
-        text_proj = build_text_proj(config.get("text_proj"))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(path, f"cannot build the model from its configuration ({exc})") from exc
-    load_into(encoder, parts.get("encoder", {}), path, f"{config['family']} encoder")
-    for label, module in (("head", head), ("audio_proj", audio_proj), ("text_proj", text_proj)):
-        if module is not None:
-            load_into(module, parts.get(label, {}), path, label)
-    logit = parts.get("logit_scale", {}).get("")
-    bundle = EncoderBundle(
-        family=config["family"],
-        encoder=encoder,
-        frontend=frontend,
-        norm_stats=stats,
-        config=config,
-        head=head,
-        audio_proj=audio_proj,
-        text_proj=text_proj,
-        text_encoder_state=text_encoder_state,
-        logit_scale=None if logit is None else float(logit),
-    )
-    return bundle.eval()
-
-
 def load_encoder(
     path: str | Path,
     *,
@@ -257,8 +192,6 @@ def load_encoder(
     """
     path = Path(path)
     stats = as_norm_stats(norm_stats)
-    from kikimimi.checkpoints.ours import is_kikimimi_checkpoint, load_kikimimi
-
     if is_kikimimi_checkpoint(path):
         return load_kikimimi(
             path,

@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from kikimimi.checkpoints.bundle import EncoderBundle
+from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.features.frontend import FrontendConfig
 from kikimimi.features.normstats import NormStats
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json
+from kikimimi.models.vit import VIT_SIZES
 
 __all__ = [
     "CONFIG_NAME",
@@ -133,8 +134,6 @@ def load_kikimimi(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from kikimimi.checkpoints.official import assemble_bundle
-
     path = Path(path)
     config_path = _config_path(path)
     weights = path / WEIGHTS_NAME if path.is_dir() else path
@@ -170,8 +169,6 @@ def load_kikimimi(
                 path, f"sample_rate {sample_rate} differs from the stored {vit['sample_rate']}"
             )
         if size is not None:
-            from kikimimi.models.vit import VIT_SIZES
-
             if tuple(VIT_SIZES.get(size, ())) != (vit["embed_dim"], vit["depth"], vit["num_heads"]):
                 raise CheckpointError(
                     path,

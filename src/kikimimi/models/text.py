@@ -315,11 +315,29 @@ class SentenceTransformerEncoder(TextEncoder):
 # --------------------------------------------------------------------------------------------
 
 
-def _require(module: str, what: str) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@contextlib.contextmanager
+def _offline_env() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` while Hugging Face code is imported or loads a
+    local folder; the caller's values are restored on exit, so the process environment is left as it was."""
+    saved = {name: os.environ.get(name) for name in _OFFLINE_VARS}
+    os.environ.update({name: "1" for name in _OFFLINE_VARS})
     try:
-        return importlib.import_module(module)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _require(module: str, what: str) -> Any:
+    try:
+        with _offline_env():
+            return importlib.import_module(module)
     except ImportError as exc:
         raise TextEncoderError(f"{what} needs the Python package '{module}' ({exc}); {_INSTALL_HINT}") from exc
 
@@ -353,7 +371,8 @@ def _quiet_hf() -> Iterator[None]:
     except Exception:  # noqa: BLE001
         pass
     try:
-        yield
+        with _offline_env():
+            yield
     finally:
         for fn in reversed(restore):
             fn()

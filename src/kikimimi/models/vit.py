@@ -14,7 +14,6 @@ concatenated along time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -343,7 +342,3 @@ class AudioViT(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _check_math() -> None:  # pragma: no cover - tiny self-check used while developing
-    assert math.isclose(sincos_pos_embed_2d(8, 1, 2)[0, 2, 0].item(), math.sin(1.0), rel_tol=1e-6)
