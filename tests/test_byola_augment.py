@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from kikimimi.features.augment import (
-    FLOAT32_EPS,
     BYOLAAugment,
     MixupFIFO,
     RandomLinearFader,
     RandomResizeCrop,
     post_normalize,
 )
+from kikimimi.features.frontend import FLOAT32_EPS
 
 
 def _item(seed: int, f: int = 16, t: int = 24) -> torch.Tensor:

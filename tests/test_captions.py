@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from kikimimi.data.caption_cache import CaptionCacheError, CaptionEmbeddingCache
 from kikimimi.data.captions import (
-    CaptionCacheError,
-    CaptionEmbeddingCache,
     CaptionError,
     CaptionTable,
     captions_from_labels,

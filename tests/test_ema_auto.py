@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from kikimimi.commands.pretrain import (
+from kikimimi.methods.byola import OFFICIAL_LR
+from kikimimi.methods.recipes import (
     OFFICIAL_EMA_TAUS,
     SHORT_RUN_BYOLA_MLP_LR_SCALE,
     SHORT_RUN_EMA_TAUS,
     planned_steps,
     resolve_byola_auto,
     resolve_ema_taus,
-    resolve_settings,
 )
-from kikimimi.methods.byola import OFFICIAL_LR
+from kikimimi.training.settings import resolve_settings
 
 OFFICIAL_BYOLA_LR = {"byola": OFFICIAL_LR[1], "byola2": OFFICIAL_LR[2]}
 

@@ -15,13 +15,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_m2d_clap import TINY_INPUT, WordBagEncoder, random_corpus  # noqa: E402
 
+from kikimimi.checkpoints.names import text_encoder_code  # noqa: E402
 from kikimimi.data.caption_pairs import CaptionCropDataset  # noqa: E402
 from kikimimi.data.corpus import CropDataset  # noqa: E402
 from kikimimi.features.normstats import NormStats  # noqa: E402
 from kikimimi.methods import build_method  # noqa: E402
-from kikimimi.methods.m2d2 import M2D2Stage2, stage2_folder_name, text_encoder_code  # noqa: E402
+from kikimimi.methods.m2d2 import M2D2Stage2  # noqa: E402
 from kikimimi.methods.m2d_clap import M2DCLAP  # noqa: E402
 from kikimimi.models.vit import ViTConfig  # noqa: E402
+from kikimimi.training.run_folder import stage2_folder_name  # noqa: E402
 from kikimimi.training.trainer import TrainConfig, Trainer, load_training_checkpoint  # noqa: E402
 
 VIT = ViTConfig.from_size("tiny", input_size=TINY_INPUT)
@@ -242,7 +244,7 @@ def test_cli_caption_errors(tmp_path) -> None:
     files = sorted(p.relative_to(tmp_path / "audio").as_posix() for p in (tmp_path / "audio").rglob("*.wav"))
     caps = tmp_path / "audio" / "captions.csv"
     caps.write_text(f"file_name,caption\n{files[0]},a tone\n")  # the second file has no caption
-    from kikimimi.data.captions import CaptionEmbeddingCache
+    from kikimimi.data.caption_cache import CaptionEmbeddingCache
 
     cache = tmp_path / "caps.safetensors"
     CaptionEmbeddingCache({files[0]: np.ones((1, 8), np.float16)}, encoder_name="wordbag", dim=8).save(cache)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kikimimi.features.normstats import M2D_DEFAULT, NormStats, compute_norm_stats, crop_or_pad
+from kikimimi.features.normstats import M2D_DEFAULT, NormStats, compute_norm_stats, crop_or_pad_frames
 
 
 def test_default_and_roundtrips():
@@ -82,12 +82,12 @@ def test_crop_or_pad():
     x = np.arange(20, dtype=np.float32).reshape(2, 10)
     starts = set()
     for _ in range(200):
-        crop = crop_or_pad(x, 4, rng)
+        crop = crop_or_pad_frames(x, 4, rng)
         assert crop.shape == (2, 4)
         starts.add(int(crop[0, 0]))
         np.testing.assert_array_equal(crop, x[:, crop[0, 0].astype(int) : crop[0, 0].astype(int) + 4])
     assert starts == set(range(7))  # every start 0..T-crop is reachable
-    padded = crop_or_pad(x, 13, rng)
+    padded = crop_or_pad_frames(x, 13, rng)
     assert padded.shape == (2, 13)
     np.testing.assert_array_equal(padded[:, :10], x)
     assert (padded[:, 10:] == 0).all()

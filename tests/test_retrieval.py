@@ -11,8 +11,8 @@ import pytest
 from clap_fakes import write_tiny_clap2025
 
 from kikimimi.cli import main as cli_main
+from kikimimi.data.captions import CaptionError
 from kikimimi.evaluation.caption_adapters import (
-    CaptionError,
     adapt_audiocaps,
     adapt_clotho,
     group_captions,

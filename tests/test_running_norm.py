@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from kikimimi.features.augment import FLOAT32_EPS
+from kikimimi.features.frontend import FLOAT32_EPS
 from kikimimi.methods import build_method
 from kikimimi.methods.byola import BYOLA
 from kikimimi.methods.running_norm import RunningNorm
@@ -171,7 +171,7 @@ def test_byola_pre_norm_config_defaults_and_rebuild() -> None:
 
 
 def test_pretrain_settings_pre_norm() -> None:
-    from kikimimi.commands.pretrain import resolve_settings
+    from kikimimi.training.settings import resolve_settings
 
     assert resolve_settings({"method": "byola", "data": ["x"]})["pre_norm"] == "running"
     assert resolve_settings({"method": "byola2", "data": ["x"]})["pre_norm"] == "precomputed"

@@ -249,7 +249,8 @@ def test_config_validation_and_epochs_length(tmp_path):
 
 # ------------------------------------------------------------------------------------------ CLI settings
 def test_pretrain_settings_precedence_and_run_names(tmp_path):
-    from kikimimi.commands.pretrain import _run_folder_name, resolve_settings
+    from kikimimi.training.run_folder import run_folder_name
+    from kikimimi.training.settings import resolve_settings
 
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps({"batch-size": 8, "mask_ratio": 0.6, "steps": 50}))
@@ -270,11 +271,11 @@ def test_pretrain_settings_precedence_and_run_names(tmp_path):
         resolve_settings({"method": "m2d"})
 
     m = resolve_settings({"method": "m2d", "data": ["x"], "size": "tiny", "input_frames": 208})
-    name = _run_folder_name(m, 80, {})
+    name = run_folder_name(m)
     assert name.startswith("m2d_vit_tiny-80x208p16x16-") and len(name.split("-")[-1]) == 6
     m32 = resolve_settings({"method": "m2d", "data": ["x"], "sample_rate": 32000, "patch_size": "16x4"})
-    assert "-80x608p16x4p32k-" in _run_folder_name(m32, 80, {})
-    assert _run_folder_name(b, 64, {"d": 3072}).startswith("AudioNTT2022-BYOLA-64x96d3072-")
+    assert "-80x608p16x4p32k-" in run_folder_name(m32)
+    assert run_folder_name(b).startswith("AudioNTT2022-BYOLA-64x96d3072-")
 
 
 def test_amp_resolution_and_bf16_on_cpu(tmp_path):

@@ -150,8 +150,8 @@ def prep_train_audio(data: Path, table: Path, workers: int) -> Path:
 
 def caption_cache(data: Path, table: Path, spec: str) -> Path:
     """Caption-embedding cache of the train captions for the frozen text encoder ``spec`` (built resumably)."""
-    from kikimimi.data.caption_pairs import read_cache_info, write_cache_info
-    from kikimimi.data.captions import CaptionEmbeddingCache, CaptionTable
+    from kikimimi.data.caption_cache import CaptionEmbeddingCache, read_cache_info, write_cache_info
+    from kikimimi.data.captions import CaptionTable
 
     slug = "".join(c if c.isalnum() else "_" for c in spec).strip("_")
     out = data / "clap" / f"captions-{slug}.safetensors"

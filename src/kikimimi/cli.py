@@ -2,7 +2,8 @@
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
 Modules are imported lazily so `kikimimi --help` stays fast and a missing optional extra only
-affects the command that needs it.
+affects the command that needs it. Only the modules of :data:`COMMAND_MODULES` are commands;
+``kikimimi.commands._options`` holds flags and helpers that several of them share.
 """
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from kikimimi.audio.decode import load_audio
 from kikimimi.evaluation.embeddings import EmbedFn, LoadFn
 from kikimimi.evaluation.metrics import confusion_matrix, per_class_accuracy, uar, weighted_accuracy
 from kikimimi.evaluation.tasks import Task
@@ -162,10 +164,7 @@ def embed_recordings(
 ) -> SegmentEmbeddings:
     """Embed every ``segment_s`` segment of every recording; unreadable files are skipped and reported."""
     if load_fn is None:
-        from kikimimi.audio.decode import load_audio
-
-        def load_fn(path, sr):
-            return load_audio(path, sr)
+        load_fn = load_audio
 
     rows: list[np.ndarray] = []
     rec_index: list[int] = []
@@ -183,8 +182,6 @@ def embed_recordings(
 
     iterator = recordings
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(recordings, desc="embed recordings", unit="rec")
     for rec in iterator:
         try:

@@ -246,7 +246,7 @@ def _split_rng(seed: int, kind: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(kind.encode()), 0])
 
 
-def _split_counts(n: int, ratios: Sequence[float]) -> list[int]:
+def _largest_remainder_counts(n: int, ratios: Sequence[float]) -> list[int]:
     """Items per split (sum == n); every split with a positive ratio gets >= 1 item when n allows."""
     total = float(sum(ratios))
     counts = [int(np.floor(n * r / total)) for r in ratios]
@@ -290,7 +290,7 @@ def make_dataset(out_dir: str | os.PathLike, n_per_class: int, duration_s: float
     rows: list[tuple[str, str, str]] = []
     for kind in classes:
         (out / kind).mkdir(parents=True, exist_ok=True)
-        counts = _split_counts(n_per_class, split_ratios)
+        counts = _largest_remainder_counts(n_per_class, split_ratios)
         labels = np.repeat(np.arange(3), counts)
         _split_rng(seed, kind).shuffle(labels)
         for i in range(n_per_class):

@@ -14,6 +14,7 @@ import torch
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.layouts import SplitState, missing_unexpected_message
 from kikimimi.checkpoints.names import OfficialName
+from kikimimi.models.vit import VIT_SIZES
 
 __all__ = ["infer_byola_config", "infer_extras", "infer_vit_config", "DEFAULT_M2D_N_MELS"]
 
@@ -33,14 +34,8 @@ def _fmt(pair: tuple[int, int] | list[int]) -> str:
     return f"{pair[0]}x{pair[1]}"
 
 
-def _vit_sizes() -> dict[str, tuple[int, int, int]]:
-    from kikimimi.models.vit import VIT_SIZES
-
-    return dict(VIT_SIZES)
-
-
 def _num_heads(embed_dim: int) -> int:
-    for dim, _depth, heads in _vit_sizes().values():
+    for dim, _depth, heads in VIT_SIZES.values():
         if dim == embed_dim:
             return heads
     return max(1, embed_dim // 64)
@@ -77,10 +72,9 @@ def infer_vit_config(
     name_src = f"the name '{name.name}'" if name is not None else ""
 
     if size is not None:
-        sizes = _vit_sizes()
-        if size not in sizes:
-            raise CheckpointError(path, f"unknown size {size!r}; choose one of {sorted(sizes)}")
-        want_dim, want_depth, num_heads = sizes[size]
+        if size not in VIT_SIZES:
+            raise CheckpointError(path, f"unknown size {size!r}; choose one of {sorted(VIT_SIZES)}")
+        want_dim, want_depth, num_heads = VIT_SIZES[size]
         if (want_dim, want_depth) != (embed_dim, depth):
             raise CheckpointError(
                 path,

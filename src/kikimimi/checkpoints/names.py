@@ -1,4 +1,4 @@
-"""Parse official NTT weight names (fact-sheet-m2d §4.3–4.4, fact-sheet-byola-evar §1.5).
+"""Official NTT weight names, parsed and formatted (fact-sheet-m2d §4.3–4.4, fact-sheet-byola-evar §1.5).
 
 M2D grammar: ``<model_cls>-<params>-<anything>``; ``params`` split on the letter ``p`` gives
 ``[input FxT, patch fxt, optional sample rate 16k|32k, extras...]``, e.g.
@@ -7,6 +7,9 @@ The official loaders read the *parent folder* name of the weight file; the file 
 
 BYOL-A: ``AudioNTT2020-BYOLA-64x96d512`` (v1, d from ``d\\d+``) and ``AudioNTT2022-BYOLA-64x96d2048``
 (v2; the 2048 is the MLP width, the frame feature is 3072-d).
+
+:func:`format_m2d_name` and :func:`format_byola_name` write names in the same grammar; parsing what they
+write gives back the facts they were given (``tests/test_names.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.models.vit import VIT_SIZES, ViTConfig
 
-__all__ = ["OfficialName", "parse_official_name", "try_parse_official_name", "BYOLA_V2_FEATURE_D"]
+__all__ = [
+    "BYOLA_V2_FEATURE_D",
+    "TEXT_ENCODER_CODES",
+    "OfficialName",
+    "format_byola_name",
+    "format_m2d_name",
+    "parse_official_name",
+    "text_encoder_code",
+    "try_parse_official_name",
+    "vit_size_name",
+]
 
 #: Frame feature size of the released BYOL-A v2 encoder (1024 conv + 2048 MLP), fact-sheet-byola-evar §1.4.
 BYOLA_V2_FEATURE_D = 3072
@@ -25,6 +39,10 @@ BYOLA_V2_FEATURE_D = 3072
 _M2D_RE = re.compile(r"^(?P<cls>[A-Za-z0-9_]+)-(?P<params>\d+x\d+p\d+x\d+(?:p[A-Za-z0-9]+)*)(?:-.*)?$")
 _BYOLA_RE = re.compile(r"^(?P<cls>AudioNTT20(?:20|22)\w*)-(?:.*?)(?P<f>\d+)x(?P<t>\d+)d(?P<d>\d+)")
 _SR_RE = re.compile(r"^(\d+)k$")
+#: name-extras code of the text encoder (fact-sheet-m2d §5.2): A = GTE-base, B = BERT, N = LLM embedder
+TEXT_ENCODER_CODES: dict[str, str] = {"gte": "A", "bert": "B", "llm": "N", "smollm2": "N"}
+#: BYOL-A ``model_cls`` per version
+_BYOLA_CLS = {1: "AudioNTT2020", 2: "AudioNTT2022"}
 
 
 @dataclass(frozen=True)
@@ -125,3 +143,58 @@ def parse_official_name(path: str | Path) -> OfficialName:
             "explicitly (input_size=..., patch_size=...).",
         )
     return parsed
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def format_m2d_name(
+    model_cls: str,
+    input_size: tuple[int, int] | list[int],
+    patch_size: tuple[int, int] | list[int],
+    sample_rate: int = 16000,
+    extras: tuple[str, ...] | list[str] = (),
+    suffix: str | None = None,
+) -> str:
+    """``<model_cls>-<F>x<T>p<f>x<t>[p<sr>k][p<extra>...][-<suffix>]``, the name :func:`parse_official_name` reads.
+
+    The sample-rate token is written when it is not 16 kHz or when extras follow (the released names put it
+    before the extras: ``m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025``).
+
+    Args:
+        model_cls: factory name, e.g. ``m2d_vit_base``, ``m2d_clap_vit_tiny``.
+        input_size: training input ``(n_mels, frames)``; patch_size: ``(freq bins, frames)`` per patch.
+        sample_rate: in Hz, a multiple of 1000.
+        extras: further ``p``-separated tokens, e.g. ``("B", "TI")``.
+        suffix: text after the last ``-`` (a date, ``kikimimi``…); ``None`` = none.
+    """
+    params = f"{input_size[0]}x{input_size[1]}p{patch_size[0]}x{patch_size[1]}"
+    if extras or int(sample_rate) != 16000:
+        params += f"p{int(sample_rate) // 1000}k" + "".join(f"p{e}" for e in extras)
+    return f"{model_cls}-{params}" + (f"-{suffix}" if suffix else "")
+
+
+def format_byola_name(
+    version: int, input_size: tuple[int, int] | list[int], d: int, suffix: str | None = None
+) -> str:
+    """``AudioNTT2020-BYOLA-<F>x<T>d<d>[-<suffix>]`` (v1) or ``AudioNTT2022-…`` (v2).
+
+    ``d`` is the number after ``d``: the frame feature size for v1, the MLP width of the released v2
+    file (2048; its frame feature is :data:`BYOLA_V2_FEATURE_D` whatever the name says).
+    """
+    name = f"{_BYOLA_CLS[int(version)]}-BYOLA-{input_size[0]}x{input_size[1]}d{int(d)}"
+    return name + (f"-{suffix}" if suffix else "")
+
+
+def text_encoder_code(spec: str | None) -> str:
+    """One-letter name extra of a text encoder: ``gte:…`` → ``A``, ``bert:…`` → ``B``, LLM specs → ``N``, else ``X``."""
+    if not spec:
+        return "X"
+    kind = str(spec).split(":", 1)[0].split("#", 1)[0].lower()
+    return TEXT_ENCODER_CODES.get(kind, "X")
+
+
+def vit_size_name(cfg: ViTConfig) -> str:
+    """The size word of ``m2d_vit_<size>`` (``tiny``/``small``/``base``/``large``), else ``d<embed_dim>``."""
+    for name, (dim, depth, heads) in VIT_SIZES.items():
+        if (dim, depth, heads) == (cfg.embed_dim, cfg.depth, cfg.num_heads):
+            return name
+    return f"d{cfg.embed_dim}"

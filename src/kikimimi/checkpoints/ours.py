@@ -20,10 +20,11 @@ import torch
 
 from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle
 from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.checkpoints.names import format_byola_name, format_m2d_name
 from kikimimi.features.frontend import FrontendConfig
 from kikimimi.features.normstats import NormStats
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json
-from kikimimi.models.vit import VIT_SIZES
+from kikimimi.models.vit import VIT_SIZES, AudioViT
 
 __all__ = [
     "CONFIG_NAME",
@@ -235,18 +236,20 @@ def official_folder_name(bundle: EncoderBundle, suffix: str = "kikimimi") -> str
     """A folder name in the official grammar, so name-parsing loaders find the sizes.
 
     e.g. ``m2d_vit_base-80x608p16x16-kikimimi``, ``m2d_clap_vit_base-80x1001p16x16p16kpBpTI-kikimimi``,
-    ``AudioNTT2020-BYOLA-64x96d512``.
+    ``AudioNTT2020-BYOLA-64x96d512`` (BYOL-A names carry no suffix).
     """
     config = bundle.config
-    if bundle.family == "byola":
+    if not isinstance(bundle.encoder, AudioViT):
         cfg = config["byola"]
-        if int(cfg["version"]) == 1:
-            return f"AudioNTT2020-BYOLA-{cfg['n_mels']}x96d{cfg['d']}"
-        mlp_d = int(bundle.encoder.state_dict()["fc.0.weight"].shape[0])
-        return f"AudioNTT2022-BYOLA-{cfg['n_mels']}x96d{mlp_d}"
+        version = int(cfg["version"])
+        d = int(cfg["d"]) if version == 1 else int(bundle.encoder.state_dict()["fc.0.weight"].shape[0])
+        return format_byola_name(version, (cfg["n_mels"], 96), d)
     vit = config["vit"]
-    params = f"{vit['input_size'][0]}x{vit['input_size'][1]}p{vit['patch_size'][0]}x{vit['patch_size'][1]}"
-    extras = list(config.get("name_extras") or [])
-    if extras or int(vit["sample_rate"]) != 16000:
-        params += f"p{int(vit['sample_rate']) // 1000}k" + "".join(f"p{e}" for e in extras)
-    return f"{config.get('model_cls') or 'm2d_vit_base'}-{params}-{suffix}"
+    return format_m2d_name(
+        config.get("model_cls") or "m2d_vit_base",
+        vit["input_size"],
+        vit["patch_size"],
+        int(vit["sample_rate"]),
+        tuple(config.get("name_extras") or ()),
+        suffix,
+    )

@@ -5,7 +5,7 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
 1. generate a labelled set of synthetic sounds (`kikimimi.audio.synthetic`);
 2. convert it to an M2D 16 kHz log-mel cache (`kikimimi prep`) and summarise the log-mels;
 3. pre-train a tiny M2D and a tiny BYOL-A on an unlabelled pool of generated sounds drawn from
-   only some of the classes (`kikimimi pretrain`), so the evaluation also sees classes that
+   only some of the classes (`kikimimi.training.pretrain.run_pretraining`), so the evaluation also sees classes that
    pre-training never heard;
 4. embed the labelled set with both pre-trained encoders (`kikimimi.load`) and evaluate them with the
    EVAR linear probe against a log-mel statistics baseline and the same networks at random
@@ -128,23 +128,26 @@ def pool_cache(out: Path, pool_csv: Path, preset: str, workers: int) -> Path:
     return cache
 
 
-def pretrain(out: Path, pool_csv: Path, method: str, run_name: str, steps: int, extra: list[str]) -> Path:
-    """Run (or resume, or reuse) one `kikimimi pretrain` job; returns its run folder."""
-    from kikimimi.cli import main as cli_main
+def pretrain(out: Path, pool_csv: Path, method: str, run_name: str, steps: int, extra: dict[str, Any]) -> Path:
+    """Run (or resume, or reuse) one pre-training run (what `kikimimi pretrain` runs); returns its run folder.
+
+    ``extra``: further settings (the long option names of `kikimimi pretrain` with ``_``).
+    """
+    from kikimimi.training.pretrain import run_pretraining
+    from kikimimi.training.settings import resolve_settings, resume_settings
 
     parent = out / "pretrain"
     run_dir = parent / run_name
     if (run_dir / "kikimimi" / "config.json").exists():
         print(f"   {run_dir} already trained")
         return run_dir
-    argv = ["pretrain", "--method", method, "--data", str(pool_csv), "--out", str(parent),
-            "--run-name", run_name, "--steps", str(steps), "--save-every", str(max(steps // 3, 1)),
-            "--min-epoch-size", "1000", "--norm-samples", "500", "--no-progress", *extra]
+    given = {"method": method, "data": [str(pool_csv)], "out": str(parent), "run_name": run_name, "steps": steps,
+             "save_every": max(steps // 3, 1), "min_epoch_size": 1000, "norm_samples": 500, "progress": False, **extra}
     if any(run_dir.glob("checkpoint-*.pth")):
-        argv += ["--resume", str(run_dir)]
-    code = cli_main(argv)
-    if code:
-        raise SystemExit(f"pre-training {method} failed with exit code {code}")
+        settings = resume_settings({**given, "resume": str(run_dir)})
+    else:
+        settings = resolve_settings(given)
+    run_pretraining(settings, log=print)
     return run_dir
 
 
@@ -183,8 +186,8 @@ CLAP_TEXT_ENCODER = "minilm"
 #: official M2D-CLAP recipe (fact-sheet-m2d §5.1) and the `kikimimi pretrain` default is 0.01.
 DEMO_CLAP_WEIGHT = 1.0
 #: The rest of that recipe: 80x64 crops, batch 16, absolute lr 1e-3, 5 warm-up steps, EMA 0.99 → 0.999.
-CLAP_PRETRAIN_FLAGS = ("--size", "tiny", "--input-frames", "64", "--batch-size", "16", "--lr", "1e-3",
-                       "--warmup-steps", "5", "--ema-taus", "0.99", "0.999")
+CLAP_PRETRAIN_SETTINGS: dict[str, Any] = {"size": "tiny", "input_frames": 64, "batch_size": 16, "lr": 1e-3,
+                                          "warmup_steps": 5, "ema_taus": [0.99, 0.999]}
 _REPORT_BEGIN = "<!-- kikimimi-demo: audio-language -->"
 _REPORT_END = "<!-- /kikimimi-demo: audio-language -->"
 
@@ -200,7 +203,7 @@ def _clap_step(name: str) -> Iterator[None]:
         yield
     except ClapStageError:
         raise
-    except (Exception, SystemExit) as exc:  # SystemExit: a failed `kikimimi pretrain` (see `pretrain`)
+    except Exception as exc:
         raise ClapStageError(f"audio-language stage, step '{name}' failed: {type(exc).__name__}: {exc}") from exc
 
 
@@ -263,8 +266,8 @@ def _pretrain_clap(out: Path, cache: Path, captions_csv: Path, steps: int, clap_
     if (run_dir.is_dir() and not (run_dir / "kikimimi" / "config.json").exists()
             and not any(run_dir.glob("checkpoint-*.pth"))):
         shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: start afresh, same name
-    extra = [*CLAP_PRETRAIN_FLAGS, "--captions", str(captions_csv), "--text-encoder", CLAP_TEXT_ENCODER,
-             "--clap-weight", f"{clap_weight:g}", "--missing-captions", "skip"]
+    extra = {**CLAP_PRETRAIN_SETTINGS, "captions": str(captions_csv), "text_encoder": CLAP_TEXT_ENCODER,
+             "clap_weight": float(clap_weight), "missing_captions": "skip"}
     with warnings.catch_warnings():  # the skipped valid/test clips are announced by the caller
         warnings.filterwarnings("ignore", message=r".*skipping \d+ of \d+ training files without a caption",
                                 category=UserWarning)
@@ -448,11 +451,10 @@ def run(args: argparse.Namespace) -> int:
     pool_csv = pretrain_pool(out, args.duration_s, args.seed)
     m2d_cache = pool_cache(out, pool_csv, "m2d-16k", args.workers)
     m2d_run = pretrain(out, m2d_cache, "m2d", "m2d_vit_tiny-80x208p16x16-demo", args.m2d_steps,
-                       ["--size", "tiny", "--input-frames", "208", "--batch-size", "32", "--blr", "1e-2",
-                        "--warmup-steps", "10"])
+                       {"size": "tiny", "input_frames": 208, "batch_size": 32, "blr": 1e-2, "warmup_steps": 10})
     byola_cache = pool_cache(out, pool_csv, "byola", args.workers)
     byola_run = pretrain(out, byola_cache, "byola", "AudioNTT2020-BYOLA-64x96d512-demo", args.byola_steps,
-                         ["--batch-size", "32", "--byola-dim", "512"])
+                         {"batch_size": 32, "byola_dim": 512})
     _done(t0)
 
     t0 = _stage("4. Embed and evaluate (linear probe, held-out clips, 3 classes unseen in pre-training)")

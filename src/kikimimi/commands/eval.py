@@ -31,17 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "2024 release; default: the one inside or recorded beside the checkpoint)")
 
 
-def load_task(spec: str, unit_s: float | None):
-    from kikimimi.evaluation.tasks import Task
-
-    path = Path(spec)
-    if path.is_dir():
-        return Task.from_folder(path, unit_s=unit_s)
-    return Task.from_csv(path, unit_s=unit_s)
-
-
 def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError
+    from kikimimi.commands._options import load_task
     from kikimimi.evaluation.report import model_specs, run_evaluation
     from kikimimi.evaluation.tasks import TaskError
 

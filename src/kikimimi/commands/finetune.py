@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError, load_encoder
-    from kikimimi.commands.eval import load_task
+    from kikimimi.commands._options import load_task
     from kikimimi.evaluation.finetune import FinetuneConfig, finetune_task
     from kikimimi.evaluation.report import file_fingerprint, write_finetune_report
     from kikimimi.evaluation.tasks import TaskError

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kikimimi.commands.zeroshot import add_clap_arguments
+from kikimimi.commands._options import add_clap_arguments
 
 NAME = "index"
 HELP = "Index a folder's audio in CLAP space for `kikimimi search` (incremental: only new/changed files)."

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from kikimimi.commands.zeroshot import add_clap_arguments
+from kikimimi.commands._options import add_clap_arguments
 
 NAME = "retrieval"
 HELP = "Audio-text retrieval metrics (both directions) of an M2D-CLAP checkpoint on captioned audio."
@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError
+    from kikimimi.data.captions import CaptionError
     from kikimimi.evaluation.caption_adapters import (
         CAPTION_ADAPTERS,
-        CaptionError,
         read_captions_csv,
         write_captions_csv,
     )

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from kikimimi.commands.zeroshot import add_clap_arguments
+from kikimimi.commands._options import add_clap_arguments
 
 NAME = "search"
 HELP = "Search an audio index (built by `kikimimi index`) with a text query."

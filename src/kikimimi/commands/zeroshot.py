@@ -6,17 +6,10 @@ import argparse
 import json
 import sys
 
+from kikimimi.commands._options import add_clap_arguments
+
 NAME = "zeroshot"
 HELP = "Zero-shot classify audio files against free-text labels with an M2D-CLAP checkpoint."
-
-
-def add_clap_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the CLAP commands (text encoder, device, pickles)."""
-    parser.add_argument("--text-encoder",
-                        help="text encoder spec (e.g. gte:/path/to/gte-base for M2D-CLAP 2024; default: the one "
-                             "inside the checkpoint or recorded in its config.json)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickles (trusted files only)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

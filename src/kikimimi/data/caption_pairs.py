@@ -4,7 +4,7 @@
 
 - ``text_emb`` ``[Dt]`` float32 — one of the pre-computed caption embeddings of the item's file
   (embedding mode, M2D-CLAP / M2D2 stage 1; the source is e.g. a
-  ``kikimimi.data.captions.CaptionEmbeddingCache`` or any object with ``get(key) -> [n, Dt]``), or
+  ``kikimimi.data.caption_cache.CaptionEmbeddingCache`` or any object with ``get(key) -> [n, Dt]``), or
 - ``caption_index`` (0-d int64) — the index of one of the file's captions in :attr:`CaptionCropDataset.
   caption_texts` (text mode, M2D2 stage 2, where a trainable text encoder embeds the strings).
 
@@ -24,7 +24,6 @@ still belongs to the indexed file; remove broken files from caption-paired corpo
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,9 +43,6 @@ __all__ = [
     "match_caption_keys",
     "filter_captioned",
     "caption_lists",
-    "cache_info_path",
-    "write_cache_info",
-    "read_cache_info",
 ]
 
 #: fourth entropy word of the caption generators (keeps them apart from the crop generators)
@@ -153,35 +149,6 @@ def caption_lists(table: Any) -> dict[str, list[str]]:
         if texts:
             out[str(key)] = texts
     return out
-
-
-# ---------------------------------------------------------------------------------------------- cache provenance
-def cache_info_path(cache: str | Path) -> Path:
-    """Side-car JSON describing a caption-embedding cache: ``<cache stem>.info.json`` beside it."""
-    p = Path(cache)
-    return p.with_name(p.stem + ".info.json")
-
-
-def write_cache_info(cache: str | Path, *, text_encoder: str, dim: int, captions: str | None = None, **extra) -> Path:
-    """Record which text encoder (spec) made ``cache``, its width and the caption source (atomic JSON)."""
-    from kikimimi.fileio import atomic_write_json
-
-    info = {"text_encoder": text_encoder, "dim": int(dim), "captions": captions, **extra}
-    path = cache_info_path(cache)
-    atomic_write_json(path, info)
-    return path
-
-
-def read_cache_info(cache: str | Path) -> dict[str, Any] | None:
-    """The side-car written by :func:`write_cache_info`, or ``None`` when there is none."""
-    path = cache_info_path(cache)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"'{path}': unreadable caption-cache description: {err}") from None
-    return data if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------- dataset

@@ -23,8 +23,6 @@ Short items:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,11 +34,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from kikimimi.audio.decode import load_audio
+from kikimimi.features.frontend import FrontendConfig, LogMelSpectrogram, get_preset, log_mel
+from kikimimi.features.normstats import NormStats
+from kikimimi.features.prep_cache import cache_entries, cache_preset, is_prep_cache, open_log_mel
+from kikimimi.fileio import collect_audio_files
+
 __all__ = [
     "PAD_MODES",
     "Corpus",
     "resolve_corpus",
-    "is_prep_cache",
     "CropDataset",
     "EpochSampler",
     "make_loader",
@@ -49,8 +52,6 @@ __all__ = [
 ]
 
 PAD_MODES = ("wave_zero", "log_silence", "log_zero")
-MANIFEST_NAME = "manifest.csv"
-PREP_JSON = "prep.json"
 #: replacement attempts for an unreadable item before giving up
 MAX_REPLACEMENTS = 20
 #: first entropy word of the crop generators used for normalisation statistics
@@ -75,34 +76,6 @@ class Corpus:
         return len(self.files)
 
 
-def is_prep_cache(path: str | Path) -> bool:
-    """True if ``path`` is a folder holding ``manifest.csv`` and ``prep.json`` (a ``kikimimi prep`` cache)."""
-    p = Path(path)
-    return p.is_dir() and (p / MANIFEST_NAME).is_file() and (p / PREP_JSON).is_file()
-
-
-def _read_cache(root: Path) -> tuple[list[Path], str | None]:
-    """Files and preset name of a prep cache ``root``."""
-    try:
-        meta = json.loads((root / PREP_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"'{root / PREP_JSON}': cannot read the cache description: {err}") from None
-    preset = meta.get("preset") if isinstance(meta, dict) else None
-    if isinstance(preset, dict):  # a full FrontendConfig dict; keep its name when present
-        preset = preset.get("name")
-    files: list[Path] = []
-    with open(root / MANIFEST_NAME, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "file_name" not in reader.fieldnames:
-            raise ValueError(f"'{root / MANIFEST_NAME}': needs a 'file_name' column, got {reader.fieldnames}")
-        for row_no, row in enumerate(reader, start=2):
-            name = (row.get("file_name") or "").strip()
-            if not name:
-                raise ValueError(f"'{root / MANIFEST_NAME}' row {row_no}: empty file_name")
-            files.append(root / name)
-    return files, preset
-
-
 def resolve_corpus(inputs: Sequence[str | Path]) -> Corpus:
     """Resolve ``--data`` arguments into a :class:`Corpus`.
 
@@ -125,16 +98,13 @@ def resolve_corpus(inputs: Sequence[str | Path]) -> Corpus:
         files: list[Path] = []
         presets = set()
         for root in caches:
-            f, preset = _read_cache(root)
-            files.extend(f)
-            presets.add(preset)
+            presets.add(cache_preset(root))
+            files.extend(cache_entries(root))
         if len(presets) > 1:
             raise ValueError(f"prep caches were made with different presets {sorted(map(str, presets))}")
         if not files:
             raise ValueError(f"prep caches {[str(c) for c in caches]} list no files")
         return Corpus("cache", files, presets.pop(), [str(c) for c in caches])
-    from kikimimi.fileio import collect_audio_files
-
     files = list(collect_audio_files([str(p) for p in others]))
     if not files:
         raise ValueError(f"no audio files found in {[str(p) for p in others]}")
@@ -142,9 +112,7 @@ def resolve_corpus(inputs: Sequence[str | Path]) -> Corpus:
 
 
 # ---------------------------------------------------------------------------------------------- dataset
-def _frontend_config(frontend: Any):
-    from kikimimi.features.frontend import FrontendConfig, get_preset
-
+def _frontend_config(frontend: Any) -> FrontendConfig:
     if isinstance(frontend, FrontendConfig):
         return frontend
     if isinstance(frontend, str):
@@ -214,8 +182,6 @@ class CropDataset(Dataset):
         n = len(corpus)
         self.repeats = max(1, math.ceil(int(min_epoch_size) / n)) if min_epoch_size else 1
         self._warned: set[str] = set()
-        from kikimimi.features.frontend import FrontendConfig
-
         self.eps = float(self.frontend.eps) if self.frontend is not None else FrontendConfig.eps
 
     # -- sizes
@@ -247,11 +213,7 @@ class CropDataset(Dataset):
         return np.concatenate([lms, pad], axis=1)
 
     def _crop_cache(self, path: Path, rng: np.random.Generator) -> np.ndarray:
-        lms = np.load(path, mmap_mode="r", allow_pickle=False)
-        if lms.ndim != 2:
-            raise ValueError(f"expected a log-mel array [n_mels, frames], got shape {lms.shape}")
-        if self.n_mels is not None and lms.shape[0] != self.n_mels:
-            raise ValueError(f"has {lms.shape[0]} mel bins, the front end expects {self.n_mels}")
+        lms = open_log_mel(path, self.n_mels)
         frames = lms.shape[1]
         if frames > self.crop_frames:
             start = int(rng.integers(0, frames - self.crop_frames + 1))
@@ -260,8 +222,6 @@ class CropDataset(Dataset):
         return self._pad_log(out)
 
     def _crop_wave(self, path: Path, rng: np.random.Generator) -> np.ndarray:
-        from kikimimi.audio.decode import load_audio
-
         wave, _ = load_audio(path, int(self.frontend.sample_rate))
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0:
@@ -275,8 +235,6 @@ class CropDataset(Dataset):
         return wave
 
     def _crop_audio(self, path: Path, rng: np.random.Generator) -> np.ndarray:
-        from kikimimi.features.frontend import log_mel
-
         wave = self._crop_wave(path, rng)
         if wave.size < self.frontend.min_samples:  # too short for the reflect-padded STFT
             wave = np.concatenate([wave, np.zeros(self.frontend.min_samples - wave.size, dtype=np.float32)])
@@ -401,7 +359,9 @@ def make_loader(
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def estimate_norm_stats(dataset: CropDataset, n_samples: int = 10000, seed: int = 0, *, num_workers: int = 0):
+def estimate_norm_stats(
+    dataset: CropDataset, n_samples: int = 10000, seed: int = 0, *, num_workers: int = 0
+) -> NormStats:
     """Global scalar mean/std of ``n_samples`` un-normalised crops drawn with replacement.
 
     Items are drawn with ``np.random.default_rng(seed)``; sample ``j`` is cropped with
@@ -409,8 +369,6 @@ def estimate_norm_stats(dataset: CropDataset, n_samples: int = 10000, seed: int 
     already cut/padded to ``crop_frames`` as in training (official M2D procedure).
     Returns a :class:`kikimimi.features.normstats.NormStats`; population std over all bins and frames.
     """
-    from kikimimi.features.normstats import NormStats
-
     if dataset.output != "lms":
         raise ValueError("norm statistics need log-mel crops (output='lms')")
     rng = np.random.default_rng(seed)
@@ -449,8 +407,6 @@ class DeviceLogMel(torch.nn.Module):
 
     def __init__(self, frontend: Any, crop_frames: int, norm_stats: Any = None) -> None:
         super().__init__()
-        from kikimimi.features.frontend import LogMelSpectrogram
-
         self.melspec = LogMelSpectrogram(_frontend_config(frontend))
         self.crop_frames = int(crop_frames)
         self.mean = None if norm_stats is None else float(norm_stats.mean)

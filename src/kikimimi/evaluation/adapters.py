@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kikimimi.evaluation.tasks import SPLITS, group_split, stratified_split
+from kikimimi.fileio import AUDIO_EXTENSIONS
 
 __all__ = [
     "ADAPTERS",
@@ -54,9 +55,6 @@ __all__ = [
     "adapt_voxforge",
     "write_task_csv",
 ]
-
-_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
-
 
 class AdapterError(ValueError):
     """Dataset metadata is missing or malformed; the message names the file (and row)."""
@@ -81,28 +79,21 @@ def _need_file(path: Path, what: str) -> Path:
     return path
 
 
-def read_csv_rows(path: Path, required: Sequence[str],
-                  error: type[Exception] | None = None) -> list[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` pairs of a metadata CSV with stripped names and values; a missing required
-    column raises ``error`` (default :class:`AdapterError`) naming the file."""
-    error = error or AdapterError
+def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a metadata CSV with stripped names and values; a missing required column raises
+    :class:`AdapterError` naming the file."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         reader.fieldnames = cols
         missing = [c for c in required if c not in cols]
         if missing:
-            raise error(f"'{path}': missing column(s) {missing} (found {cols})")
-        return [(line, {k: (v or "").strip() for k, v in row.items() if k is not None})
-                for line, row in enumerate(reader, start=2)]
-
-
-def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
-    return [row for _, row in read_csv_rows(path, required)]
+            raise AdapterError(f"'{path}': missing column(s) {missing} (found {cols})")
+        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _AUDIO_EXTENSIONS)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
 def _int(value: str, path: Path, line: int, column: str) -> int:

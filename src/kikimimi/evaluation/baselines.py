@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from kikimimi.audio.decode import resample
 from kikimimi.features.frontend import FrontendConfig, LogMelSpectrogram, get_preset
 
 __all__ = ["LogMelStats", "log_mel_stats"]
@@ -45,8 +46,6 @@ class LogMelStats:
         if wave.ndim != 1:
             raise ValueError(f"LogMelStats expects 1-D waveforms, got shape {wave.shape}")
         if sample_rate != self.config.sample_rate:
-            from kikimimi.audio.decode import resample
-
             wave = resample(wave, sample_rate, self.config.sample_rate)
         if wave.shape[0] < self.config.min_samples:
             wave = np.pad(wave, (0, self.config.min_samples - wave.shape[0]))

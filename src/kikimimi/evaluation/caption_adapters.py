@@ -1,7 +1,9 @@
 """Captions CSVs for retrieval: reading ours, and writing them from AudioCaps / Clotho trees on disk.
 
-Our captions CSV has columns ``file_name,caption`` — one row per caption, several rows per audio file;
-relative ``file_name`` values are resolved against the CSV's folder (or ``audio_root``).
+Our captions CSV has columns ``file_name,caption`` — one row per caption, several rows per audio file
+(``caption_1 … caption_K`` columns are read too); relative ``file_name`` values are resolved against the
+CSV's folder (or ``audio_root``). Every CSV here, ours and the datasets' metadata, is read by
+:func:`kikimimi.data.captions.read_caption_rows`; retrieval keeps the rows in file order.
 
 ===========  ==============================================================================================
 adapter      layout expected under ``root``
@@ -15,23 +17,24 @@ clotho       ``clotho_captions_{development,validation,evaluation}.csv`` (file_n
 ===========  ==============================================================================================
 
 Clips whose audio is missing (common for AudioCaps: YouTube removals) are left out and reported in
-``CaptionSet.missing``; metadata problems raise :class:`CaptionError` naming the file and line.
+``CaptionSet.missing``; metadata problems raise :class:`kikimimi.data.captions.CaptionError` naming the
+file and line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kikimimi.evaluation.adapters import read_csv_rows
+from kikimimi.data.captions import CaptionError, read_caption_rows
 from kikimimi.fileio import AUDIO_EXTENSIONS, atomic_write_text
 
 __all__ = [
     "CAPTION_ADAPTERS",
-    "CaptionError",
     "CaptionSet",
     "adapt_audiocaps",
     "adapt_clotho",
@@ -39,10 +42,6 @@ __all__ = [
     "read_captions_csv",
     "write_captions_csv",
 ]
-
-
-class CaptionError(ValueError):
-    """A captions CSV or dataset metadata file is missing or malformed (message names the file and line)."""
 
 
 @dataclass
@@ -53,25 +52,20 @@ class CaptionSet:
     missing: list[str] = field(default_factory=list)
 
 
-def _read_dict_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    if not path.is_file():
-        raise CaptionError(f"'{path}': file not found")
-    return read_csv_rows(path, required, error=CaptionError)
-
-
 def read_captions_csv(path: str | os.PathLike, *, audio_root: str | os.PathLike | None = None) -> CaptionSet:
-    """Read a ``file_name,caption`` CSV (several rows per file allowed); file existence is not checked."""
+    """Read a ``file_name,caption`` CSV (several rows per file allowed) into rows in file order; audio file
+    existence is not checked.
+
+    Raises:
+        CaptionError: as :func:`~kikimimi.data.captions.read_caption_rows`, or no caption rows.
+    """
     path = Path(path)
     root = Path(audio_root) if audio_root is not None else path.parent
     out = CaptionSet()
-    for line, row in _read_dict_rows(path, ("file_name", "caption")):
-        name, caption = row["file_name"], row["caption"]
-        if not name:
-            raise CaptionError(f"'{path}' line {line}: empty file_name")
-        if not caption:
-            raise CaptionError(f"'{path}' line {line}: empty caption for '{name}'")
-        p = Path(name).expanduser()
-        out.rows.append((p if p.is_absolute() else root / p, caption))
+    for row in read_caption_rows(path):
+        p = Path(row.name).expanduser()
+        audio = p if p.is_absolute() else root / p
+        out.rows.extend((audio, caption) for caption in row.captions)
     if not out.rows:
         raise CaptionError(f"'{path}': no caption rows")
     return out
@@ -105,8 +99,6 @@ def write_captions_csv(captions: CaptionSet | Sequence[tuple[Path, str]], out_cs
         except ValueError:
             name = str(p)
         buf.append([name, caption])
-    import io
-
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(buf)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -135,22 +127,19 @@ def adapt_audiocaps(root: str | os.PathLike, *, split: str = "test",
         raise CaptionError(f"'{root}': AudioCaps split must be train, val or test, got '{split}'")
     meta_dir = root / "audiocaps_dataset" if (root / "audiocaps_dataset").is_dir() else root
     meta = meta_dir / f"{split}.csv"
-    rows = _read_dict_rows(meta, ("youtube_id", "caption"))
+    rows = read_caption_rows(meta, name_columns=("youtube_id",))
     folders = [Path(audio_dir)] if audio_dir is not None else [
         root / split, root / "audio" / split, root / "audio", meta_dir / split, root]
     if audio_dir is not None and not Path(audio_dir).is_dir():
         raise CaptionError(f"'{audio_dir}': audio folder not found")
     audio = _audio_index(folders)
     out = CaptionSet()
-    for line, row in rows:
-        yid, caption = row["youtube_id"], row["caption"]
-        if not yid or not caption:
-            raise CaptionError(f"'{meta}' line {line}: empty youtube_id or caption")
-        path = audio.get(yid) or audio.get(f"Y{yid}")
+    for row in rows:
+        path = audio.get(row.name) or audio.get(f"Y{row.name}")
         if path is None:
-            out.missing.append(yid)
+            out.missing.append(row.name)
             continue
-        out.rows.append((path, caption))
+        out.rows.extend((path, caption) for caption in row.captions)
     out.missing = sorted(set(out.missing))
     return out
 
@@ -165,27 +154,19 @@ def adapt_clotho(root: str | os.PathLike, *, split: str = "evaluation",
     if split not in _CLOTHO_SPLITS:
         raise CaptionError(f"'{root}': Clotho split must be one of {', '.join(_CLOTHO_SPLITS)}, got '{split}'")
     meta = root / f"clotho_captions_{split}.csv"
-    rows = _read_dict_rows(meta, ("file_name", "caption_1"))
+    rows = read_caption_rows(meta, name_columns=("file_name",))
     if audio_dir is not None and not Path(audio_dir).is_dir():
         raise CaptionError(f"'{audio_dir}': audio folder not found")
     folders = [Path(audio_dir)] if audio_dir is not None else [
         root / split, root / f"clotho_audio_{split}", root / "audio" / split, root / f"clotho_audio_{split}" / split]
     audio = _audio_index(folders)
     out = CaptionSet()
-    for line, row in rows:
-        name = row["file_name"]
-        if not name:
-            raise CaptionError(f"'{meta}' line {line}: empty file_name")
-        caps = [row[k] for k in sorted((k for k in row if k.startswith("caption_")),
-                                       key=lambda k: int(k.split("_")[1]) if k.split("_")[1].isdigit() else 99)
-                if row[k]]
-        if not caps:
-            raise CaptionError(f"'{meta}' line {line}: no caption for '{name}'")
-        path = audio.get(name)
+    for row in rows:
+        path = audio.get(row.name)
         if path is None:
-            out.missing.append(name)
+            out.missing.append(row.name)
             continue
-        out.rows.extend((path, c) for c in caps)
+        out.rows.extend((path, c) for c in row.captions)
     return out
 
 

@@ -4,10 +4,13 @@ own cluster."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from kikimimi.fileio import atomic_write_bytes
 
 
 def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -79,8 +82,6 @@ def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_pn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kikimimi.fileio import atomic_write_bytes
-
     classes = sorted({str(c) for _, labels in panels.values() for c in labels})
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     colours = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
@@ -100,8 +101,6 @@ def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_pn
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130)
     plt.close(fig)

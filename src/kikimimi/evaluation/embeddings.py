@@ -11,6 +11,7 @@ Files that cannot be read are skipped and reported (``SplitEmbeddings.errors``);
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -18,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from kikimimi.audio.decode import load_audio
 from kikimimi.evaluation.tasks import Task, TaskItem, crop_or_pad, item_seed, unit_samples
+from kikimimi.fileio import atomic_write_bytes
 
 __all__ = [
     "EmbedFn",
@@ -86,12 +90,6 @@ def fingerprint(
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _default_load(path: Path, sample_rate: int) -> tuple[np.ndarray, int]:
-    from kikimimi.audio.decode import load_audio
-
-    return load_audio(path, sample_rate)
-
-
 def _cache_path(
     cache_dir: Path, model_id: str, task_name: str, split: str, fold: int | None, fp: str
 ) -> Path:
@@ -113,10 +111,6 @@ def _load_cache(path: Path) -> SplitEmbeddings | None:
 
 
 def _save_cache(path: Path, result: SplitEmbeddings) -> None:
-    import io
-
-    from kikimimi.fileio import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -190,7 +184,7 @@ def extract_embeddings(
             if cached is not None:
                 return cached
 
-    load = load_fn or _default_load
+    load = load_fn or load_audio
     n_unit = unit_samples(sample_rate, unit_s)
     chunks: list[np.ndarray] = []
     ok_keys: list[str] = []
@@ -213,8 +207,6 @@ def extract_embeddings(
 
     iterator = zip(items, keys, strict=True)
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(iterator, total=len(items), desc=f"embed {task_name} {split}".strip(), unit="clip")
     for it, key in iterator:
         try:

@@ -45,12 +45,24 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from kikimimi.audio.decode import AudioDecodeError, load_audio
+from kikimimi.checkpoints import load_encoder, save_kikimimi
 from kikimimi.checkpoints.bundle import EncoderBundle, TaggingHead
-from kikimimi.evaluation.metrics import accuracy, macro_map, per_class_accuracy
+from kikimimi.checkpoints.safe_load import safe_torch_load
+from kikimimi.device import resolve_device
+from kikimimi.evaluation.encoder_settings import encoder_settings, task_norm_stats
+from kikimimi.evaluation.metrics import per_class_accuracy, task_score
 from kikimimi.evaluation.probe import holdout_split
 from kikimimi.evaluation.tasks import Fold, Task, TaskItem, crop_or_pad
+from kikimimi.features.augment import RandomResizeCrop
 from kikimimi.features.augment_finetune import mixup_log_mel, random_resize_crop_batch, spec_augment
+from kikimimi.features.frontend import LogMelSpectrogram
+from kikimimi.features.normstats import NormStats
+from kikimimi.fileio import atomic_torch_save
+from kikimimi.models.encoder import FrameEncoder
+from kikimimi.models.vit import AudioViT, resize_pos_embed
 from kikimimi.optim import lr_at_step, set_lr
 
 __all__ = [
@@ -258,8 +270,6 @@ def set_dur_frames(encoder: nn.Module, dur_frames: int) -> nn.Module:
     patch_width``: bicubic resampling (align_corners=False) when longer, the first ``Tg'`` columns when
     shorter (:func:`kikimimi.models.vit.resize_pos_embed`); ``config.input_size`` becomes ``(F, dur_frames)``.
     """
-    from kikimimi.models.vit import AudioViT, resize_pos_embed
-
     if not isinstance(encoder, AudioViT):
         raise TypeError(f"dur_frames applies to M2D ViT encoders, got {type(encoder).__name__}")
     cfg = encoder.config
@@ -280,17 +290,15 @@ def set_dur_frames(encoder: nn.Module, dur_frames: int) -> nn.Module:
 class FinetuneModel(nn.Module):
     """Encoder + EVAR head. ``forward(lms [B, F, T] normalised log-mel) -> logits [B, C]``."""
 
-    def __init__(self, family: str, encoder: nn.Module, n_classes: int, feature_dim: int) -> None:
+    def __init__(self, encoder: FrameEncoder, n_classes: int, feature_dim: int) -> None:
         super().__init__()
-        self.family = family
         self.encoder = encoder
         self.head = TaggingHead(feature_dim, n_classes)
 
     def features(self, lms: torch.Tensor) -> torch.Tensor:
-        """Clip features ``[B, feature_dim]``: M2D time-mean of frames, BYOL-A max + mean pooling."""
-        if self.family == "m2d":
-            return self.encoder.encode_lms(lms).mean(dim=1)
-        return self.encoder(lms.unsqueeze(1))
+        """Clip features ``[B, feature_dim]``: the encoder's pooling of its frame features (M2D time-mean,
+        BYOL-A max + mean)."""
+        return self.encoder.pool(self.encoder.encode_lms(lms))
 
     def forward(self, lms: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(lms))
@@ -299,15 +307,12 @@ class FinetuneModel(nn.Module):
 def build_finetune_model(bundle: EncoderBundle, n_classes: int, config: FinetuneConfig) -> FinetuneModel:
     """A trainable copy of ``bundle.encoder`` with a fresh head (seeded), ``dur_frames`` and freezing applied."""
     encoder = copy.deepcopy(bundle.encoder).cpu()
-    if bundle.family == "m2d":
+    if isinstance(encoder, AudioViT):  # one-pass length and a frozen patch embedding are ViT options
         if config.dur_frames is not None:
             set_dur_frames(encoder, config.dur_frames)
-        dim = int(encoder.frame_dim)
         if config.freeze_embed:
             encoder.patch_embed.requires_grad_(False)
-    else:
-        dim = int(encoder.embedding_dim)
-    model = FinetuneModel(bundle.family, encoder, n_classes, dim)
+    model = FinetuneModel(encoder, n_classes, int(encoder.embedding_dim))
     g = torch.Generator().manual_seed(int(config.seed))
     nn.init.normal_(model.head.linear.weight, std=0.01, generator=g)
     nn.init.zeros_(model.head.linear.bias)
@@ -365,8 +370,6 @@ class _Split:
 
 def _load_split(items: Sequence[TaskItem], task: Task, classes: list[str], sample_rate: int,
                 errors: list[str]) -> _Split:
-    from kikimimi.audio.decode import AudioDecodeError, load_audio
-
     waves, kept = [], []
     for it in items:
         try:
@@ -387,8 +390,6 @@ class _Inputs:
     """Waveform crops → normalised log-mel ``[B, F, T]`` on the device."""
 
     def __init__(self, bundle: EncoderBundle, stats, unit: int, device: torch.device) -> None:
-        from kikimimi.features.frontend import LogMelSpectrogram
-
         self.frontend = LogMelSpectrogram(bundle.frontend).to(device)
         self.stats, self.unit, self.device = stats, unit, device
 
@@ -402,10 +403,26 @@ class _Inputs:
         return (lms - self.stats.mean) / self.stats.std
 
 
-def _score(y: np.ndarray, logits: np.ndarray, multi: bool) -> float:
-    if len(y) == 0:
-        return float("nan")
-    return macro_map(y, logits) if multi else accuracy(y, logits.argmax(axis=1))
+@dataclass(frozen=True)
+class _FoldContext:
+    """What every fold of one fine-tuning run shares: the model source, settings, inputs and reporting."""
+
+    bundle: EncoderBundle
+    cfg: FinetuneConfig
+    inputs: _Inputs
+    classes: list[str]
+    multi: bool
+    selection: str
+    device: torch.device
+    use_amp: bool
+    progress: bool
+    callback: Callable[[dict], None] | None
+
+    def autocast(self):
+        """float16 autocast on CUDA when AMP is on; a no-op context on the CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp)
+        return torch.autocast("cpu", enabled=False)
 
 
 @torch.no_grad()
@@ -424,8 +441,6 @@ def _resolve_bundle(bundle_or_path: Any) -> EncoderBundle:
         return bundle_or_path
     if hasattr(bundle_or_path, "bundle") and isinstance(bundle_or_path.bundle, EncoderBundle):
         return bundle_or_path.bundle
-    from kikimimi.checkpoints import load_encoder
-
     return load_encoder(bundle_or_path)
 
 
@@ -465,9 +480,6 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
     """
     cfg = config or FinetuneConfig()
     bundle = _resolve_bundle(bundle_or_path)
-    from kikimimi.device import resolve_device
-    from kikimimi.features.normstats import NormStats
-
     device = resolve_device(cfg.device)
     use_amp = bool(cfg.amp and device.type == "cuda")
     classes = task.classes
@@ -477,13 +489,11 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
     folds = [f for f in task.folds() if cfg.folds is None or f.index in cfg.folds]
     if not folds:
         raise ValueError(f"task '{task.name}' has none of the requested folds {cfg.folds}")
+    preset = encoder_settings(bundle.encoder).task_norm_stats_preset
     if cfg.norm_stats is not None:
         stats = NormStats(float(cfg.norm_stats[0]), float(cfg.norm_stats[1]))
-    elif bundle.family == "byola":
-        from kikimimi.inference.encoder import norm_stats_from_files
-
-        train = folds[0].train
-        stats = norm_stats_from_files([it.path for it in train], "byola", n_samples=min(10000, 20 * len(train)))
+    elif preset is not None:
+        stats = task_norm_stats(folds[0].train, preset)
     else:
         stats = bundle.norm_stats
     selection = "valid" if task.has_valid else cfg.no_valid
@@ -496,10 +506,7 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
     model_dirs: dict[int, str] = {}
     y_true_all, y_pred_all = [], []
     inputs = _Inputs(bundle, stats, unit, device)
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.float16, enabled=use_amp) if device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
+    context = _FoldContext(bundle, cfg, inputs, list(classes), multi, selection, device, use_amp, progress, callback)
 
     for fold in folds:
         fold_dir = out / f"fold{fold.index}" if out is not None else None
@@ -516,16 +523,14 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
             raise ValueError(f"task '{task.name}' fold {fold.index}: fewer than 2 readable training clips")
         if selection != "last_epoch" and not select.waves:
             raise ValueError(f"task '{task.name}' fold {fold.index}: the {selection} split has no readable clips")
-        outcome = _train_fold(bundle, fold, train, select, selection, cfg, inputs, classes, multi, device,
-                              use_amp, autocast, fold_dir, _fingerprint(cfg, bundle, fold, stats), progress,
-                              callback)
-        model, best_epoch, fold_history = outcome
+        model, best_epoch, fold_history = _train_fold(context, fold, train, select, fold_dir,
+                                                      _fingerprint(cfg, bundle, fold, stats))
         history += fold_history
         best_epochs[fold.index] = best_epoch
         fixed_test = inputs.normalise(inputs.log_mel(test.waves, None)) if test.waves else None
-        logits = (_predict(model, fixed_test, cfg.batch_size, autocast) if fixed_test is not None
+        logits = (_predict(model, fixed_test, cfg.batch_size, context.autocast) if fixed_test is not None
                   else np.zeros((0, len(classes)), np.float32))
-        fold_scores[fold.index] = float(_score(test.y, logits, multi))
+        fold_scores[fold.index] = float(task_score(test.y, logits, multi))
         for i, key in enumerate(test.keys):
             if multi:
                 label = ",".join(c for c, v in zip(classes, test.y[i], strict=True) if v)
@@ -558,16 +563,16 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
         model_dirs=model_dirs)
 
 
-def _train_fold(bundle, fold, train: _Split, select: _Split, selection: str, cfg: FinetuneConfig,
-                inputs: _Inputs, classes, multi: bool, device, use_amp: bool, autocast, fold_dir: Path | None,
-                fingerprint: str, progress: bool, callback) -> tuple[FinetuneModel, int, list[dict]]:
+def _train_fold(context: _FoldContext, fold: Fold, train: _Split, select: _Split, fold_dir: Path | None,
+                fingerprint: str) -> tuple[FinetuneModel, int, list[dict]]:
     """Train one fold (resuming from ``fold_dir/last.pt``); returns the selected model, its epoch, history."""
-    from kikimimi.checkpoints.safe_load import safe_torch_load
-    from kikimimi.fileio import atomic_torch_save
-
+    bundle, cfg, inputs, classes, multi = context.bundle, context.cfg, context.inputs, context.classes, context.multi
+    selection, device, use_amp, progress, callback = (context.selection, context.device, context.use_amp,
+                                                      context.progress, context.callback)
+    autocast = context.autocast
     n_classes = len(classes)
     model = build_finetune_model(bundle, n_classes, cfg).to(device)
-    depth = len(model.encoder.blocks) if bundle.family == "m2d" else None
+    depth = len(model.encoder.blocks) if isinstance(model.encoder, AudioViT) else None  # layer-wise decay: ViT
     groups = layer_decay_param_groups(model, lr_decay=cfg.lr_decay, weight_decay=cfg.effective_weight_decay,
                                       depth=depth)
     optimizer = build_optimizer(groups, cfg)
@@ -598,15 +603,9 @@ def _train_fold(bundle, fold, train: _Split, select: _Split, selection: str, cfg
 
     epochs: Iterable[int] = range(start_epoch, cfg.epochs + 1)
     if progress:
-        from tqdm import tqdm
-
         epochs = tqdm(epochs, desc=f"finetune fold {fold.index}", unit="epoch", initial=start_epoch - 1,
                       total=cfg.epochs)
-    rrc = None
-    if cfg.rrc:
-        from kikimimi.features.augment import RandomResizeCrop
-
-        rrc = RandomResizeCrop()
+    rrc = RandomResizeCrop() if cfg.rrc else None
     for epoch in epochs:
         rng, gen, torch_seed = _epoch_rngs(cfg.seed, fold.index, epoch)
         model.train()
@@ -637,7 +636,7 @@ def _train_fold(bundle, fold, train: _Split, select: _Split, selection: str, cfg
                 scaler.update()
                 losses.append(float(loss.detach()))
         if fixed_select is not None:
-            score = _score(select.y, _predict(model, fixed_select, cfg.batch_size, autocast), multi)
+            score = task_score(select.y, _predict(model, fixed_select, cfg.batch_size, autocast), multi)
             score = -math.inf if math.isnan(score) else score
         else:
             score = float("nan")
@@ -670,14 +669,12 @@ def export_finetuned(model: FinetuneModel, bundle: EncoderBundle, classes: Seque
     The config records ``head`` ``{in_dim, n_classes, pooling, classes}`` and, for a ViT, the (possibly
     ``dur_frames``-changed) ``input_size``; ``info`` lands under ``config["finetune"]``.
     """
-    from kikimimi.checkpoints import save_kikimimi
-
     config = json.loads(json.dumps(bundle.config, default=str))
-    if bundle.family == "m2d":
+    if isinstance(model.encoder, AudioViT):  # dur_frames may have changed the input size
         config["vit"] = model.encoder.config.to_dict()
     head = model.head
     config["head"] = {"in_dim": int(head.linear.in_features), "n_classes": int(head.linear.out_features),
-                      "pooling": "time-mean" if bundle.family == "m2d" else "max+mean", "classes": list(classes)}
+                      "pooling": encoder_settings(model.encoder).pooling, "classes": list(classes)}
     config["finetune"] = dict(info or {})
     encoder = copy.deepcopy(model.encoder).cpu().eval()
     out_bundle = EncoderBundle(family=bundle.family, encoder=encoder, frontend=bundle.frontend,

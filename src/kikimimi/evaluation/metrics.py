@@ -18,6 +18,7 @@ __all__ = [
     "macro_map",
     "murmur_weighted_accuracy",
     "per_class_accuracy",
+    "task_score",
     "uar",
     "weighted_accuracy",
 ]
@@ -107,6 +108,22 @@ def macro_map(y_true: np.ndarray, scores: np.ndarray) -> float:
         )
     aps = [average_precision(t[:, c], s[:, c]) for c in range(t.shape[1]) if t[:, c].sum() > 0]
     return float(np.mean(aps)) if aps else float("nan")
+
+
+def task_score(y_true: np.ndarray, logits: np.ndarray, multi_label: bool) -> float:
+    """The score a downstream task reports: macro mAP for multi-label, else accuracy of the arg-max class.
+
+    Args:
+        y_true: ``[N]`` class indices, or ``[N, C]`` 0/1 targets when ``multi_label``.
+        logits: ``[N, C]`` scores.
+        multi_label: which of the two metrics.
+
+    Returns:
+        The score in ``[0, 1]``; ``nan`` for no items (or, multi-label, no class with a positive).
+    """
+    if len(y_true) == 0:
+        return float("nan")
+    return macro_map(y_true, logits) if multi_label else accuracy(y_true, logits.argmax(axis=1))
 
 
 def weighted_accuracy(y_true: Sequence, y_pred: Sequence, weights: Mapping[str | int, float]) -> float:

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from kikimimi.evaluation.embeddings import EmbedFn, FoldEmbeddings, TaskEmbeddings, embed_task
-from kikimimi.evaluation.metrics import accuracy, macro_map, per_class_accuracy
+from kikimimi.evaluation.metrics import per_class_accuracy, task_score
 from kikimimi.evaluation.tasks import Task
 
 __all__ = [
@@ -185,12 +186,6 @@ def holdout_split(
     return tr, va
 
 
-def _score(y: np.ndarray, logits: np.ndarray, multi_label: bool) -> float:
-    if multi_label:
-        return macro_map(y, logits)
-    return accuracy(y, logits.argmax(axis=1))
-
-
 @torch.no_grad()
 def _predict(model: nn.Module, x: np.ndarray, device: str, batch: int = 4096) -> np.ndarray:
     model.eval()
@@ -277,7 +272,7 @@ def train_probe(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            val = _score(y_valid, _predict(model, x_valid, device), multi_label)
+            val = task_score(y_valid, _predict(model, x_valid, device), multi_label)
             val = -np.inf if np.isnan(val) else val
             if val >= best_score:
                 best_score, best_epoch, waited = val, epoch, 0
@@ -289,7 +284,7 @@ def train_probe(
         if best_state is not None:
             model.load_state_dict(best_state)
         logits = _predict(model, x_test, device)
-    score = _score(y_test, logits, multi_label) if len(x_test) else float("nan")
+    score = task_score(y_test, logits, multi_label)
     return FoldResult(
         fold, seed, float(score), float(best_score), best_epoch, epoch, y_test, logits, list(test_keys)
     )
@@ -320,8 +315,6 @@ def probe_embeddings(
     per_class_runs: list[np.ndarray] = []
     jobs = [(s, f) for s in seeds for f in folds]
     if progress:
-        from tqdm import tqdm
-
         jobs = tqdm(jobs, desc=f"probe {task.name}", unit="fold")
     by_seed: dict[int, list[FoldResult]] = {}
     for seed, f in jobs:

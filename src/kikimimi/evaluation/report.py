@@ -32,9 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from kikimimi import __version__
+from kikimimi.evaluation.baselines import LogMelStats
+from kikimimi.evaluation.cluster_plot import plot_clusters
+from kikimimi.evaluation.encoder_settings import encoder_settings, task_norm_stats
+from kikimimi.evaluation.metrics import confusion_matrix
 from kikimimi.evaluation.probe import ProbeConfig, ProbeResult, evaluate_task
 from kikimimi.evaluation.tasks import Task
+from kikimimi.evaluation.zeroshot import zero_shot_task
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from kikimimi.inference.clap import CLAPModel
+from kikimimi.inference.encoder import AudioEncoder, load, random_init_like
+from kikimimi.models.vit import AudioViT
 
 LOGMEL = "logmel"
 
@@ -92,10 +101,6 @@ def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = 
     M2D-CLAP checkpoints also get a zero-shot evaluation (``ModelSpec.zero_shot``); ``text_encoder`` is the
     spec their text side needs when the file has none inside it (e.g. ``"gte:/path/to/gte-base"``).
     """
-    import kikimimi
-    from kikimimi.evaluation.baselines import LogMelStats
-    from kikimimi.inference.encoder import norm_stats_from_files, random_init_like
-
     specs: list[ModelSpec] = []
     names = list(models)
     if baselines and LOGMEL not in names:
@@ -105,30 +110,29 @@ def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = 
             specs.append(ModelSpec("log-mel stats", lambda task: LogMelStats("m2d-16k"), 16000, lr or 3e-4,
                                    "logmel-m2d-16k"))
             continue
-        encoder = kikimimi.load(name, device=device, norm_stats=norm_stats)
+        encoder = load(name, device=device, norm_stats=norm_stats)
         path = Path(name)
         label = path.parent.name if path.is_file() or path.name == "kikimimi" else path.name
         while label in {s.name for s in specs}:
             label += "'"
-        default_lr = 3e-5 if encoder.family == "m2d" else 3e-4
+        settings = encoder_settings(encoder.encoder)
+        probe_lr = lr or settings.probe_lr
 
-        def make(task: Task, encoder=encoder, random: bool = False):
+        def make(task: Task, encoder=encoder, random: bool = False, preset=settings.task_norm_stats_preset):
             enc = encoder
-            if encoder.family == "byola" and norm_stats is None:
-                # EVAR: BYOL-A statistics from the first fold's training split
-                first = next(task.folds())
-                stats = norm_stats_from_files([it.path for it in first.train], "byola",
-                                              n_samples=min(10000, 20 * len(first.train)))
+            if preset is not None and norm_stats is None:
+                # EVAR: statistics from the first fold's training split
+                stats = task_norm_stats(next(task.folds()).train, preset)
                 enc = type(encoder)(encoder.bundle, device=encoder.device)
                 enc.norm_stats = stats
             return random_init_like(enc) if random else enc
 
         fp = file_fingerprint(name)
-        specs.append(ModelSpec(label, make, encoder.sample_rate, lr or default_lr, fp, encoder.family,
+        specs.append(ModelSpec(label, make, encoder.sample_rate, probe_lr, fp, encoder.family,
                                zero_shot=_zero_shot_factory(encoder, name, text_encoder)))
         if baselines:
             specs.append(ModelSpec(f"{label} (random init)", lambda task, m=make: m(task, random=True),
-                                   encoder.sample_rate, lr or default_lr, f"random:{fp}", encoder.family))
+                                   encoder.sample_rate, probe_lr, f"random:{fp}", encoder.family))
     return specs
 
 
@@ -144,8 +148,6 @@ def plot_confusion(result: ProbeResult, title: str, out_png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kikimimi.evaluation.metrics import confusion_matrix
 
     classes = result.classes
     folds = [f for f in result.folds if f.seed == result.folds[0].seed]
@@ -180,9 +182,6 @@ def run_evaluation(specs: Sequence[ModelSpec], tasks: Sequence[Task], out_dir: s
 
     ``map_method``: ``"tsne"`` or ``"umap"`` (optional ``umap-learn``) for the per-task cluster figure.
     """
-    from kikimimi import __version__
-    from kikimimi.evaluation.cluster_plot import plot_clusters
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     outcome = EvalOutcome(out_dir=out)
@@ -311,8 +310,6 @@ def write_finetune_report(result: Any, out_dir: str | Path, *, model_name: str, 
     per-class accuracy, the per-epoch history and the settings; the JSON holds everything plus the model
     and task fingerprints.
     """
-    from kikimimi import __version__
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = result.settings
@@ -363,15 +360,12 @@ def _csv_cell(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ zero-shot
-def _zero_shot_factory(encoder: Any, source: str, text_encoder: str | None) -> Callable[[Task], Any] | None:
+def _zero_shot_factory(encoder: AudioEncoder, source: str, text_encoder: str | None) -> Callable[[Task], Any] | None:
     """For an M2D-CLAP encoder: ``task -> ZeroShotResult`` (EVAR zero-shot protocol); else ``None``."""
-    if getattr(encoder, "family", None) != "m2d" or encoder.bundle.audio_proj is None:
+    if not isinstance(encoder.encoder, AudioViT) or encoder.bundle.audio_proj is None:
         return None
 
     def run(task: Task) -> Any:
-        from kikimimi.evaluation.zeroshot import zero_shot_task
-        from kikimimi.inference.clap import CLAPModel
-
         return zero_shot_task(CLAPModel(encoder, text_encoder=text_encoder, source=source), task)
 
     return run

@@ -22,6 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from kikimimi.audio.decode import AudioDecodeError, load_audio
+from kikimimi.evaluation.caption_adapters import group_captions
+from kikimimi.inference.clap import cosine_similarity
+
 __all__ = ["DEFAULT_KS", "format_retrieval_table", "rank_of", "retrieval_metrics"]
 
 DEFAULT_KS = (1, 5, 10, 50)
@@ -130,10 +134,6 @@ def evaluate_retrieval(model: Any, rows: Sequence[tuple[Any, str]], *, batch_siz
     Each audio file is encoded whole (EVAR ``retr_a2t_t2a.py``). Unreadable files are reported under
     ``"errors"`` (``[[path, reason], …]``) and left out together with their captions.
     """
-    from kikimimi.audio.decode import AudioDecodeError, load_audio
-    from kikimimi.evaluation.caption_adapters import group_captions
-    from kikimimi.inference.clap import cosine_similarity
-
     files, captions, owner = group_captions(rows)
     waves, keep, errors = [], [], []
     sr = int(model.sample_rate)

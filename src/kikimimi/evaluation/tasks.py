@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+
+from kikimimi.fileio import AUDIO_EXTENSIONS
 
 __all__ = [
     "SPLITS",
@@ -57,9 +60,6 @@ TASK_UNIT_S: dict[str, float] = {
     "as20k": 10.0,
     "circor": 5.0,
 }
-
-_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
-
 
 class TaskError(ValueError):
     """A task definition (CSV or folder) is malformed; the message names the file and the row."""
@@ -124,7 +124,7 @@ def crop_or_pad(wave: np.ndarray, n_samples: int, rng: np.random.Generator | Non
     return wave.copy()
 
 
-def _split_counts(n: int, ratios: Sequence[float]) -> list[int]:
+def _rounded_split_counts(n: int, ratios: Sequence[float]) -> list[int]:
     """Counts per part for ``n`` items and ``ratios`` (train first); the train part keeps ≥ 1 item."""
     total = float(sum(ratios))
     counts = [0] * len(ratios)
@@ -153,7 +153,7 @@ def stratified_split(
     for label in sorted(set(labels)):
         idx = np.array([i for i, lab in enumerate(labels) if lab == label])
         rng.shuffle(idx)
-        counts = _split_counts(len(idx), ratios)
+        counts = _rounded_split_counts(len(idx), ratios)
         bounds = np.cumsum([0, *counts])
         for part, name in enumerate(SPLITS):
             for i in idx[bounds[part] : bounds[part + 1]]:
@@ -171,7 +171,7 @@ def group_split(
     unique = sorted(set(groups))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(unique))
-    counts = _split_counts(len(unique), ratios)
+    counts = _rounded_split_counts(len(unique), ratios)
     bounds = np.cumsum([0, *counts])
     mapping: dict[str, str] = {}
     for part, name in enumerate(SPLITS):
@@ -182,8 +182,6 @@ def group_split(
 
 def _infer_unit_s(paths: Sequence[Path], max_files: int = 100, default: float = 5.0) -> float:
     """Median duration (seconds) of up to ``max_files`` readable files, rounded to 10 ms."""
-    import soundfile as sf
-
     durations = []
     for path in paths[:max_files]:
         try:
@@ -334,12 +332,12 @@ class Task:
         labels: list[str] = []
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for p in sorted(class_dir.rglob("*")):
-                if p.is_file() and p.suffix.lower() in _AUDIO_EXTENSIONS:
+                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS:
                     paths.append(p)
                     labels.append(class_dir.name)
         if not paths:
             raise TaskError(
-                f"'{root}': no class sub-folders with audio files ({', '.join(_AUDIO_EXTENSIONS)})"
+                f"'{root}': no class sub-folders with audio files ({', '.join(AUDIO_EXTENSIONS)})"
             )
         splits = stratified_split(labels, ratios, seed)
         items = [

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from kikimimi.audio.decode import AudioDecodeError, load_audio
 from kikimimi.evaluation.metrics import accuracy, macro_map, per_class_accuracy
 from kikimimi.evaluation.tasks import Task, crop_or_pad
+from kikimimi.inference.clap import cosine_similarity
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -79,18 +81,12 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from kikimimi.inference.clap import cosine_similarity
-
-    return cosine_similarity(a, b)
-
-
 def zero_shot_scores(model: Any, audio: Any, captions: Sequence[str], *, sample_rate: int | None = None,
                      batch_size: int = 8) -> np.ndarray:
     """Cosine similarities ``[N, C]`` between the clips and the captions."""
     audio_emb = _encode_audio(model, audio, sample_rate, batch_size)
     text_emb = np.asarray(model.encode_text(list(captions)), dtype=np.float32)
-    return _cosine(audio_emb, text_emb)
+    return cosine_similarity(audio_emb, text_emb)
 
 
 def _encode_audio(model: Any, audio: Any, sample_rate: int | None, batch_size: int) -> np.ndarray:
@@ -153,8 +149,6 @@ class ZeroShotResult:
 def zero_shot_task(model: Any, task: Task, *, template: str = DEFAULT_TEMPLATE,
                    label_names: Mapping[str, str] | None = None, batch_size: int = 8) -> ZeroShotResult:
     """Zero-shot evaluation of ``model`` on every test clip of ``task`` (all folds' test parts for CV tasks)."""
-    from kikimimi.audio.decode import AudioDecodeError, load_audio
-
     classes = task.classes
     captions = class_captions(classes, template, task.name, label_names)
     items = [it for fold in task.folds() for it in fold.test]

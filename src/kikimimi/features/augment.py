@@ -24,17 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kikimimi.features.frontend import FLOAT32_EPS
+
 __all__ = [
-    "FLOAT32_EPS",
     "MixupFIFO",
     "RandomResizeCrop",
     "RandomLinearFader",
     "post_normalize",
     "BYOLAAugment",
 ]
-
-FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
-
 
 def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
     """One draw of U(lo, hi) as a Python float."""

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "FLOAT32_EPS",
+    "LOG_MEL_EPS",
     "FrontendConfig",
     "LogMelSpectrogram",
     "PRESETS",
@@ -39,7 +41,13 @@ __all__ = [
     "slaney_mel_filterbank",
 ]
 
-FLOAT32_EPS = 1.1920929e-07
+#: float32 machine epsilon, exactly 2**-23 (the unit of float32 rounding; also the clamp of BYOL-A's
+#: normalisations and the offset inside its mixup log).
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+#: The default offset in ``ln(mel + eps)``: float32 epsilon as the official configs write it (8 digits).
+#: Stored in every serialised front-end config and cache description, so it stays written this way;
+#: rounded to float32 it equals :data:`FLOAT32_EPS`.
+LOG_MEL_EPS = 1.1920929e-07
 
 # Frames (summed over the batch) computed per STFT call. Bounds the working memory to about
 # budget * n_fft * 8 bytes and, on CPU, keeps the working set in cache (measured fastest around 1024).
@@ -74,7 +82,7 @@ class FrontendConfig:
     n_mels: int
     f_min: float
     f_max: float
-    eps: float = FLOAT32_EPS
+    eps: float = LOG_MEL_EPS
 
     def __post_init__(self) -> None:
         problems = []

@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-__all__ = ["M2D_DEFAULT", "NormStats", "compute_norm_stats", "crop_or_pad"]
+__all__ = ["M2D_DEFAULT", "NormStats", "compute_norm_stats", "crop_or_pad_frames"]
 
 ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
 
@@ -62,7 +62,7 @@ class NormStats:
 M2D_DEFAULT = NormStats(-7.1, 4.2)
 
 
-def crop_or_pad(lms: np.ndarray, crop_frames: int, rng: np.random.Generator) -> np.ndarray:
+def crop_or_pad_frames(lms: np.ndarray, crop_frames: int, rng: np.random.Generator) -> np.ndarray:
     """Random crop of ``crop_frames`` frames from ``[F, T]``, or right-pad with 0 when ``T < crop_frames``.
 
     The crop start is uniform in ``[0, T - crop_frames]``. Padding uses the value 0 in the *log* domain
@@ -91,7 +91,7 @@ def compute_norm_stats(
 
     ``n_samples`` items are drawn at random (without replacement when there are at least that many,
     with replacement otherwise), each is randomly cropped or right-padded with 0 to ``crop_frames``
-    frames (:func:`crop_or_pad`), and one mean and one (population) standard deviation are taken over
+    frames (:func:`crop_or_pad_frames`), and one mean and one (population) standard deviation are taken over
     all bins and frames of all drawn crops. Sums are accumulated in float64, so memory stays at one item.
 
     Args:
@@ -129,7 +129,7 @@ def compute_norm_stats(
                 f"log-mel item {int(index)} has {lms.shape[0]} mel bins but earlier items have {n_bins}; "
                 "all items must come from the same front end"
             )
-        crop = crop_or_pad(lms, crop_frames, rng).astype(np.float64)
+        crop = crop_or_pad_frames(lms, crop_frames, rng).astype(np.float64)
         total += float(crop.sum())
         total_sq += float(np.square(crop).sum())
         count += crop.size

@@ -20,6 +20,10 @@ preset's rate, recorded in ``prep.json``).
 Runs are resumable: outputs are written atomically, an existing valid ``.npy`` is not recomputed,
 and the manifest is rebuilt from every output that exists for the current inputs. A cache holds one
 preset/dtype/limit only; asking for another raises :class:`PrepError`.
+
+This module owns the format on both sides: :func:`prep_cache` writes a cache; :func:`is_prep_cache`,
+:func:`read_settings`, :func:`cache_preset`, :func:`read_manifest`, :func:`cache_entries` and
+:func:`open_log_mel` read one (training corpora, :mod:`kikimimi.data.corpus`).
 """
 
 from __future__ import annotations
@@ -37,8 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from kikimimi.features.frontend import FrontendConfig, get_preset
+from kikimimi.audio.decode import audio_info, load_audio
+from kikimimi.features.frontend import FrontendConfig, get_preset, log_mel
+from kikimimi.features.streaming import stream_log_mel
 from kikimimi.fileio import (
     atomic_save_npy,
     atomic_write_json,
@@ -48,17 +56,34 @@ from kikimimi.fileio import (
 )
 
 __all__ = [
+    "ERRORS_COLUMNS",
+    "ERRORS_NAME",
+    "FILE_COLUMN",
     "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
+    "SETTINGS_NAME",
     "PrepError",
     "PrepResult",
     "PrepTask",
+    "cache_entries",
+    "cache_preset",
     "convert_file",
+    "is_prep_cache",
+    "open_log_mel",
     "plan_outputs",
     "prep_cache",
     "read_manifest",
+    "read_settings",
 ]
 
-MANIFEST_COLUMNS = ("file_name", "source", "duration_s", "frames", "sample_rate")
+#: file names inside a cache folder
+SETTINGS_NAME = "prep.json"
+MANIFEST_NAME = "manifest.csv"
+ERRORS_NAME = "errors.csv"
+#: the manifest column naming each entry's ``.npy`` relative to the cache folder
+FILE_COLUMN = "file_name"
+MANIFEST_COLUMNS = (FILE_COLUMN, "source", "duration_s", "frames", "sample_rate")
+ERRORS_COLUMNS = ("source", "error")
 PREP_FORMAT = "kikimimi-logmel-cache"
 DTYPES = ("float32", "float16")
 # Files longer than this are converted block by block (bounded memory) instead of loaded whole.
@@ -100,11 +125,11 @@ class PrepResult:
 
     @property
     def manifest_path(self) -> Path:
-        return self.cache_dir / "manifest.csv"
+        return self.cache_dir / MANIFEST_NAME
 
     @property
     def errors_path(self) -> Path:
-        return self.cache_dir / "errors.csv"
+        return self.cache_dir / ERRORS_NAME
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,8 +177,6 @@ def plan_outputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
 
 
 def _init_worker() -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -164,10 +187,6 @@ def convert_file(task: PrepTask) -> dict[str, Any]:
     ``sample_rate``. Raises :class:`kikimimi.audio.decode.AudioDecodeError` for unreadable audio and
     ``ValueError`` for audio too short for the front end.
     """
-    from kikimimi.audio.decode import audio_info, load_audio
-    from kikimimi.features.frontend import log_mel
-    from kikimimi.features.streaming import stream_log_mel
-
     config = FrontendConfig.from_dict(task.config)
     info = audio_info(task.source)
     duration = info.duration_s if task.limit_s is None else min(info.duration_s, task.limit_s)
@@ -203,6 +222,89 @@ def _run_task(task: PrepTask) -> tuple[PrepTask, dict[str, Any] | None, str | No
 
 
 # ----------------------------------------------------------------------------------------------
+# Reading a cache
+# ----------------------------------------------------------------------------------------------
+
+
+def is_prep_cache(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a folder holding ``manifest.csv`` and ``prep.json`` (a ``kikimimi prep`` cache)."""
+    p = Path(path)
+    return p.is_dir() and (p / MANIFEST_NAME).is_file() and (p / SETTINGS_NAME).is_file()
+
+
+def read_settings(cache_dir: str | os.PathLike) -> Any:
+    """The parsed ``CACHE/prep.json`` (a dict for every cache :func:`prep_cache` wrote).
+
+    Raises:
+        ValueError: the file is missing, unreadable or not JSON (the message names it).
+    """
+    path = Path(cache_dir) / SETTINGS_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"'{path}': cannot read the cache description: {err}") from None
+
+
+def cache_preset(cache_dir: str | os.PathLike) -> str | None:
+    """The front-end preset name recorded in ``CACHE/prep.json`` (``None`` when it names none).
+
+    A ``preset`` given as a full front-end config dict yields that dict's ``name``.
+    Raises ``ValueError`` as :func:`read_settings`.
+    """
+    settings = read_settings(cache_dir)
+    preset = settings.get("preset") if isinstance(settings, dict) else None
+    if isinstance(preset, dict):
+        preset = preset.get("name")
+    return preset
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of ``CACHE/manifest.csv`` as dicts (string values)."""
+    path = Path(cache_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}': no manifest; run `kikimimi prep ... -o {cache_dir}` first")
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def cache_entries(cache_dir: str | os.PathLike) -> list[Path]:
+    """The ``.npy`` files of a cache in manifest order (``CACHE / file_name``; existence is not checked).
+
+    Raises:
+        ValueError: the manifest has no ``file_name`` column or a row with an empty one.
+        OSError: the manifest cannot be read.
+    """
+    root = Path(cache_dir)
+    path = root / MANIFEST_NAME
+    files: list[Path] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or FILE_COLUMN not in reader.fieldnames:
+            raise ValueError(f"'{path}': needs a '{FILE_COLUMN}' column, got {reader.fieldnames}")
+        for row_no, row in enumerate(reader, start=2):
+            name = (row.get(FILE_COLUMN) or "").strip()
+            if not name:
+                raise ValueError(f"'{path}' row {row_no}: empty {FILE_COLUMN}")
+            files.append(root / name)
+    return files
+
+
+def open_log_mel(path: str | os.PathLike, n_mels: int | None = None) -> np.ndarray:
+    """One cached log-mel ``[n_mels, frames]``, memory-mapped read-only in its stored dtype.
+
+    Raises:
+        ValueError: not a ``.npy`` array, not 2-D, or (when ``n_mels`` is given) another number of mel bins.
+        OSError: the file cannot be read.
+    """
+    lms = np.load(path, mmap_mode="r", allow_pickle=False)
+    if lms.ndim != 2:
+        raise ValueError(f"expected a log-mel array [n_mels, frames], got shape {lms.shape}")
+    if n_mels is not None and lms.shape[0] != n_mels:
+        raise ValueError(f"has {lms.shape[0]} mel bins, the front end expects {n_mels}")
+    return lms
+
+
+# ----------------------------------------------------------------------------------------------
 # Cache bookkeeping
 # ----------------------------------------------------------------------------------------------
 
@@ -219,14 +321,12 @@ def _settings(preset: str, config: FrontendConfig, dtype: str, limit_s: float | 
 
 
 def _check_or_write_settings(cache_dir: Path, settings: dict[str, Any]) -> None:
-    path = cache_dir / "prep.json"
+    path = cache_dir / SETTINGS_NAME
     if path.exists():
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise PrepError(
-                f"'{path}': unreadable cache description ({exc}); delete it or use another -o"
-            ) from exc
+            stored = read_settings(cache_dir)
+        except ValueError as exc:
+            raise PrepError(f"{exc}; delete it or use another -o") from exc
         keys = ("preset", "dtype", "limit_s") if stored.get("preset") != settings["preset"] else (
             "preset", "frontend", "dtype", "limit_s")
         diffs = [f"{k}: cache has {stored.get(k)!r}, requested {settings[k]!r}" for k in keys
@@ -246,10 +346,10 @@ def _existing_frames(path: Path, n_mels: int, dtype: str) -> int | None:
     if not path.is_file():
         return None
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = open_log_mel(path, n_mels)
     except (OSError, ValueError):
         return None
-    if array.ndim != 2 or array.shape[0] != n_mels or array.dtype != np.dtype(dtype):
+    if array.dtype != np.dtype(dtype):
         return None
     return int(array.shape[1])
 
@@ -260,15 +360,6 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def read_manifest(cache_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of ``CACHE/manifest.csv`` as dicts (string values)."""
-    path = Path(cache_dir) / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"'{path}': no manifest; run `kikimimi prep ... -o {cache_dir}` first")
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,8 +397,6 @@ def prep_cache(
     Returns:
         :class:`PrepResult`. Bad files do not raise; they are listed in ``errors.csv``.
     """
-    from tqdm.auto import tqdm
-
     if dtype not in DTYPES:
         raise PrepError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if limit_s is not None and not limit_s > 0:
@@ -335,8 +424,6 @@ def prep_cache(
     key_of = {str(cache / key): key for _, key in plan}
 
     # Metadata of outputs from earlier runs (header reads only).
-    from kikimimi.audio.decode import audio_info
-
     for source, key, frames in existing:
         result.skipped += 1
         try:
@@ -385,6 +472,6 @@ def _write_tables(cache: Path, plan: list[tuple[Path, str]], rows: dict[str, dic
                   result: PrepResult) -> None:
     manifest = [[key, rows[key]["source"], rows[key]["duration_s"], rows[key]["frames"],
                  rows[key]["sample_rate"]] for _, key in plan if key in rows]
-    atomic_write_text(cache / "manifest.csv", _csv_text(MANIFEST_COLUMNS, manifest))
-    atomic_write_text(cache / "errors.csv", _csv_text(("source", "error"), result.failed))
+    atomic_write_text(cache / MANIFEST_NAME, _csv_text(MANIFEST_COLUMNS, manifest))
+    atomic_write_text(cache / ERRORS_NAME, _csv_text(ERRORS_COLUMNS, result.failed))
     result.manifest_rows = len(manifest)

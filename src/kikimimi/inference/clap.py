@@ -29,14 +29,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from kikimimi.inference.encoder import AudioEncoder, AudioInput, load, map_by_length
+from kikimimi.inference.encoder import AudioEncoder, AudioInput, load
+from kikimimi.models import text as text_models
+from kikimimi.models.vit import AudioViT
 
 __all__ = ["CLAPError", "CLAPModel", "cosine_similarity", "load_clap", "text_encoder_spec_from_config"]
 
@@ -54,6 +57,22 @@ def cosine_similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return (a @ b.T).astype(np.float32)
+
+
+def map_by_length(waves: Sequence[np.ndarray], batch_size: int,
+                  fn: Callable[[list[np.ndarray]], Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Apply ``fn`` to batches of equal-length waveforms (at most ``batch_size``) and return its per-clip
+    outputs in input order. Clips are never padded to share a batch, so no result depends on the batch."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, w in enumerate(waves):
+        by_length[len(w)].append(i)
+    out: list[torch.Tensor | None] = [None] * len(waves)
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            for i, result in zip(chunk, fn([waves[i] for i in chunk]), strict=True):
+                out[i] = result
+    return out  # type: ignore[return-value]
 
 
 def text_encoder_spec_from_config(path: str | os.PathLike) -> str | None:
@@ -100,7 +119,7 @@ class CLAPModel:
     def __init__(self, audio: AudioEncoder, *, text_encoder: Any = None, source: str | os.PathLike = "") -> None:
         bundle = audio.bundle
         self.source = str(source or bundle.config.get("source", ""))
-        if audio.family != "m2d" or bundle.audio_proj is None:
+        if not isinstance(audio.encoder, AudioViT) or bundle.audio_proj is None:
             raise CLAPError(
                 f"'{self.source}': not an M2D-CLAP checkpoint (no audio_proj tensors); use kikimimi.load for "
                 "audio embeddings, or an M2D-CLAP 2024/2025 file for audio–language use"
@@ -151,8 +170,6 @@ class CLAPModel:
         arg = self._text_arg
         if arg is not None and not isinstance(arg, str):
             return arg
-        from kikimimi.models import text as text_models
-
         if isinstance(arg, str):
             return text_models.load_text_encoder(arg, device=self.device)
         state = self.audio.bundle.text_encoder_state
@@ -225,7 +242,7 @@ class CLAPModel:
         clips of equal length are batched together, so a clip's result never depends on the batch.
         """
         enc = self.audio
-        waves = enc._waveforms(audio, sample_rate)
+        waves = enc.waveforms(audio, sample_rate)
 
         def tokens_same_length(batch: list[np.ndarray]) -> torch.Tensor:
             x = torch.from_numpy(np.stack(batch)).to(self.device)

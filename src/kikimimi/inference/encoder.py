@@ -1,49 +1,36 @@
 """The user-facing API: ``model = kikimimi.load(path)``, then ``model.embed(...)`` / ``model.embed_frames(...)``.
 
-M2D follows the official runtime exactly: waveform at the model rate → log-mel → (x − mean) / std →
-:meth:`AudioViT.encode_lms` (training-length chunks, zero padding in the normalised domain) → frame
-features ``[T', Fg·D]``; the clip embedding is their mean over time and frame ``i`` is stamped
-``i · duration_s / T' · 1000`` ms. BYOL-A follows the EVAR path: BYOL-A log-mel → normalise with the
-dataset statistics → frame encoder → max + mean pooling over the whole clip; frames are stamped at
-their centres.
+Every encoder is used through its :class:`~kikimimi.models.encoder.FrameEncoder` interface, which follows
+each family's official runtime: waveform at the model rate → log-mel → (x − mean) / std → the encoder's
+chunks (M2D: training-length chunks, zero padding in the normalised domain; BYOL-A: the whole clip) →
+frame features ``[T', D]`` → the encoder's pooling (M2D: mean over time; BYOL-A: max + mean) for the clip
+embedding, and the encoder's timestamps (M2D: frame ``i`` at ``i · duration_s / T' · 1000`` ms; BYOL-A:
+frame centres). BYOL-A expects the normalisation statistics of the dataset at hand
+(:func:`norm_stats_from_files`).
 
-Every clip is encoded on its own length (clips of equal length are batched together), so the result
-for a clip never depends on what else is in the batch.
+Chunks of equal width are batched across clips; no clip is padded to share a batch.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from kikimimi.audio.decode import load_audio, resample
+from kikimimi.audio.decode import AudioDecodeError, load_audio, resample
 from kikimimi.checkpoints import EncoderBundle, load_encoder
 from kikimimi.device import resolve_device
-from kikimimi.features.frontend import LogMelSpectrogram
-from kikimimi.features.normstats import NormStats
+from kikimimi.features.frontend import LogMelSpectrogram, get_preset, log_mel
+from kikimimi.features.normstats import NormStats, compute_norm_stats
+from kikimimi.models.encoder import FrameEncoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor | Sequence[Any]
-
-
-def map_by_length(waves: Sequence[np.ndarray], batch_size: int,
-                  fn: Callable[[list[np.ndarray]], Sequence[torch.Tensor]]) -> list[torch.Tensor]:
-    """Apply ``fn`` to batches of equal-length waveforms (at most ``batch_size``) and return its per-clip
-    outputs in input order. Clips are never padded to share a batch, so no result depends on the batch."""
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, w in enumerate(waves):
-        by_length[len(w)].append(i)
-    out: list[torch.Tensor | None] = [None] * len(waves)
-    for indices in by_length.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            for i, result in zip(chunk, fn([waves[i] for i in chunk]), strict=True):
-                out[i] = result
-    return out  # type: ignore[return-value]
 
 
 class AudioEncoder:
@@ -51,7 +38,8 @@ class AudioEncoder:
 
     Attributes:
         bundle: the underlying :class:`~kikimimi.checkpoints.EncoderBundle`.
-        family: ``"m2d"`` or ``"byola"``.
+        encoder: the network, a :class:`~kikimimi.models.encoder.FrameEncoder` (on ``device``, eval mode).
+        family: ``"m2d"`` or ``"byola"`` (the checkpoint's label, for display).
         sample_rate: model rate in Hz; other rates are resampled with soxr.
         embedding_dim: size of clip embeddings (M2D: Fg·D, 3840 for ViT-Base 16x16; BYOL-A: d or 3072).
         frame_embedding_dim: size of frame embeddings (same as ``embedding_dim``).
@@ -61,14 +49,11 @@ class AudioEncoder:
         self.bundle = bundle.eval()
         self.device = resolve_device(device)
         self.family = bundle.family
-        self.encoder = bundle.encoder.to(self.device).eval()
+        self.encoder: FrameEncoder = bundle.encoder.to(self.device).eval()
         self.frontend = LogMelSpectrogram(bundle.frontend).to(self.device)
         self.norm_stats: NormStats = bundle.norm_stats
         self.sample_rate = int(bundle.frontend.sample_rate)
-        if self.family == "m2d":
-            self.embedding_dim = int(self.encoder.frame_dim)
-        else:
-            self.embedding_dim = int(self.encoder.embedding_dim)
+        self.embedding_dim = int(self.encoder.embedding_dim)
         self.frame_embedding_dim = self.embedding_dim
 
     def __repr__(self) -> str:
@@ -77,8 +62,17 @@ class AudioEncoder:
                 f"{self.norm_stats.std:.4f}), device={self.device})")
 
     # ------------------------------------------------------------------ inputs
-    def _waveforms(self, audio: AudioInput, sample_rate: int | None) -> list[np.ndarray]:
-        """Normalise any accepted input to a list of 1-D float32 arrays at the model rate."""
+    def waveforms(self, audio: AudioInput, sample_rate: int | None = None) -> list[np.ndarray]:
+        """Any accepted input as a list of 1-D float32 waveforms ``[samples]`` at the model rate.
+
+        ``audio``: a path, a list of paths, a 1-D waveform, a list of 1-D waveforms of any lengths, or a
+        ``[B, samples]`` array/tensor (one row per clip). Files are decoded and resampled to the model rate;
+        waveforms are taken to be at ``sample_rate`` Hz (default: the model rate) and resampled when it differs.
+
+        Raises:
+            ValueError: a waveform that is not 1-D.
+            kikimimi.audio.decode.AudioDecodeError: an unreadable file.
+        """
         if isinstance(audio, (str, os.PathLike)):
             audio = [audio]
         if isinstance(audio, torch.Tensor):
@@ -100,80 +94,49 @@ class AudioEncoder:
         return waves
 
     # ------------------------------------------------------------------ core
-    @torch.inference_mode()
-    def _frames_same_length(self, waves: list[np.ndarray]) -> torch.Tensor:
-        """Equal-length waveforms ``[B, samples]`` → frame features ``[B, T', D]`` (on CPU, float32)."""
-        x = torch.from_numpy(np.stack(waves)).to(self.device)
-        lms = self.norm_stats.normalize(self.frontend(x))
-        if self.family == "m2d":
-            frames = self.encoder.encode_lms(lms)
-        else:
-            frames = self.encoder.forward_frames(lms.unsqueeze(1))
-        return frames.float().cpu()
+    def _normalised_log_mel(self, wave: np.ndarray) -> torch.Tensor:
+        """One waveform ``[samples]`` → its normalised log-mel ``[n_mels, T]`` on the device."""
+        lms = self.frontend(torch.from_numpy(np.ascontiguousarray(wave)).to(self.device))[0]
+        return lms.sub_(self.norm_stats.mean).div_(self.norm_stats.std)
 
+    @torch.inference_mode()
     def _encode(self, waves: list[np.ndarray], batch_size: int) -> list[torch.Tensor]:
-        """Frame features ``[T'_i, D]`` for every waveform (CPU float32)."""
-        if self.family == "m2d":
-            return self._encode_m2d_chunks(waves, batch_size)
-        return map_by_length(waves, batch_size, self._frames_same_length)
+        """Frame features ``[T'_i, D]`` for every waveform (CPU float32).
 
-    @torch.inference_mode()
-    def _encode_m2d_chunks(self, waves: list[np.ndarray], batch_size: int) -> list[torch.Tensor]:
-        """The official chunking rule, with chunks of equal width batched *across* clips.
-
-        Each clip's log-mel is normalised, right-padded with zeros to whole patches and cut into
-        training-length chunks exactly as :meth:`AudioViT.encode_lms`; chunks are then grouped by
-        width so that clips of any lengths share batches without padding changing any result.
+        Each clip's normalised log-mel is cut by the encoder's ``split_chunks``; chunks of equal width are
+        batched *across* clips (at most ``batch_size`` per batch) through ``encode_chunks``, and each clip's
+        chunk outputs are concatenated along time again (see :class:`~kikimimi.models.encoder.FrameEncoder`).
         """
-        unit = self.encoder.config.input_size[1]
-        p = self.encoder.config.patch_size[1]
         pieces: dict[int, list[tuple[int, int, torch.Tensor]]] = defaultdict(list)
         n_chunks = []
         for clip, wave in enumerate(waves):
-            lms = self.frontend(torch.from_numpy(np.ascontiguousarray(wave)).to(self.device))[0]
-            lms.sub_(self.norm_stats.mean).div_(self.norm_stats.std)
-            pad = (p - (lms.shape[-1] % unit % p)) % p
-            if pad:
-                lms = torch.nn.functional.pad(lms, (0, pad))
-            count = 0
-            for start in range(0, lms.shape[-1], unit):
-                chunk = lms[:, start:start + unit]
-                whole = chunk.shape[-1] // p * p
-                if whole:
-                    pieces[whole].append((clip, count, chunk[:, :whole]))
-                    count += 1
-            n_chunks.append(count)
+            chunks = self.encoder.split_chunks(self._normalised_log_mel(wave))
+            for index, chunk in enumerate(chunks):
+                pieces[chunk.shape[-1]].append((clip, index, chunk))
+            n_chunks.append(len(chunks))
         results: list[list[torch.Tensor | None]] = [[None] * n for n in n_chunks]
         for group in pieces.values():
             for start in range(0, len(group), batch_size):
                 part = group[start:start + batch_size]
-                x = torch.stack([c for _, _, c in part]).unsqueeze(1)
-                frames = self.encoder._to_frames(self.encoder.forward_tokens(x)).float().cpu()
+                frames = self.encoder.encode_chunks(torch.stack([c for _, _, c in part])).float().cpu()
                 for (clip, index, _), f in zip(part, frames, strict=True):
                     results[clip][index] = f
         return [torch.cat(r, dim=0) for r in results]  # type: ignore[arg-type]
 
     def timestamps_ms(self, n_frames: int, n_samples: int) -> np.ndarray:
         """Timestamps (ms) of ``n_frames`` frame features of a clip of ``n_samples`` samples."""
-        if self.family == "m2d":
-            return self.encoder.timestamps_ms(n_frames, n_samples / self.sample_rate).numpy()
-        hop_ms = 1000.0 * self.bundle.frontend.hop_length / self.sample_rate
-        return self.encoder.frame_centres_ms(n_frames, hop_ms).numpy()
+        hop_length = self.bundle.frontend.hop_length
+        return self.encoder.timestamps_ms(n_frames, n_samples, self.sample_rate, hop_length).numpy()
 
     # ------------------------------------------------------------------ public
     def embed(self, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8) -> np.ndarray:
-        """Clip embeddings ``[B, embedding_dim]`` (float32).
+        """Clip embeddings ``[B, embedding_dim]`` (float32): the encoder's pooling of each clip's frame features.
 
         ``audio``: a path, a list of paths, a 1-D waveform, a list of 1-D waveforms of any lengths, or a
         ``[B, samples]`` array/tensor. Waveforms are at ``sample_rate`` (default: the model rate).
         """
-        waves = self._waveforms(audio, sample_rate)
-        frames = self._encode(waves, batch_size)
-        if self.family == "m2d":
-            clips = [f.mean(dim=0) for f in frames]
-        else:
-            clips = [f.max(dim=0).values + f.mean(dim=0) for f in frames]
-        return torch.stack(clips).numpy()
+        frames = self._encode(self.waveforms(audio, sample_rate), batch_size)
+        return torch.stack([self.encoder.pool(f) for f in frames]).numpy()
 
     def embed_frames(self, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8,
                      stack: bool = True):
@@ -182,7 +145,7 @@ class AudioEncoder:
         Returns ``(embeddings, timestamps_ms)``: arrays ``[B, T, D]`` and ``[B, T]`` when every clip gives
         the same number of frames (and ``stack``), else lists of ``[T_i, D]`` and ``[T_i]`` arrays.
         """
-        waves = self._waveforms(audio, sample_rate)
+        waves = self.waveforms(audio, sample_rate)
         frames = [f.numpy() for f in self._encode(waves, batch_size)]
         stamps = [self.timestamps_ms(len(f), len(w)) for f, w in zip(frames, waves, strict=True)]
         if stack and len({len(f) for f in frames}) == 1:
@@ -220,21 +183,9 @@ def random_init_like(model: AudioEncoder, seed: int = 0) -> AudioEncoder:
     The "random init" baseline of evaluation reports: a score only means something next to the same
     network before pre-training.
     """
-    import copy
-
-    from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
-
     bundle = copy.copy(model.bundle)
     torch.manual_seed(seed)
-    if bundle.family == "m2d":
-        from kikimimi.models.vit import AudioViT
-
-        fresh = AudioViT(model.encoder.config)
-        fresh.pos_embed.data.copy_(model.encoder.pos_embed.data.cpu())  # fixed, not learnt
-    else:
-        cls = AudioNTT2022 if isinstance(model.encoder, AudioNTT2022) else AudioNTT2020
-        fresh = cls(n_mels=model.encoder.n_mels, d=model.encoder.d)
-    bundle.encoder = fresh
+    bundle.encoder = model.encoder.fresh_like()
     bundle.head = bundle.audio_proj = bundle.text_proj = None
     return AudioEncoder(bundle, device=model.device)
 
@@ -248,12 +199,6 @@ def norm_stats_from_files(paths: Sequence[str | os.PathLike], preset: str = "byo
     are). Unreadable files are skipped with a warning naming them; if none is readable,
     :class:`~kikimimi.audio.decode.AudioDecodeError` of the first one is raised.
     """
-    import warnings
-
-    from kikimimi.audio.decode import AudioDecodeError
-    from kikimimi.features.frontend import get_preset, log_mel
-    from kikimimi.features.normstats import compute_norm_stats
-
     config = get_preset(preset)
     crop_samples = int(crop_s * config.sample_rate)
     mels, failures = [], []

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from kikimimi.audio.decode import AudioDecodeError, load_audio
 from kikimimi.features.prep_cache import plan_outputs
@@ -87,8 +88,6 @@ def run_embed_job(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out_
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(todo), desc="embed", unit="file")
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from kikimimi.audio.decode import AudioDecodeError, load_audio
 from kikimimi.fileio import atomic_save_npy, atomic_write_json, collect_audio_files, relative_key
+from kikimimi.inference.clap import cosine_similarity
 
 __all__ = ["FORMAT", "IndexUpdate", "SearchHit", "SearchIndex", "SearchIndexError", "search", "update_index"]
 
@@ -119,8 +121,6 @@ class SearchIndex:
 
     def search(self, query: np.ndarray, top: int = 10) -> list[SearchHit]:
         """The ``top`` files most similar (cosine) to one query embedding ``[dim]``, best first."""
-        from kikimimi.inference.clap import cosine_similarity
-
         if not self.entries:
             return []
         scores = cosine_similarity(np.asarray(query).reshape(1, -1), self.embeddings)[0]
@@ -153,8 +153,6 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
     Returns:
         :class:`IndexUpdate`; only ``added`` and ``changed`` files were embedded.
     """
-    from kikimimi.audio.decode import AudioDecodeError, load_audio
-
     root_path = Path(root)
     if not root_path.is_dir():
         raise SearchIndexError(f"'{root_path}': folder to index not found")

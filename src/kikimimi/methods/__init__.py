@@ -2,7 +2,9 @@
 
 A method is an ``nn.Module`` with ``forward(batch) -> {"loss", ...}``, ``on_after_step(step, total_steps)``,
 ``param_groups(weight_decay)``, ``export_official_state_dict()``, ``config_dict()`` and an ``encoder``
-attribute (see ``docs/architecture.md``). Use :func:`build_method` to construct one by name.
+attribute (see ``docs/architecture.md``). :data:`METHODS` maps each name to its class;
+:func:`build_method` constructs one by name. Each method's training recipe (defaults, run-length rules) is
+in :mod:`kikimimi.methods.recipes`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,25 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["METHOD_NAMES", "build_method"]
+from kikimimi.methods.byola import BYOLA
+from kikimimi.methods.m2d import M2D
+from kikimimi.methods.m2d2 import M2D2Stage2
+from kikimimi.methods.m2d_clap import M2DCLAP
 
-METHOD_NAMES = ("m2d", "byola", "byola2", "m2d_clap", "m2d2_stage1", "m2d2_stage2")
+__all__ = ["METHODS", "METHOD_NAMES", "build_method"]
+
+#: method name → (class, constructor arguments fixed by the name)
+METHODS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "m2d": (M2D, {}),
+    "byola": (BYOLA, {"version": 1}),
+    "byola2": (BYOLA, {"version": 2}),
+    "m2d_clap": (M2DCLAP, {"method_name": "m2d_clap"}),
+    "m2d2_stage1": (M2DCLAP, {"method_name": "m2d2_stage1"}),  # M2D-CLAP against LLM caption embeddings
+    "m2d2_stage2": (M2D2Stage2, {}),
+}
+METHOD_NAMES = tuple(METHODS)
+#: spellings accepted by :func:`build_method`: case, ``-`` and ``_`` are ignored; ``byola1`` = ``byola``
+_ALIASES = {name.replace("_", ""): name for name in METHODS} | {"byola1": "byola"}
 
 
 def build_method(name: str, **cfg: Any) -> nn.Module:
@@ -30,24 +48,9 @@ def build_method(name: str, **cfg: Any) -> nn.Module:
             ``config_dict()`` adds (``method``, ``default_optimizer``, ``lr`` hints, derived sizes…) are
             ignored, so ``build_method(name, **method.config_dict())`` rebuilds the same architecture.
     """
-    key = name.lower().replace("-", "").replace("_", "")
-    if key in ("m2dclap", "m2d2stage1"):
-        from kikimimi.methods.m2d_clap import M2DCLAP
-
-        cfg = {k: v for k, v in cfg.items() if k not in M2DCLAP.config_only_keys}
-        cfg["method_name"] = "m2d_clap" if key == "m2dclap" else "m2d2_stage1"
-        return M2DCLAP(**cfg)
-    if key == "m2d2stage2":
-        from kikimimi.methods.m2d2 import build_stage2
-
-        return build_stage2(**cfg)
-    if key == "m2d":
-        from kikimimi.methods.m2d import M2D
-
-        return M2D(**{k: v for k, v in cfg.items() if k not in M2D.config_only_keys})
-    if key in ("byola", "byola1", "byola2"):
-        from kikimimi.methods.byola import BYOLA
-
-        cfg = {k: v for k, v in cfg.items() if k not in BYOLA.config_only_keys}
-        return BYOLA(version=2 if key == "byola2" else 1, **cfg)
-    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
+    key = _ALIASES.get(name.lower().replace("-", "").replace("_", ""))
+    if key is None:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
+    cls, fixed = METHODS[key]
+    kwargs = {k: v for k, v in cfg.items() if k not in cls.config_only_keys}
+    return cls(**{**kwargs, **fixed})

@@ -42,7 +42,7 @@ from kikimimi.methods.losses import byol_symmetric_loss
 from kikimimi.methods.running_norm import RunningNorm
 from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
 
-__all__ = ["BYOLA", "BYOLMLP", "OFFICIAL_LR"]
+__all__ = ["BYOLA", "BYOLMLP", "DEFAULT_D", "OFFICIAL_LR"]
 
 _DEFAULTS = {
     1: {"d": 512, "mixup_ratio": 0.4, "lr": 3e-4, "pre_norm": "running"},
@@ -51,6 +51,8 @@ _DEFAULTS = {
 PRE_NORM_MODES = ("running", "precomputed")
 #: official Adam learning rate per version (fact-sheet-byola-evar §1.6)
 OFFICIAL_LR = {version: d["lr"] for version, d in _DEFAULTS.items()}
+#: encoder output size ``d`` per version when none is given (v2: 1024 conv + 2048 MLP features)
+DEFAULT_D = {version: d["d"] for version, d in _DEFAULTS.items()}
 
 
 class BYOLMLP(nn.Sequential):
@@ -90,7 +92,7 @@ class BYOLA(nn.Module):
         max_update_epochs: ``RunningNorm`` freezes after ``max_update_epochs · epoch_samples`` updates (10).
         mlp_lr_scale: learning-rate multiplier of the encoder's MLP (``encoder.fc.*``); 1.0 is the official
             recipe, 0.0 keeps the MLP at its initialisation (kikimimi's short-run setting, see
-            :data:`kikimimi.commands.pretrain.SHORT_RUN_BYOLA_MLP_LR_SCALE`). Projector, predictor and the
+            :data:`kikimimi.methods.recipes.SHORT_RUN_BYOLA_MLP_LR_SCALE`). Projector, predictor and the
             conv stack always train at the full rate.
     """
 

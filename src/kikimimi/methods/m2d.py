@@ -29,7 +29,7 @@ from torch import nn
 from kikimimi.methods.ema import ema_tau, ema_update_, weight_decay_param_groups
 from kikimimi.methods.losses import norm_mse_loss
 from kikimimi.methods.masking import MaskIds, gather_tokens, random_masking
-from kikimimi.models.vit import AudioViT, Block, ViTConfig, init_vit_weights, sincos_pos_embed_2d
+from kikimimi.models.vit import VIT_SIZES, AudioViT, Block, ViTConfig, init_vit_weights, sincos_pos_embed_2d
 
 __all__ = ["M2D", "PREDICTOR_SIZES", "DEFAULT_NORM_STATS"]
 
@@ -353,7 +353,7 @@ class M2D(nn.Module):
             raise KeyError(f"not an official full M2D state dict: missing {err}") from None
         depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
         dec_depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("decoder_blocks."))
-        size = next((name for name, (d, dep, _h) in _vit_sizes().items() if d == dim and dep == depth), None)
+        size = next((name for name, (d, dep, _h) in VIT_SIZES.items() if d == dim and dep == depth), None)
         if size is None:
             raise ValueError(f"no ViT size with embed_dim={dim} and depth={depth}")
         model = cls(
@@ -366,9 +366,3 @@ class M2D(nn.Module):
         )
         model.load_official_state_dict(state_dict)
         return model
-
-
-def _vit_sizes() -> dict[str, tuple[int, int, int]]:
-    from kikimimi.models.vit import VIT_SIZES
-
-    return dict(VIT_SIZES)

@@ -34,24 +34,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from kikimimi.checkpoints import load_encoder
+from kikimimi.checkpoints.names import vit_size_name
+from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.methods.clap import clamp_logit_scale_, clip_infonce, new_logit_scale
 from kikimimi.methods.ema import weight_decay_param_groups
 from kikimimi.methods.m2d_clap import M2DCLAP
 from kikimimi.models.projectors import SEMANTIC_MODES, SemanticProjector, linear_text_projection
-from kikimimi.models.vit import VIT_SIZES, AudioViT, ViTConfig
+from kikimimi.models.text import load_text_encoder
+from kikimimi.models.vit import AudioViT, ViTConfig
 
-__all__ = [
-    "TEXT_ENCODER_CODES",
-    "M2D2Stage2",
-    "SemanticBackbone",
-    "stage1_method",
-    "text_encoder_code",
-    "stage2_folder_name",
-    "resolve_stage1_checkpoint",
-]
-
-#: name-extras code of the text encoder (fact-sheet-m2d §5.2): A = GTE-base, B = BERT, N = LLM embedder
-TEXT_ENCODER_CODES: dict[str, str] = {"gte": "A", "bert": "B", "llm": "N", "smollm2": "N"}
+__all__ = ["M2D2Stage2", "SemanticBackbone", "stage1_method"]
 
 
 def stage1_method(text_encoder: str | None = None, **kwargs: Any) -> M2DCLAP:
@@ -64,44 +57,6 @@ def stage1_method(text_encoder: str | None = None, **kwargs: Any) -> M2DCLAP:
     """
     kwargs.pop("method_name", None)
     return M2DCLAP(method_name="m2d2_stage1", text_encoder=text_encoder, **kwargs)
-
-
-def text_encoder_code(spec: str | None) -> str:
-    """One-letter code for folder names: ``gte:…`` → ``A``, ``bert:…`` → ``B``, LLM specs → ``N``, else ``X``."""
-    if not spec:
-        return "X"
-    kind = str(spec).split(":", 1)[0].split("#", 1)[0].lower()
-    return TEXT_ENCODER_CODES.get(kind, "X")
-
-
-def vit_size_name(cfg: ViTConfig) -> str:
-    for name, (dim, depth, heads) in VIT_SIZES.items():
-        if (dim, depth, heads) == (cfg.embed_dim, cfg.depth, cfg.num_heads):
-            return name
-    return f"d{cfg.embed_dim}"
-
-
-def stage2_folder_name(vit: ViTConfig, text_encoder: str | None, date: str) -> str:
-    """``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>p<sr>kp<code>pTI-<date>`` (parses with the official grammar)."""
-    f_in, t_in = vit.input_size
-    fp, tp = vit.patch_size
-    sr = int(vit.sample_rate) // 1000
-    code = text_encoder_code(text_encoder)
-    return f"m2d_clap_vit_{vit_size_name(vit)}-{f_in}x{t_in}p{fp}x{tp}p{sr}kp{code}pTI-{date}"
-
-
-def resolve_stage1_checkpoint(path: str | Path) -> Path:
-    """A stage-1 run folder (its ``last.pth`` / newest checkpoint), checkpoint file or kikimimi folder."""
-    from kikimimi.checkpoints import is_kikimimi_checkpoint
-    from kikimimi.training.checkpointing import find_resume_checkpoint
-
-    p = Path(path)
-    try:
-        return find_resume_checkpoint(p)  # a run folder also holds a config.json: checkpoints win
-    except FileNotFoundError:
-        if p.is_dir() and is_kikimimi_checkpoint(p):
-            return p
-        raise
 
 
 class SemanticBackbone(AudioViT):
@@ -181,8 +136,6 @@ class M2D2Stage2(nn.Module):
         self.sem_depth = int(sem_depth or depth)
         self.sem_mlp_ratio = float(sem_mlp_ratio or ratio)
         if isinstance(text_encoder, str):
-            from kikimimi.models.text import load_text_encoder
-
             text_encoder_spec = text_encoder_spec or text_encoder
             text_encoder = load_text_encoder(text_encoder)
         text_dim = int(text_encoder.dim)
@@ -240,12 +193,12 @@ class M2D2Stage2(nn.Module):
         The ViT sizes and ``norm_stats`` come from the stage-1 file (via
         :func:`kikimimi.checkpoints.load_encoder`); ``kwargs`` are the other constructor arguments.
         """
-        from kikimimi.checkpoints import load_encoder
-
-        ckpt = resolve_stage1_checkpoint(path)
+        ckpt = resolve_run_checkpoint(path)
         bundle = load_encoder(ckpt)
-        if bundle.family != "m2d":
-            raise ValueError(f"'{ckpt}': stage 2 needs an M2D / M2D-CLAP audio encoder, got {bundle.family}")
+        if not isinstance(bundle.encoder, AudioViT):
+            raise ValueError(
+                f"'{ckpt}': stage 2 needs an M2D / M2D-CLAP audio encoder, got {type(bundle.encoder).__name__}"
+            )
         vit = dict(bundle.config["vit"])
         stats = bundle.norm_stats.to_list()
         kwargs.setdefault("norm_stats", stats)
@@ -332,11 +285,3 @@ class M2D2Stage2(nn.Module):
         """Official 2025 layout: ``backbone.*`` (encoder, ``norm_stats``, ``audio_proj.*``, ``text_proj.*``),
         ``text_encoder.*`` and ``logit_scale`` (the trainer wraps it in ``{"model": ...}``)."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
-
-
-def build_stage2(**cfg: Any) -> M2D2Stage2:
-    """:class:`M2D2Stage2` from ``config_dict()`` keys plus ``text_encoder`` (module or spec)."""
-    cfg = {k: v for k, v in cfg.items() if k not in M2D2Stage2.config_only_keys}
-    vit = cfg.pop("vit_config")
-    text_encoder = cfg.pop("text_encoder")
-    return M2D2Stage2(vit, text_encoder, **cfg)

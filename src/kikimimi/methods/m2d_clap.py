@@ -160,8 +160,3 @@ class M2DCLAP(M2D):
             if key.startswith(CLAP_KEYS_PREFIXES) and key not in merged:
                 merged[key] = value
         return super().load_official_state_dict(merged)
-
-
-def build_m2d_clap(**cfg) -> M2DCLAP:
-    """:class:`M2DCLAP` from constructor/config keys (informational ``config_dict`` keys are ignored)."""
-    return M2DCLAP(**{k: v for k, v in cfg.items() if k not in M2DCLAP.config_only_keys})

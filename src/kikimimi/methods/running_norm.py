@@ -32,7 +32,7 @@ import math
 import torch
 from torch import nn
 
-from kikimimi.features.augment import FLOAT32_EPS
+from kikimimi.features.frontend import FLOAT32_EPS
 
 __all__ = ["RunningNorm"]
 

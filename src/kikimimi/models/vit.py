@@ -128,6 +128,27 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_gri
     return torch.cat([cls, grid], dim=1)
 
 
+def official_chunk_spans(n_frames: int, chunk_frames: int, patch_frames: int) -> tuple[int, list[tuple[int, int]]]:
+    """The official M2D chunking rule for a log-mel of ``n_frames`` frames.
+
+    The log-mel is right-padded with ``pad = (p − (T mod unit mod p)) mod p`` zero frames (p = patch width,
+    unit = training length ``chunk_frames``), cut every ``unit`` frames, and each piece is trimmed to whole
+    patches (a piece without one is dropped).
+
+    Returns:
+        ``(pad, spans)``: the padding in frames and one ``(start, width)`` per chunk, in frames of the padded
+        log-mel; ``width`` is a multiple of p and at most ``unit``.
+    """
+    pad = (patch_frames - (n_frames % chunk_frames % patch_frames)) % patch_frames
+    padded = n_frames + pad
+    spans = []
+    for start in range(0, padded, chunk_frames):
+        width = min(chunk_frames, padded - start) // patch_frames * patch_frames
+        if width:
+            spans.append((start, width))
+    return pad, spans
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection ordered [q; k; v]."""
 
@@ -198,7 +219,7 @@ def init_vit_weights(module: nn.Module) -> None:
 
 
 class AudioViT(nn.Module):
-    """M2D audio ViT encoder (online network only).
+    """M2D audio ViT encoder (online network only); a :class:`~kikimimi.models.encoder.FrameEncoder`.
 
     State-dict keys equal the official encoder's: 150 tensors for ViT-Base.
     """
@@ -291,8 +312,42 @@ class AudioViT(nn.Module):
         fg = self.grid_size[0]
         return tokens.reshape(b, fg, n // fg, d).permute(0, 2, 1, 3).reshape(b, n // fg, fg * d)
 
+    # ------------------------------------------------------------------ the FrameEncoder interface
+    @property
+    def embedding_dim(self) -> int:
+        """Size of a frame feature and of a clip embedding: Fg·D (:attr:`frame_dim`)."""
+        return self.frame_dim
+
+    @property
+    def chunk_frames(self) -> int:
+        """Log-mel frames of one chunk: the training length ``input_size[1]``."""
+        return self.config.input_size[1]
+
+    def split_chunks(self, lms: torch.Tensor) -> list[torch.Tensor]:
+        """Cut a normalised log-mel ``[..., F, T]`` into the official chunks ``[..., F, Tc]`` (see
+        :func:`official_chunk_spans`): right-padded with zeros to whole patches, then training-length pieces,
+        each trimmed to whole patches. The chunks are views of the (padded) input."""
+        pad, spans = official_chunk_spans(lms.shape[-1], self.chunk_frames, self.config.patch_size[1])
+        if pad:
+            lms = F.pad(lms, (0, pad))
+        return [lms[..., start:start + width] for start, width in spans]
+
+    def encode_chunks(self, chunks: torch.Tensor, *, flat: bool = False, return_layers: bool = False):
+        """Encode a batch of equal-width chunks ``[B, F, Tc]`` (Tc ≤ :attr:`chunk_frames`, whole patches).
+
+        Returns frame features ``[B, Tc / p, Fg·D]``; with ``flat`` the patch tokens ``[B, Fg·Tc / p, D]``
+        (frequency-major); with ``return_layers`` a list with one such tensor per block (last one normed).
+        """
+        out = self.forward_tokens(chunks[:, None], return_layers=return_layers)
+        if flat:
+            return out
+        return [self._to_frames(x) for x in out] if return_layers else self._to_frames(out)
+
     def encode_lms(self, lms: torch.Tensor, *, flat: bool = False, return_layers: bool = False):
         """Encode a normalised log-mel of any length with the official chunking rule.
+
+        The chunks of :meth:`split_chunks` go through :meth:`encode_chunks` one after the other and their
+        outputs are concatenated along time.
 
         Args:
             lms: ``[B, F, T]`` (or ``[B, 1, F, T]``) normalised log-mel.
@@ -302,42 +357,36 @@ class AudioViT(nn.Module):
         """
         if lms.dim() == 4:
             lms = lms[:, 0]
-        unit = self.config.input_size[1]
-        p = self.config.patch_size[1]
-        t = lms.shape[-1]
-        pad = (p - (t % unit % p)) % p
-        if pad:
-            lms = F.pad(lms, (0, pad))
-        outputs: list = []
-        for start in range(0, lms.shape[-1], unit):
-            chunk = lms[:, :, start:start + unit]
-            whole = chunk.shape[-1] // p * p
-            if whole == 0:
-                continue
-            out = self.forward_tokens(chunk[:, None, :, :whole], return_layers=return_layers)
-            outputs.append(out if return_layers else [out])
-        n_layers = len(outputs[0])
-        result = []
-        for layer in range(n_layers):
-            parts = [o[layer] for o in outputs]
-            if not flat:
-                parts = [self._to_frames(x) for x in parts]
-            result.append(torch.cat(parts, dim=1))
-        return result if return_layers else result[0]
+        outputs = [self.encode_chunks(chunk, flat=flat, return_layers=return_layers)
+                   for chunk in self.split_chunks(lms)]
+        if return_layers:
+            return [torch.cat(layer, dim=1) for layer in zip(*outputs, strict=True)]
+        return torch.cat(outputs, dim=1)
 
-    @staticmethod
-    def timestamps_ms(n_frames: int, duration_s: float) -> torch.Tensor:
-        """Official frame timestamps: t_i = i · duration_s / n_frames · 1000 ms, ``[n_frames]``."""
+    def pool(self, frames: torch.Tensor) -> torch.Tensor:
+        """Clip embedding: mean of the frame features over time, ``[..., T', D]`` -> ``[..., D]``."""
+        return frames.mean(dim=-2)
+
+    def timestamps_ms(self, n_frames: int, n_samples: int, sample_rate: int, hop_length: int) -> torch.Tensor:
+        """Official frame timestamps ``[n_frames]`` (float64): t_i = i · duration_s / n_frames · 1000 ms with
+        duration_s = n_samples / sample_rate (``hop_length`` plays no part)."""
+        duration_s = n_samples / sample_rate
         return torch.arange(n_frames, dtype=torch.float64) * (duration_s / max(n_frames, 1)) * 1000.0
+
+    def fresh_like(self) -> AudioViT:
+        """A new ViT of the same configuration, freshly initialised (global torch generator), on the CPU.
+
+        The positional table is copied, not regenerated: it is fixed, and may have been resized
+        (:func:`resize_pos_embed`).
+        """
+        fresh = AudioViT(self.config)
+        fresh.pos_embed.data.copy_(self.pos_embed.data)
+        return fresh
 
     def num_output_frames(self, n_lms_frames: int) -> int:
         """Number of frame features ``T'`` that :meth:`encode_lms` returns for ``n_lms_frames`` input frames."""
-        unit, p = self.config.input_size[1], self.config.patch_size[1]
-        total = 0
-        padded = n_lms_frames + (p - (n_lms_frames % unit % p)) % p
-        for start in range(0, padded, unit):
-            total += min(unit, padded - start) // p
-        return total
+        _, spans = official_chunk_spans(n_lms_frames, self.chunk_frames, self.config.patch_size[1])
+        return sum(width // self.config.patch_size[1] for _, width in spans)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,2 +1,5 @@
-"""Building blocks of the pre-training loop (:mod:`kikimimi.training.trainer`): LR schedules, distributed set-up
-and checkpoint/RNG state handling. Each module has one job; the trainer composes them."""
+"""Pre-training: :func:`~kikimimi.training.pretrain.run_pretraining` assembles a run from its settings
+(:mod:`~kikimimi.training.settings`, :mod:`~kikimimi.training.run_folder`, :mod:`~kikimimi.training.captions`);
+the loop is :class:`~kikimimi.training.trainer.Trainer`, with distributed set-up
+(:mod:`~kikimimi.training.distributed`) and checkpoint/RNG state handling (:mod:`~kikimimi.training.checkpointing`).
+Each module has one job."""

@@ -1,4 +1,7 @@
-"""Training-checkpoint contents: RNG states, method state split, ``last.pth`` pointer, resume lookup.
+"""Training-checkpoint contents: RNG states and the split of the method state.
+
+The files of a run folder (``checkpoint-<step>.pth``, ``last.pth``) and how a folder resolves to one of
+them live in :mod:`kikimimi.checkpoints.runs`.
 
 A checkpoint written by :class:`kikimimi.training.trainer.Trainer` is a plain dict in the official M2D layout::
 
@@ -18,10 +21,8 @@ Everything in it is a tensor, number, string, list, tuple, dict or ``None`` so i
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,19 +30,12 @@ import torch
 from torch import nn
 
 __all__ = [
-    "CHECKPOINT_PREFIX",
-    "LAST_NAME",
     "capture_rng_state",
     "restore_rng_state",
     "split_method_state",
     "restore_method_state",
-    "point_last",
-    "find_resume_checkpoint",
-    "list_checkpoints",
 ]
 
-CHECKPOINT_PREFIX = "checkpoint-"
-LAST_NAME = "last.pth"
 _EXTRA = "_extra_state"
 
 
@@ -150,55 +144,3 @@ def restore_method_state(
             "for the same --method/--size/--input-frames?"
         )
     method.load_state_dict(full, strict=True)
-
-
-def point_last(run_dir: Path, checkpoint: Path) -> Path:
-    """Make ``run_dir/last.pth`` refer to ``checkpoint`` (relative symlink, replaced atomically;
-    a hard link or copy where symlinks are unavailable)."""
-    last = run_dir / LAST_NAME
-    tmp = run_dir / f".{LAST_NAME}.{os.getpid()}.tmp"
-    if tmp.exists() or tmp.is_symlink():
-        tmp.unlink()
-    try:
-        os.symlink(checkpoint.name, tmp)
-    except OSError:
-        try:
-            os.link(checkpoint, tmp)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, last)
-    return last
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """``checkpoint-<step>.pth`` files in ``run_dir`` sorted by step."""
-    found = []
-    for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*.pth"):
-        tail = p.stem[len(CHECKPOINT_PREFIX) :]
-        if tail.isdigit():
-            found.append((int(tail), p))
-    return [p for _, p in sorted(found)]
-
-
-def find_resume_checkpoint(path: str | Path) -> Path:
-    """Resolve ``--resume``: a checkpoint file, or a run folder (its ``last.pth``, else newest checkpoint).
-
-    Raises:
-        FileNotFoundError: nothing to resume from at ``path``.
-    """
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        last = p / LAST_NAME
-        if last.exists():
-            return last.resolve()
-        ckpts = list_checkpoints(p)
-        if ckpts:
-            return ckpts[-1]
-        raise FileNotFoundError(
-            f"--resume {p}: no {LAST_NAME} or {CHECKPOINT_PREFIX}<step>.pth in this folder"
-        )
-    raise FileNotFoundError(f"--resume {p}: no such file or folder")

@@ -23,24 +23,24 @@ import hashlib
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from kikimimi.checkpoints.runs import CHECKPOINT_PREFIX, find_resume_checkpoint, list_checkpoints, point_last
 from kikimimi.data.corpus import CropDataset, make_loader
 from kikimimi.device import AMP_MODES, resolve_amp
+from kikimimi.fileio import atomic_torch_save, atomic_write_text
 from kikimimi.optim import SCHEDULES, lr_at_step, scaled_lr, set_lr
 from kikimimi.training.checkpointing import (
-    CHECKPOINT_PREFIX,
     capture_rng_state,
-    find_resume_checkpoint,
-    list_checkpoints,
-    point_last,
     restore_method_state,
     restore_rng_state,
     split_method_state,
@@ -277,8 +277,6 @@ class Trainer:
         ranks = all_gather_object(rank_state)
         path: Path | None = None
         if self.dist.is_main:
-            from kikimimi.fileio import atomic_torch_save
-
             ckpt = {
                 "model": {k: v.detach().cpu() for k, v in official.items()},
                 "args": self._args_dict(),
@@ -342,8 +340,6 @@ class Trainer:
                     kept.append(line)
             except (ValueError, AttributeError):
                 continue
-        from kikimimi.fileio import atomic_write_text
-
         atomic_write_text(log, "".join(f"{line}\n" for line in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -373,10 +369,6 @@ class Trainer:
         barrier()
 
         torch.manual_seed(cfg.seed + dist.rank)
-        import random
-
-        import numpy as np
-
         random.seed(cfg.seed + dist.rank)
         np.random.seed((cfg.seed + dist.rank) % 2**32)
         generator = None

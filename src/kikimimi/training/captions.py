@@ -1,0 +1,80 @@
+"""The captions of a caption method's run (M2D-CLAP, M2D2): caption texts or their embedding cache.
+
+M2D-CLAP and M2D2 stage 1 train against caption *embeddings*: ``captions`` is a caption-embedding cache, or
+a caption table (CSV/JSON) that :func:`prepare_embedding_cache` first embeds with ``text_encoder`` into
+``<run folder>/caption-embeddings-<spec>.safetensors`` (+ ``.info.json`` recording the encoder; reused on
+resume). M2D2 stage 2 trains its text encoder and reads the caption *texts* (:func:`load_caption_table`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kikimimi.data.caption_cache import CaptionEmbeddingCache, read_cache_info, write_cache_info
+from kikimimi.data.captions import CaptionTable
+from kikimimi.models.text import load_text_encoder
+from kikimimi.training.distributed import DistInfo, barrier
+from kikimimi.training.settings import is_embedding_cache
+
+__all__ = ["load_caption_table", "prepare_embedding_cache"]
+
+
+def load_caption_table(path: str) -> CaptionTable:
+    """A caption table from a ``.csv`` / ``.json`` caption file."""
+    return CaptionTable.load(path)
+
+
+def _caption_cache_path(run_dir: Path, spec: str) -> Path:
+    slug = "".join(c if c.isalnum() else "_" for c in spec).strip("_")[:40] or "text"
+    return run_dir / f"caption-embeddings-{slug}.safetensors"
+
+
+def _spec_key(spec: str) -> str:
+    """A text-encoder spec with its path made absolute (``gte:models/gte`` ≡ ``gte:/abs/models/gte``)."""
+    kind, sep, rest = str(spec).partition(":")
+    if not sep:
+        return str(spec)
+    path, hash_, suffix = rest.partition("#")
+    return f"{kind}:{os.path.abspath(path)}{hash_}{suffix}"
+
+
+def prepare_embedding_cache(
+    settings: dict[str, Any], run_dir: Path, dist: DistInfo, log: Callable[[str], None] | None = None
+) -> tuple[CaptionEmbeddingCache, str]:
+    """Open (or first build, on rank 0, resumably) the caption-embedding cache; ``(cache, path)``.
+
+    A given cache is checked against ``settings["text_encoder"]`` when its side-car records one, and its
+    encoder becomes the setting when none is given. A caption table is embedded into the run folder
+    (``settings["caption_cache"]`` records where); an existing cache there is reused.
+
+    Args:
+        log: called with a line when a table is embedded (``None`` = quiet).
+
+    Raises:
+        ValueError: the given cache was made with another text encoder.
+    """
+    captions = str(settings["captions"])
+    spec = settings.get("text_encoder")
+    if is_embedding_cache(captions):
+        cache = CaptionEmbeddingCache.load(captions)
+        info = read_cache_info(captions) or {}
+        made_by = info.get("text_encoder") or cache.encoder_name
+        if spec and made_by and _spec_key(spec) not in (_spec_key(made_by), _spec_key(cache.encoder_name)):
+            raise ValueError(
+                f"--captions '{captions}' was made with text encoder {made_by!r}, not --text-encoder {spec!r}"
+            )
+        settings["text_encoder"] = spec or made_by
+        return cache, captions
+    cache_path = _caption_cache_path(run_dir, str(spec))
+    if dist.is_main and not cache_path.exists():
+        encoder = load_text_encoder(str(spec), device=dist.device)
+        cache = CaptionEmbeddingCache.build(load_caption_table(captions), encoder, cache_path)
+        write_cache_info(cache_path, text_encoder=str(spec), dim=int(cache.dim), captions=captions)
+        if log is not None:
+            log(f"embedded captions of {captions} with {spec} into {cache_path}")
+    barrier()
+    settings["caption_cache"] = str(cache_path)
+    return CaptionEmbeddingCache.load(cache_path), str(cache_path)
