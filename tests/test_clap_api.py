@@ -72,7 +72,7 @@ def test_clap2024_without_text_encoder_explains_how_to_get_one(tmp_path):
 
 
 def test_text_encoder_spec_from_config_json_beside_the_checkpoint(tmp_path, monkeypatch):
-    from kikimimi.models import text as text_models
+    from kikimimi.models import text_loading as text_models
 
     path = write_tiny_clap2024(tmp_path)
     (path.parent / "config.json").write_text(json.dumps({"method_config": {"text_encoder": "fake:spec"}}))

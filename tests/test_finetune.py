@@ -16,7 +16,6 @@ import kikimimi
 from kikimimi.audio.synthetic import make_dataset
 from kikimimi.cli import main
 from kikimimi.evaluation.finetune import (
-    LARS,
     FinetuneConfig,
     build_finetune_model,
     build_optimizer,
@@ -28,6 +27,7 @@ from kikimimi.evaluation.finetune import (
 from kikimimi.evaluation.tasks import Task
 from kikimimi.features.augment_finetune import mask_along_axis, mixup_log_mel, random_resize_crop_batch, spec_augment
 from kikimimi.methods import build_method
+from kikimimi.optim import LARS
 
 CLASSES = ("tone", "noise_burst", "clicks")
 FAST = dict(optimizer="adamw", lr=1e-3, warmup_epochs=1, batch_size=8, mixup=0.0, freq_mask=8, time_mask=16,

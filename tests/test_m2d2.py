@@ -158,7 +158,7 @@ def test_from_stage1_run_uses_its_encoder_and_stats(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------ CLI
 def _tiny_bert_folder(path: Path) -> str:
     transformers = pytest.importorskip("transformers")
-    from kikimimi.models.text import bert_tokenizer_from_vocab
+    from kikimimi.models.text_loading import bert_tokenizer_from_vocab
 
     tok = bert_tokenizer_from_vocab()
     torch.manual_seed(0)
@@ -220,7 +220,7 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
     # a stage-2 text encoder of another kind (GTE-style mean pooling) comes back from the file through the
     # spec recorded in config.json, with its fine-tuned weights (not the folder's original ones)
     from kikimimi.inference.clap import load_clap
-    from kikimimi.models.text import load_text_encoder
+    from kikimimi.models.text_loading import load_text_encoder
 
     gte = "gte:" + spec.split(":", 1)[1]
     assert main(["pretrain", *stage2, "--text-encoder", gte, "--run-name", "stage2-gte"]) == 0

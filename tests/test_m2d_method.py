@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from kikimimi.methods import build_method
-from kikimimi.methods.ema import ema_tau, weight_decay_param_groups
+from kikimimi.methods.ema import ema_tau
 from kikimimi.methods.losses import norm_mse_loss, standardize_tokens
 from kikimimi.methods.m2d import M2D
 from kikimimi.methods.masking import gather_tokens, num_visible, random_masking
+from kikimimi.optim import weight_decay_param_groups
 
 TINY_INPUT = (80, 64)  # 5 x 4 = 20 patches of 16x16
 

@@ -10,17 +10,12 @@ import pytest
 import torch
 import transformers
 
-from kikimimi.models.text import (
-    HFTextEncoder,
-    TextEncoder,
-    TextEncoderError,
+from kikimimi.models.text import HFTextEncoder, TextEncoder, TextEncoderError, cls_pool, last_token_pool, mean_pool
+from kikimimi.models.text_loading import (
     bert_from_state_dict,
     bert_tokenizer_from_vocab,
-    cls_pool,
     find_minilm_folder,
-    last_token_pool,
     load_text_encoder,
-    mean_pool,
 )
 
 transformers.utils.logging.set_verbosity_error()

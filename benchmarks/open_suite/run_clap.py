@@ -159,7 +159,7 @@ def caption_cache(data: Path, table: Path, spec: str) -> Path:
     info = read_cache_info(out) if out.exists() else None
     if info and all(info.get(k) == v for k, v in want.items()):
         return out
-    from kikimimi.models.text import load_text_encoder
+    from kikimimi.models.text_loading import load_text_encoder
 
     TIMES.mark()
     t = time.perf_counter()
@@ -203,7 +203,7 @@ def train_all(data: Path, recipe: dict[str, Any], table: Path, corpus: Path) -> 
 def load_clap_model(run: str, run_dir: Path, spec: str):
     """The run's ``kikimimi/`` folder as a ``CLAPModel``; stage 2 gets its fine-tuned text encoder back."""
     from kikimimi.inference.clap import CLAPModel, load_clap
-    from kikimimi.models.text import load_text_encoder
+    from kikimimi.models.text_loading import load_text_encoder
 
     path = run_dir / "kikimimi"
     if run != "m2d2_stage2":

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle
 from kikimimi.checkpoints.errors import CheckpointError
@@ -82,8 +85,6 @@ def save_kikimimi(bundle: EncoderBundle, out_dir: str | Path) -> Path:
 
     Both files are written atomically (temporary file + rename).
     """
-    from safetensors.torch import save as st_save
-
     if not isinstance(bundle, EncoderBundle):
         raise TypeError(f"save_kikimimi expects an EncoderBundle, got {type(bundle).__name__}")
     out_dir = Path(out_dir)
@@ -132,9 +133,6 @@ def load_kikimimi(
     norm_stats: NormStats | None = None,
 ) -> EncoderBundle:
     """Load a folder written by :func:`save_kikimimi` (or its ``model.safetensors``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     config_path = _config_path(path)
     weights = path / WEIGHTS_NAME if path.is_dir() else path

@@ -389,7 +389,7 @@ def audio_language(out: Path, labels_csv: Path, cache: Path, *, steps: int = 100
     model_dir = run_dir / "kikimimi"
     with _clap_step(f"load the trained model ({model_dir}) and the {CLAP_TEXT_ENCODER} text encoder"):
         from kikimimi.inference.clap import load_clap
-        from kikimimi.models.text import load_text_encoder
+        from kikimimi.models.text_loading import load_text_encoder
 
         clap = load_clap(model_dir, text_encoder=load_text_encoder(CLAP_TEXT_ENCODER), device="cpu")
     meta = {"model": str(model_dir), "steps": steps, "clap_weight": clap_weight, "text_encoder": CLAP_TEXT_ENCODER,

@@ -63,10 +63,9 @@ from kikimimi.features.normstats import NormStats
 from kikimimi.fileio import atomic_torch_save
 from kikimimi.models.encoder import FrameEncoder
 from kikimimi.models.vit import AudioViT, resize_pos_embed
-from kikimimi.optim import lr_at_step, set_lr
+from kikimimi.optim import LARS, lr_at_step, set_lr
 
 __all__ = [
-    "LARS",
     "OPTIMIZERS",
     "SELECTIONS",
     "FinetuneConfig",
@@ -162,54 +161,6 @@ class FinetuneConfig:
 
 
 # ------------------------------------------------------------------------------------------ optimiser
-class LARS(torch.optim.Optimizer):
-    """Layer-wise adaptive rate scaling (You et al. 2017) with heavy-ball momentum.
-
-    For a parameter ``p`` with more than one dimension: ``d = g + wd·p``, then
-    ``d ← d · η·‖p‖/‖d‖`` (trust ratio; 1 when either norm is 0). 1-D parameters (biases, norm scales)
-    get ``d = g`` with neither weight decay nor adaptation. Then ``m ← μ·m + d`` (``m`` starts at 0) and
-    ``p ← p − lr·m``.
-
-    Args:
-        lr: learning rate; momentum ``μ``; weight_decay ``wd``; trust_coefficient ``η`` (0.001).
-    """
-
-    def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001) -> None:
-        if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
-            raise ValueError(f"invalid LARS settings lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
-                             f"trust_coefficient={trust_coefficient}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if p.ndim > 1:
-                    if group["weight_decay"]:
-                        d = d.add(p, alpha=group["weight_decay"])
-                    p_norm = torch.linalg.vector_norm(p)
-                    d_norm = torch.linalg.vector_norm(d)
-                    ratio = torch.where((p_norm > 0) & (d_norm > 0),
-                                        group["trust_coefficient"] * p_norm / d_norm, torch.ones_like(p_norm))
-                    d = d * ratio
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(d)
-                p.add_(buf, alpha=-group["lr"])
-        return loss
-
-
 def finetune_lr(iteration: int, iters_per_epoch: int, config: FinetuneConfig) -> float:
     """Learning rate for 0-based optimiser step ``iteration``: linear warm-up from 0 over
     ``warmup_epochs · iters_per_epoch`` steps, then a half-cosine from ``lr`` to ``min_lr`` at the end of

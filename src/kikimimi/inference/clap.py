@@ -13,9 +13,9 @@
 Where the text encoder comes from (first match wins):
 
 1. ``text_encoder=`` argument: a :class:`kikimimi.models.text.TextEncoder` or a spec for
-   :func:`kikimimi.models.text.load_text_encoder` (``"gte:/path/to/gte-base"``, ``"minilm"``, …);
+   :func:`kikimimi.models.text_loading.load_text_encoder` (``"gte:/path/to/gte-base"``, ``"minilm"``, …);
 2. ``text_encoder.`` tensors inside the file (2025 ``TI`` release: fine-tuned BERT) →
-   :func:`kikimimi.models.text.bert_from_state_dict`;
+   :func:`kikimimi.models.text_loading.bert_from_state_dict`;
 3. key ``text_encoder`` in ``config.json`` beside the checkpoint (or inside a kikimimi folder) —
    written by kikimimi's own M2D-CLAP training;
 4. otherwise (the 2024 release, whose text side was frozen GTE-base embeddings) a
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from kikimimi.inference.encoder import AudioEncoder, AudioInput, load
-from kikimimi.models import text as text_models
+from kikimimi.models import text_loading
 from kikimimi.models.vit import AudioViT
 
 __all__ = ["CLAPError", "CLAPModel", "cosine_similarity", "load_clap", "text_encoder_spec_from_config"]
@@ -171,15 +171,15 @@ class CLAPModel:
         if arg is not None and not isinstance(arg, str):
             return arg
         if isinstance(arg, str):
-            return text_models.load_text_encoder(arg, device=self.device)
+            return text_loading.load_text_encoder(arg, device=self.device)
         state = self.audio.bundle.text_encoder_state
         spec = text_encoder_spec_from_config(self.source) if self.source else None
         if spec is None:
             spec = self.audio.bundle.config.get("text_encoder")
         if state and not (isinstance(spec, str) and spec and not spec.startswith("bert")):
-            return text_models.bert_from_state_dict(state, device=self.device)
+            return text_loading.bert_from_state_dict(state, device=self.device)
         if isinstance(spec, str) and spec:
-            encoder = text_models.load_text_encoder(spec, device=self.device)
+            encoder = text_loading.load_text_encoder(spec, device=self.device)
             if state:  # a text encoder fine-tuned by kikimimi (M2D2 stage 2): its weights are in the file
                 try:
                     encoder.load_state_dict(state, strict=True)
@@ -292,7 +292,7 @@ def load_clap(path: str | os.PathLike, *, text_encoder: Any = None, device: str 
     Args:
         path: the weight file (or kikimimi folder).
         text_encoder: ``None`` (bundled / recorded in ``config.json``), a spec string for
-            :func:`kikimimi.models.text.load_text_encoder` (e.g. ``"gte:/models/gte-base"``) or an encoder object.
+            :func:`~kikimimi.models.text_loading.load_text_encoder` (e.g. ``"gte:/models/gte-base"``) or an encoder.
         device: ``"cpu"``, ``"cuda"`` … or ``None``/``"auto"``.
         trust_pickle, overrides: as :func:`kikimimi.inference.encoder.load`.
 

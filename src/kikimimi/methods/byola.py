@@ -37,10 +37,11 @@ import torch
 from torch import nn
 
 from kikimimi.features.augment import BYOLAAugment
-from kikimimi.methods.ema import ema_update_modules_, weight_decay_param_groups
+from kikimimi.methods.ema import ema_update_modules_
 from kikimimi.methods.losses import byol_symmetric_loss
 from kikimimi.methods.running_norm import RunningNorm
 from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
+from kikimimi.optim import weight_decay_param_groups
 
 __all__ = ["BYOLA", "BYOLMLP", "DEFAULT_D", "OFFICIAL_LR"]
 

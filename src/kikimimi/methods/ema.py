@@ -1,4 +1,4 @@
-"""Parameter utilities shared by the methods: EMA (target-network) updates and optimiser groups.
+"""EMA (target-network) updates shared by the methods (parameter groups live in :mod:`kikimimi.optim`).
 
 Step convention used by every method's ``on_after_step(step, total_steps)``: ``step`` is the number of
 optimiser steps done so far, i.e. ``1`` right after the first update and ``total_steps`` after the last
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["ema_tau", "ema_update_", "ema_update_modules_", "weight_decay_param_groups"]
+__all__ = ["ema_tau", "ema_update_", "ema_update_modules_"]
 
 
 def ema_tau(step: int, total_steps: int, tau0: float = 0.99995, tau1: float = 0.99999) -> float:
@@ -59,26 +59,3 @@ def ema_update_modules_(target: nn.Module, online: nn.Module, tau: float) -> Non
         raise ValueError(f"EMA target and online modules differ in parameter names, e.g. {missing}")
     names = list(t_params)
     ema_update_([t_params[n] for n in names], [o_params[n] for n in names], tau)
-
-
-def weight_decay_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: no decay on 1-D parameters and biases; frozen parameters excluded.
-
-    Returns:
-        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]``
-        (empty groups are dropped).
-    """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": float(weight_decay)},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]

@@ -26,10 +26,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from kikimimi.methods.ema import ema_tau, ema_update_, weight_decay_param_groups
+from kikimimi.methods.ema import ema_tau, ema_update_
 from kikimimi.methods.losses import norm_mse_loss
 from kikimimi.methods.masking import MaskIds, gather_tokens, random_masking
 from kikimimi.models.vit import VIT_SIZES, AudioViT, Block, ViTConfig, init_vit_weights, sincos_pos_embed_2d
+from kikimimi.optim import weight_decay_param_groups
 
 __all__ = ["M2D", "PREDICTOR_SIZES", "DEFAULT_NORM_STATS"]
 

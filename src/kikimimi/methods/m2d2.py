@@ -38,11 +38,11 @@ from kikimimi.checkpoints import load_encoder
 from kikimimi.checkpoints.names import vit_size_name
 from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.methods.clap import clamp_logit_scale_, clip_infonce, new_logit_scale
-from kikimimi.methods.ema import weight_decay_param_groups
 from kikimimi.methods.m2d_clap import M2DCLAP
 from kikimimi.models.projectors import SEMANTIC_MODES, SemanticProjector, linear_text_projection
-from kikimimi.models.text import load_text_encoder
+from kikimimi.models.text_loading import load_text_encoder
 from kikimimi.models.vit import AudioViT, ViTConfig
+from kikimimi.optim import weight_decay_param_groups
 
 __all__ = ["M2D2Stage2", "SemanticBackbone", "stage1_method"]
 
@@ -100,7 +100,7 @@ class M2D2Stage2(nn.Module):
     Args:
         vit_config: the stage-1 encoder's :class:`ViTConfig` (or its dict).
         text_encoder: a ``TextEncoder`` (``nn.Module`` with ``dim`` and ``forward(list[str]) -> [N, Dt]``)
-            or a spec string for :func:`kikimimi.models.text.load_text_encoder`.
+            or a spec string for :func:`kikimimi.models.text_loading.load_text_encoder`.
         sem_mode: official projector mode 1–4 (depth/MLP ratio 1/1, 2/1, 3/2, 4/2); ``sem_depth`` and
             ``sem_mlp_ratio`` override it.
         unfreeze_audio: also train the audio encoder (default: frozen, as guided by stage 1).

@@ -15,7 +15,7 @@ from typing import Any
 
 from kikimimi.data.caption_cache import CaptionEmbeddingCache, read_cache_info, write_cache_info
 from kikimimi.data.captions import CaptionTable
-from kikimimi.models.text import load_text_encoder
+from kikimimi.models.text_loading import load_text_encoder
 from kikimimi.training.distributed import DistInfo, barrier
 from kikimimi.training.settings import is_embedding_cache
 

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from kikimimi.checkpoints.runs import CHECKPOINT_PREFIX, find_resume_checkpoint, list_checkpoints, point_last
 from kikimimi.data.corpus import CropDataset, make_loader
@@ -407,8 +409,6 @@ class Trainer:
 
         model: nn.Module = self.method
         if dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             model = DDP(self.method, device_ids=[device.index] if device.type == "cuda" else None)
         self.method.train()
 
@@ -417,8 +417,6 @@ class Trainer:
         losses: dict[int, float] = {}
         progress = None
         if cfg.progress and dist.is_main:
-            from tqdm import tqdm
-
             progress = tqdm(total=total, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
         t_start = time.perf_counter()
         t_window, steps_window = t_start, 0
