@@ -1,8 +1,8 @@
 """Random-weight state dicts and files in every official NTT checkpoint layout (test helper).
 
-Built only from the key lists and shapes in the fact sheets (fact-sheet-m2d §4.1–4.2, §5.1–5.2;
-fact-sheet-byola-evar §1.3–1.5); deliberately does NOT import kikimimi's model classes, so tests that load
-these dicts check our models against the documented layout rather than against themselves.
+Built only from the key lists and shapes in docs/reference.md (§5, §4.2); deliberately does NOT import kikimimi's
+model classes, so tests that load these dicts check our models against the documented layout rather than
+against themselves.
 
 Sizes: ``embed_dim`` D, ``depth`` blocks, ``input_size`` ``(F, T)`` in mel bins / frames, ``patch_size``
 ``(f, t)``; the patch grid is ``(F // f, T // t)`` and ``pos_embed`` is ``[1, 1 + Fg*Tg, D]``.
@@ -27,7 +27,7 @@ BLOCK_KEYS = (
     "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
     "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
 )  # fmt: skip
-#: Documented released-file norm stats of M2D-CLAP 2025 (fact-sheet-m2d §1.2).
+#: Documented released-file norm stats of M2D-CLAP 2025 (docs/reference.md §3).
 CLAP2025_NORM_STATS = (-7.261779308319092, 4.3511505126953125)
 
 

@@ -1,6 +1,6 @@
 """Official checkpoint layouts → EncoderBundle, name parsing, kikimimi format and `kikimimi convert`.
 
-Official-layout files are built by ``tests/official_layouts.py`` from the fact-sheet key lists (not from
+Official-layout files are built by ``tests/official_layouts.py`` from the key lists of docs/reference.md §5 (not from
 our model classes). Loads use tiny ViTs (64-d, 2 blocks) for speed; key counts use base-size dicts.
 """
 

@@ -112,7 +112,7 @@ def test_window_is_periodic_hann():
     module = LogMelSpectrogram("m2d-16k")
     w = module.window.double().numpy()
     assert w.shape == (400,)
-    assert w[0] == 0.0 and abs(w[1] - 6.168e-5) < 1e-8  # periodic, not symmetric (fact sheet §1.1)
+    assert w[0] == 0.0 and abs(w[1] - 6.168e-5) < 1e-8  # periodic, not symmetric (docs/reference.md §2)
     np.testing.assert_allclose(w, 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400), atol=1e-7)
 
 

@@ -48,7 +48,7 @@ def test_masking_counts_and_partition(n: int, ratio: float) -> None:
     assert len(sets) > 1
 
 
-def test_masking_known_counts_from_fact_sheet() -> None:
+def test_masking_known_counts_from_the_paper() -> None:
     assert num_visible(190, 0.7) == 57
     assert num_visible(190, 0.6) == 76
 

@@ -18,7 +18,7 @@ F_BINS, T_FRAMES = 4, 6
 
 
 def _reference(items: list[torch.Tensor]) -> list[tuple[float, float]]:
-    """Plain-Python (mean, std) after each item, straight from the fact-sheet description."""
+    """Plain-Python (mean, std) after each item, straight from the description in docs/reference.md §7.2."""
     out, item_means, sq_devs = [], [], []
     for x in items:
         vals = [float(v) for v in x.double().flatten()]

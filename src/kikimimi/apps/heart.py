@@ -1,4 +1,4 @@
-"""Heart-murmur screening on frozen embeddings (CirCor 2022 style, fact sheet §2.9).
+"""Heart-murmur screening on frozen embeddings (CirCor 2022 style, docs/reference.md §8).
 
 Pipeline: each recording is cut into fixed ``segment_s`` (5 s) segments (the last one zero-padded at the
 end) → one embedding per segment → a small head (BatchNorm1d without affine, then an MLP with hidden

@@ -1,7 +1,7 @@
 """Checkpoint import/export: safe loading, official NTT layouts, kikimimi's safetensors format.
 
 - :func:`safe_torch_load` — ``torch.load`` with ``weights_only=True`` and a small allow-list.
-- :func:`parse_official_name` — sizes from official folder/file names (fact-sheet-m2d §4.3).
+- :func:`parse_official_name` — sizes from official folder/file names (docs/reference.md §6).
 - :func:`load_encoder` — official M2D / M2D-CLAP / BYOL-A files or kikimimi folders → :class:`EncoderBundle`.
 - :func:`save_kikimimi` / :func:`to_official_state_dict` — write our format / export the official layout.
 """

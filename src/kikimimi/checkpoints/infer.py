@@ -19,7 +19,7 @@ from kikimimi.models.vit import VIT_SIZES
 __all__ = ["infer_byola_config", "infer_extras", "infer_vit_config", "DEFAULT_M2D_N_MELS"]
 
 Tensor = torch.Tensor
-#: Mel bins of every released M2D model (fact-sheet-m2d §1.1), used when no name gives the input height.
+#: Mel bins of every released M2D model (docs/reference.md §2), used when no name gives the input height.
 DEFAULT_M2D_N_MELS = 80
 _REQUIRED_VIT = ("cls_token", "pos_embed", "patch_embed.proj.weight")
 

@@ -1,6 +1,6 @@
 """Recognise official checkpoint layouts and split them into encoder / extras / dropped tensors.
 
-Layouts handled (fact-sheet-m2d §4.1–4.3, §5; fact-sheet-byola-evar §1.5):
+Layouts handled (docs/reference.md §5):
 
 - M2D full training file: ``{"model", "optimizer", "epoch", "scaler", "args"}``;
 - M2D encoder-only state dict (``*_enconly``), with or without ``norm_stats`` / CLAP projector keys;

@@ -1,4 +1,4 @@
-"""Official NTT weight names, parsed and formatted (fact-sheet-m2d §4.3–4.4, fact-sheet-byola-evar §1.5).
+"""Official NTT weight names, parsed and formatted (docs/reference.md §6).
 
 M2D grammar: ``<model_cls>-<params>-<anything>``; ``params`` split on the letter ``p`` gives
 ``[input FxT, patch fxt, optional sample rate 16k|32k, extras...]``, e.g.
@@ -33,13 +33,13 @@ __all__ = [
     "vit_size_name",
 ]
 
-#: Frame feature size of the released BYOL-A v2 encoder (1024 conv + 2048 MLP), fact-sheet-byola-evar §1.4.
+#: Frame feature size of the released BYOL-A v2 encoder (1024 conv + 2048 MLP), docs/reference.md §4.2.
 BYOLA_V2_FEATURE_D = 3072
 
 _M2D_RE = re.compile(r"^(?P<cls>[A-Za-z0-9_]+)-(?P<params>\d+x\d+p\d+x\d+(?:p[A-Za-z0-9]+)*)(?:-.*)?$")
 _BYOLA_RE = re.compile(r"^(?P<cls>AudioNTT20(?:20|22)\w*)-(?:.*?)(?P<f>\d+)x(?P<t>\d+)d(?P<d>\d+)")
 _SR_RE = re.compile(r"^(\d+)k$")
-#: name-extras code of the text encoder (fact-sheet-m2d §5.2): A = GTE-base, B = BERT, N = LLM embedder
+#: name-extras code of the text encoder (docs/reference.md §6): A = GTE-base, B = BERT, N = LLM embedder
 TEXT_ENCODER_CODES: dict[str, str] = {"gte": "A", "bert": "B", "llm": "N", "smollm2": "N"}
 #: BYOL-A ``model_cls`` per version
 _BYOLA_CLS = {1: "AudioNTT2020", 2: "AudioNTT2022"}

@@ -24,7 +24,7 @@ __all__ = ["BYOLA_FALLBACK_STATS", "as_norm_stats", "frontend_for", "load_encode
 
 #: Used for BYOL-A files (which store no statistics) when the caller gives none: the SPCV2 statistics of
 #: the BYOL-A v2 README, measured with the nnAudio/Slaney front end that kikimimi reproduces
-#: (fact-sheet-byola-evar §1.8). BYOL-A statistics are per dataset; compute yours with
+#: (docs/reference.md §3). BYOL-A statistics are per dataset; compute yours with
 #: :func:`kikimimi.features.normstats.compute_norm_stats` and pass ``norm_stats=(mean, std)``.
 BYOLA_FALLBACK_STATS = NormStats(-9.660292, 4.7219563)
 

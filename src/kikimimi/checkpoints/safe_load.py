@@ -2,7 +2,7 @@
 
 Official NTT checkpoints are pickles. Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``,
 which refuses the ``argparse.Namespace`` stored under ``args`` in full training checkpoints and the numpy
-scalars/dtypes found in saved arguments and optimiser states (fact-sheet-m2d §4.1, §7 #7). Instead of
+scalars/dtypes found in saved arguments and optimiser states (docs/reference.md §5). Instead of
 falling back to a full unpickler, :func:`safe_torch_load` keeps ``weights_only=True`` and allow-lists
 exactly those harmless types. Anything else is refused with a :class:`CheckpointError` that names the
 offending global and the opt-in (``trust_pickle=True`` / ``--trust-pickle``).

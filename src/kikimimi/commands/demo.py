@@ -183,7 +183,7 @@ CLAP_QUERIES: tuple[tuple[str, str], ...] = (
 CLAP_RUN_NAME = "m2d_clap_vit_tiny-80x64p16x16-demo"
 CLAP_TEXT_ENCODER = "minilm"
 #: Short-run CLAP weight (tests/test_m2d_clap.py recipe): with ~100 steps the CLAP term must dominate. The
-#: official M2D-CLAP recipe (fact-sheet-m2d §5.1) and the `kikimimi pretrain` default is 0.01.
+#: official M2D-CLAP recipe (docs/reference.md §7.3) and the `kikimimi pretrain` default is 0.01.
 DEMO_CLAP_WEIGHT = 1.0
 #: The rest of that recipe: 80x64 crops, batch 16, absolute lr 1e-3, 5 warm-up steps, EMA 0.99 → 0.999.
 CLAP_PRETRAIN_SETTINGS: dict[str, Any] = {"size": "tiny", "input_frames": 64, "batch_size": 16, "lr": 1e-3,

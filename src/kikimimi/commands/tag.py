@@ -1,7 +1,7 @@
 """`kikimimi tag FILE… -m CHECKPOINT --labels class_labels_indices.csv`: AudioSet tagging with a
 fine-tuned checkpoint's 527-way head, over sliding windows for long files.
 
-The official AudioSet fine-tuned heads output classes in **sorted-MID order** (fact-sheet-m2d §4.4),
+The official AudioSet fine-tuned heads output classes in **sorted-MID order** (docs/reference.md §5),
 not in the CSV's index order: the labels CSV (``index,mid,display_name``) is sorted by ``mid`` to name
 the outputs.
 """

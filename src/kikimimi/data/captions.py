@@ -7,7 +7,7 @@
 - :class:`CaptionTable` maps stable file keys (:func:`kikimimi.fileio.relative_key` against the list's
   folder) to one or more captions, read from such a CSV or from a JSON list.
 - :func:`label_caption` / :func:`captions_from_labels` turn class labels into AudioSet-style captions
-  ("The sound of A, B, and C.", fact sheet §5.1).
+  ("The sound of A, B, and C.", docs/reference.md §7.3).
 
 The float16 caption-embedding cache built from a table lives in :mod:`kikimimi.data.caption_cache`.
 """

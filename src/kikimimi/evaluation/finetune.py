@@ -1,5 +1,5 @@
 """EVAR-style fine-tuning of a loaded encoder on a :class:`~kikimimi.evaluation.tasks.Task`
-(fact-sheet-byola-evar §2.5, fact-sheet-m2d §1.3 ``dur_frames``, §2.3 head, §6.2 recipes).
+(docs/reference.md §8; ``dur_frames`` §4.1).
 
 Model: the encoder (M2D ViT or BYOL-A CNN, all weights trainable unless ``freeze_embed``) → clip feature
 (M2D: time-mean of the ``[T', Fg·D]`` frame features; BYOL-A: its max + mean pooled embedding) →

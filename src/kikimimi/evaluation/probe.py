@@ -1,4 +1,4 @@
-"""Linear (or shallow MLP) probe on frozen embeddings, following the EVAR protocol (fact sheet §2.4).
+"""Linear (or shallow MLP) probe on frozen embeddings, following the EVAR protocol (docs/reference.md §8).
 
 Per fold and seed:
 

@@ -39,7 +39,7 @@ __all__ = [
 
 SPLITS = ("train", "valid", "test")
 
-#: Default clip length in seconds per EVAR task key (fact sheet §2.1).
+#: Default clip length in seconds per EVAR task key (docs/reference.md §8).
 TASK_UNIT_S: dict[str, float] = {
     "esc50": 5.0,
     "us8k": 4.0,

@@ -1,4 +1,4 @@
-"""BYOL-A augmentation blocks (fact-sheet-byola-evar §1.7), operating on one log-mel item at a time.
+"""BYOL-A augmentation blocks ([BYOL-A]; docs/reference.md §7.2), operating on one log-mel item at a time.
 
 Pipeline (``BYOLAAugment``), applied twice per item to make two views:
 

@@ -1,4 +1,4 @@
-"""Fine-tuning augmentations on log-mel batches (fact-sheet-byola-evar §2.5): mixup with label mixing,
+"""Fine-tuning augmentations on log-mel batches (docs/reference.md §8): mixup with label mixing,
 SpecAugment frequency/time masks and per-sample random resize crop.
 
 Shapes: log-mel batches ``[B, F, T]`` (F mel bins, T frames); labels ``[B, C]`` (one-hot or multi-hot,

@@ -1,6 +1,6 @@
 """Log-mel front end shared by the NTT audio models (M2D, M2D-CLAP, BYOL-A).
 
-The transform is (fact-sheet-m2d §1.1, fact-sheet-byola-evar §1.2):
+The transform is (docs/reference.md §2):
 
 1. reflect-pad the waveform by ``n_fft // 2`` samples on each side (a centred STFT);
 2. frame it every ``hop_length`` samples, multiply by a periodic Hann window of ``win_length`` samples

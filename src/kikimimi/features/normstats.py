@@ -1,7 +1,7 @@
 """Scalar normalisation statistics of log-mel spectrograms: ``x_norm = (x - mean) / std``.
 
 M2D and BYOL-A normalise the whole log-mel with one mean and one standard deviation (not per band),
-applied after the log and before the encoder (fact-sheet-m2d §1.2). The two scalars travel with the
+applied after the log and before the encoder (docs/reference.md §3). The two scalars travel with the
 model; when a checkpoint has none, the M2D runtimes use :data:`M2D_DEFAULT` = (-7.1, 4.2).
 """
 

@@ -5,7 +5,7 @@
 
 - audio, 2024 (``audio_proj`` = Linear-ReLU-Linear): waveform → log-mel → normalise → the official
   chunking with *flat* features (all patch tokens of all chunks ``[N, D]``) → mean over the N tokens →
-  ``audio_proj`` (fact-sheet-m2d §5.1, §8 item 10 — not the mean of 3840-d frame vectors);
+  ``audio_proj`` (docs/reference.md §7.3 — not the mean of 3840-d frame vectors);
 - audio, 2025 (``audio_proj`` = semantic projector): the same unpooled token sequence → the semantic
   token transformer (§5.2);
 - text: the text encoder's sentence embedding (not normalised) → ``text_proj`` when the file has one.

@@ -1,4 +1,4 @@
-"""BYOL-A v1/v2 pre-training objective (fact-sheet-byola-evar §1.6–1.7).
+"""BYOL-A v1/v2 pre-training objective ([BYOL-A], TASLP 2023; docs/reference.md §7.2).
 
 Input: ``batch["lms"]`` ``[B, F, T]`` log-mel. Pre-normalisation (``pre_norm``):
 
@@ -50,7 +50,7 @@ _DEFAULTS = {
     2: {"d": 3072, "mixup_ratio": 0.2, "lr": 1e-4, "pre_norm": "precomputed"},
 }
 PRE_NORM_MODES = ("running", "precomputed")
-#: official Adam learning rate per version (fact-sheet-byola-evar §1.6)
+#: official Adam learning rate per version (docs/reference.md §7.2)
 OFFICIAL_LR = {version: d["lr"] for version, d in _DEFAULTS.items()}
 #: encoder output size ``d`` per version when none is given (v2: 1024 conv + 2048 MLP features)
 DEFAULT_D = {version: d["d"] for version, d in _DEFAULTS.items()}

@@ -1,4 +1,4 @@
-"""Contrastive audio-text loss of M2D-CLAP / M2D2 (fact-sheet-m2d §5.1): symmetric InfoNCE.
+"""Contrastive audio-text loss of M2D-CLAP / M2D2 ([M2D-CLAP], [CLIP]; docs/reference.md §7.3): symmetric InfoNCE.
 
 ``clip_infonce(audio [B, D], text [B, D], logit_scale)``: both sides are L2-normalised, the logits are
 ``exp(logit_scale) · a_i · t_j`` and the loss is the mean of the audio→text and text→audio

@@ -1,4 +1,4 @@
-"""M2D (masked modeling duo) pre-training objective (fact-sheet-m2d §3.1, §4.2).
+"""M2D (masked modeling duo) pre-training objective ([M2D], TASLP 2024; docs/reference.md §7.1, §5).
 
 Networks
 - online encoder: :class:`kikimimi.models.vit.AudioViT` (``self.encoder``);
@@ -41,7 +41,7 @@ PREDICTOR_SIZES: dict[str, tuple[int, int]] = {
     "base": (512, 8),
     "large": (512, 8),
 }
-#: scalar log-mel (mean, std) stored as ``norm_stats`` when none is given (fact-sheet-m2d §1.2)
+#: scalar log-mel (mean, std) stored as ``norm_stats`` when none is given (docs/reference.md §3)
 DEFAULT_NORM_STATS: tuple[float, float] = (-7.1, 4.2)
 MASK_MODES = ("unstructured",)
 
@@ -282,7 +282,7 @@ class M2D(nn.Module):
 
     # ------------------------------------------------------------------ official checkpoints
     def export_official_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full-model state dict with the official key names (fact-sheet-m2d §4.2), incl. ``norm_stats``."""
+        """Full-model state dict with the official key names (docs/reference.md §5), incl. ``norm_stats``."""
         out: dict[str, torch.Tensor] = {}
         for key, value in self.state_dict().items():
             name = key[len("encoder.") :] if key.startswith("encoder.") else key

@@ -1,4 +1,4 @@
-"""M2D2 = M2D-CLAP (2025) training (fact-sheet-m2d §5.2).
+"""M2D2 = M2D-CLAP (2025) training ([M2D2], arXiv:2503.22104; docs/reference.md §7.3).
 
 Stage 1 is :class:`~kikimimi.methods.m2d_clap.M2DCLAP` trained against caption embeddings from an
 **LLM-based sentence embedder** (e.g. ``llm:PATH#eos`` / ``smollm2#eos``) instead of GTE-base: only the

@@ -1,4 +1,5 @@
-"""M2D-CLAP (2024) pre-training objective: M2D plus CLAP on the same forward pass (fact-sheet-m2d §5.1).
+"""M2D-CLAP (2024) pre-training objective: M2D plus CLAP on the same forward pass ([M2D-CLAP], Interspeech
+2024; docs/reference.md §7.3).
 
 Audio side: mean over the online encoder outputs of the *visible* patches (CLS dropped; returned by
 :meth:`M2D.forward` as ``visible_tokens``) → ``audio_proj`` (:class:`~kikimimi.models.projectors.

@@ -1,10 +1,10 @@
 """Each method's training recipe: its default settings and the rules that pick a value by run length.
 
-:data:`METHOD_DEFAULTS` holds, per method name, the settings a run starts from (M2D: fact-sheet-m2d §3.1;
-BYOL-A: fact-sheet-byola-evar §1.6; M2D-CLAP / M2D2: fact-sheet-m2d §5). Keys are the long option names
-of ``kikimimi pretrain`` with ``_``. A few settings are ``"auto"`` (or ``None`` for the BYOL-A ``lr``) and
-depend on the run: :func:`resolve_ema_taus` and :func:`resolve_byola_auto` fill them in once the number of
-training items is known, by the run-length rule of :func:`run_length_rule`.
+:data:`METHOD_DEFAULTS` holds, per method name, the settings a run starts from (M2D, BYOL-A, M2D-CLAP / M2D2:
+docs/reference.md §7.1–7.3). Keys are the long option names of ``kikimimi pretrain`` with ``_``. A few settings are
+``"auto"`` (or ``None`` for the BYOL-A ``lr``) and depend on the run: :func:`resolve_ema_taus` and
+:func:`resolve_byola_auto` fill them in once the number of training items is known, by the run-length rule of
+:func:`run_length_rule`.
 
 The official recipes are tuned for AudioSet-scale runs on GPUs (hundreds of thousands of optimiser steps).
 For short runs kikimimi uses other values, measured on the open suite; the figures are in ``docs/usage.md``,
@@ -79,10 +79,10 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "pre_norm": "precomputed"}
-# M2D-CLAP 2024: the M2D recipe + CLAP weight 0.01 (fact-sheet-m2d §5.1); M2D2 stage 1 is the same objective
+# M2D-CLAP 2024: the M2D recipe + CLAP weight 0.01 (docs/reference.md §7.3); M2D2 stage 1 is the same objective
 METHOD_DEFAULTS["m2d_clap"] = {**METHOD_DEFAULTS["m2d"], "clap_weight": 0.01}
 METHOD_DEFAULTS["m2d2_stage1"] = {**METHOD_DEFAULTS["m2d_clap"]}
-# M2D2 stage 2: training hyper-parameters are not public (fact-sheet-m2d §9); kikimimi's choice: 30 epochs
+# M2D2 stage 2: training hyper-parameters are not public (docs/reference.md §7.3); kikimimi's choice: 30 epochs
 # (the release is checkpoint-30.pth), a text-encoder fine-tuning lr, sizes come from the stage-1 file
 METHOD_DEFAULTS["m2d2_stage2"] = {
     **{k: v for k, v in METHOD_DEFAULTS["m2d"].items() if k not in ("mask_ratio", "ema_taus")},  # no masking/EMA
@@ -101,7 +101,7 @@ M2D_METHODS = ("m2d", "m2d_clap", "m2d2_stage1", "m2d2_stage2")
 #: methods that pair each item with a caption
 CAPTION_METHODS = ("m2d_clap", "m2d2_stage1", "m2d2_stage2")
 
-#: M2D target EMA schedules: the official one (fact-sheet-m2d §3.1, tuned for ~300k steps of batch 2048)
+#: M2D target EMA schedules: the official one (docs/reference.md §7.1, tuned for ~300k steps of batch 2048)
 #: and kikimimi's short-run one. With 0.99995 the target of a few-thousand-step run barely moves from its
 #: random init; the short-run schedule probed better on the open suite (figures in docs/usage.md,
 #: "Short runs on a CPU").

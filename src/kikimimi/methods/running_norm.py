@@ -1,4 +1,4 @@
-"""BYOL-A v1 running pre-normalisation (fact-sheet-byola-evar §1.7, ``RunningNorm``).
+"""BYOL-A v1 running pre-normalisation (docs/reference.md §7.2).
 
 v1 normalises every log-mel item with statistics that are estimated *while training*:
 
@@ -8,7 +8,7 @@ v1 normalises every log-mel item with statistics that are estimated *while train
 - after ``max_update_epochs · epoch_samples`` updates the statistics freeze;
 - output ``(x − mean) / std`` with ``std = max(sqrt(var), float32 eps)``.
 
-The running mean is the plain cumulative average (the corrected form; see fact sheet §1.7 on the
+The running mean is the plain cumulative average (the corrected form; see docs/reference.md §7.2 on the
 pre-2022 off-by-one).
 
 Deviations from the official recipe (documented on purpose):

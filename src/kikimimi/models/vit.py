@@ -6,7 +6,7 @@ cut by a Conv2d with kernel = stride = patch size and flattened **frequency-majo
 ``patch_embed.proj``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``), so an
 official state dict loads without renaming.
 
-Long and short inputs follow the official runtime (fact-sheet-m2d §1.3): the spectrogram is cut
+Long and short inputs follow the official runtime (docs/reference.md §4.1): the spectrogram is cut
 into chunks of the training length, each chunk is encoded on its own (a short last chunk uses the
 first ``Tc`` positional-embedding columns of every frequency row) and the frame features are
 concatenated along time.
