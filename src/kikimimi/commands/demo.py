@@ -371,8 +371,6 @@ def audio_language(out: Path, labels_csv: Path, cache: Path, *, steps: int = 100
     Raises:
         ClapStageError: naming the step that failed.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     t0 = time.perf_counter()
     clap_dir = out / "clap"
     with _clap_step("write the caption CSV"):
