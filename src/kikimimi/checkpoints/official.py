@@ -191,29 +191,14 @@ def load_encoder(
             sizes from the name/overrides that contradict the tensors.
     """
     path = Path(path)
-    stats = as_norm_stats(norm_stats)
+    overrides = dict(size=size, input_size=input_size, patch_size=patch_size, sample_rate=sample_rate,
+                     norm_stats=as_norm_stats(norm_stats))
     if is_kikimimi_checkpoint(path):
-        return load_kikimimi(
-            path,
-            size=size,
-            input_size=input_size,
-            patch_size=patch_size,
-            sample_rate=sample_rate,
-            norm_stats=stats,
-        )
+        return load_kikimimi(path, **overrides)
     if path.is_dir():
         raise CheckpointError(
             path,
             "is a directory without config.json; pass the weight file inside it "
             "(e.g. .../checkpoint-300.pth) or a kikimimi folder written by save_kikimimi",
         )
-    obj = safe_torch_load(path, trust_pickle=trust_pickle)
-    return _import_official(
-        obj,
-        path,
-        size=size,
-        input_size=input_size,
-        patch_size=patch_size,
-        sample_rate=sample_rate,
-        norm_stats=stats,
-    )
+    return _import_official(safe_torch_load(path, trust_pickle=trust_pickle), path, **overrides)

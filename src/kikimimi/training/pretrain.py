@@ -246,23 +246,8 @@ def build_method_from_settings(s: dict[str, Any], norm_stats: NormStats) -> nn.M
             unfreeze_audio=bool(s.get("unfreeze_audio")),
             norm_stats=norm_stats.to_list(),
         )
-    if s["method"] in ("m2d_clap", "m2d2_stage1"):
-        return build_method(
-            s["method"],
-            size=s["size"],
-            input_size=(80, int(s["input_frames"])),
-            patch_size=tuple(s["patch_size"]),
-            sample_rate=int(s["sample_rate"]),
-            mask_ratio=float(s["mask_ratio"]),
-            ema_taus=tuple(float(t) for t in s["ema_taus"]),
-            norm_stats=norm_stats.to_list(),
-            text_dim=s.get("text_dim"),
-            clap_weight=float(s["clap_weight"] if s.get("clap_weight") is not None else 0.01),
-            text_encoder=s.get("text_encoder"),
-        )
-    if s["method"] == "m2d":
-        return build_method(
-            "m2d",
+    if s["method"] in ("m2d", "m2d_clap", "m2d2_stage1"):
+        m2d_kw: dict[str, Any] = dict(
             size=s["size"],
             input_size=(80, int(s["input_frames"])),
             patch_size=tuple(s["patch_size"]),
@@ -271,6 +256,13 @@ def build_method_from_settings(s: dict[str, Any], norm_stats: NormStats) -> nn.M
             ema_taus=tuple(float(t) for t in s["ema_taus"]),
             norm_stats=norm_stats.to_list(),
         )
+        if s["method"] != "m2d":
+            m2d_kw.update(
+                text_dim=s.get("text_dim"),
+                clap_weight=float(s["clap_weight"] if s.get("clap_weight") is not None else 0.01),
+                text_encoder=s.get("text_encoder"),
+            )
+        return build_method(s["method"], **m2d_kw)
     kw: dict[str, Any] = {"n_mels": 64, "input_frames": int(s["input_frames"]), "lr": s.get("lr")}
     kw["pre_norm"] = s.get("pre_norm") or "precomputed"
     if kw["pre_norm"] == "running":
