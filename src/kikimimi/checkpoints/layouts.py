@@ -36,7 +36,7 @@ _DROPPED_PREFIXES = ("decoder_", "target_", "offline_predictor.")
 _DROPPED_NAMES = ("mask_token",)
 _HEAD_NORM = "module.head.norm."
 _HEAD_LINEAR = "module.head.mlp.mlp.0."
-_BYOLA_RE = re.compile(r"(?:^|\.)((?:features|fc)\..*)$")
+_BYOLA_KEY_RE = re.compile(r"(?:^|\.)((?:features|fc)\..*)$")
 _EXAMPLE_M2D = [
     "cls_token",
     "pos_embed",
@@ -166,7 +166,7 @@ def _split_byola(state: dict[str, Tensor]) -> SplitState:
         if key == "norm_stats":  # not in official BYOL-A files; written by to_official_state_dict
             out.norm_stats = value
             continue
-        match = _BYOLA_RE.search(key)
+        match = _BYOLA_KEY_RE.search(key)
         if match is None:
             out.dropped.append(key)
             continue

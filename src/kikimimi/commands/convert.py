@@ -16,7 +16,7 @@ NAME = "convert"
 HELP = "Convert official NTT checkpoints to kikimimi's safetensors format (or back to the official layout)."
 
 
-def _pair(text: str) -> tuple[int, int]:
+def _size_argument(text: str) -> tuple[int, int]:
     try:
         a, b = text.lower().split("x")
         return int(a), int(b)
@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow arbitrary pickled objects in SRC (can run code: only for files you trust)",
     )
     parser.add_argument("--size", default=None, help="ViT size name to check (tiny/small/base/large)")
-    parser.add_argument("--input-size", type=_pair, default=None, help="training input FxT, e.g. 80x608")
-    parser.add_argument("--patch-size", type=_pair, default=None, help="patch fxt, e.g. 16x16")
+    parser.add_argument("--input-size", type=_size_argument, default=None, help="training input FxT, e.g. 80x608")
+    parser.add_argument("--patch-size", type=_size_argument, default=None, help="patch fxt, e.g. 16x16")
     parser.add_argument("--sample-rate", type=int, default=None, help="model sample rate in Hz")
     parser.add_argument(
         "--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"), default=None, help="log-mel mean, std"

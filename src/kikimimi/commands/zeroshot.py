@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_clap_arguments(parser)
 
 
-def load_model(args: argparse.Namespace):
+def _load_clap_model(args: argparse.Namespace):
     from kikimimi.inference.clap import load_clap
 
     return load_clap(args.model, text_encoder=args.text_encoder, device=args.device, trust_pickle=args.trust_pickle)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         files = collect_audio_files(args.audio)
-        model = load_model(args)
+        model = _load_clap_model(args)
     except (CheckpointError, CLAPError, InputListError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
