@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: small generated audio files in ``tmp_path``."""
+"""Shared pytest fixtures: small generated audio files in ``tmp_path``, a tiny official-layout M2D file."""
 
 from __future__ import annotations
 
@@ -39,3 +39,33 @@ def wav_factory(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_m2d_file(tmp_path_factory) -> Path:
+    """A tiny M2D encoder-only file in the official layout (ViT width 64, depth 2, log-mel stats -7.5 / 4.0)."""
+    import official_layouts as ol
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-m2d") / "m2d_vit_base-80x608p16x16-221006-mr7_enconly"
+    folder.mkdir()
+    torch.save(ol.m2d_encoder_state(norm_stats=(-7.5, 4.0), embed_dim=64, depth=2), folder / "w.pth")
+    return folder / "w.pth"
+
+
+@pytest.fixture
+def server():
+    """A model-download server on 127.0.0.1 (tests/model_server.py), stopped after the test."""
+    from model_server import ModelServer
+
+    s = ModelServer().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, server):
+    """An isolated kikimimi home whose official URLs point at ``server``."""
+    from model_server import isolated_home
+
+    return isolated_home(tmp_path, monkeypatch, server)

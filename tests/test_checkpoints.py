@@ -429,6 +429,12 @@ def test_convert_command_round_trip(tmp_path, capsys):
     assert "--trust-pickle" in capsys.readouterr().err
     assert cli_main(["convert", str(evil), str(tmp_path / "e"), "--trust-pickle"]) == 0
     assert (tmp_path / "e" / "model.safetensors").is_file()
+    # an existing output is not replaced without --overwrite
+    before = (tmp_path / "k" / "model.safetensors").read_bytes()
+    assert cli_main(["convert", str(evil), str(tmp_path / "k"), "--trust-pickle"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "k" / "model.safetensors").read_bytes() == before
+    assert cli_main(["convert", str(src), str(tmp_path / "k"), "--overwrite"]) == 0
 
 
 def test_m2d_method_export_loads_as_official_full_file(tmp_path):

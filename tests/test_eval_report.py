@@ -29,7 +29,9 @@ def test_eval_report_with_baselines(tmp_path, capsys):
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     models = [r["model"] for r in rows]
-    assert models[0] == "log-mel stats" and any("random init" in m for m in models) and len(rows) == 3
+    # 3 models (log-mel, the M2D file, its random-init twin) × 2 probes (linear, logistic)
+    assert models[0] == "log-mel stats" and any("random init" in m for m in models) and len(rows) == 6
+    assert [r["probe"] for r in rows[:2]] == ["linear", "logistic"]
     for r in rows:
         assert 0.0 <= float(r["mean"]) <= 1.0 and int(r["n_test"]) == 3
     report = json.loads((out / "report.json").read_text())
@@ -40,7 +42,7 @@ def test_eval_report_with_baselines(tmp_path, capsys):
     assert "| log-mel stats |" in md and "Per-class accuracy" in md
     for png in [out / "labels" / "clusters.png", *sorted((out / "labels").glob("confusion-*.png"))]:
         assert mpimg.imread(png).shape[0] > 100
-    assert len(list((out / "labels").glob("confusion-*.png"))) == 3
+    assert len(list((out / "labels").glob("confusion-*.png"))) == 6
 
 
 def test_no_valid_split_is_reported(tmp_path):

@@ -254,14 +254,15 @@ def test_pretrain_settings_precedence_and_run_names(tmp_path):
 
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps({"batch-size": 8, "mask_ratio": 0.6, "steps": 50}))
-    s = resolve_settings({"method": "m2d", "data": ["x"], "config": str(cfg_file), "batch_size": 4})
+    s = resolve_settings({"method": "m2d", "data": ["x"], "config": str(cfg_file), "batch_size": 4,
+                          "recipe": "official"})
     assert s["batch_size"] == 4  # flag beats file
     assert s["mask_ratio"] == 0.6 and s["steps"] == 50 and s["epochs"] is None  # file beats defaults
     assert s["warmup_steps"] == round(50 * 20 / 300) and s["warmup_epochs"] is None
     assert s["blr"] == 3e-4 and s["weight_decay"] == 0.05 and s["grad_clip"] == 3.0 and s["seed"] == 3
-    s2 = resolve_settings({"method": "m2d", "data": ["x"], "config": str(cfg_file), "epochs": 2})
+    s2 = resolve_settings({"method": "m2d", "data": ["x"], "config": str(cfg_file), "epochs": 2, "recipe": "official"})
     assert s2["epochs"] == 2 and s2["steps"] is None and s2["warmup_epochs"] == 20
-    b = resolve_settings({"method": "byola2", "data": ["x"]})
+    b = resolve_settings({"method": "byola2", "data": ["x"], "recipe": "official"})
     assert (b["optimizer"], b["weight_decay"], b["schedule"], b["mlp_lr_scale"]) == ("adam", 0.0, "constant", "auto")
     assert b["lr"] is None  # the official per-version rate is filled in when the run starts (resolve_byola_auto)
     assert b["grad_clip"] is None and b["input_frames"] == 96 and b["blr"] is None
@@ -273,7 +274,8 @@ def test_pretrain_settings_precedence_and_run_names(tmp_path):
     m = resolve_settings({"method": "m2d", "data": ["x"], "size": "tiny", "input_frames": 208})
     name = run_folder_name(m)
     assert name.startswith("m2d_vit_tiny-80x208p16x16-") and len(name.split("-")[-1]) == 6
-    m32 = resolve_settings({"method": "m2d", "data": ["x"], "sample_rate": 32000, "patch_size": "16x4"})
+    m32 = resolve_settings({"method": "m2d", "data": ["x"], "recipe": "official", "sample_rate": 32000,
+                            "patch_size": "16x4"})
     assert "-80x608p16x4p32k-" in run_folder_name(m32)
     assert run_folder_name(b).startswith("AudioNTT2022-BYOLA-64x96d3072-")
 

@@ -96,7 +96,7 @@ def test_evaluation_report_gets_a_zero_shot_section(tmp_path):
     assert outcome.zero_shot["tones"]["fake-clap"].score == 1.0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Zero-shot (CLAP models)" in md and "| fake-clap | 100.0 |" in md
-    assert "fake-clap,zs_tones,accuracy,1.000000,,3" in (tmp_path / "report" / "scores.csv").read_text()
+    assert "fake-clap,zs_tones,zero-shot,accuracy,1.000000,,3" in (tmp_path / "report" / "scores.csv").read_text()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["zero_shot"]["tones"]["fake-clap"]["score"] == 1.0
 

@@ -106,7 +106,7 @@ def build(args: argparse.Namespace) -> Path:
 
     log("== 2. pre-training corpus")
     test_programs = sorted({int(r["program"]) for r in tasks["instrument_family"] if r["split"] == "test"})
-    corpus_rows = _stage(data / "corpus.csv", lambda: _build_corpus(src, cfg, data, prompts, set(chosen),
+    corpus_rows = _stage(data / "corpus.csv", lambda: _build_corpus(src, cfg, data, voices, prompts, set(chosen),
                                                                     fluidsynth, soundfonts[0], test_programs,
                                                                     args.seed))
     eval_origins = {r["origin"] for rows in tasks.values() for r in rows}
@@ -179,14 +179,15 @@ def _asterisk_prompt(origin: str, voices: dict[str, Path]) -> str:
     raise ValueError(f"'{origin}' is not inside an Asterisk voice folder")
 
 
-def _build_corpus(src: Sources, cfg: dict, data: Path, prompts, task_prompts: set[str], fluidsynth: str,
-                  soundfont: Path, test_programs: list[int], seed: int) -> list[dict]:
+def _build_corpus(src: Sources, cfg: dict, data: Path, voices: dict[str, Path], prompts, task_prompts: set[str],
+                  fluidsynth: str, soundfont: Path, test_programs: list[int], seed: int) -> list[dict]:
     budget = cfg["corpus_h"]
     rows: list[dict] = []
     # Asterisk: only prompt names the language task never uses (every voice of them)
     files = sorted(p for name, per_voice in prompts.items() if name not in task_prompts for p in per_voice.values())
-    root = src.root(ASTERISK[0]) / "usr/share/asterisk/sounds"
-    n = cp.add_files(rows, "asterisk", files, data, root, budget["asterisk"], seed)
+    # each package is its own tree (or all share one --extracted tree): a segment is named <voice>/<prompt>
+    sounds_dirs = sorted({folder.parent for folder in voices.values()})
+    n = cp.add_files(rows, "asterisk", files, data, sounds_dirs, budget["asterisk"], seed)
     log(f"   asterisk: {n} files from {len({n for n in prompts if n not in task_prompts})} held-out prompts")
     hw = src.path("hedgewars-data").parent  # .../Data
     wes = src.root("wesnoth-1.16-data") / "usr/share/games/wesnoth/1.16"

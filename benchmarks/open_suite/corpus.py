@@ -23,13 +23,25 @@ def collect(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
-def add_files(rows: list[dict], source: str, files: Sequence[Path], data: Path, root: Path,
+def relative_to_any(path: Path, roots: Sequence[Path]) -> Path:
+    """``path`` relative to the first of ``roots`` that contains it (packages are extracted to separate trees)."""
+    for root in roots:
+        try:
+            return path.relative_to(root)
+        except ValueError:
+            continue
+    raise ValueError(f"'{path}' is inside none of {[str(r) for r in roots]}")
+
+
+def add_files(rows: list[dict], source: str, files: Sequence[Path], data: Path, root: Path | Sequence[Path],
               hours: float | None, seed: int) -> int:
     """Cut files (in a seeded random order) into segments under ``data/corpus/<source>/`` until ``hours``.
 
+    ``root`` (one folder, or one per extracted package) gives each segment's name: the file's path below it.
     The last file is cut short to fit the budget; ``hours=None`` takes everything. Appends corpus rows and
     returns how many files were used.
     """
+    roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
     order = np.random.default_rng(seed).permutation(len(files))
     budget = None if hours is None else hours * 3600
     total, used = 0.0, 0
@@ -37,7 +49,7 @@ def add_files(rows: list[dict], source: str, files: Sequence[Path], data: Path, 
         if budget is not None and total >= budget - 0.5:
             break
         f = files[int(i)]
-        rel_src = f.relative_to(root).with_suffix("")
+        rel_src = relative_to_any(f, roots).with_suffix("")
         stem = data / "corpus" / source / Path(*[p.replace(" ", "_") for p in rel_src.parts])
         limit = None if budget is None else budget - total
         segs = segment_file(f, stem, SEGMENT_S, limit)

@@ -5,6 +5,7 @@ Typical use::
     import kikimimi
     model = kikimimi.load("m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth")
     clip_embeddings = model.embed(["dog.wav", "rain.flac"])       # [B, D]
+    model = kikimimi.load("m2d-vit-base-mr7", accept_licence=True)   # a registered name: `kikimimi models list`
 
     clap = kikimimi.load_clap("m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025/checkpoint-30.pth")
     scores = clap.similarity(clap.encode_audio(["dog.wav"]), clap.encode_text(["a dog barks"]))

@@ -1,6 +1,6 @@
 """`python -m kikimimi` (also what `torchrun -m kikimimi` runs)."""
 
-from kikimimi.cli import main
+from kikimimi.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embed",
     "tag",
     "convert",
+    "export",
+    "models",
     "pretrain",
     "eval",
     "finetune",
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the sub-command; its errors propagate (see :func:`console_main`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
@@ -70,5 +73,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args._run(args) or 0)
 
 
+#: exit status of a command stopped by bad input (the commands' own convention); 130 after Ctrl-C
+INPUT_ERROR_EXIT = 2
+#: set to 1 to see the traceback of an input error too
+TRACEBACK_ENV = "KIKIMIMI_TRACEBACK"
+#: top-level module of an optional dependency → the kikimimi extra that installs it (pyproject.toml)
+EXTRA_OF_MODULE = {"sklearn": "eval", "matplotlib": "eval", "transformers": "text", "sentence_transformers": "text",
+                   "gguf": "text", "accelerate": "text", "umap": "umap", "onnx": "onnx", "onnxruntime": "onnx"}
+
+
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The ``kikimimi`` program (console script, ``python -m kikimimi``): :func:`main`, with an input error
+    (bad file, bad setting, missing file, unavailable device) reported as one line naming the command, instead
+    of a traceback. Other exceptions are bugs and keep their traceback."""
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "kikimimi")
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"kikimimi {command}: interrupted", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as err:  # an optional extra that is not installed
+        extra = EXTRA_OF_MODULE.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"kikimimi {command}: error: this needs the optional package '{err.name}': "
+              f'pip install "kikimimi[{extra}]"', file=sys.stderr)
+        return INPUT_ERROR_EXIT
+    except BrokenPipeError:  # `kikimimi info … | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush goes nowhere
+        return 0
+    except (ValueError, OSError, RuntimeError) as err:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"kikimimi {command}: error: {err}", file=sys.stderr)
+        return INPUT_ERROR_EXIT
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

@@ -1,4 +1,4 @@
-"""File helpers: atomic writers, input-list collection (files / folders / CSV lists), stable keys.
+"""File helpers: atomic writers, input-list collection (files / folders / CSV lists), stable keys, output locks.
 
 Atomic writers write to a temporary file in the destination folder, flush + fsync it, then
 ``os.replace`` it over the destination: readers see either the old file or the complete new one,
@@ -18,11 +18,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import filelock
 import numpy as np
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "InputListError",
+    "OutputInUseError",
     "atomic_open",
     "atomic_save_npy",
     "atomic_torch_save",
@@ -30,7 +32,11 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "collect_audio_files",
+    "missing_files",
+    "output_lock",
     "relative_key",
+    "require_existing_files",
+    "summarise_names",
 ]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
@@ -259,3 +265,88 @@ def relative_key(path: str | os.PathLike, root: str | os.PathLike | None) -> str
             return Path(rel).as_posix()
     digest = hashlib.sha1(abs_path.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"_ext/{digest}/{os.path.basename(abs_path)}"
+
+
+#: how many names a summary of many failures prints before "… and N more"
+SUMMARY_NAMES = 20
+
+
+def summarise_names(names: Sequence[str | os.PathLike], limit: int = SUMMARY_NAMES) -> list[str]:
+    """At most ``limit`` of ``names`` (as strings), then ``"… and N more"`` when there are more."""
+    shown = [os.fspath(n) for n in names[:limit]]
+    if len(names) > limit:
+        shown.append(f"… and {len(names) - limit:,} more")
+    return shown
+
+
+def missing_files(files: Sequence[str | os.PathLike]) -> list[Path]:
+    """The ``files`` that do not exist, in order (one ``stat`` each: about a second per million files)."""
+    return [Path(f) for f in files if not os.path.exists(f)]
+
+
+def require_existing_files(files: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Fail fast when none of ``files`` (from :func:`collect_audio_files` over ``inputs``) exists.
+
+    A CSV list whose every row names a missing file (a wrong folder, a list from another machine) is a bad
+    input list, not a million failed files: :class:`InputListError` with a summary of at most
+    :data:`SUMMARY_NAMES` names and the count, instead of one line per file.
+
+    Returns:
+        The missing files (empty when all exist) when at least one file exists, for the caller to report
+        (e.g. with :func:`summarise_names`) and skip.
+    """
+    missing = missing_files(files)
+    if files and len(missing) == len(files):
+        lists = [os.fspath(i) for i in inputs if Path(i).suffix.lower() == ".csv"]
+        where = (f" (relative paths in a CSV list are resolved against the list's folder: {', '.join(lists)})"
+                 if lists else "")
+        names = "\n  ".join(summarise_names(missing))
+        raise InputListError(f"none of the {len(files):,} input files exists{where}:\n  {names}")
+    return missing
+
+
+# --------------------------------------------------------------------------------------------
+# Output locks
+# --------------------------------------------------------------------------------------------
+
+
+class OutputInUseError(OSError):
+    """Another process holds the output folder's lock. The message names the folder, the command and its pid."""
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, what: str, *, rank: int | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on the output ``folder`` (created) while the block runs; yields the lock file.
+
+    The lock is ``folder/.kikimimi-<what>.lock`` (``.kikimimi-<what>-rank<N>.lock`` with ``rank``, so the
+    processes of one ``torchrun`` job, each writing its own shard, do not exclude each other). It is an OS
+    file lock (``filelock``): the kernel releases it when the holder exits, even after ``kill -9``, so a
+    resumed run is never locked out by a dead one. The holder's pid is written next to it
+    (``….lock.pid``) for the message a second process gets.
+
+    Raises:
+        OutputInUseError: immediately (no waiting) when another process holds the lock:
+            ``'<folder>' is in use by another kikimimi <what> (pid N); wait for it or choose another output``.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f".kikimimi-{what}" + (f"-rank{rank}" if rank is not None else "")
+    lock_path = out / f"{stem}.lock"
+    pid_path = out / f"{stem}.lock.pid"
+    lock = filelock.FileLock(str(lock_path), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            pid = pid_path.read_text(encoding="utf-8").strip() or "unknown"
+        except OSError:
+            pid = "unknown"
+        raise OutputInUseError(f"'{out}' is in use by another kikimimi {what} (pid {pid}); wait for it or "
+                               "choose another output") from None
+    try:
+        atomic_write_text(pid_path, f"{os.getpid()}\n")
+        yield lock_path
+    finally:
+        with contextlib.suppress(OSError):
+            pid_path.unlink()
+        lock.release()

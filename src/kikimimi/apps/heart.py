@@ -255,6 +255,14 @@ def score_labels(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence
     }
 
 
+def reference_lines(y_true: Sequence[str], majority: str, classes: Sequence[str]) -> dict:
+    """Chance (uniform guess: ``1/C`` for W.acc and UAR alike) and the scores of always answering the
+    training majority class ``majority``: ``{"chance", "majority_class", "majority_w_acc", "majority_uar"}``."""
+    m = score_labels(y_true, [majority] * len(y_true), classes)
+    return {"chance": 1.0 / len(classes), "majority_class": majority, "majority_w_acc": m["w_acc"],
+            "majority_uar": m["uar"]}
+
+
 def _patient_level(
     recs: Sequence[Recording], rec_pred: Sequence[str]
 ) -> tuple[list[str], list[str], list[str]]:
@@ -422,6 +430,9 @@ def run_heart(
     rec_metrics = score_labels([r.label for r in recs_te], rec_pred, classes)
     pids, truth, pat_pred = _patient_level(recs_te, rec_pred)
     pat_metrics = score_labels(truth, pat_pred, classes)
+    majority = classes[int(np.bincount(y_tr, minlength=len(classes)).argmax())]
+    for metrics, labels in ((rec_metrics, [r.label for r in recs_te]), (pat_metrics, truth)):
+        metrics["reference"] = reference_lines(labels, majority, classes)
     rec_rows = [
         {
             "key": r.key,

@@ -12,6 +12,7 @@ import torch
 
 from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle
 from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.checkpoints.hub import resolve_model_source
 from kikimimi.checkpoints.infer import infer_byola_config, infer_extras, infer_vit_config
 from kikimimi.checkpoints.layouts import SplitState, split_official
 from kikimimi.checkpoints.names import OfficialName, try_parse_official_name
@@ -55,6 +56,17 @@ def _model_cls(name: OfficialName | None, args: Any) -> str | None:
         return name.model_cls
     model = getattr(args, "model", None)
     return model if isinstance(model, str) else None
+
+
+def _norm_stats_from_run_args(args: Any) -> NormStats | None:
+    """``args["norm_stats"]`` of a kikimimi training checkpoint (the corpus statistics of its run), else ``None``."""
+    value = args.get("norm_stats") if isinstance(args, dict) else None
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        try:
+            return NormStats(float(value[0]), float(value[1]))
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def _norm_stats_m2d(split: SplitState, given: NormStats | None, model_cls: str | None) -> NormStats:
@@ -124,6 +136,9 @@ def _import_official(
             frontend = frontend_for("byola", sample_rate or 16000, config["byola"]["n_mels"])
         except ValueError as exc:
             raise CheckpointError(path, str(exc)) from exc
+        run_stats = _norm_stats_from_run_args(split.args)
+        if norm_stats is None and split.norm_stats is None and run_stats is not None:
+            norm_stats = run_stats  # a kikimimi training checkpoint: the statistics its run normalised with
         if norm_stats is None and split.norm_stats is None:
             warnings.warn(
                 f"'{path}': BYOL-A files carry no normalisation statistics and BYOL-A statistics are per "
@@ -170,27 +185,32 @@ def load_encoder(
     sample_rate: int | None = None,
     norm_stats: NormStats | Sequence[float] | None = None,
     trust_pickle: bool = False,
+    accept_licence: bool = False,
 ) -> EncoderBundle:
-    """Load an encoder from an official NTT file or a kikimimi folder.
+    """Load an encoder from an official NTT file or a kikimimi folder, or a registered model by name.
 
     Args:
         path: official ``.pth`` (full training file, ``*_enconly``, EVAR fine-tuned, M2D-CLAP 2024/2025,
-            BYOL-A), a kikimimi folder (``config.json`` + ``model.safetensors``) or its ``.safetensors``.
+            BYOL-A), a kikimimi folder (``config.json`` + ``model.safetensors``) or its ``.safetensors``; or a
+            registered name (``"m2d-vit-base-mr7"``, see :mod:`kikimimi.checkpoints.registry`), downloaded,
+            verified and cached by :func:`kikimimi.checkpoints.hub.resolve_model_source`. Existing paths win.
         size: ViT size name (``"base"``…) to check against the tensors (also fixes ``num_heads``).
         input_size: ``(n_mels, frames)`` training input; overrides the folder name.
         patch_size: ``(freq, time)`` patch; overrides the folder name.
         sample_rate: model rate in Hz (16000 / 32000 for M2D); overrides the folder name.
         norm_stats: ``(mean, std)`` replacing the stored/default statistics.
         trust_pickle: allow arbitrary pickled objects (only for trusted files).
+        accept_licence: accept the licence of an official file on its first download by name.
 
     Returns:
         :class:`EncoderBundle` in eval mode on the CPU.
 
     Raises:
         CheckpointError: unreadable file, unknown layout (message lists missing and unexpected keys), or
-            sizes from the name/overrides that contradict the tensors.
+            sizes from the name/overrides that contradict the tensors; for names also
+            :class:`~kikimimi.checkpoints.hub.FetchError` (licence not accepted, offline, hash mismatch…).
     """
-    path = Path(path)
+    path = resolve_model_source(path, accept_licence=accept_licence)
     overrides = dict(size=size, input_size=input_size, patch_size=patch_size, sample_rate=sample_rate,
                      norm_stats=as_norm_stats(norm_stats))
     if is_kikimimi_checkpoint(path):

@@ -12,6 +12,7 @@ A kikimimi checkpoint is a folder with
 from __future__ import annotations
 
 import json
+import struct
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,7 @@ def load_kikimimi(
             f"format_version {meta['format_version']} is newer than this "
             f"kikimimi supports ({FORMAT_VERSION}); upgrade kikimimi",
         )
+    check_safetensors_sizes(weights)
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -194,6 +196,55 @@ def load_kikimimi(
     stats = norm_stats or NormStats.from_list(meta["norm_stats"])
     frontend = FrontendConfig.from_dict(meta["frontend"])
     return assemble_bundle(config, frontend, stats, parts, weights, text_encoder_state=text_encoder or None)
+
+
+#: bytes per element of the safetensors dtypes
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+#: the safetensors format's own limit on the JSON header (100 MB)
+_ST_MAX_HEADER = 100_000_000
+
+
+def check_safetensors_sizes(path: str | Path) -> None:
+    """Refuse a ``.safetensors`` file whose header claims more data than the file holds, before loading it.
+
+    Reads only the 8-byte length and the JSON header: each tensor's ``shape`` × element size must equal its
+    ``data_offsets`` span and lie inside the file. A damaged or crafted header (e.g. a [10^6, 10^6] tensor in a
+    1-KB file) is refused with a :class:`CheckpointError` naming the tensor, without allocating its memory.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 0 or n > min(_ST_MAX_HEADER, size - 8):
+                raise CheckpointError(path, f"not a safetensors file: the header claims {max(n, 0)} bytes but the "
+                                            f"file holds {size} bytes")
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read ({exc.strerror or exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(path, f"not a safetensors file: unreadable header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "not a safetensors file: the header is not a JSON object")
+    data_bytes = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+            itemsize = _ST_ITEMSIZE[str(info["dtype"])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(path, f"tensor '{name}': malformed header entry {info!r}") from exc
+        claimed = itemsize
+        for d in shape:
+            claimed *= d
+        if min(shape, default=1) < 0 or claimed != end - begin or not 0 <= begin <= end <= data_bytes:
+            raise CheckpointError(path, f"tensor '{name}' claims shape {shape} ({claimed:,} bytes at offsets "
+                                        f"{begin}..{end}) but the file holds {data_bytes:,} bytes of tensor data; "
+                                        "the file is corrupt or crafted and was refused without loading it")
 
 
 def to_official_state_dict(

@@ -57,7 +57,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def find_resume_checkpoint(path: str | Path) -> Path:
-    """Resolve ``--resume``: a checkpoint file, or a run folder (its ``last.pth``, else newest checkpoint).
+    """Resolve ``--resume``: a checkpoint file, or a run folder (its newest ``checkpoint-<step>.pth``, else
+    ``last.pth``). Checkpoints are written atomically, so the newest one is complete even when the run was
+    killed before ``last.pth`` was pointed at it.
 
     Raises:
         FileNotFoundError: nothing to resume from at ``path``.
@@ -66,12 +68,12 @@ def find_resume_checkpoint(path: str | Path) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        last = p / LAST_NAME
-        if last.exists():
-            return last.resolve()
         ckpts = list_checkpoints(p)
         if ckpts:
             return ckpts[-1]
+        last = p / LAST_NAME
+        if last.exists():
+            return last.resolve()
         raise FileNotFoundError(
             f"--resume {p}: no {LAST_NAME} or {CHECKPOINT_PREFIX}<step>.pth in this folder"
         )

@@ -6,6 +6,10 @@ scalars/dtypes found in saved arguments and optimiser states (docs/reference.md 
 falling back to a full unpickler, :func:`safe_torch_load` keeps ``weights_only=True`` and allow-lists
 exactly those harmless types. Anything else is refused with a :class:`CheckpointError` that names the
 offending global and the opt-in (``trust_pickle=True`` / ``--trust-pickle``).
+
+A file whose tensors claim more data than it stores (a damaged file, or one crafted to claim e.g. 10^12
+elements) is refused by torch before anything that size is allocated; :func:`safe_torch_load` reports it
+as such rather than as a generic load failure.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def _numpy_globals() -> list[Any]:
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, *_numpy_globals()]
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+#: torch's messages when a tensor or storage claims more bytes than the file's record holds
+_SIZE_CLAIM_RE = re.compile(r"record size \(\d+ bytes\) does not match expected size \(\d+ bytes|"
+                            r"resize storage that is not resizable|out of bounds for storage of size")
 
 
 def _offending_global(path: Path, exc: BaseException) -> str:
@@ -112,7 +119,10 @@ def safe_torch_load(path: str | Path, *, trust_pickle: bool = False) -> Any:
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
         text = str(exc)
         damaged = isinstance(exc, (EOFError, zipfile.BadZipFile)) or "central directory" in text
-        if damaged or _damaged_zip(path):
+        if _SIZE_CLAIM_RE.search(text):
+            reason = (f"a tensor claims more data than the file stores ({_short(text)}); the file is corrupt "
+                      "or crafted, and was refused without allocating that memory")
+        elif damaged or _damaged_zip(path):
             detail = _short(text) or type(exc).__name__
             reason = f"file is truncated or corrupt ({detail}); save or download it again"
         else:

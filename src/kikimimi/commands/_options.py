@@ -13,13 +13,52 @@ def add_clap_arguments(parser: argparse.ArgumentParser) -> None:
                              "inside the checkpoint or recorded in its config.json)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickles (trusted files only)")
+    add_accept_licence_argument(parser)
+    add_precision_argument(parser)
 
 
-def load_task(spec: str, unit_s: float | None):
-    """An evaluation task from an EVAR-style CSV or a folder with one sub-folder per class."""
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16|int8`` of the audio encoder (:mod:`kikimimi.inference.precision`)."""
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="audio encoder arithmetic: fp32 (default), bf16 (autocast; GPUs and CPUs with native "
+                             "bfloat16) or int8 (dynamic quantisation of the Linear layers; CPU)")
+
+
+#: Appended to the help of model arguments: they accept registered names too.
+MODEL_NAME_HELP = " or a model name (`kikimimi models list`; downloaded, verified and cached on first use)"
+
+
+def add_accept_licence_argument(parser: argparse.ArgumentParser) -> None:
+    """``--accept-licence``: accept an official model's licence on its first download by name."""
+    parser.add_argument("--accept-licence", action="store_true",
+                        help="accept the licence of an official model given by name on its first download "
+                             "(also KIKIMIMI_ACCEPT_LICENCE=1); `kikimimi models info NAME` shows it")
+
+
+def resolve_model(value: str, args: argparse.Namespace) -> str:
+    """A model argument (path or registered name) as a local path, fetching a name; paths pass unchanged."""
+    from kikimimi.checkpoints import resolve_model_source
+
+    return str(resolve_model_source(value, accept_licence=getattr(args, "accept_licence", False)))
+
+
+def load_task(spec: str, unit_s: float | None, metric: str | None = None):
+    """An evaluation task from an EVAR-style CSV or a folder with one sub-folder per class (``metric``: the
+    reported metric, default the task's own)."""
     from kikimimi.evaluation.tasks import Task
 
     path = Path(spec)
     if path.is_dir():
-        return Task.from_folder(path, unit_s=unit_s)
-    return Task.from_csv(path, unit_s=unit_s)
+        return Task.from_folder(path, unit_s=unit_s, metric=metric)
+    return Task.from_csv(path, unit_s=unit_s, metric=metric)
+
+
+def print_missing(files, missing) -> None:
+    """Name the ``missing`` ones of ``files`` on stderr, at most 20 then "… and N more"."""
+    import sys
+
+    from kikimimi.fileio import summarise_names
+
+    print(f"error: {len(missing):,} input files do not exist:", file=sys.stderr)
+    for line in summarise_names([p for p in files if p in missing]):
+        print(f"  {line}", file=sys.stderr)

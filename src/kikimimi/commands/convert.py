@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from kikimimi.commands._options import MODEL_NAME_HELP, add_accept_licence_argument
+
 NAME = "convert"
 HELP = "Convert official NTT checkpoints to kikimimi's safetensors format (or back to the official layout)."
 
@@ -25,7 +27,7 @@ def _size_argument(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", type=Path, help="official .pth/.ckpt file or kikimimi folder")
+    parser.add_argument("src", type=Path, help="official .pth/.ckpt file or kikimimi folder" + MODEL_NAME_HELP)
     parser.add_argument("out", type=Path, help="output folder (kikimimi) or .pth file / folder (official)")
     parser.add_argument("--to", choices=("kikimimi", "official"), default="kikimimi", help="output format")
     parser.add_argument(
@@ -40,6 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"), default=None, help="log-mel mean, std"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (refused by default)")
+    add_accept_licence_argument(parser)
+
+
+def _existing_output(args: argparse.Namespace) -> Path | None:
+    """The output that ``convert`` would replace: a non-empty folder or an existing file."""
+    out = Path(args.out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        return out
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from kikimimi.fileio import atomic_torch_save
 
+    existing = _existing_output(args)
+    replaces = args.to == "kikimimi" or Path(args.out).suffix in (".pth", ".pt")  # an official folder only gains a file
+    if existing is not None and replaces and not args.overwrite:
+        print(f"error: '{existing}' exists and is not empty; choose another output or pass --overwrite",
+              file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -66,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 sample_rate=args.sample_rate,
                 norm_stats=args.norm_stats,
                 trust_pickle=args.trust_pickle,
+                accept_licence=args.accept_licence,
             )
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)

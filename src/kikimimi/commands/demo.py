@@ -162,8 +162,8 @@ def evaluate(out: Path, labels_csv: Path, m2d_run: Path, byola_run: Path) -> Non
           f"{len(task.split_items('train'))} train / {len(task.split_items('valid'))} valid / "
           f"{len(task.split_items('test'))} test clips")
     # BYOL-A statistics come from the task's training split; M2D keeps the statistics in its file.
-    # One probe lr for every model keeps this small comparison like for like.
-    specs = model_specs([str(m2d_run / "kikimimi"), str(byola_run / "kikimimi")], lr=3e-4)
+    # The same probe rule as `kikimimi eval` for every model: lr (and logistic C) chosen on validation.
+    specs = model_specs([str(m2d_run / "kikimimi"), str(byola_run / "kikimimi")])
     run_evaluation(specs, [task], out / "report", seeds=(42, 43, 44),
                    log=lambda line: print("   " + line, flush=True))
     print(f"   wrote {out / 'report' / 'report.md'} (+ report.json, scores.csv, synthetic8/*.png)")

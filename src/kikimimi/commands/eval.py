@@ -1,4 +1,4 @@
-"""`kikimimi eval MODEL… --task TASK… -o OUT`: linear-probe report with baselines and plots."""
+"""`kikimimi eval MODEL… --task TASK… -o OUT`: probe report (linear and logistic) with baselines and plots."""
 
 from __future__ import annotations
 
@@ -6,26 +6,43 @@ import argparse
 import sys
 from pathlib import Path
 
+from kikimimi.commands._options import add_accept_licence_argument
+
 NAME = "eval"
-HELP = "Linear-probe evaluation (EVAR protocol) of checkpoints on task CSVs or class folders, with baselines."
+HELP = "Probe evaluation (EVAR linear + logistic) of checkpoints on task CSVs or class folders, with baselines."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs="+", help="checkpoints (official or kikimimi), or 'logmel'")
+    parser.add_argument("models", nargs="+", help="checkpoints (official or kikimimi), model names "
+                        "(`kikimimi models list`), or 'logmel'")
+    add_accept_licence_argument(parser)
     parser.add_argument("--task", nargs="+", required=True,
                         help="EVAR-style CSVs (file_name,label,split|fold) or folders with one sub-folder per class")
     parser.add_argument("-o", "--out", required=True, help="report folder")
     parser.add_argument("--unit-s", type=float, help="clip length in seconds (default: per task)")
-    parser.add_argument("--seeds", type=int, default=3, help="probe repeats on the cached embeddings")
-    parser.add_argument("--lr", type=float, help="probe lr (default: 3e-5 M2D, 3e-4 BYOL-A and baselines)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="probe repeats on the cached embeddings (default: %(default)s)")
+    parser.add_argument("--lr", type=float,
+                        help="pin the linear probe's lr (default: chosen on validation from 3e-4, 1e-3, 3e-3, 1e-2, "
+                        "the same search for every model)")
+    parser.add_argument("--probe", choices=("linear", "logistic", "both"), default="both",
+                        help="linear: EVAR-style torch probe; logistic: scikit-learn LogisticRegression with C "
+                        "chosen on validation; both (default)")
+    parser.add_argument("--metric", choices=("accuracy", "uar", "wacc", "mAP"),
+                        help="reported metric for every task (default: the task's: its .task.json, else UAR for "
+                        "heart tasks, W.acc for murmur classes, mAP for multi-label, else accuracy)")
+    parser.add_argument("--finetune", nargs="+", default=[], metavar="DIR",
+                        help="`kikimimi finetune` output folders whose results join the table")
     parser.add_argument("--hidden", type=int, nargs="*", default=[], help="MLP probe hidden sizes, e.g. 512")
     parser.add_argument("--no-baselines", action="store_true", help="skip log-mel and random-init baselines")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="no confusion matrices or cluster maps")
     parser.add_argument("--map", choices=("tsne", "umap"), default="tsne",
                         help="cluster map method (umap needs: pip install umap-learn)")
     parser.add_argument("--norm-stats", nargs=2, type=float, metavar=("MEAN", "STD"),
                         help="fixed log-mel statistics (default: file's for M2D, per task for BYOL-A)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow arbitrary pickled objects in the checkpoints (can run code: trusted files only)")
     parser.add_argument("--text-encoder", metavar="SPEC",
                         help="text encoder for the zero-shot rows of CLAP models (e.g. gte:/path/to/gte-base for the "
                         "2024 release; default: the one inside or recorded beside the checkpoint)")
@@ -33,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError
-    from kikimimi.commands._options import load_task
-    from kikimimi.evaluation.report import model_specs, run_evaluation
+    from kikimimi.commands._options import load_task, resolve_model
+    from kikimimi.evaluation.report import load_finetune_rows, model_specs, run_evaluation
     from kikimimi.evaluation.tasks import TaskError
 
     try:
@@ -42,14 +59,27 @@ def run(args: argparse.Namespace) -> int:
             from kikimimi.evaluation.cluster_plot import import_umap
 
             import_umap()
-        tasks = [load_task(t, args.unit_s) for t in args.task]
-        specs = model_specs(args.models, baselines=not args.no_baselines, device=args.device, lr=args.lr,
-                            norm_stats=args.norm_stats, text_encoder=args.text_encoder)
+        tasks = [load_task(t, args.unit_s, args.metric) for t in args.task]
+        for task in tasks:
+            task.check_labels()  # before any model is loaded or any clip embedded
+        models = [m if m == "logmel" else resolve_model(m, args) for m in args.models]
+        from kikimimi.device import resolve_device
+
+        args.device = str(resolve_device(args.device))  # "auto" → cuda when present, else cpu
+        specs = model_specs(models, baselines=not args.no_baselines, device=args.device, lr=args.lr,
+                            norm_stats=args.norm_stats, text_encoder=args.text_encoder,
+                            trust_pickle=args.trust_pickle)
+        finetune = load_finetune_rows(args.finetune, tasks)
     except (TaskError, CheckpointError, OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    outcome = run_evaluation(specs, tasks, args.out, seeds=tuple(range(42, 42 + args.seeds)), hidden=args.hidden,
-                             device=args.device, plots=not args.no_plots, log=print,
-                             map_method=args.map)
+    probes = ("linear", "logistic") if args.probe == "both" else (args.probe,)
+    try:
+        outcome = run_evaluation(specs, tasks, args.out, seeds=tuple(range(42, 42 + args.seeds)),
+                                 hidden=args.hidden, device=args.device, plots=not args.no_plots, log=print,
+                                 map_method=args.map, probes=probes, finetune=finetune)
+    except (TaskError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {Path(args.out) / 'report.md'}, report.json, scores.csv")
     return 0 if outcome.results else 1

@@ -7,23 +7,30 @@ import argparse
 import sys
 from pathlib import Path
 
+from kikimimi.commands._options import MODEL_NAME_HELP, add_accept_licence_argument
+
 NAME = "finetune"
 HELP = "Fine-tune a checkpoint on a task CSV / class folder (EVAR protocol); report + fine-tuned weights."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="checkpoint (official file or kikimimi folder)")
+    parser.add_argument("model", help="checkpoint (official file or kikimimi folder)" + MODEL_NAME_HELP)
+    add_accept_licence_argument(parser)
     parser.add_argument("task", help="EVAR-style CSV (file_name,label,split|fold) or a folder of class folders")
     parser.add_argument("--out", "-o", default=None, help="output folder (default: finetune-<task>); rerun to resume")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--warmup-epochs", type=float, default=5.0)
-    parser.add_argument("--optimizer", choices=("sgd", "adamw", "lars"), default="sgd")
-    parser.add_argument("--lr", type=float, default=1e-3, help="base lr (recipes: LARS 0.5, AdamW 5e-4)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=200, help="training epochs (default: %(default)s)")
+    parser.add_argument("--warmup-epochs", type=float, default=5.0, help="linear warm-up (default: %(default)s)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw", "lars"), default="sgd", help="(default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="base lr (default: %(default)s; recipes: LARS 0.5, AdamW 5e-4)")
+    parser.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=None, help="default: 0 (SGD, LARS), 1e-4 (AdamW)")
-    parser.add_argument("--mixup", type=float, default=0.5, help="Beta alpha of batch mixup (0 = off)")
-    parser.add_argument("--freq-mask", type=int, default=30, help="SpecAugment max mel bins (0 = off)")
-    parser.add_argument("--time-mask", type=int, default=100, help="SpecAugment max frames (0 = off)")
+    parser.add_argument("--mixup", type=float, default=0.5,
+                        help="Beta alpha of batch mixup (0 = off; default: %(default)s)")
+    parser.add_argument("--freq-mask", type=int, default=30,
+                        help="SpecAugment max mel bins (0 = off; default: %(default)s)")
+    parser.add_argument("--time-mask", type=int, default=100,
+                        help="SpecAugment max frames (0 = off; default: %(default)s)")
     parser.add_argument("--no-rrc", action="store_true", help="disable the random resize crop")
     parser.add_argument("--lr-decay", type=float, default=1.0, help="ViT layer-wise lr decay (1 = off)")
     parser.add_argument("--freeze-embed", action="store_true", help="keep the ViT patch embedding fixed")
@@ -34,17 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="selection for tasks without a validation split")
     parser.add_argument("--folds", type=int, nargs="*", default=None, help="folds to run (default: all)")
     parser.add_argument("--norm-stats", nargs=2, type=float, metavar=("MEAN", "STD"), default=None)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     parser.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow arbitrary pickled objects in MODEL (can run code: trusted files only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError, load_encoder
-    from kikimimi.commands._options import load_task
+    from kikimimi.commands._options import load_task, resolve_model
     from kikimimi.evaluation.finetune import FinetuneConfig, finetune_task
-    from kikimimi.evaluation.report import file_fingerprint, write_finetune_report
+    from kikimimi.evaluation.report import file_fingerprint, model_label, write_finetune_report
     from kikimimi.evaluation.tasks import TaskError
 
     try:
@@ -56,18 +65,24 @@ def run(args: argparse.Namespace) -> int:
             norm_stats=tuple(args.norm_stats) if args.norm_stats else None,
             folds=tuple(args.folds) if args.folds else None, device=args.device, amp=not args.no_amp, seed=args.seed)
         task = load_task(args.task, args.unit_s)
-        bundle = load_encoder(args.model)
+        args.model = resolve_model(args.model, args)
+        bundle = load_encoder(args.model, trust_pickle=args.trust_pickle)
     except (TaskError, CheckpointError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(f"finetune-{task.name}")
     path = Path(args.model)
-    name = path.parent.name if path.is_file() and path.suffix != ".safetensors" else path.name
+    name = model_label(args.model)  # file stem, or the run folder of <run>/kikimimi
     try:
         result = finetune_task(bundle, task, config, out, progress=not args.quiet)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    skipped = list(dict.fromkeys(result.errors))  # a file of several folds is reported once
+    for line in skipped:
+        print(f"skipped unreadable file {line}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} unreadable file(s) skipped; fine-tuned on the others", file=sys.stderr)
     report = write_finetune_report(result, out, model_name=name, task=task, model_fingerprint=file_fingerprint(path))
     print(f"{task.name}: {result.metric} {100 * result.score:.1f} (selection: {result.selection})")
     print(f"wrote {report}, report.json, predictions.csv; weights in "

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kikimimi.commands._options import add_clap_arguments
+from kikimimi.commands._options import MODEL_NAME_HELP, add_clap_arguments, resolve_model
 
 NAME = "index"
 HELP = "Index a folder's audio in CLAP space for `kikimimi search` (incremental: only new/changed files)."
@@ -14,24 +14,28 @@ HELP = "Index a folder's audio in CLAP space for `kikimimi search` (incremental:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder of audio files (searched recursively)")
-    parser.add_argument("-m", "--model", required=True, help="M2D-CLAP checkpoint")
+    parser.add_argument("-m", "--model", required=True, help="M2D-CLAP checkpoint" + MODEL_NAME_HELP)
     parser.add_argument("-o", "--out", required=True, help="index folder (created or updated)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rebuild", action="store_true", help="discard the existing index and embed everything")
+    parser.add_argument("--save-every-s", type=float, default=60.0, metavar="SECONDS",
+                        help="save the progress this often while embedding, so that a killed run resumes where it "
+                             "stopped (default: 60; 0 = after every batch)")
     add_clap_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 when at least one file is indexed, 1 when every file failed, 2 on a bad setting or model."""
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.inference.clap import CLAPError, load_clap
     from kikimimi.inference.search import SearchIndexError, update_index
 
-    model_id = str(Path(args.model).resolve())
     try:
-        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device,
+        model_id = str(Path(resolve_model(args.model, args)).resolve())
+        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device, precision=args.precision,
                           trust_pickle=args.trust_pickle)
         update = update_index(model, args.folder, args.out, model_id=model_id, batch_size=args.batch_size,
-                              rebuild=args.rebuild)
+                              rebuild=args.rebuild, save_every_s=args.save_every_s)
     except (SearchIndexError, CheckpointError, CLAPError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -39,4 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: '{key}': {reason}", file=sys.stderr)
     print(f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
           f"unchanged {len(update.unchanged)}, unreadable {len(update.errors)} → {args.out}")
+    if update.errors and not (update.added or update.changed or update.unchanged):
+        print("error: no file could be indexed", file=sys.stderr)
+        return 1
     return 0

@@ -1,7 +1,8 @@
 """`kikimimi pretrain`: self-supervised pre-training of M2D, M2D-CLAP / M2D2 or BYOL-A (v1/v2) on a corpus.
 
 Settings are resolved in this order: explicit command-line flags > ``--config FILE.json`` (keys = the
-long option names with ``_``) > the method's recipe (:mod:`kikimimi.methods.recipes`); see
+long option names with ``_``) > the method's recipe (``--recipe official|cpu-small``, by default chosen by the
+device; :mod:`kikimimi.methods.recipes`); see
 :mod:`kikimimi.training.settings`. Every resolved setting is written to ``config.json`` in the run folder,
 which is created inside ``--out`` with an official-style name (:mod:`kikimimi.training.run_folder`):
 
@@ -44,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--data", nargs="+", default=S, metavar="CORPUS", help="audio folders, CSV lists or prep caches"
+    )
+    p.add_argument(
+        "--recipe",
+        choices=("auto", "official", "cpu-small"),
+        default=S,
+        help="starting settings: official (the papers'), cpu-small (measured short CPU runs: tiny M2D, batch 64, "
+        "2000 steps; BYOL-A batch 64, 640 steps) or auto (default: official on CUDA, cpu-small otherwise); "
+        "flags below override it",
     )
     p.add_argument("--out", default=S, help="parent folder of the run folder (default: runs)")
     p.add_argument(
@@ -112,8 +121,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=S, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=S, help="mixed precision (auto)")
     p.add_argument("--seed", type=int, default=S, help="seed (M2D 3, BYOL-A 42)")
-    p.add_argument("--save-every", type=int, default=S, help="checkpoint period in steps (default: end only)")
-    p.add_argument("--keep-checkpoints", type=int, default=S, help="keep only the newest N checkpoints")
+    p.add_argument("--save-every", type=int, default=S,
+                   help="checkpoint period in steps (default: a tenth of the run, only the newest kept)")
+    p.add_argument("--keep-checkpoints", type=int, default=S,
+                   help="keep only the newest N checkpoints (default: all with --save-every, else 1)")
     p.add_argument("--log-every", type=int, default=S, help="log period in steps (10)")
     p.add_argument("--run-name", default=S, help="run folder name (default: official-style name)")
     p.add_argument("--resume", default=S, help="continue a run: run folder or checkpoint file")
@@ -121,8 +132,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--init-from",
         default=S,
         metavar="OFFICIAL_CHECKPOINT",
-        help="further pre-training: start from an official full checkpoint (m2d2_stage2: the stage-1 run)",
+        help="further pre-training: start from an official full checkpoint, by path or registered name "
+        "(kikimimi models list); m2d2_stage2: the stage-1 run",
     )
+    p.add_argument("--accept-licence", action="store_true", default=S,
+                   help="accept the licence of an official --init-from model given by name on its first download")
     p.add_argument(
         "--captions",
         default=S,

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         index = SearchIndex.load(args.index)
         model = load_clap(args.model or index.model, text_encoder=args.text_encoder, device=args.device,
-                          trust_pickle=args.trust_pickle)
+                          precision=args.precision, trust_pickle=args.trust_pickle, accept_licence=args.accept_licence)
         hits = search(index, args.query, model, top=args.top)
     except (SearchIndexError, CheckpointError, CLAPError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

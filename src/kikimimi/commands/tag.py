@@ -15,19 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
+from kikimimi.commands._options import (
+    MODEL_NAME_HELP,
+    add_accept_licence_argument,
+    add_precision_argument,
+    print_missing,
+)
+
 NAME = "tag"
 HELP = "Tag audio with an AudioSet fine-tuned checkpoint (sliding windows over long files)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", help="audio files")
-    parser.add_argument("-m", "--model", required=True, help="fine-tuned checkpoint with a tagging head")
+    parser.add_argument("files", nargs="+", help="audio files, folders (searched recursively) or CSV lists")
+    parser.add_argument("-m", "--model", required=True,
+                        help="fine-tuned checkpoint with a tagging head" + MODEL_NAME_HELP)
     parser.add_argument("--labels", required=True, help="class_labels_indices.csv (index,mid,display_name)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=10.0, help="window length in seconds")
     parser.add_argument("--hop-s", type=float, default=5.0, help="hop between windows in seconds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-pickle", action="store_true")
+    add_accept_licence_argument(parser)
+    add_precision_argument(parser)
 
 
 def read_labels_sorted_by_mid(path: str | Path) -> list[str]:
@@ -56,21 +66,26 @@ def tag_waveform(model, wave: np.ndarray, window_s: float, hop_s: float) -> list
 
     head = model.bundle.head.to(model.device).eval()
     spans = windows(len(wave), model.sample_rate, window_s, hop_s)
-    clips = model.embed([wave[s:e] for s, e in spans])
+    clips = model.embed([wave[s:e] for s, e in spans], model.sample_rate)
     with torch.inference_mode():
         probs = torch.sigmoid(head(torch.from_numpy(clips).to(model.device))).cpu().numpy()
     return [(s / model.sample_rate, e / model.sample_rate, p) for (s, e), p in zip(spans, probs, strict=True)]
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 when at least one file is tagged, 1 when every file failed, 2 on a bad setting or model."""
     import kikimimi
     from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.checkpoints import CheckpointError
+    from kikimimi.fileio import InputListError, collect_audio_files, require_existing_files
 
     try:
-        model = kikimimi.load(args.model, device=args.device, trust_pickle=args.trust_pickle)
+        files = collect_audio_files(args.files)
+        missing = set(require_existing_files(files, args.files))  # every file missing: InputListError
+        model = kikimimi.load(args.model, device=args.device, trust_pickle=args.trust_pickle,
+                              accept_licence=args.accept_licence, precision=args.precision)
         labels = read_labels_sorted_by_mid(args.labels)
-    except (CheckpointError, ValueError, OSError) as exc:
+    except (CheckpointError, InputListError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if model.bundle.head is None:
@@ -81,8 +96,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: the head has {n_out} outputs but '{args.labels}' lists {len(labels)} classes",
               file=sys.stderr)
         return 2
-    failed = 0
-    for path in args.files:
+    if not files:
+        print(f"error: no audio files found in {args.files}", file=sys.stderr)
+        return 2
+    if missing:
+        print_missing(files, missing)
+    failed = len(missing)
+    for path in files:
+        if path in missing:
+            continue
         try:
             wave, _ = load_audio(path, model.sample_rate)
         except AudioDecodeError as exc:
@@ -94,4 +116,7 @@ def run(args: argparse.Namespace) -> int:
             top = np.argsort(-probs)[: args.top_k]
             tags = ", ".join(f"{labels[i]} {probs[i]:.3f}" for i in top)
             print(f"  {start:7.2f}-{end:7.2f} s  {tags}")
-    return 1 if failed == len(args.files) else 0
+    if failed == len(files):
+        print("error: no file could be tagged", file=sys.stderr)
+        return 1
+    return 0

@@ -83,10 +83,14 @@ def resolve_corpus(inputs: Sequence[str | Path]) -> Corpus:
     (see :func:`kikimimi.fileio.collect_audio_files`). Caches and audio sources cannot be mixed.
 
     Raises:
-        ValueError: no inputs, mixed kinds, caches with different presets, or no files found.
+        ValueError: no inputs, an input that does not exist, mixed kinds, caches with different presets, or no
+            files found.
     """
     if not inputs:
         raise ValueError("no training data given (--data FOLDER|CSV|CACHE ...)")
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"--data: no such file or folder: {', '.join(repr(m) for m in missing)}")
     caches = [Path(p) for p in inputs if is_prep_cache(p)]
     others = [Path(p) for p in inputs if not is_prep_cache(p)]
     if caches and others:
@@ -120,6 +124,10 @@ def _frontend_config(frontend: Any) -> FrontendConfig:
     if isinstance(frontend, dict):
         return FrontendConfig.from_dict(frontend)
     raise TypeError(f"frontend must be a FrontendConfig, preset name or dict, got {type(frontend).__name__}")
+
+
+#: training files already reported as unreadable in this process
+_WARNED_PATHS: set[str] = set()
 
 
 class CropDataset(Dataset):
@@ -181,7 +189,6 @@ class CropDataset(Dataset):
         self.output = output
         n = len(corpus)
         self.repeats = max(1, math.ceil(int(min_epoch_size) / n)) if min_epoch_size else 1
-        self._warned: set[str] = set()
         self.eps = float(self.frontend.eps) if self.frontend is not None else FrontendConfig.eps
 
     # -- sizes
@@ -269,8 +276,8 @@ class CropDataset(Dataset):
             except (OSError, ValueError, EOFError, RuntimeError) as err:
                 msg = f"'{path}': {err}"
                 failures.append(msg)
-                if str(path) not in self._warned:
-                    self._warned.add(str(path))
+                if str(path) not in _WARNED_PATHS:  # once per process, across datasets (statistics, training)
+                    _WARNED_PATHS.add(str(path))
                     warnings.warn(f"skipping unreadable training item {msg}", UserWarning, stacklevel=2)
                 file_index = int(rng.integers(0, len(self.corpus)))
         raise RuntimeError(

@@ -5,8 +5,10 @@ own cluster."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,15 +66,23 @@ def map_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> np.nd
     raise ValueError(f"unknown map method {method!r}; choose one of {', '.join(MAP_METHODS)}")
 
 
-def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_png: str | Path,
-                  title: str | None = None, seed: int = 0, method: str = "tsne") -> Path:
-    """Draw one t-SNE (or UMAP) panel per model side by side with a shared legend.
+#: Marker shapes cycled (with the colours) so up to 20 × 6 classes get a unique symbol.
+_MARKERS = ("o", "s", "^", "D", "v", "P")
 
-    Args:
-        panels: ``{panel title: (embeddings [N, D], labels [N])}``.
-        out_png: output file (written atomically).
-        method: ``"tsne"`` or ``"umap"`` (needs ``pip install umap-learn``; a clear ImportError otherwise).
-    """
+
+def class_styles(classes: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """``{class: (colour, marker)}``: ``tab10`` for ≤ 10 classes, else ``tab20``; the marker changes every
+    full turn of the colour map, so no two classes share a symbol."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    return {c: (cmap(i % cmap.N), _MARKERS[(i // cmap.N) % len(_MARKERS)]) for i, c in enumerate(classes)}
+
+
+def cluster_figure(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], title: str | None = None,
+                   seed: int = 0, method: str = "tsne"):
+    """The figure of :func:`plot_clusters` (a matplotlib ``Figure``; its single legend lists every class,
+    outside the axes on the right, in ``ceil(C / 20)`` columns)."""
     if method not in MAP_METHODS:
         raise ValueError(f"unknown map method {method!r}; choose one of {', '.join(MAP_METHODS)}")
     if method == "umap":
@@ -83,8 +93,7 @@ def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_pn
     import matplotlib.pyplot as plt
 
     classes = sorted({str(c) for _, labels in panels.values() for c in labels})
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    colours = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
+    styles = class_styles(classes)
     n = len(panels)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.8), squeeze=False)
     for ax, (name, (emb, labels)) in zip(axes[0], panels.items(), strict=True):
@@ -92,17 +101,35 @@ def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_pn
         labels = np.asarray([str(c) for c in labels])
         for c in classes:
             sel = labels == c
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=12, color=colours[c], label=c, alpha=0.85, linewidths=0)
+            colour, marker = styles[c]
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=12, color=colour, marker=marker, alpha=0.85, linewidths=0)
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[c], label=c) for c in classes]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(classes), 8), fontsize=8, frameon=False)
+    handles = [plt.Line2D([], [], marker=styles[c][1], linestyle="", color=styles[c][0], label=c) for c in classes]
+    ncol = max(1, math.ceil(len(classes) / 20))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=ncol, fontsize=8,
+               frameon=False, title=f"{len(classes)} classes", title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))
+    fig.tight_layout()
+    return fig
+
+
+def plot_clusters(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], out_png: str | Path,
+                  title: str | None = None, seed: int = 0, method: str = "tsne") -> Path:
+    """Draw one t-SNE (or UMAP) panel per model side by side with a shared legend of every class.
+
+    Args:
+        panels: ``{panel title: (embeddings [N, D], labels [N])}``.
+        out_png: output file (written atomically; ``bbox_inches="tight"`` keeps the outside legend).
+        method: ``"tsne"`` or ``"umap"`` (needs ``pip install umap-learn``; a clear ImportError otherwise).
+    """
+    fig = cluster_figure(panels, title, seed, method)
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
     out_png = Path(out_png)
     atomic_write_bytes(out_png, buf.getvalue())

@@ -1,7 +1,12 @@
-"""Classification metrics for downstream evaluation (numpy only, no retrieval metrics here).
+"""Classification metrics for downstream evaluation (no retrieval metrics here).
 
 Conventions: ``y_true`` / ``y_pred`` are integer class indices ``[N]``; multi-label targets are 0/1
 ``[N, C]`` with scores ``[N, C]`` (logits or probabilities — only the ranking matters for AP).
+
+A task reports one of :data:`METRICS` (:func:`metric_score`): ``accuracy``; ``uar`` (unweighted average recall =
+macro recall = scikit-learn's ``balanced_accuracy``, the usual heart-sound score); ``wacc`` (PhysioNet/CinC 2022
+murmur weighted accuracy); ``mAP`` (macro average precision, multi-label). :func:`chance_score` and
+:func:`majority_score` give the two reference lines every table shows.
 """
 
 from __future__ import annotations
@@ -10,12 +15,19 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from kikimimi.evaluation.extras import require
+
 __all__ = [
+    "METRICS",
     "MURMUR_WEIGHTS",
     "accuracy",
+    "chance_score",
     "average_precision",
     "confusion_matrix",
     "macro_map",
+    "majority_score",
+    "metric_label",
+    "metric_score",
     "murmur_weighted_accuracy",
     "per_class_accuracy",
     "task_score",
@@ -66,9 +78,14 @@ def per_class_accuracy(
 
 
 def uar(y_true: Sequence | np.ndarray, y_pred: Sequence | np.ndarray, n_classes: int | None = None) -> float:
-    """Unweighted average recall: mean of per-class recall over classes present in ``y_true``."""
-    rec = per_class_accuracy(y_true, y_pred, n_classes)
-    return float(np.nanmean(rec)) if np.any(~np.isnan(rec)) else float("nan")
+    """Unweighted average recall: mean of per-class recall over the classes present in ``y_true``
+    (scikit-learn ``recall_score(average="macro")`` restricted to those classes; ``n_classes`` is accepted for
+    symmetry with :func:`per_class_accuracy`). ``nan`` for empty input."""
+    t, p = _as_1d("y_true", y_true), _as_1d("y_pred", y_pred)
+    if not t.size:
+        return float("nan")
+    recall_score = require("sklearn.metrics").recall_score
+    return float(recall_score(t, p, labels=np.unique(t), average="macro", zero_division=0))
 
 
 def average_precision(y_true: Sequence | np.ndarray, scores: Sequence | np.ndarray) -> float:
@@ -155,3 +172,60 @@ def murmur_weighted_accuracy(
         y_true = [class_names[int(i)] for i in y_true]
         y_pred = [class_names[int(i)] for i in y_pred]
     return weighted_accuracy(y_true, y_pred, MURMUR_WEIGHTS)
+
+
+#: Metric names a task can report, with their table labels.
+METRICS: dict[str, str] = {"accuracy": "acc", "uar": "UAR", "wacc": "W.acc", "mAP": "mAP"}
+
+
+def metric_label(metric: str) -> str:
+    """Short table label of ``metric`` (``"acc"``, ``"UAR"``, ``"W.acc"``, ``"mAP"``)."""
+    return METRICS[metric]
+
+
+def metric_score(metric: str, y_true: np.ndarray, logits: np.ndarray, classes: Sequence[str]) -> float:
+    """The score of ``logits`` under ``metric``.
+
+    Args:
+        metric: one of :data:`METRICS`.
+        y_true: ``[N]`` class indices (``[N, C]`` 0/1 for ``mAP``).
+        logits: ``[N, C]`` scores; single-label metrics use the arg-max.
+        classes: class names (``wacc`` needs ``Present`` / ``Unknown`` / ``Absent``).
+
+    Returns:
+        The score in ``[0, 1]``; ``nan`` for no items.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if len(y_true) == 0:
+        return float("nan")
+    if metric == "mAP":
+        return macro_map(y_true, logits)
+    y_pred = np.asarray(logits).argmax(axis=1)
+    if metric == "accuracy":
+        return accuracy(y_true, y_pred)
+    if metric == "uar":
+        return uar(y_true, y_pred, len(classes))
+    return murmur_weighted_accuracy(y_true, y_pred, list(classes))
+
+
+def chance_score(metric: str, y_true: np.ndarray, n_classes: int) -> float:
+    """Expected score of guessing uniformly at random: ``1/C`` for accuracy, UAR and W.acc (each class is
+    hit with probability ``1/C`` whatever its weight); for mAP the mean positive rate of the classes present
+    (the expected AP of a random ranking)."""
+    if metric == "mAP":
+        y = np.asarray(y_true, dtype=np.float64)
+        present = y.sum(axis=0) > 0
+        return float(y.mean(axis=0)[present].mean()) if present.any() else float("nan")
+    return 1.0 / n_classes
+
+
+def majority_score(metric: str, y_train: np.ndarray, y_true: np.ndarray, classes: Sequence[str]) -> float:
+    """Score of always answering the most frequent training class (for mAP: constant scores, equal to
+    the chance line)."""
+    if metric == "mAP":
+        return chance_score(metric, y_true, len(classes))
+    counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(classes))
+    logits = np.zeros((len(y_true), len(classes)), np.float32)
+    logits[:, int(counts.argmax())] = 1.0
+    return metric_score(metric, np.asarray(y_true), logits, classes)

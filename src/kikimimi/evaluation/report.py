@@ -1,18 +1,23 @@
-"""Linear-probe evaluation of several models on several tasks, with baselines, written as a report.
+"""Probe evaluation of several models on several tasks, with baselines, written as a report.
 
-`run_evaluation` embeds every task with every model (cached), runs the EVAR probe with repeated seeds
-and writes, under ``out_dir``:
+`run_evaluation` refuses tasks whose valid/test labels are missing from training (before any embedding),
+embeds every task with every model once (cached), runs each probe (linear and/or logistic,
+:mod:`kikimimi.evaluation.probe`) with repeated seeds and writes, under ``out_dir``:
 
-- ``report.md``: one table (rows = models including baselines, columns = tasks, mean ± std), then per task
-  the settings, notes (e.g. no validation split) and a per-class accuracy table;
-- ``report.json``: everything machine-readable (scores per fold and seed, per-class accuracy, settings,
-  model and data fingerprints, kikimimi version, time);
-- ``scores.csv``: ``model,task,metric,mean,std,n_test``;
-- ``<task>/confusion-<model>.png`` for every single-label model × task and ``<task>/clusters.png``: a t-SNE
-  (or, with ``map_method="umap"``, UMAP) map of the test embeddings of every model side by side, coloured by class.
+- ``report.md``: one table per task metric (rows = model × probe including baselines, then fine-tune rows when
+  given, then the chance and majority-class lines; columns = tasks, mean ± std over seeds), then per task the clip
+  length rule and how many clips it crops or pads, the skipped (unreadable) files by name, notes, the probe
+  settings behind each number, links to the confusion matrices and a per-class accuracy table;
+- ``report.json``: everything machine-readable (scores per fold and seed, every applicable metric, per-class
+  accuracy, settings, model and data fingerprints, kikimimi version, time);
+- ``scores.csv``: ``model,task,probe,metric,mean,std,n_test``;
+- ``<task>/confusion-<model>-<probe>.png``: counts summed over every seed and fold, for every single-label
+  model × probe × task, and ``<task>/clusters.png``: a t-SNE (or, with ``map_method="umap"``, UMAP) map of the
+  test embeddings of every model side by side, coloured by class.
 
 :func:`write_finetune_report` writes the same kind of report for a fine-tuning run
-(:mod:`kikimimi.evaluation.finetune`), stating how the test epoch was selected.
+(:mod:`kikimimi.evaluation.finetune`), stating how the test epoch was selected; :func:`load_finetune_rows`
+reads such reports back so ``kikimimi eval --finetune DIR`` merges them into the table.
 
 Baselines: the log-mel statistics embedding and, for every checkpoint, the same architecture at random
 initialisation, so every score has context.
@@ -35,10 +40,11 @@ import numpy as np
 from kikimimi import __version__
 from kikimimi.evaluation.baselines import LogMelStats
 from kikimimi.evaluation.cluster_plot import plot_clusters
+from kikimimi.evaluation.embeddings import embed_task
 from kikimimi.evaluation.encoder_settings import encoder_settings, task_norm_stats
-from kikimimi.evaluation.metrics import confusion_matrix
-from kikimimi.evaluation.probe import ProbeConfig, ProbeResult, evaluate_task
-from kikimimi.evaluation.tasks import Task
+from kikimimi.evaluation.metrics import confusion_matrix, metric_label, metric_score
+from kikimimi.evaluation.probe import PROBES, ProbeConfig, ProbeResult, probe_embeddings
+from kikimimi.evaluation.tasks import Task, TaskError
 from kikimimi.evaluation.zeroshot import zero_shot_task
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kikimimi.inference.clap import CLAPModel
@@ -55,15 +61,29 @@ class ModelSpec:
     name: str
     make: Callable[[Task], Any]  # task -> embedding function (called once per task: BYOL-A stats per task)
     sample_rate: int
-    lr: float
+    lr: float | None  # None: the linear probe searches its lr grid on validation
     fingerprint: str
     family: str = "baseline"
     zero_shot: Callable[[Task], Any] | None = None  # task -> ZeroShotResult (CLAP models only)
 
 
 @dataclass
+class FinetuneRow:
+    """A fine-tuning result merged into the evaluation table (read from a ``kikimimi finetune`` report)."""
+
+    model: str
+    task: str
+    metric: str
+    score: float
+    std: float
+    source: Path
+    note: str = ""
+
+
+@dataclass
 class EvalOutcome:
-    results: dict[str, dict[str, ProbeResult]] = field(default_factory=dict)  # task -> model -> result
+    results: dict[str, dict[str, dict[str, ProbeResult]]] = field(default_factory=dict)  # task -> model -> probe
+    skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # task -> [(file, reason)]
     zero_shot: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> model -> ZeroShotResult
     out_dir: Path | None = None
 
@@ -93,13 +113,28 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
+def model_label(name: str) -> str:
+    """Row name of a model argument: the file stem of a weight file, the run folder of a ``<run>/kikimimi``
+    checkpoint, else the folder (or registry) name."""
+    path = Path(name)
+    if path.name == "kikimimi" and path.is_dir():
+        return path.resolve().parent.name
+    if path.is_file() or path.suffix in {".pth", ".pt", ".ckpt", ".safetensors", ".bin"}:
+        return path.stem
+    return path.name or name
+
+
 def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = "cpu",
                 lr: float | None = None, norm_stats: Sequence[float] | None = None,
-                text_encoder: str | None = None) -> list[ModelSpec]:
+                text_encoder: str | None = None, trust_pickle: bool = False) -> list[ModelSpec]:
     """Model specs from CLI-style names: checkpoint paths, or ``logmel`` for the log-mel baseline.
+
+    ``lr``: pin the linear probe's learning rate for every model (default ``None``: the same validation
+    search for every model, :data:`kikimimi.evaluation.probe.DEFAULT_LR_GRID`).
 
     M2D-CLAP checkpoints also get a zero-shot evaluation (``ModelSpec.zero_shot``); ``text_encoder`` is the
     spec their text side needs when the file has none inside it (e.g. ``"gte:/path/to/gte-base"``).
+    ``trust_pickle``: allow arbitrary pickled objects in the checkpoints (only for files you trust).
     """
     specs: list[ModelSpec] = []
     names = list(models)
@@ -107,16 +142,15 @@ def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = 
         names.insert(0, LOGMEL)
     for name in names:
         if name == LOGMEL:
-            specs.append(ModelSpec("log-mel stats", lambda task: LogMelStats("m2d-16k"), 16000, lr or 3e-4,
+            specs.append(ModelSpec("log-mel stats", lambda task: LogMelStats("m2d-16k"), 16000, lr,
                                    "logmel-m2d-16k"))
             continue
-        encoder = load(name, device=device, norm_stats=norm_stats)
-        path = Path(name)
-        label = path.parent.name if path.is_file() or path.name == "kikimimi" else path.name
+        encoder = load(name, device=device, norm_stats=norm_stats, trust_pickle=trust_pickle)
+        label = model_label(name)
         while label in {s.name for s in specs}:
             label += "'"
         settings = encoder_settings(encoder.encoder)
-        probe_lr = lr or settings.probe_lr
+        probe_lr = lr
 
         def make(task: Task, encoder=encoder, random: bool = False, preset=settings.task_norm_stats_preset):
             enc = encoder
@@ -138,22 +172,29 @@ def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")  # long titles and labels stay whole
     return buf.getvalue()
 
 
+def summed_confusion(result: ProbeResult) -> np.ndarray:
+    """Confusion counts ``[C, C]`` (row = true class) summed over every seed and fold of ``result``."""
+    n = len(result.classes)
+    cm = np.zeros((n, n), np.int64)
+    for f in result.folds:
+        cm += confusion_matrix(f.y_true, f.y_pred, n)
+    return cm
+
+
 def plot_confusion(result: ProbeResult, title: str, out_png: Path) -> None:
-    """Row-normalised confusion matrix of the first seed's test predictions."""
+    """Row-normalised confusion matrix of the test predictions summed over all seeds and folds (the title
+    should say so; :func:`run_evaluation` writes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     classes = result.classes
-    folds = [f for f in result.folds if f.seed == result.folds[0].seed]
-    y_true = np.concatenate([f.y_true for f in folds])
-    y_pred = np.concatenate([f.y_pred for f in folds])
-    cm = confusion_matrix(y_true, y_pred, len(classes)).astype(float)
+    cm = summed_confusion(result).astype(float)
     cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = min(12.0, 2.5 + 0.35 * len(classes))
     fig, ax = plt.subplots(figsize=(size, size))
@@ -174,14 +215,83 @@ def plot_confusion(result: ProbeResult, title: str, out_png: Path) -> None:
     plt.close(fig)
 
 
+def confusion_title(spec_name: str, task: Task, result: ProbeResult) -> str:
+    """Title stating what the cells are (summed over seeds and folds) and the mean score they go with."""
+    seeds = result.settings.get("seeds", [])
+    n_folds = result.settings.get("n_folds", 1)
+    return (f"{spec_name} — {task.name} ({result.probe} probe)\n"
+            f"test counts summed over seeds {seeds}" + (f" × {n_folds} folds" if n_folds > 1 else "")
+            + f", row-normalised\n{metric_label(result.metric)} mean over seeds {100 * result.score:.1f}%")
+
+
+def load_finetune_rows(dirs: Sequence[str | Path], tasks: Sequence[Task]) -> list[FinetuneRow]:
+    """Rows for the evaluation table from ``kikimimi finetune`` output folders (their ``report.json``).
+
+    A single-label result is re-scored under its task's metric from the saved test predictions; a task that
+    is not among ``tasks`` is refused.
+
+    Raises:
+        TaskError: a folder without a readable fine-tuning ``report.json``, or one for another task.
+    """
+    by_name = {t.name: t for t in tasks}
+    rows: list[FinetuneRow] = []
+    for d in dirs:
+        path = Path(d)
+        path = path / "report.json" if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text())
+            res = data["result"]
+            task_name, model = data["task"], data["model"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TaskError(f"'{path}': not a kikimimi fine-tuning report.json ({exc})") from None
+        task = by_name.get(task_name)
+        if task is None:
+            raise TaskError(f"'{path}': fine-tuning report for task '{task_name}', which is not among the "
+                            f"evaluated tasks {sorted(by_name)}")
+        score, std, note = float(res["score"]), float(res.get("std", 0.0)), ""
+        preds = res.get("predictions") or []
+        if task.metric != res.get("metric") and task.metric != "mAP" and preds and "prediction" in preds[0]:
+            classes = task.classes
+            index = {c: i for i, c in enumerate(classes)}
+            per_fold: dict[Any, tuple[list[int], list[int]]] = {}
+            for p in preds:
+                t, q = per_fold.setdefault(p["fold"], ([], []))
+                t.append(index[p["label"]])
+                q.append(index[p["prediction"]])
+            fold_scores = []
+            for t, q in per_fold.values():
+                logits = np.eye(len(classes), dtype=np.float32)[q]
+                fold_scores.append(metric_score(task.metric, np.asarray(t), logits, classes))
+            score, std = float(np.mean(fold_scores)), float(np.std(fold_scores))
+            note = f"re-scored as {metric_label(task.metric)} from the saved predictions"
+        elif task.metric != res.get("metric"):
+            note = f"scored as {res.get('metric')}, not {metric_label(task.metric)}"
+        rows.append(FinetuneRow(model, task_name, task.metric, score, std, path, note))
+    return rows
+
+
 def run_evaluation(specs: Sequence[ModelSpec], tasks: Sequence[Task], out_dir: str | Path, *,
                    seeds: Sequence[int] = (42, 43, 44), hidden: Sequence[int] = (), device: str = "cpu",
                    plots: bool = True, progress: bool = False, log: Callable[[str], None] | None = None,
-                   map_method: str = "tsne") -> EvalOutcome:
-    """Evaluate every model on every task and write the report files (see the module docstring).
+                   map_method: str = "tsne", probes: Sequence[str] = PROBES,
+                   finetune: Sequence[FinetuneRow] = ()) -> EvalOutcome:
+    """Evaluate every model on every task with every probe and write the report files (module docstring).
 
-    ``map_method``: ``"tsne"`` or ``"umap"`` (optional ``umap-learn``) for the per-task cluster figure.
+    Args:
+        probes: ``"linear"`` and/or ``"logistic"`` (the first is the one ``report.json``'s ``results`` lists
+            at the top level; every probe is under ``probes``).
+        finetune: fine-tuning rows to merge (:func:`load_finetune_rows`).
+        map_method: ``"tsne"`` or ``"umap"`` (optional ``umap-learn``) for the per-task cluster figure.
+
+    Raises:
+        TaskError: a task's valid/test labels are missing from its training data (checked before embedding).
     """
+    probes = tuple(probes)
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown or not probes:
+        raise ValueError(f"unknown probe(s) {unknown}; choose from {', '.join(PROBES)}")
+    for task in tasks:
+        task.check_labels()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     outcome = EvalOutcome(out_dir=out)
@@ -191,90 +301,192 @@ def run_evaluation(specs: Sequence[ModelSpec], tasks: Sequence[Task], out_dir: s
         notes[task.name] = []
         if not task.has_valid:
             notes[task.name].append("no validation split: a class-complete 10% hold-out of each training fold "
-                                    "selects the probe's early-stopping epoch")
+                                    "selects the probes' hyper-parameters (and the linear probe's epoch)")
         panels = {}
+        skipped: dict[str, str] = {}
         for spec in specs:
-            config = ProbeConfig(lr=spec.lr, hidden=tuple(hidden), device=device)
             embed_fn = spec.make(task)
-            result, embs = evaluate_task(embed_fn, task, sample_rate=spec.sample_rate, config=config, seeds=seeds,
-                                         cache_dir=out / "cache", model_id=spec.fingerprint[:16] + _slug(spec.name),
-                                         progress=progress)
-            outcome.results[task.name][spec.name] = result
-            if log:
-                log(f"{task.name:<16} {spec.name:<40} {result.metric} {100 * result.score:5.1f} "
-                    f"± {100 * result.std:.1f}")
-            if plots and result.metric == "accuracy":
-                plot_confusion(result, f"{spec.name} — {task.name}\naccuracy {100 * result.score:.1f}%",
-                               out / _slug(task.name) / f"confusion-{_slug(spec.name)}.png")
-                fold = embs.folds[0]
-                if len(fold.test) >= 3:
-                    panels[f"{spec.name}\n{100 * result.score:.1f}%"] = (fold.x_test, [it.label for it in fold.test])
+            embs = embed_task(embed_fn, task, sample_rate=spec.sample_rate, seed=42, cache_dir=out / "cache",
+                              model_id=spec.fingerprint[:16] + _slug(spec.name), progress=progress)
+            new = [(k, r) for k, r in embs.errors if k not in skipped]
+            if new and log:
+                log(f"{task.name}: skipped {len(new)} unreadable file(s): "
+                    + "; ".join(f"{k} ({r})" for k, r in new))
+            skipped.update(embs.errors)
+            per_probe: dict[str, ProbeResult] = {}
+            for probe in probes:
+                config = ProbeConfig(lr=spec.lr, hidden=tuple(hidden), device=device, probe=probe)
+                result = probe_embeddings(embs.folds, task, config=config, seeds=seeds, progress=progress)
+                result.settings.update(embs.settings)
+                result.settings["errors"] = [f"{k}: {r}" for k, r in embs.errors]
+                per_probe[probe] = result
+                if log:
+                    log(f"{task.name:<16} {spec.name:<40} {probe:<8} {metric_label(result.metric)} "
+                        f"{100 * result.score:5.1f} ± {100 * result.std:.1f}  ({_chosen_text(result)})")
+                if plots and result.metric != "mAP":
+                    plot_confusion(result, confusion_title(spec.name, task, result),
+                                   out / _slug(task.name) / _confusion_name(spec.name, probe))
+            outcome.results[task.name][spec.name] = per_probe
+            first = per_probe[probes[0]]
+            fold = embs.folds[0]
+            if plots and first.metric != "mAP" and len(fold.test) >= 3:
+                panels[f"{spec.name}\n{metric_label(first.metric)} {100 * first.score:.1f}%"] = (
+                    fold.x_test, [it.label for it in fold.test])
+        outcome.skipped[task.name] = sorted(skipped.items())
         _run_zero_shot(outcome, specs, task, notes[task.name], log)
         if plots and panels:
             map_name = {"tsne": "t-SNE", "umap": "UMAP"}.get(map_method, map_method)
             plot_clusters(panels, out / _slug(task.name) / "clusters.png", method=map_method,
                           title=f"{task.name}: {map_name} of test embeddings (fold {embs.folds[0].index})")
-    _write_reports(outcome, specs, tasks, notes, seeds, hidden, __version__)
+    _write_reports(outcome, specs, tasks, notes, seeds, hidden, probes, list(finetune), __version__)
     return outcome
 
 
-def _write_reports(outcome: EvalOutcome, specs, tasks, notes, seeds, hidden, version: str) -> None:
+def _confusion_name(model: str, probe: str) -> str:
+    return f"confusion-{_slug(model)}-{probe}.png"
+
+
+def _chosen_text(result: ProbeResult) -> str:
+    """The selected hyper-parameter over folds × seeds, e.g. ``lr 1e-03 ×3`` or ``C 1 ×2, 10 ×1``."""
+    key = "C" if result.probe == "logistic" else "lr"
+    values = [c[key] for c in result.settings.get("chosen", []) if key in c]
+    counts: dict[float, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return f"{key} " + ", ".join(f"{v:g} ×{n}" for v, n in sorted(counts.items()))
+
+
+def _settings_text(result: ProbeResult) -> str:
+    st = result.settings
+    if result.probe == "logistic":
+        grid = ", ".join(f"{c:g}" for c in st.get("c_grid", ()))
+        return (f"scikit-learn LogisticRegression (L2, lbfgs) on standardised embeddings, C from [{grid}] on "
+                f"validation; chosen {_chosen_text(result)}")
+    lr = f"lr {st['lr']:g} (pinned)" if st.get("lr") else "lr from [" + ", ".join(
+        f"{v:g}" for v in st.get("lr_grid", ())) + "] on validation"
+    epochs = [c["best_epoch"] for c in st.get("chosen", [])]
+    capped = sum(1 for c in st.get("chosen", []) if c["best_epoch"] == st.get("epochs"))
+    hidden = f", MLP hidden {st['hidden']}" if st.get("hidden") else ""
+    text = (f"Adam, {lr}, wd {st['weight_decay']:g}, batch ≤ {st['batch_size']}, ≤ {st['epochs']} epochs, "
+            f"patience {st['patience']}{hidden}; chosen {_chosen_text(result)}; best epochs "
+            f"{min(epochs)}–{max(epochs)}" if epochs else "")
+    if capped:
+        text += f" ({capped} run(s) still improving at the last epoch)"
+    return text
+
+
+def _write_reports(outcome: EvalOutcome, specs, tasks, notes, seeds, hidden, probes, finetune, version: str) -> None:
     out = outcome.out_dir
     assert out is not None
     names = [s.name for s in specs]
     lines = ["# kikimimi evaluation report", "",
-             f"Linear probe, EVAR protocol, seeds {list(seeds)}" + (f", MLP hidden {list(hidden)}" if hidden else ""),
-             "", "| model | " + " | ".join(t.name for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+             f"Probes: {', '.join(probes)} (EVAR protocol with a validation-chosen hyper-parameter; see the "
+             f"settings per task), seeds {list(seeds)}" + (f", MLP hidden {list(hidden)}" if hidden else "") + "."]
+    lines += ["", "| model | probe | " + " | ".join(f"{t.name} ({metric_label(t.metric)})" for t in tasks) + " |",
+              "|---|---|" + "---|" * len(tasks)]
     for name in names:
+        for probe in probes:
+            cells = []
+            for t in tasks:
+                r = outcome.results[t.name][name][probe]
+                cells.append(f"{100 * r.score:.1f} ± {100 * r.std:.1f}")
+            lines.append(f"| {name} | {probe} | " + " | ".join(cells) + " |")
+    for row_name in sorted({(r.model) for r in finetune}):
         cells = []
         for t in tasks:
-            r = outcome.results[t.name][name]
-            cells.append(f"{100 * r.score:.1f} ± {100 * r.std:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Scores in % (accuracy, or mAP for multi-label tasks), mean ± std over the probe seeds.", "",
-              "Models (sha256 fingerprints; full values in report.json):", ""]
-    lines += [f"- {s.name}: {s.family}, probe lr {s.lr:g}, `{s.fingerprint[:19]}`" for s in specs]
-    csv_rows = ["model,task,metric,mean,std,n_test"]
+            hit = [r for r in finetune if r.model == row_name and r.task == t.name]
+            cells.append("–" if not hit else f"{100 * hit[0].score:.1f}" + (
+                f" ± {100 * hit[0].std:.1f}" if hit[0].std else "") + ("*" if hit[0].note else ""))
+        lines.append(f"| {row_name} | fine-tune | " + " | ".join(cells) + " |")
+    for ref, label in (("chance", "chance (uniform guess)"), ("majority", "majority class (of training)")):
+        cells = []
+        for t in tasks:
+            first = outcome.results[t.name][names[0]][probes[0]] if names else None
+            cells.append("–" if first is None else f"{100 * first.reference[ref]:.1f}")
+        lines.append(f"| *{label}* | – | " + " | ".join(cells) + " |")
+    lines += ["", "Scores in %, each task under its own metric (acc = accuracy, UAR = unweighted average recall, "
+              "W.acc = PhysioNet 2022 murmur weighted accuracy, mAP = macro average precision), mean ± std over "
+              "the probe seeds (fine-tune rows: over folds). Chance = guessing uniformly at random; majority = "
+              "always answering the most frequent training class."]
+    noted = [r for r in finetune if r.note]
+    lines += [f"- \\* {r.model} on {r.task}: {r.note} (`{r.source}`)" for r in noted]
+    lines += ["", "Models (sha256 fingerprints; full values in report.json):", ""]
+    lines += [f"- {s.name}: {s.family}, `{s.fingerprint[:19]}`" for s in specs]
+    csv_rows = ["model,task,probe,metric,mean,std,n_test"]
     report: dict[str, Any] = {"kikimimi_version": version, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                              "seeds": list(seeds), "hidden": list(hidden), "models": {}, "tasks": {}}
+                              "seeds": list(seeds), "hidden": list(hidden), "probes": list(probes), "models": {},
+                              "tasks": {}, "finetune": [
+                                  {"model": r.model, "task": r.task, "metric": r.metric, "mean": r.score,
+                                   "std": r.std, "source": str(r.source), "note": r.note} for r in finetune]}
     for spec in specs:
         report["models"][spec.name] = {"fingerprint": spec.fingerprint, "family": spec.family, "lr": spec.lr,
                                        "sample_rate": spec.sample_rate}
     for t in tasks:
         slug = _slug(t.name)
+        results = outcome.results[t.name]
+        skipped = outcome.skipped.get(t.name, [])
+        lengths = t.length_summary(specs[0].sample_rate if specs else 16000)
         lines += ["", f"## {t.name}", "",
-                  f"{len(t.items)} clips, {t.n_classes} classes, unit {t.unit_s:g} s, "
-                  f"{'folds ' + str(t.fold_ids()) if t.is_cv else 'train/valid/test split'}."]
+                  f"{len(t.items)} clips in the task ({len(t.items) - len(skipped)} embedded, {len(skipped)} "
+                  f"skipped), {t.n_classes} classes, metric {metric_label(t.metric)}, "
+                  f"{'folds ' + str(t.fold_ids()) if t.is_cv else 'train/valid/test split'}.",
+                  f"- clip length {t.unit_s:g} s ({t.unit_rule}): {lengths['cropped']} clip(s) cropped, "
+                  f"{lengths['padded']} zero-padded, {lengths['exact']} exact"
+                  + (f", {lengths['unknown']} without a readable header" if lengths["unknown"] else "") + "."]
+        if skipped:
+            lines.append(f"- **{len(skipped)} file(s) skipped** (unreadable or missing):")
+            lines += [f"  - `{k}`: {r}" for k, r in skipped]
         lines += [f"- {n}" for n in notes[t.name]]
         lines.append(f"- task fingerprint `{task_fingerprint(t)[:12]}`")
-        results = outcome.results[t.name]
-        first = next(iter(results.values()))
-        if first.metric == "accuracy":
+        lines += ["", "Probe settings behind each number:", ""]
+        for name in names:
+            for probe in probes:
+                lines.append(f"- {name}, {probe}: {_settings_text(results[name][probe])}")
+        first = results[names[0]][probes[0]] if names else None
+        if first is not None and first.metric != "mAP":
+            pngs = [(name, probe) for name in names for probe in probes
+                    if (out / slug / _confusion_name(name, probe)).exists()]
+            if pngs:
+                lines += ["", "Confusion matrices (test counts summed over all seeds and folds, row-normalised): "
+                          + ", ".join(f"[{n} / {p}]({slug}/{_confusion_name(n, p)})" for n, p in pngs)]
             classes = first.classes
-            lines += ["", "Per-class accuracy (%):", "", "| model | " + " | ".join(classes) + " |",
-                      "|---|" + "---|" * len(classes)]
+            lines += ["", f"Per-class accuracy (%, {probes[0]} probe):", "",
+                      "| model | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
             for name in names:
-                pc = results[name].per_class_accuracy
+                pc = results[name][probes[0]].per_class_accuracy
                 lines.append(f"| {name} | " + " | ".join(f"{100 * pc[c]:.0f}" for c in classes) + " |")
             if (out / slug / "clusters.png").exists():
                 lines += ["", f"![clusters]({slug}/clusters.png)"]
-        report["tasks"][t.name] = {"fingerprint": task_fingerprint(t), "notes": notes[t.name], "results": {}}
+        report["tasks"][t.name] = {"fingerprint": task_fingerprint(t), "notes": notes[t.name], "metric": t.metric,
+                                   "unit_s": t.unit_s, "unit_rule": t.unit_rule, "clip_lengths": lengths,
+                                   "skipped": [{"file": k, "reason": r} for k, r in skipped], "results": {}}
+        if first is not None:
+            report["tasks"][t.name]["reference"] = first.reference
         for name in names:
-            r = results[name]
-            n_test = sum(len(f.y_true) for f in r.folds if f.seed == r.folds[0].seed)
-            csv_rows.append(f"{name},{t.name},{r.metric},{r.score:.6f},{r.std:.6f},{n_test}")
-            report["tasks"][t.name]["results"][name] = {
-                "metric": r.metric, "mean": r.score, "std": r.std, "seed_scores": r.seed_scores,
-                "fold_scores": {str(k): v for k, v in r.fold_scores.items()},
-                "per_class_accuracy": r.per_class_accuracy, "settings": _jsonable(r.settings)}
+            entries = {}
+            for probe in probes:
+                r = results[name][probe]
+                n_test = sum(len(f.y_true) for f in r.folds if f.seed == r.folds[0].seed)
+                csv_rows.append(f"{name},{t.name},{probe},{r.metric},{r.score:.6f},{r.std:.6f},{n_test}")
+                entries[probe] = {
+                    "probe": probe, "metric": r.metric, "mean": r.score, "std": r.std, "seed_scores": r.seed_scores,
+                    "fold_scores": {str(k): v for k, v in r.fold_scores.items()}, "scores": r.scores,
+                    "per_class_accuracy": r.per_class_accuracy, "settings": _jsonable(r.settings)}
+            report["tasks"][t.name]["results"][name] = {**entries[probes[0]], "probes": entries}
     zs_lines, zs_csv, zs_json = _zero_shot_report(outcome, tasks)
     lines += zs_lines
-    csv_rows += zs_csv
+    csv_rows += [_zs_csv_with_probe(row) for row in zs_csv]
     if zs_json:
         report["zero_shot"] = zs_json
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "scores.csv", "\n".join(csv_rows) + "\n")
     atomic_write_json(out / "report.json", _jsonable(report))
+
+
+def _zs_csv_with_probe(row: str) -> str:
+    """Insert the probe column (``zero-shot``) into a zero-shot ``scores.csv`` row."""
+    model, task, rest = row.split(",", 2)
+    return f"{model},{task},zero-shot,{rest}"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,12 +7,21 @@ automatically). Any further columns (e.g. ``recording_id``, ``patient_id``) are 
 A folder with one sub-folder per class works too (a seeded, stratified train/valid/test split).
 
 Clips are cut to ``unit_samples = int(sample_rate × unit_s)`` samples: a seeded random crop for
-training/validation, the first segment for test; shorter clips are zero-padded at the end.
+training/validation, the first segment for test; shorter clips are zero-padded at the end. Unless given, the
+clip length is EVAR's for a known task name (:data:`TASK_UNIT_S`), else the 95th percentile of the durations
+of **all** the task's files (read from the headers with ``soundfile.info``), capped at :data:`MAX_UNIT_S`.
+
+Each task reports one metric (:data:`kikimimi.evaluation.metrics.METRICS`): the ``--metric`` flag, else the
+``metric`` key of an optional sidecar ``<csv stem>.task.json`` next to the CSV (which may also give ``unit_s``),
+else :data:`TASK_METRIC` for a known name, ``wacc`` for the murmur classes (Present / Unknown / Absent),
+``mAP`` for multi-label tasks and ``accuracy`` otherwise.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import math
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +33,9 @@ import soundfile as sf
 from kikimimi.fileio import AUDIO_EXTENSIONS
 
 __all__ = [
+    "MAX_UNIT_S",
     "SPLITS",
+    "TASK_METRIC",
     "TASK_UNIT_S",
     "Fold",
     "Task",
@@ -60,6 +71,18 @@ TASK_UNIT_S: dict[str, float] = {
     "as20k": 10.0,
     "circor": 5.0,
 }
+
+#: Longest clip length chosen from the durations (seconds); EVAR's longest task unit is GTZAN's 30 s.
+MAX_UNIT_S = 30.0
+
+#: Percentile of the file durations that sets the clip length of a task without a known default.
+UNIT_PERCENTILE = 95.0
+
+#: Metric per known task name (heart-sound work reports UAR; the CirCor murmur task W.acc).
+TASK_METRIC: dict[str, str] = {"circor": "wacc", "physionet2016": "uar", "bmdhs": "uar"}
+
+_METRIC_NAMES = ("accuracy", "uar", "wacc", "mAP")
+_MURMUR_CLASSES = {"Present", "Unknown", "Absent"}
 
 class TaskError(ValueError):
     """A task definition (CSV or folder) is malformed; the message names the file and the row."""
@@ -180,19 +203,39 @@ def group_split(
     return mapping
 
 
-def _infer_unit_s(paths: Sequence[Path], max_files: int = 100, default: float = 5.0) -> float:
-    """Median duration (seconds) of up to ``max_files`` readable files, rounded to 10 ms."""
-    durations = []
-    for path in paths[:max_files]:
-        try:
-            info = sf.info(str(path))
-        except Exception:  # noqa: BLE001 - unreadable headers are simply not counted
-            continue
-        if info.samplerate > 0 and info.frames > 0:
-            durations.append(info.frames / info.samplerate)
+def file_duration_s(path: Path) -> float | None:
+    """Duration in seconds from the file header (``soundfile.info``), ``None`` when unreadable."""
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - unreadable headers are counted as unknown
+        return None
+    if info.samplerate <= 0 or info.frames <= 0:
+        return None
+    return info.frames / info.samplerate
+
+
+def unit_from_durations(durations: Sequence[float], percentile: float = UNIT_PERCENTILE,
+                        cap_s: float = MAX_UNIT_S, default: float = 5.0) -> float:
+    """Clip length in seconds: the ``percentile`` of ``durations`` rounded up to 10 ms, at most ``cap_s``
+    (``default`` when there is no duration)."""
     if not durations:
         return default
-    return max(0.01, round(float(np.median(durations)), 2))
+    value = float(np.percentile(np.asarray(durations, np.float64), percentile))
+    return min(cap_s, max(0.01, math.ceil(round(value * 100, 6)) / 100))
+
+
+def _read_sidecar(csv_path: Path) -> dict:
+    """The optional ``<csv stem>.task.json`` beside a task CSV (``{"metric": ..., "unit_s": ...}``)."""
+    side = csv_path.with_name(csv_path.stem + ".task.json")
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TaskError(f"'{side}': not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or set(data) - {"metric", "unit_s"}:
+        raise TaskError(f"'{side}': expected an object with the keys 'metric' and/or 'unit_s', got {data!r}")
+    return data
 
 
 @dataclass
@@ -205,6 +248,8 @@ class Task:
         unit_s: clip length in seconds used for crops.
         multi_label: ``True`` when any label field held several comma-joined labels.
         source: the CSV or folder the task came from (for messages).
+        metric: the reported metric (``accuracy``, ``uar``, ``wacc``, ``mAP``); empty → :meth:`default_metric`.
+        unit_rule: how ``unit_s`` was chosen (stated in reports).
     """
 
     name: str
@@ -212,6 +257,86 @@ class Task:
     unit_s: float
     multi_label: bool = False
     source: Path | None = None
+    metric: str = ""
+    unit_rule: str = "given"
+    _durations: dict[str, float | None] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.set_metric(self.metric or None)
+
+    def set_metric(self, metric: str | None) -> None:
+        """Set the reported metric (``None`` → :meth:`default_metric`).
+
+        Raises:
+            TaskError: unknown metric, a single-label metric on a multi-label task (or the reverse), or
+                ``wacc`` without the murmur classes.
+        """
+        metric = metric or self.default_metric()
+        if metric not in _METRIC_NAMES:
+            raise TaskError(f"task '{self.name}': unknown metric '{metric}' (choose {', '.join(_METRIC_NAMES)})")
+        if self.multi_label != (metric == "mAP"):
+            kind = "multi-label" if self.multi_label else "single-label"
+            raise TaskError(f"task '{self.name}' is {kind}: metric '{metric}' does not apply "
+                            f"({'mAP' if self.multi_label else 'accuracy, uar or wacc'})")
+        if metric == "wacc" and not set(self.classes) <= _MURMUR_CLASSES:
+            raise TaskError(f"task '{self.name}': wacc needs the murmur classes Present/Unknown/Absent, "
+                            f"got {self.classes}")
+        self.metric = metric
+
+    def default_metric(self) -> str:
+        """mAP (multi-label), else :data:`TASK_METRIC` by name, else wacc for murmur classes, else accuracy."""
+        if self.multi_label:
+            return "mAP"
+        if self.name in TASK_METRIC:
+            return TASK_METRIC[self.name]
+        classes = set(self.classes)
+        if "Present" in classes and classes <= _MURMUR_CLASSES:
+            return "wacc"
+        return "accuracy"
+
+    def durations(self) -> dict[str, float | None]:
+        """``{item key: duration in seconds or None (unreadable header)}`` for every item (cached)."""
+        if self._durations is None:
+            self._durations = {it.key: file_duration_s(it.path) for it in self.items}
+        return self._durations
+
+    def infer_unit_s(self) -> None:
+        """Set ``unit_s`` from the durations of all items (:func:`unit_from_durations`) and ``unit_rule``."""
+        known = [d for d in self.durations().values() if d is not None]
+        self.unit_s = unit_from_durations(known)
+        self.unit_rule = (f"{UNIT_PERCENTILE:g}th percentile of {len(known)} file durations, capped at "
+                          f"{MAX_UNIT_S:g} s" if known else "default (no readable file header)")
+
+    def length_summary(self, sample_rate: int = 16000) -> dict[str, int]:
+        """How many clips ``unit_s`` crops, pads or fits (``unknown``: unreadable header), at ``sample_rate``."""
+        n_unit = self.unit_samples(sample_rate)
+        out = {"cropped": 0, "padded": 0, "exact": 0, "unknown": 0}
+        for d in self.durations().values():
+            if d is None:
+                out["unknown"] += 1
+                continue
+            n = int(round(d * sample_rate))
+            out["cropped" if n > n_unit else "padded" if n < n_unit else "exact"] += 1
+        return out
+
+    def check_labels(self) -> None:
+        """Refuse a single-label task whose valid/test items carry labels that no training item has.
+
+        Raises:
+            TaskError: names the labels and where they occur (one line).
+        """
+        if self.multi_label:
+            return  # EVAR scores multi-label tasks on the training classes only
+        for fold in self.folds():
+            seen = {it.label for it in fold.train}
+            parts = {"valid": fold.valid or [], "test": fold.test}
+            for part, items in parts.items():
+                missing = sorted({it.label for it in items} - seen)
+                if missing:
+                    where = f"fold {fold.index} test" if self.is_cv else f"the {part} split"
+                    raise TaskError(f"task '{self.name}' ({self.source}): label(s) {missing} occur in {where} but "
+                                    "not in its training data; a probe cannot predict them — move some of those "
+                                    "clips to train or drop them")
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -222,14 +347,16 @@ class Task:
         name: str | None = None,
         unit_s: float | None = None,
         audio_root: str | Path | None = None,
+        metric: str | None = None,
     ) -> Task:
-        """Read an EVAR-style task CSV.
+        """Read an EVAR-style task CSV (and its optional ``<stem>.task.json`` sidecar).
 
         Args:
             csv_path: CSV with ``file_name``, ``label`` and ``split`` or ``fold`` columns.
             name: task name (default: the CSV stem).
-            unit_s: clip length in seconds (default: :data:`TASK_UNIT_S` for known names, else the median
-                duration of up to 100 training files).
+            unit_s: clip length in seconds (default: the sidecar's ``unit_s``, :data:`TASK_UNIT_S` for known
+                names, else the 95th percentile of all file durations, capped at :data:`MAX_UNIT_S`).
+            metric: reported metric (default: the sidecar's, else :meth:`default_metric`).
             audio_root: folder that relative ``file_name`` values are resolved against (default: the CSV's
                 folder).
 
@@ -301,14 +428,22 @@ class Task:
         if len(kinds) > 1:
             raise TaskError(f"'{csv_path}': mixes rows with a split and rows with only a fold")
         task_name = name or csv_path.stem
-        task = cls(task_name, items, unit_s or 0.0, multi, csv_path)
-        if not task.train_labels():
+        if not {lab for it in items if it.split in (None, "train") for lab in it.labels}:
             raise TaskError(f"'{csv_path}': no training rows")
-        if unit_s is None:
-            task.unit_s = TASK_UNIT_S.get(task_name) or _infer_unit_s(
-                [it.path for it in items if it.split in (None, "train")]
-            )
+        side = _read_sidecar(csv_path)
+        task = cls(task_name, items, unit_s or 0.0, multi, csv_path, metric or side.get("metric", ""))
+        task._choose_unit(unit_s, side.get("unit_s"))
         return task
+
+    def _choose_unit(self, given: float | None, sidecar: float | None) -> None:
+        if given is not None:
+            self.unit_s, self.unit_rule = float(given), "given (--unit-s)"
+        elif sidecar is not None:
+            self.unit_s, self.unit_rule = float(sidecar), "from the task's .task.json"
+        elif self.name in TASK_UNIT_S:
+            self.unit_s, self.unit_rule = TASK_UNIT_S[self.name], f"EVAR's unit for '{self.name}'"
+        else:
+            self.infer_unit_s()
 
     @classmethod
     def from_folder(
@@ -319,6 +454,7 @@ class Task:
         unit_s: float | None = None,
         ratios: Sequence[float] = (0.7, 0.1, 0.2),
         seed: int = 0,
+        metric: str | None = None,
     ) -> Task:
         """A task from ``root/<class>/**/<audio files>`` with a seeded stratified split.
 
@@ -344,10 +480,9 @@ class Task:
             TaskItem(p.resolve(), (lab,), s, None, p.relative_to(root).as_posix())
             for p, lab, s in zip(paths, labels, splits, strict=True)
         ]
-        task_name = name or root.name
-        if unit_s is None:
-            unit_s = TASK_UNIT_S.get(task_name) or _infer_unit_s(paths)
-        return cls(task_name, items, unit_s, False, root)
+        task = cls(name or root.name, items, unit_s or 0.0, False, root, metric or "")
+        task._choose_unit(unit_s, None)
+        return task
 
     # ----------------------------------------------------------------------------------------- views
     @property

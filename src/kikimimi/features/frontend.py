@@ -35,6 +35,7 @@ __all__ = [
     "FrontendConfig",
     "LogMelSpectrogram",
     "PRESETS",
+    "empty_mel_bins",
     "get_preset",
     "log_mel",
     "periodic_hann",
@@ -211,6 +212,14 @@ def slaney_mel_filterbank(
     weights = np.maximum(0.0, np.minimum(rising, falling))
     weights *= (2.0 / (hz_edges[2:] - hz_edges[:-2]))[:, None]
     return weights
+
+
+def empty_mel_bins(config: FrontendConfig, source_rate: int) -> int:
+    """How many of ``config``'s mel filters start at or above the Nyquist frequency of audio recorded at
+    ``source_rate`` Hz: after resampling to the model rate they only ever see silence."""
+    mel_edges = np.linspace(_hz_to_slaney_mel(config.f_min), _hz_to_slaney_mel(config.f_max), config.n_mels + 2)
+    lower_edges_hz = _slaney_mel_to_hz(mel_edges)[: config.n_mels]
+    return int(np.sum(lower_edges_hz >= source_rate / 2.0))
 
 
 def periodic_hann(win_length: int, n_fft: int | None = None) -> np.ndarray:

@@ -19,7 +19,9 @@ preset's rate, recorded in ``prep.json``).
 
 Runs are resumable: outputs are written atomically, an existing valid ``.npy`` is not recomputed,
 and the manifest is rebuilt from every output that exists for the current inputs. A cache holds one
-preset/dtype/limit only; asking for another raises :class:`PrepError`.
+preset/dtype/limit only; asking for another raises :class:`PrepError`. One ``prep`` at a time writes
+into a cache: it holds ``CACHE/.kikimimi-prep.lock`` (:func:`kikimimi.fileio.output_lock`), and a second
+one stops at once with :class:`kikimimi.fileio.OutputInUseError` naming the first one's pid.
 
 This module owns the format on both sides: :func:`prep_cache` writes a cache; :func:`is_prep_cache`,
 :func:`read_settings`, :func:`cache_preset`, :func:`read_manifest`, :func:`cache_entries` and
@@ -52,7 +54,9 @@ from kikimimi.fileio import (
     atomic_write_json,
     atomic_write_text,
     collect_audio_files,
+    output_lock,
     relative_key,
+    require_existing_files,
 )
 
 __all__ = [
@@ -147,7 +151,8 @@ def plan_outputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
     """Expand ``inputs`` (files, folders, CSV lists) into ``(source, key)`` pairs in a stable order.
 
     ``key`` is the ``.npy`` path (POSIX, relative to the cache) for ``source``; see the module doc.
-    Raises :class:`kikimimi.fileio.InputListError` for a malformed CSV list.
+    Raises :class:`kikimimi.fileio.InputListError` for a malformed CSV list, or one whose every file is
+    missing (a summary of the first names, not one line per file).
     """
     plan: list[tuple[Path, str]] = []
     seen_sources: set[str] = set()
@@ -155,7 +160,10 @@ def plan_outputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
     for item in inputs:
         item_path = Path(item).expanduser()
         root = _root_of(item_path)
-        for source in collect_audio_files([item_path]):
+        found = collect_audio_files([item_path])
+        if item_path.suffix.lower() == ".csv":
+            require_existing_files(found, [item_path])
+        for source in found:
             absolute = os.path.normpath(os.path.abspath(source))
             if absolute in seen_sources:
                 continue
@@ -184,8 +192,8 @@ def convert_file(task: PrepTask) -> dict[str, Any]:
     """Convert one file and write its ``.npy`` atomically.
 
     Returns the manifest fields except ``file_name``: ``source``, ``duration_s``, ``frames``,
-    ``sample_rate``. Raises :class:`kikimimi.audio.decode.AudioDecodeError` for unreadable audio and
-    ``ValueError`` for audio too short for the front end.
+    ``sample_rate``. Audio shorter than one STFT window is zero-padded to it. Raises
+    :class:`kikimimi.audio.decode.AudioDecodeError` for unreadable audio.
     """
     config = FrontendConfig.from_dict(task.config)
     info = audio_info(task.source)
@@ -197,11 +205,13 @@ def convert_file(task: PrepTask) -> dict[str, Any]:
         wave, _ = load_audio(task.source, config.sample_rate)
         if task.limit_s is not None:
             wave = wave[: int(round(task.limit_s * config.sample_rate))]
+        duration_s = wave.shape[0] / config.sample_rate
+        if wave.shape[0] < config.min_samples:  # shorter than one STFT window (12.6 ms at 16 kHz): pad silence
+            wave = np.pad(wave, (0, config.min_samples - wave.shape[0]))
         try:
             lms = log_mel(wave, config)
         except ValueError as exc:
             raise ValueError(f"'{task.source}': {exc}") from exc
-        duration_s = wave.shape[0] / config.sample_rate
     output = Path(task.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(output, lms.astype(task.dtype, copy=False))
@@ -396,6 +406,9 @@ def prep_cache(
 
     Returns:
         :class:`PrepResult`. Bad files do not raise; they are listed in ``errors.csv``.
+
+    Raises:
+        kikimimi.fileio.OutputInUseError: another process is writing into ``cache_dir``.
     """
     if dtype not in DTYPES:
         raise PrepError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -408,6 +421,15 @@ def prep_cache(
     plan = plan_outputs(inputs)
     if not plan:
         raise PrepError(f"no audio files found in {[str(i) for i in inputs]}")
+    with output_lock(cache, "prep"):  # a second prep into the same cache stops at once (OutputInUseError)
+        return _prep_locked(cache, plan, config, preset, dtype, limit_s, workers, progress, stream_threshold_s,
+                            block_s, on_result)
+
+
+def _prep_locked(cache: Path, plan: list[tuple[Path, str]], config: FrontendConfig, preset: str, dtype: str,
+                 limit_s: float | None, workers: int, progress: bool, stream_threshold_s: float, block_s: float,
+                 on_result: Callable[[str, str | None], None] | None) -> PrepResult:
+    """The body of :func:`prep_cache`, run while this process holds the cache's lock."""
     _check_or_write_settings(cache, _settings(preset, config, dtype, limit_s))
 
     result = PrepResult(cache_dir=cache, found=len(plan))

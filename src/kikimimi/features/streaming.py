@@ -1,7 +1,9 @@
-"""Log-mel of long inputs with bounded memory: consecutive waveform blocks in, the whole-input log-mel out.
+"""Log-mel of long inputs with bounded memory: consecutive waveform blocks in, log-mel frames out.
 
-Both functions give exactly :func:`kikimimi.features.frontend.log_mel` of the concatenated waveform,
-including the reflect-padded edges, while holding at most one block plus ``n_fft`` samples of context.
+:func:`iter_log_mel` yields the log-mel piece by piece (memory: one block plus ``n_fft`` samples of
+context, whatever the duration); :func:`log_mel_from_blocks` and :func:`stream_log_mel` collect the pieces
+into the whole-input log-mel. All give exactly :func:`kikimimi.features.frontend.log_mel` of the
+concatenated waveform, including the reflect-padded edges.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from kikimimi.audio.decode import audio_info, stream_audio
 from kikimimi.features.frontend import FrontendConfig, cpu_module, resolve_config
 
-__all__ = ["log_mel_from_blocks", "stream_log_mel"]
+__all__ = ["iter_log_mel", "log_mel_from_blocks", "stream_log_mel"]
 
 
 def _limited(blocks: Iterable[np.ndarray], max_samples: int | None) -> Iterator[np.ndarray]:
@@ -30,22 +32,17 @@ def _limited(blocks: Iterable[np.ndarray], max_samples: int | None) -> Iterator[
             return
 
 
-def log_mel_from_blocks(
-    blocks: Iterable[np.ndarray],
-    config: FrontendConfig | str = "m2d-16k",
-    *,
-    expected_samples: int | None = None,
-) -> np.ndarray:
-    """Log-mel of a waveform given as consecutive mono blocks, equal to ``log_mel`` of their concatenation.
+def iter_log_mel(blocks: Iterable[np.ndarray], config: FrontendConfig | str = "m2d-16k") -> Iterator[np.ndarray]:
+    """Log-mel frames of a waveform given as consecutive mono blocks, yielded as they can be computed.
 
-    Keeps at most one block plus ``n_fft`` samples of context in memory besides the result. The first
-    block (or the first few, if tiny) must together hold ``n_fft // 2 + 1`` samples before the start
-    padding can be formed; the end padding is built from the last ``n_fft // 2 + 1`` samples once the
-    blocks run out. ``expected_samples`` (a hint, e.g. from the file header) lets the result be
-    allocated once instead of grown.
+    Each yielded piece is ``[n_mels, k]`` float32 (k ≥ 1); their concatenation along time equals ``log_mel``
+    of the concatenated blocks (``total_samples // hop + 1`` frames). At most one block plus ``n_fft``
+    samples of context are held. The first block (or the first few, if tiny) must together hold
+    ``n_fft // 2 + 1`` samples before the start padding can be formed; the end padding is built from the
+    last ``n_fft // 2 + 1`` samples once the blocks run out.
 
-    Returns:
-        ``[n_mels, total_samples // hop + 1]`` float32.
+    Raises:
+        ValueError: an input too short for the front end (after the blocks ran out).
     """
     config = resolve_config(config)
     module = cpu_module(config)
@@ -54,26 +51,19 @@ def log_mel_from_blocks(
     last_real = np.zeros(0, dtype=np.float32)  # the latest pad + 1 waveform samples
     started = False
     total = 0
-    capacity = config.num_frames(expected_samples) if expected_samples else 1024
-    result = np.empty((config.n_mels, capacity), dtype=np.float32)
-    filled = 0
+    emitted = 0
 
-    def emit() -> None:
-        # Compute every frame that lies entirely inside the buffer, then drop the consumed samples.
-        nonlocal buffer, result, filled
+    def frames() -> np.ndarray | None:
+        # Every frame that lies entirely inside the buffer; the consumed samples are dropped.
+        nonlocal buffer
         if buffer.size < n_fft:
-            return
+            return None
         n_frames = 1 + (buffer.size - n_fft) // hop
         used = (n_frames - 1) * hop + n_fft
         with torch.inference_mode():
             out = module.frames_from_padded(torch.from_numpy(buffer[:used]).unsqueeze(0))[0].numpy()
-        if filled + n_frames > result.shape[1]:  # grow geometrically (only when the hint was low)
-            grown = np.empty((config.n_mels, max(2 * result.shape[1], filled + n_frames)), np.float32)
-            grown[:, :filled] = result[:, :filled]
-            result = grown
-        result[:, filled : filled + n_frames] = out
-        filled += n_frames
         buffer = buffer[n_frames * hop :]
+        return out
 
     for block in blocks:
         block = np.asarray(block, dtype=np.float32).reshape(-1)
@@ -85,15 +75,49 @@ def log_mel_from_blocks(
                 continue
             buffer = np.concatenate([buffer[pad:0:-1], buffer])  # start padding
             started = True
-        emit()
+        out = frames()
+        if out is not None:
+            emitted += out.shape[1]
+            yield out
 
     module.check_length(total)
     # End padding: the `pad` samples before the last one, reversed.
     buffer = np.concatenate([buffer, last_real[-2::-1]])
-    emit()
+    out = frames()
+    if out is not None:
+        emitted += out.shape[1]
+        yield out
     expected = config.num_frames(total)
-    if filled != expected:  # pragma: no cover - internal consistency guard
-        raise RuntimeError(f"streamed log-mel has {filled} frames, expected {expected}")
+    if emitted != expected:  # pragma: no cover - internal consistency guard
+        raise RuntimeError(f"streamed log-mel has {emitted} frames, expected {expected}")
+
+
+def log_mel_from_blocks(
+    blocks: Iterable[np.ndarray],
+    config: FrontendConfig | str = "m2d-16k",
+    *,
+    expected_samples: int | None = None,
+) -> np.ndarray:
+    """Log-mel of a waveform given as consecutive mono blocks, equal to ``log_mel`` of their concatenation.
+
+    The pieces of :func:`iter_log_mel` collected into one array. ``expected_samples`` (a hint, e.g. from the
+    file header) lets the result be allocated once instead of grown.
+
+    Returns:
+        ``[n_mels, total_samples // hop + 1]`` float32.
+    """
+    config = resolve_config(config)
+    capacity = config.num_frames(expected_samples) if expected_samples else 1024
+    result = np.empty((config.n_mels, capacity), dtype=np.float32)
+    filled = 0
+    for out in iter_log_mel(blocks, config):
+        n_frames = out.shape[1]
+        if filled + n_frames > result.shape[1]:  # grow geometrically (only when the hint was low)
+            grown = np.empty((config.n_mels, max(2 * result.shape[1], filled + n_frames)), np.float32)
+            grown[:, :filled] = result[:, :filled]
+            result = grown
+        result[:, filled : filled + n_frames] = out
+        filled += n_frames
     return result if filled == result.shape[1] else result[:, :filled].copy()
 
 

@@ -286,19 +286,19 @@ class CLAPModel:
 
 
 def load_clap(path: str | os.PathLike, *, text_encoder: Any = None, device: str | torch.device | None = None,
-              trust_pickle: bool = False, **overrides: Any) -> CLAPModel:
+              trust_pickle: bool = False, accept_licence: bool = False, **overrides: Any) -> CLAPModel:
     """Load an M2D-CLAP checkpoint (official 2024/2025 file or a kikimimi folder) as a :class:`CLAPModel`.
 
     Args:
-        path: the weight file (or kikimimi folder).
+        path: the weight file (or kikimimi folder), or a registered name such as ``"m2d-clap-2025"``.
         text_encoder: ``None`` (bundled / recorded in ``config.json``), a spec string for
             :func:`~kikimimi.models.text_loading.load_text_encoder` (e.g. ``"gte:/models/gte-base"``) or an encoder.
         device: ``"cpu"``, ``"cuda"`` … or ``None``/``"auto"``.
-        trust_pickle, overrides: as :func:`kikimimi.inference.encoder.load`.
+        trust_pickle, accept_licence, overrides: as :func:`kikimimi.inference.encoder.load`.
 
     Raises:
         CLAPError: the file has no CLAP audio projector.
         kikimimi.checkpoints.CheckpointError: unreadable or unknown file.
     """
-    audio = load(path, device=device, trust_pickle=trust_pickle, **overrides)
+    audio = load(path, device=device, trust_pickle=trust_pickle, accept_licence=accept_licence, **overrides)
     return CLAPModel(audio, text_encoder=text_encoder, source=path)

@@ -14,6 +14,7 @@ Chunks of equal width are batched across clips; no clip is padded to share a bat
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import warnings
 from collections import defaultdict
@@ -26,8 +27,10 @@ import torch
 from kikimimi.audio.decode import AudioDecodeError, load_audio, resample
 from kikimimi.checkpoints import EncoderBundle, load_encoder
 from kikimimi.device import resolve_device
-from kikimimi.features.frontend import LogMelSpectrogram, get_preset, log_mel
+from kikimimi.features.frontend import LogMelSpectrogram, empty_mel_bins, get_preset, log_mel
 from kikimimi.features.normstats import NormStats, compute_norm_stats
+from kikimimi.inference.onnx_runtime import is_onnx_path, load_onnx_bundle
+from kikimimi.inference.precision import apply_precision, check_precision
 from kikimimi.models.encoder import FrameEncoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor | Sequence[Any]
@@ -43,15 +46,22 @@ class AudioEncoder:
         sample_rate: model rate in Hz; other rates are resampled with soxr.
         embedding_dim: size of clip embeddings (M2D: Fg·D, 3840 for ViT-Base 16x16; BYOL-A: d or 3072).
         frame_embedding_dim: size of frame embeddings (same as ``embedding_dim``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"`` (:mod:`kikimimi.inference.precision`).
     """
 
-    def __init__(self, bundle: EncoderBundle, device: str | torch.device | None = None) -> None:
-        self.bundle = bundle.eval()
+    def __init__(self, bundle: EncoderBundle, device: str | torch.device | None = None,
+                 precision: str = "fp32") -> None:
         self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
+        encoder = apply_precision(bundle.encoder.to(self.device).eval(), self.precision, self.device)
+        if self.precision == "int8":  # keep only the quantised copy
+            bundle = dataclasses.replace(bundle, encoder=encoder)
+        self.bundle = bundle.eval()
         self.family = bundle.family
-        self.encoder: FrameEncoder = bundle.encoder.to(self.device).eval()
+        self.encoder: FrameEncoder = encoder.eval()
         self.frontend = LogMelSpectrogram(bundle.frontend).to(self.device)
         self.norm_stats: NormStats = bundle.norm_stats
+        self._warned_rates: set[int] = set()
         self.sample_rate = int(bundle.frontend.sample_rate)
         self.embedding_dim = int(self.encoder.embedding_dim)
         self.frame_embedding_dim = self.embedding_dim
@@ -59,7 +69,7 @@ class AudioEncoder:
     def __repr__(self) -> str:
         return (f"AudioEncoder(family={self.family!r}, sample_rate={self.sample_rate}, "
                 f"embedding_dim={self.embedding_dim}, norm_stats=({self.norm_stats.mean:.4f}, "
-                f"{self.norm_stats.std:.4f}), device={self.device})")
+                f"{self.norm_stats.std:.4f}), device={self.device}, precision={self.precision!r})")
 
     # ------------------------------------------------------------------ inputs
     def waveforms(self, audio: AudioInput, sample_rate: int | None = None) -> list[np.ndarray]:
@@ -67,10 +77,12 @@ class AudioEncoder:
 
         ``audio``: a path, a list of paths, a 1-D waveform, a list of 1-D waveforms of any lengths, or a
         ``[B, samples]`` array/tensor (one row per clip). Files are decoded and resampled to the model rate;
-        waveforms are taken to be at ``sample_rate`` Hz (default: the model rate) and resampled when it differs.
+        waveforms are taken to be at ``sample_rate`` Hz and resampled when it differs (without ``sample_rate``
+        the model rate is assumed, with a warning). Integer PCM arrays (int16, int32, uint8) are scaled to
+        full scale ±1; clips shorter than one STFT window are zero-padded to it.
 
         Raises:
-            ValueError: a waveform that is not 1-D.
+            ValueError: a waveform that is not 1-D, or one with NaN or infinite samples.
             kikimimi.audio.decode.AudioDecodeError: an unreadable file.
         """
         if isinstance(audio, (str, os.PathLike)):
@@ -80,18 +92,47 @@ class AudioEncoder:
         if isinstance(audio, np.ndarray):
             audio = [audio] if audio.ndim == 1 else list(audio)
         waves = []
-        for item in audio:
+        warned_rate = False
+        for i, item in enumerate(audio):
             if isinstance(item, (str, os.PathLike)):
-                wave, _ = load_audio(item, self.sample_rate)
+                wave, rate = load_audio(item)
+                if rate != self.sample_rate:
+                    self._warn_low_rate(item, rate)
+                    wave = resample(wave, rate, self.sample_rate)
             else:
                 wave = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
                 if wave.ndim != 1:
                     raise ValueError(f"expected 1-D waveforms, got shape {wave.shape}")
-                wave = wave.astype(np.float32, copy=False)
+                wave = _as_float_pcm(wave)
+                if not np.isfinite(wave).all():
+                    raise ValueError(f"waveform {i} has NaN or infinite samples; clean or drop it before embedding")
+                if sample_rate is None and not warned_rate:
+                    warnings.warn(f"a waveform was given without sample_rate; assuming the model rate "
+                                  f"{self.sample_rate} Hz (pass sample_rate=… to resample)", stacklevel=3)
+                    warned_rate = True
                 if sample_rate is not None and sample_rate != self.sample_rate:
                     wave = resample(wave, sample_rate, self.sample_rate)
+            if wave.size < self._min_samples:  # shorter than the front end / encoder accept: pad with silence
+                wave = np.pad(wave, (0, self._min_samples - wave.size))
             waves.append(wave)
         return waves
+
+    def _warn_low_rate(self, path: str | os.PathLike, rate: int) -> None:
+        """Warn (once per rate) when a file's rate leaves more than a third of the mel bins without content."""
+        empty = empty_mel_bins(self.frontend.config, rate)
+        if empty * 3 > self.frontend.config.n_mels and rate not in self._warned_rates:
+            self._warned_rates.add(rate)
+            warnings.warn(f"'{path}' is sampled at {rate} Hz: {empty} of the model's {self.frontend.config.n_mels} "
+                          f"mel bins lie above its {rate / 2:.0f} Hz limit and stay empty (resampling to "
+                          f"{self.sample_rate} Hz cannot add the missing band); expect weaker features", stacklevel=4)
+
+    @property
+    def _min_samples(self) -> int:
+        """Shortest waveform that gives the front end one STFT window and the encoder enough frames (BYOL-A's
+        conv stack needs ``time_downsample`` frames)."""
+        config = self.frontend.config
+        min_frames = int(getattr(self.encoder, "time_downsample", 1))
+        return max(config.min_samples, (min_frames - 1) * config.hop_length + 1)
 
     # ------------------------------------------------------------------ core
     def _normalised_log_mel(self, wave: np.ndarray) -> torch.Tensor:
@@ -157,24 +198,48 @@ class AudioEncoder:
         return self.embed(list(waves), sample_rate)
 
 
+def _as_float_pcm(wave: np.ndarray) -> np.ndarray:
+    """float32 samples; integer PCM (int8/16/32, uint8) scaled to full scale ±1 as decoders do."""
+    if np.issubdtype(wave.dtype, np.integer):
+        info = np.iinfo(wave.dtype)
+        if info.min == 0:  # unsigned PCM (8-bit WAV) is offset by half its range
+            return ((wave.astype(np.float64) - (info.max + 1) / 2) / ((info.max + 1) / 2)).astype(np.float32)
+        return (wave.astype(np.float64) / -float(info.min)).astype(np.float32)
+    if wave.dtype == np.bool_:
+        raise ValueError("expected a waveform of numbers, got a boolean array")
+    return wave.astype(np.float32, copy=False)
+
+
 def load(path: str | os.PathLike, device: str | torch.device | None = None, *,
          norm_stats: Sequence[float] | NormStats | None = None, trust_pickle: bool = False,
-         **overrides: Any) -> AudioEncoder:
-    """Load an official or kikimimi checkpoint as an :class:`AudioEncoder`.
+         accept_licence: bool = False, precision: str = "fp32", **overrides: Any) -> AudioEncoder:
+    """Load an official or kikimimi checkpoint, or a registered model by name, as an :class:`AudioEncoder`.
 
     Args:
         path: official weight file (M2D full/encoder-only/EVAR fine-tuned/2025 CLAP, BYOL-A state
-            dict) or a kikimimi folder (``model.safetensors`` + ``config.json``).
+            dict), a kikimimi folder (``model.safetensors`` + ``config.json``), or a registered name such as
+            ``"m2d-vit-base-mr7"`` (downloaded, verified and cached on first use; ``kikimimi models list``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``None``/``"auto"``.
         norm_stats: ``(mean, std)`` of the log-mel; needed for BYOL-A files (statistics are per dataset).
         trust_pickle: allow arbitrary pickled objects (only for files you trust).
+        accept_licence: accept the licence of an official file on its first download by name (also
+            ``KIKIMIMI_ACCEPT_LICENCE=1``).
+        precision: ``"fp32"`` (default), ``"bf16"`` (autocast; fast on GPUs and CPUs with native bfloat16)
+            or ``"int8"`` (dynamic quantisation of the Linear layers, CPU); see
+            :mod:`kikimimi.inference.precision`. A ``.onnx`` file (``kikimimi export onnx``) runs on ONNX
+            Runtime (:mod:`kikimimi.inference.onnx_runtime`; ``"int8"`` quantises it at load unless the file
+            is already int8).
         **overrides: ``size``, ``input_size``, ``patch_size``, ``sample_rate`` when the file name does not
             follow the official grammar.
     """
     if norm_stats is not None and not isinstance(norm_stats, NormStats):
         norm_stats = tuple(float(v) for v in norm_stats)
-    bundle = load_encoder(path, norm_stats=norm_stats, trust_pickle=trust_pickle, **overrides)
-    return AudioEncoder(bundle, device=device)
+    if is_onnx_path(path):  # ONNX Runtime on the CPU; the file's metadata holds front end and statistics
+        onnx_bundle = load_onnx_bundle(path, precision=precision, norm_stats=norm_stats)
+        return AudioEncoder(onnx_bundle, device="cpu", precision=onnx_bundle.config["precision"])
+    bundle = load_encoder(path, norm_stats=norm_stats, trust_pickle=trust_pickle, accept_licence=accept_licence,
+                          **overrides)
+    return AudioEncoder(bundle, device=device, precision=precision)
 
 
 def random_init_like(model: AudioEncoder, seed: int = 0) -> AudioEncoder:
@@ -187,7 +252,7 @@ def random_init_like(model: AudioEncoder, seed: int = 0) -> AudioEncoder:
     torch.manual_seed(seed)
     bundle.encoder = model.encoder.fresh_like()
     bundle.head = bundle.audio_proj = bundle.text_proj = None
-    return AudioEncoder(bundle, device=model.device)
+    return AudioEncoder(bundle, device=model.device, precision=model.precision)
 
 
 def norm_stats_from_files(paths: Sequence[str | os.PathLike], preset: str = "byola", *, crop_s: float = 0.95,

@@ -35,9 +35,12 @@ class HearModel(nn.Module):
 
 
 def load_model(model_file_path: str = "", **kwargs: Any) -> HearModel:
-    """Load a checkpoint (official layout or kikimimi folder); ``kwargs`` go to :func:`kikimimi.load`."""
+    """Load a checkpoint (official layout or kikimimi folder) or a registered model name (``"m2d-vit-base-mr7"``,
+    downloaded on first use; pass ``accept_licence=True`` for official files); ``kwargs`` go to
+    :func:`kikimimi.load`."""
     if not model_file_path:
-        raise ValueError("kikimimi.inference.hear.load_model needs a checkpoint path (no weights are downloaded)")
+        raise ValueError("kikimimi.inference.hear.load_model needs a checkpoint path or a model name "
+                         "(`kikimimi models list`)")
     return HearModel(load(model_file_path, **kwargs))
 
 
@@ -49,10 +52,10 @@ def _as_list(audio: torch.Tensor) -> list[np.ndarray]:
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """``[n_sounds, n_samples]`` → ``[n_sounds, scene_embedding_size]`` float32."""
-    return torch.from_numpy(model.encoder.embed(_as_list(audio)))
+    return torch.from_numpy(model.encoder.embed(_as_list(audio), model.sample_rate))
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n_sounds, n_samples]`` → (embeddings ``[n, T, D]`` float32, timestamps ``[n, T]`` in ms)."""
-    emb, ts = model.encoder.embed_frames(_as_list(audio))
+    emb, ts = model.encoder.embed_frames(_as_list(audio), model.sample_rate)
     return torch.from_numpy(np.asarray(emb, dtype=np.float32)), torch.from_numpy(np.asarray(ts, dtype=np.float32))

@@ -4,11 +4,15 @@ An index folder holds ``manifest.json`` and one ``embeddings-<token>.npy`` (floa
 ``manifest["entries"][i]``, not normalised). The manifest records the model, the indexed root, and per
 file its key (path relative to the root), size in bytes and mtime in ns. Writes are atomic and ordered —
 the new embeddings file first, then the manifest that names it, then the old embeddings file is removed —
-so a reader always sees a consistent pair.
+so a reader always sees a consistent pair. One ``index`` at a time writes into a folder: it holds
+``.kikimimi-index.lock`` (:func:`kikimimi.fileio.output_lock`); a second one stops at once with
+:class:`kikimimi.fileio.OutputInUseError`.
 
 :func:`update_index` rescans the root and re-embeds only files that are new or whose size/mtime changed;
 removed files are dropped. Unreadable files are listed under ``errors`` with their stat and retried only
-when they change. :func:`search` ranks the indexed files by cosine similarity to a text query.
+when they change. Progress is saved while embedding (every ``save_every_s`` seconds): a run killed midway
+leaves a consistent index of the files finished so far, and the next run embeds only the rest.
+:func:`search` ranks the indexed files by cosine similarity to a text query.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from kikimimi.audio.decode import AudioDecodeError, load_audio
-from kikimimi.fileio import atomic_save_npy, atomic_write_json, collect_audio_files, relative_key
+from kikimimi.fileio import atomic_save_npy, atomic_write_json, collect_audio_files, output_lock, relative_key
 from kikimimi.inference.clap import cosine_similarity
 
 __all__ = ["FORMAT", "IndexUpdate", "SearchHit", "SearchIndex", "SearchIndexError", "search", "update_index"]
@@ -137,7 +142,7 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLike, *, model_id: str,
-                 batch_size: int = 8, rebuild: bool = False,
+                 batch_size: int = 8, rebuild: bool = False, save_every_s: float = 60.0,
                  log: Callable[[str], None] | None = None) -> IndexUpdate:
     """Create or bring up to date the index of every audio file under ``root``.
 
@@ -149,14 +154,27 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
         model_id: identifies the model (the CLI stores the checkpoint path); an existing index built with
             another model raises unless ``rebuild``.
         rebuild: discard the existing index and embed everything.
+        save_every_s: save the index of the files finished so far after a batch when this many seconds
+            passed since the last save (0: after every batch), so that a killed run loses little.
 
     Returns:
         :class:`IndexUpdate`; only ``added`` and ``changed`` files were embedded.
+
+    Raises:
+        SearchIndexError: the folder to index is missing, or the index belongs to another model or root.
+        kikimimi.fileio.OutputInUseError: another process is writing into ``index_dir``.
     """
     root_path = Path(root)
     if not root_path.is_dir():
         raise SearchIndexError(f"'{root_path}': folder to index not found")
     folder = Path(index_dir)
+    with output_lock(folder, "index"):
+        return _update_locked(model, root_path, folder, model_id, batch_size, rebuild, save_every_s, log)
+
+
+def _update_locked(model: Any, root_path: Path, folder: Path, model_id: str, batch_size: int, rebuild: bool,
+                   save_every_s: float, log: Callable[[str], None] | None) -> IndexUpdate:
+    """The body of :func:`update_index`, run while this process holds the index folder's lock."""
     old: SearchIndex | None = None
     if (folder / MANIFEST).is_file() and not rebuild:
         old = SearchIndex.load(folder)
@@ -199,6 +217,10 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
 
     sr = int(model.sample_rate)
     failed: set[int] = set()
+    pending = {slot for slot, _ in todo}
+    old_rows = {prior[1]["key"]: old.embeddings[prior[0]] for prior in previous.values()} if old else {}
+    saved_as = old.embeddings_file if old else None
+    last_save = time.monotonic()
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         waves, slots = [], []
@@ -215,13 +237,44 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
             emb = np.asarray(model.encode_audio(waves, sample_rate=sr, batch_size=batch_size), dtype=np.float32)
             for slot, e in zip(slots, emb, strict=True):
                 keep_rows[slot] = (keep_rows[slot][0], e)
+        pending.difference_update(slot for slot, _ in batch)
         if log:
             log(f"embedded {min(start + batch_size, len(todo))}/{len(todo)}")
+        if pending and time.monotonic() - last_save >= save_every_s:
+            # a consistent index of what is finished: files still to embed keep their previous row (if any), so
+            # a rerun after a kill sees them as new/changed again and embeds only those
+            partial = []
+            for i, (entry, vec) in enumerate(keep_rows):
+                if i in pending:
+                    prior = previous.get(entry["key"])
+                    if prior is not None:
+                        partial.append((prior[1], old_rows[entry["key"]]))
+                elif i not in failed and vec is not None:
+                    partial.append((entry, vec))
+            saved_as = _save_rows(folder, root_path, model_id, partial, errors, old, saved_as)
+            last_save = time.monotonic()
     for key in (k for k, _ in update.errors):
         for lst in (update.added, update.changed):
             if key in lst:
                 lst.remove(key)
     rows = [(e, v) for i, (e, v) in enumerate(keep_rows) if i not in failed and v is not None]
+    current = _save_rows(folder, root_path, model_id, rows, errors, old, saved_as)
+    _remove_leftovers(folder, current)
+    return update
+
+
+def _remove_leftovers(folder: Path, current: str | None) -> None:
+    """Delete what a killed run can leave behind (under the lock, so no writer is using them): embeddings files
+    the manifest does not name and half-written temporary files."""
+    stale = [*folder.glob("embeddings-*.npy"), *folder.glob(".embeddings-*.tmp"), *folder.glob(f".{MANIFEST}.*.tmp")]
+    for path in stale:
+        if path.name != current:
+            path.unlink(missing_ok=True)
+
+
+def _save_rows(folder: Path, root_path: Path, model_id: str, rows: list[tuple[dict[str, Any], np.ndarray]],
+               errors: dict[str, dict[str, Any]], old: SearchIndex | None, previous_file: str | None) -> str | None:
+    """Write ``rows`` (entry, embedding ``[dim]``) as the index in ``folder``; returns the new embeddings file."""
     dims = {int(v.shape[-1]) for _, v in rows}
     if len(dims) > 1:
         raise SearchIndexError(f"'{folder}': embeddings of different sizes {sorted(dims)}; rebuild the index")
@@ -229,9 +282,9 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
     index = SearchIndex(str(root_path.resolve()), model_id, dim, [e for e, _ in rows],
                         np.stack([v for _, v in rows]).astype(np.float32) if rows
                         else np.zeros((0, dim), dtype=np.float32),
-                        errors, old.embeddings_file if old else None)
+                        errors, previous_file)
     index.save(folder)
-    return update
+    return index.embeddings_file
 
 
 def search(index: SearchIndex | str | os.PathLike, query: str | Sequence[str] | np.ndarray, model: Any = None,

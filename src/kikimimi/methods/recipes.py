@@ -9,6 +9,10 @@ docs/reference.md §7.1–7.3). Keys are the long option names of ``kikimimi pre
 The official recipes are tuned for AudioSet-scale runs on GPUs (hundreds of thousands of optimiser steps).
 For short runs kikimimi uses other values, measured on the open suite; the figures are in ``docs/usage.md``,
 section "Short runs on a CPU".
+
+Two named recipes (:data:`RECIPES`, ``kikimimi pretrain --recipe``): ``official`` = :data:`METHOD_DEFAULTS`, the
+papers' settings; ``cpu-small`` = those with :data:`CPU_SMALL_OVERRIDES` on top, the measured short CPU runs of
+docs/usage.md. ``auto`` (:func:`choose_recipe`) picks ``official`` on a CUDA device and ``cpu-small`` otherwise.
 """
 
 from __future__ import annotations
@@ -18,19 +22,25 @@ from typing import Any
 from kikimimi.methods.byola import OFFICIAL_LR
 
 __all__ = [
+    "AUTO_CHECKPOINTS",
     "BYOLA_METHODS",
     "CAPTION_METHODS",
+    "CPU_SMALL_OVERRIDES",
     "M2D_METHODS",
     "METHOD_DEFAULTS",
     "OFFICIAL_EMA_TAUS",
     "OFFICIAL_RECIPE_MIN_STEPS",
+    "RECIPES",
     "SHORT_RUN_BYOLA_MLP_LR_SCALE",
     "SHORT_RUN_EMA_TAUS",
+    "choose_recipe",
     "frontend_preset",
     "planned_steps",
+    "recipe_defaults",
     "resolve_auto_settings",
     "resolve_byola_auto",
     "resolve_ema_taus",
+    "resolve_save_every",
     "run_length_rule",
 ]
 
@@ -94,6 +104,23 @@ METHOD_DEFAULTS["m2d2_stage2"] = {
     "min_epoch_size": 0,
     "sem_mode": 1,
 }
+#: The named recipes of ``kikimimi pretrain --recipe``.
+RECIPES = ("official", "cpu-small")
+#: ``cpu-small``: what each method changes from its official recipe for a short run on a CPU (docs/usage.md,
+#: "Short runs on a CPU": tiny M2D, 208 frames, batch 64, lr 5e-4, 2000 steps ≈ 20 CPU-minutes; BYOL-A v1
+#: batch 64, 640 steps ≈ 22 CPU-minutes; v2 480 steps). M2D-CLAP and M2D2 stage 1 also weight the CLAP loss 1:
+#: at the official 0.01 a 300-step tiny run barely moves zero-shot accuracy above chance.
+#: The corpus statistics come from 2000 crops instead of 10000 (their mean and std settle long before).
+_CPU_SMALL_M2D = {"size": "tiny", "input_frames": 208, "batch_size": 64, "lr": 5e-4, "steps": 2000,
+                  "norm_samples": 2000}
+CPU_SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
+    "m2d": _CPU_SMALL_M2D,
+    "m2d_clap": {**_CPU_SMALL_M2D, "clap_weight": 1.0},
+    "m2d2_stage1": {**_CPU_SMALL_M2D, "clap_weight": 1.0},
+    "m2d2_stage2": {"batch_size": 32, "steps": 300},
+    "byola": {"batch_size": 64, "steps": 640, "norm_samples": 2000},
+    "byola2": {"batch_size": 64, "steps": 480, "norm_samples": 2000},
+}
 #: BYOL-A methods (64-bin front end, ``pre_norm``)
 BYOLA_METHODS = ("byola", "byola2")
 #: methods built on the M2D ViT (80-bin M2D front end, patch sizes, official-style run names)
@@ -117,6 +144,34 @@ OFFICIAL_RECIPE_MIN_STEPS = 100_000
 #: docs/usage.md, "Short runs on a CPU"). v2 keeps 1: its output includes the conv features, and a
 #: kept-at-init MLP did not beat the trained one.
 SHORT_RUN_BYOLA_MLP_LR_SCALE = {"byola": 0.0}
+
+
+def choose_recipe(requested: str | None, device_type: str) -> tuple[str, str]:
+    """``(recipe, why)`` for ``--recipe requested`` (``None``/``"auto"``: by the training device's type).
+
+    Raises:
+        ValueError: an unknown recipe name.
+    """
+    if requested in (None, "auto"):
+        if device_type == "cuda":
+            return "official", "auto: a CUDA device; the papers' settings"
+        return "cpu-small", ("auto: no CUDA device; the measured short-run settings for a CPU "
+                             "(--recipe official for the papers' settings)")
+    if requested not in RECIPES:
+        raise ValueError(f"--recipe must be one of auto, {', '.join(RECIPES)}; got {requested!r}")
+    return requested, "chosen with --recipe"
+
+
+def recipe_defaults(method: str, recipe: str) -> dict[str, Any]:
+    """The settings a run of ``method`` starts from under ``recipe`` (a copy; see :data:`RECIPES`)."""
+    base = dict(METHOD_DEFAULTS[method])
+    if recipe == "cpu-small":
+        base.update(CPU_SMALL_OVERRIDES.get(method, {}))
+        if base.get("lr") is not None and method in M2D_METHODS:
+            base["blr"] = None
+        if base.get("steps") is not None:
+            base["epochs"] = None
+    return base
 
 
 def frontend_preset(method: str, sample_rate: int) -> str:
@@ -180,10 +235,30 @@ def resolve_byola_auto(settings: dict[str, Any], n_items: int, world_size: int =
         settings["mlp_lr_scale_rule"] = f"auto: {why} → {scale:g}"
 
 
+#: ``save_every: "auto"``: about this many evenly spaced checkpoints over a run (only the newest is kept), so a
+#: killed run loses at most a tenth of its steps
+AUTO_CHECKPOINTS = 10
+
+
+def resolve_save_every(settings: dict[str, Any], n_items: int, world_size: int = 1) -> None:
+    """Replace ``save_every: "auto"`` by a tenth of the planned steps (at least 1) and, unless given,
+    ``keep_checkpoints`` by 1; a ``save_every_rule`` entry says why. Explicit values stay."""
+    if settings.get("save_every") != "auto":
+        return
+    total = planned_steps(settings, n_items, world_size)
+    settings["save_every"] = max(1, total // AUTO_CHECKPOINTS)
+    if settings.get("keep_checkpoints") is None:
+        settings["keep_checkpoints"] = 1
+    settings["save_every_rule"] = (f"auto: {total} planned steps / {AUTO_CHECKPOINTS} → every "
+                                   f"{settings['save_every']} steps, newest {settings['keep_checkpoints']} kept")
+
+
 def resolve_auto_settings(settings: dict[str, Any], n_items: int, world_size: int = 1) -> None:
-    """Fill in every run-dependent default of the run's method: the M2D EMA schedule
-    (:func:`resolve_ema_taus`) and BYOL-A's lr and MLP lr scale (:func:`resolve_byola_auto`)."""
+    """Fill in every run-dependent default of the run's method: the checkpoint period
+    (:func:`resolve_save_every`), the M2D EMA schedule (:func:`resolve_ema_taus`) and BYOL-A's lr and MLP lr
+    scale (:func:`resolve_byola_auto`)."""
     method = settings["method"]
+    resolve_save_every(settings, n_items, world_size)
     if "ema_taus" in METHOD_DEFAULTS.get(method, {}):
         resolve_ema_taus(settings, n_items, world_size)
     if method in BYOLA_METHODS:

@@ -30,6 +30,7 @@ from torch import nn
 
 from kikimimi.checkpoints import load_encoder, safe_torch_load, save_kikimimi
 from kikimimi.checkpoints.bundle import EncoderBundle
+from kikimimi.checkpoints.hub import resolve_model_source
 from kikimimi.checkpoints.names import vit_size_name
 from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.data.caption_cache import CaptionEmbeddingCache
@@ -81,6 +82,10 @@ def run_pretraining(settings: dict[str, Any], log: Log | None = None) -> TrainRe
                 f"needs {preset!r}; re-run kikimimi prep with that preset"
             )
         run_dir = Path(resume).resolve().parent if resume else claim_run_dir(settings, dist)
+        if dist.is_main:
+            log(f"resuming {run_dir} from {Path(resume).name}" if resume else f"run folder: {run_dir}")
+            if settings.get("recipe_rule"):
+                log(f"recipe {settings['recipe']} ({settings['recipe_rule']})")
         try:
             return _assemble_and_train(settings, dist, corpus, preset, run_dir, stage1, log)
         except BaseException:
@@ -112,7 +117,7 @@ def _assemble_and_train(
         min_epoch_size=int(settings.get("min_epoch_size") or 0),
         pad_mode=settings.get("pad_mode"),
     )
-    stats = _norm_stats(settings, corpus, frames, crop_kw, dist)
+    stats = _norm_stats(settings, corpus, frames, crop_kw, dist, log)
     settings["norm_stats"] = stats.to_list()
     running_norm = method_name in BYOLA_METHODS and settings.get("pre_norm") == "running"
     if running_norm:
@@ -144,7 +149,10 @@ def _assemble_and_train(
         if stage1 is not None:
             method.load_stage1_encoder(stage1.encoder.state_dict(), norm_stats=stats.to_list())
     elif settings.get("init_from") and not settings.get("resume"):
-        ignored = method.load_official_state_dict(safe_torch_load(settings["init_from"]))
+        # a registered name (kikimimi models list) is fetched; the licence is accepted by KIKIMIMI_ACCEPT_LICENCE=1
+        source = resolve_model_source(settings["init_from"], accept_licence=bool(settings.get("accept_licence")))
+        settings["init_from"] = str(source)
+        ignored = method.load_official_state_dict(safe_torch_load(source))
         settings["init_from_ignored_keys"] = len(ignored)
     settings["run_dir"] = str(run_dir)
 
@@ -155,7 +163,14 @@ def _assemble_and_train(
     extra["data"] = [str(d) for d in settings["data"]]
     if dist.is_main:
         atomic_write_json(run_dir / "config.json", {**extra, **cfg.to_dict()})
-    result = Trainer(method, dataset, cfg, args=extra, batch_transform=transform, dist=dist).fit()
+    if dist.is_main:
+        length = f"{cfg.steps} steps" if cfg.steps is not None else f"{cfg.epochs:g} epochs"
+        log(f"{method_name}: {length} of batch {cfg.batch_size} × {frames} frames on {dist.device}, "
+            f"{len(dataset)} items per epoch")
+        if corpus.kind == "audio" and not on_device and cfg.num_workers == 0:
+            log(f"note: every crop's log-mel is computed from the audio during training; `kikimimi prep … -o CACHE "
+                f"--preset {preset}` once and --data CACHE (or --workers N) is several times faster")
+    result = Trainer(method, dataset, cfg, args=extra, batch_transform=transform, dist=dist, notice=log).fit()
     if dist.is_main:
         written = _export(settings, method, result, run_dir, stats, log)
         last = result.losses.get(result.step)
@@ -220,13 +235,15 @@ def _pair_with_captions(
 
 
 def _norm_stats(
-    settings: dict[str, Any], corpus: Corpus, frames: int, crop_kw: dict[str, Any], dist: DistInfo
+    settings: dict[str, Any], corpus: Corpus, frames: int, crop_kw: dict[str, Any], dist: DistInfo, log: Log
 ) -> NormStats:
     """The given ``norm_stats``, or the corpus mean/std of ``norm_samples`` crops (rank 0, shared)."""
     if settings.get("norm_stats"):
         return NormStats.from_list(settings["norm_stats"])
     stats = None
     if dist.is_main:
+        log(f"normalisation statistics from {int(settings['norm_samples'])} random crops of the corpus "
+            "(--norm-stats MEAN STD skips this)")
         probe = CropDataset(corpus, frames, **crop_kw)
         stats = estimate_norm_stats(
             probe, int(settings["norm_samples"]), int(settings["seed"]), num_workers=int(settings.get("workers") or 0)

@@ -2,7 +2,8 @@
 ``kikimimi pretrain`` with ``_`` (``batch_size``, ``ema_taus``…), written to the run's ``config.json``.
 
 A new run resolves them in this order (:func:`resolve_settings`): explicit values > a JSON settings file
-(``config``: its path) > the method's recipe (:data:`kikimimi.methods.recipes.METHOD_DEFAULTS`) >
+(``config``: its path) > the method's recipe (``official`` = :data:`kikimimi.methods.recipes.METHOD_DEFAULTS`, or
+``cpu-small``; ``recipe: auto`` picks by the device, :func:`kikimimi.methods.recipes.choose_recipe`) >
 :data:`COMMON_DEFAULTS`. With ``steps`` and no explicit warm-up, the warm-up keeps the recipe's fraction of
 the run (M2D: 20/300 of the steps). A resumed run (:func:`resume_settings`) takes every setting from its
 checkpoint; only :data:`RESUME_OVERRIDES` may change.
@@ -15,20 +16,29 @@ from pathlib import Path
 from typing import Any
 
 from kikimimi.checkpoints.runs import find_resume_checkpoint
-from kikimimi.methods.recipes import BYOLA_METHODS, CAPTION_METHODS, M2D_METHODS, METHOD_DEFAULTS
+from kikimimi.device import resolve_device
+from kikimimi.methods.recipes import (
+    BYOLA_METHODS,
+    CAPTION_METHODS,
+    M2D_METHODS,
+    METHOD_DEFAULTS,
+    choose_recipe,
+    recipe_defaults,
+)
 from kikimimi.training.trainer import load_training_checkpoint
 
 __all__ = ["COMMON_DEFAULTS", "RESUME_OVERRIDES", "is_embedding_cache", "resolve_settings", "resume_settings"]
 
 #: settings every method has (``None`` = off / decided when the run starts)
 COMMON_DEFAULTS: dict[str, Any] = {
+    "recipe": "auto",
     "steps": None,
     "warmup_steps": None,
     "warmup_epochs": None,
     "workers": 0,
     "device": "auto",
     "amp": "auto",
-    "save_every": None,
+    "save_every": "auto",
     "keep_checkpoints": None,
     "log_every": 10,
     "norm_stats": None,
@@ -36,6 +46,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "pad_mode": None,
     "frontend_on_device": False,
     "init_from": None,
+    "accept_licence": False,
     "byola_dim": None,
     "run_name": None,
     "progress": True,
@@ -86,12 +97,19 @@ def resolve_settings(given: dict[str, Any]) -> dict[str, Any]:
     method = given.get("method") or file_cfg.get("method")
     if method not in METHOD_DEFAULTS:
         raise ValueError("--method is required: m2d, byola, byola2, m2d_clap, m2d2_stage1 or m2d2_stage2")
-    s: dict[str, Any] = {"out": "runs", **COMMON_DEFAULTS, **METHOD_DEFAULTS[method], **file_cfg}
     explicit = {k: v for k, v in given.items() if k not in _NOT_SETTINGS}
-    if "steps" in explicit or "epochs" in explicit:  # a length flag replaces the other one
-        s["steps"] = s["epochs"] = None
-    s.update(explicit)
+    device_name = explicit.get("device") or file_cfg.get("device") or "auto"
+    recipe, recipe_rule = choose_recipe(explicit.get("recipe") or file_cfg.get("recipe"),
+                                        resolve_device(device_name).type)
+    s: dict[str, Any] = {"out": "runs", **COMMON_DEFAULTS, **recipe_defaults(method, recipe)}
+    for layer in (file_cfg, explicit):  # each layer over the one below it
+        if "steps" in layer or "epochs" in layer:  # a length setting replaces the other one
+            s["steps"] = s["epochs"] = None
+        if "blr" in layer and "lr" not in layer:  # a base lr replaces an absolute one below it
+            s["lr"] = None
+        s.update(layer)
     s["method"] = method
+    s["recipe"], s["recipe_rule"] = recipe, recipe_rule
     if s.get("steps") is not None:
         s["epochs"] = None
         warm_given = any(k in src for src in (explicit, file_cfg) for k in ("warmup_steps", "warmup_epochs"))

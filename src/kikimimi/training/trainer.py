@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -58,10 +59,13 @@ from kikimimi.training.distributed import (
 
 __all__ = [
     "DEBUG_HASH_ENV",
+    "ESTIMATE_AFTER_STEPS",
+    "LONG_CPU_RUN_S",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingDivergedError",
+    "estimate_line",
     "parameter_hash",
     "load_training_checkpoint",
 ]
@@ -212,6 +216,31 @@ def _next_micro_batches(loader, sampler, iters_per_epoch: int, micro: int):
         epoch, pos = epoch + 1, 0
 
 
+#: steps timed (after the first) for the run-time estimate
+ESTIMATE_AFTER_STEPS = 2
+#: a CPU run estimated to take longer than this gets a warning
+LONG_CPU_RUN_S = 3600.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
+
+
+def estimate_line(per_step_s: float, step: int, total: int, device_type: str) -> str:
+    """One line: the measured time per step, the estimated rest of the run and, for a CPU run estimated to
+    take longer than :data:`LONG_CPU_RUN_S`, a warning with what to change."""
+    rest = per_step_s * (total - step)
+    line = (f"about {per_step_s:.2f} s per step: {_duration(rest)} for the remaining {total - step} of "
+            f"{total} steps (finishing about {time.strftime('%H:%M', time.localtime(time.time() + rest))})")
+    if device_type == "cpu" and rest > LONG_CPU_RUN_S:
+        line += ("\nwarning: this CPU run is estimated to take more than an hour; for a short run use "
+                 "--recipe cpu-small, or fewer --steps, a smaller --batch-size / --input-frames / --size")
+    return line
+
+
 class Trainer:
     """Runs a method on a dataset according to a :class:`TrainConfig`.
 
@@ -225,6 +254,8 @@ class Trainer:
         batch_transform: applied on the device to each collated batch
             (e.g. :class:`~kikimimi.data.corpus.DeviceLogMel`).
         dist: process placement; default: :func:`~kikimimi.training.distributed.init_distributed`.
+        notice: receives one line (rank 0) after the first few steps: time per step and for the run
+            (:func:`estimate_line`); ``None`` = quiet.
     """
 
     def __init__(
@@ -236,8 +267,10 @@ class Trainer:
         args: dict[str, Any] | None = None,
         batch_transform: Callable[[dict], dict] | None = None,
         dist: DistInfo | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.method = method
+        self.notice = notice
         self.dataset = dataset
         self.config = config
         self.extra_args = dict(args or {})
@@ -268,6 +301,9 @@ class Trainer:
             warmup = int(round(cfg.warmup_epochs * iters_per_epoch / cfg.accum_iter))
         else:
             warmup = 0
+        if warmup >= total > 1 and self.dist.is_main:
+            warnings.warn(f"the warm-up ({warmup} steps) is as long as the run ({total} steps): the learning rate "
+                          "never reaches its peak; shorten --warmup-steps/--warmup-epochs", stacklevel=3)
         return total, min(warmup, total)
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -420,6 +456,7 @@ class Trainer:
             progress = tqdm(total=total, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
         t_start = time.perf_counter()
         t_window, steps_window = t_start, 0
+        first_timed: tuple[int, float] | None = None  # (step, time) after this process's first step
         params = [p for g in optimizer.param_groups for p in g["params"]]
         try:
             while step < total:
@@ -464,6 +501,12 @@ class Trainer:
                 self.method.on_after_step(step, total)
                 losses[step] = mean_loss
                 steps_window += 1
+                if dist.is_main and self.notice is not None:
+                    if first_timed is None:  # the first step pays for allocation and warm-up; time the next ones
+                        first_timed = (step, time.perf_counter())
+                    elif step == first_timed[0] + ESTIMATE_AFTER_STEPS and step < total:
+                        per_step = (time.perf_counter() - first_timed[1]) / ESTIMATE_AFTER_STEPS
+                        self.notice(estimate_line(per_step, step, total, device.type))
 
                 if dist.is_main and (step % cfg.log_every == 0 or step == total):
                     now = time.perf_counter()

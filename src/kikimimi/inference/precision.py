@@ -1,0 +1,121 @@
+"""Numeric precision of an encoder at inference: ``fp32`` (default), ``bf16`` or ``int8``.
+
+- ``fp32``: the network as trained.
+- ``int8``: dynamic quantisation of every ``nn.Linear`` (weights quantised once, here, to int8 per tensor;
+  activations quantised per batch at run time, accumulation in int32, output float32). CPU only — PyTorch's
+  quantised kernels (fbgemm / oneDNN) have no CUDA implementation. The patch embedding (a convolution),
+  the layer norms, softmax and GELU stay float32. On a ViT-Base M2D nearly all FLOPs are in Linear layers.
+- ``bf16``: the encoder runs inside an autocast region (:class:`Bf16Autocast`): matmuls and convolutions
+  in bfloat16, weights kept in float32, outputs cast back to float32. Fast on CUDA and on CPUs with native bfloat16
+  (AVX-512 BF16 / AMX); on a CPU without them PyTorch emulates it, several times slower than float32
+  (``benchmarks/bench_embed.py`` measures it), so loading with ``bf16`` on such a CPU warns.
+
+``benchmarks/bench_embed.py`` reports the speed and the cosine to float32 of each choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+__all__ = ["PRECISIONS", "Bf16Autocast", "apply_precision", "check_precision", "cpu_has_native_bf16"]
+
+#: Accepted ``precision`` values.
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """Validate ``precision`` for ``device``; returns it lower-cased.
+
+    Raises:
+        ValueError: an unknown name, or ``int8`` on a non-CPU device.
+    """
+    name = str(precision).lower()
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if name == "int8" and device.type != "cpu":
+        raise ValueError(f"precision 'int8' (dynamic quantisation) runs on the CPU only, not on {device}; "
+                         "use precision='bf16' on a GPU, or device='cpu'")
+    return name
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether PyTorch's CPU kernels can use native bfloat16 instructions (AVX-512 BF16 or AMX) here."""
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return "BF16" in capability or "AMX" in capability
+
+
+def _quantize_linear_int8(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with its ``nn.Linear`` layers dynamically quantised to int8 (CPU)."""
+    engine = torch.backends.quantized.engine
+    if engine not in ("x86", "fbgemm", "onednn", "qnnpack"):  # pragma: no cover - exotic builds
+        raise RuntimeError(f"this PyTorch build has no quantised engine for int8 (engine={engine!r})")
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; the eager dynamic path still works here.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(module).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def apply_precision(module: nn.Module, precision: str, device: torch.device | str = "cpu") -> nn.Module:
+    """``module`` prepared for ``precision`` on ``device`` (eval mode).
+
+    ``fp32`` returns the module itself; ``bf16`` returns it too, its class switched to a :class:`Bf16Autocast`
+    subclass (in place; weights untouched); ``int8`` returns a quantised copy (the original is left
+    untouched). A module without ``nn.Linear`` layers (e.g. an ONNX Runtime session wrapper) is returned as
+    it is for ``int8``.
+    """
+    device = torch.device(device)
+    precision = check_precision(precision, device)
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("precision 'bf16' on a CPU without native bfloat16 (AVX-512 BF16 / AMX) is emulated and "
+                      "slower than fp32 here; use 'int8' for speed on this CPU", stacklevel=3)
+    if precision == "int8" and any(isinstance(m, nn.Linear) for m in module.modules()):
+        return _quantize_linear_int8(module)
+    if precision == "bf16":
+        return _autocast_bf16(module, device.type)
+    return module
+
+
+class Bf16Autocast:
+    """Mixin that runs a :class:`~kikimimi.models.encoder.FrameEncoder`'s ``encode_chunks`` / ``encode_lms``
+    under ``torch.autocast(bfloat16)`` and returns float32 (same shapes).
+
+    :func:`apply_precision` puts it in front of the encoder's own class (``Bf16AudioViT`` …), so the encoder
+    keeps its type for ``isinstance`` checks and every other attribute; the weights stay float32.
+    """
+
+    autocast_device_type: str = "cpu"
+
+    @staticmethod
+    def _float(out):
+        return [o.float() for o in out] if isinstance(out, list) else out.float()
+
+    def encode_chunks(self, chunks: torch.Tensor, **kwargs):
+        """``[B, n_mels, Tc]`` → ``[B, Tc', D]`` float32, computed in bfloat16."""
+        with torch.autocast(device_type=self.autocast_device_type, dtype=torch.bfloat16):
+            return self._float(super().encode_chunks(chunks, **kwargs))
+
+    def encode_lms(self, lms: torch.Tensor, **kwargs):
+        """``[B, n_mels, T]`` → ``[B, T', D]`` float32, computed in bfloat16."""
+        with torch.autocast(device_type=self.autocast_device_type, dtype=torch.bfloat16):
+            return self._float(super().encode_lms(lms, **kwargs))
+
+
+_BF16_CLASSES: dict[type, type] = {}
+
+
+def _autocast_bf16(module: nn.Module, device_type: str) -> nn.Module:
+    """``module`` itself, its class switched to a :class:`Bf16Autocast` subclass of its own class."""
+    cls = type(module)
+    if not issubclass(cls, Bf16Autocast):
+        if cls not in _BF16_CLASSES:
+            _BF16_CLASSES[cls] = type(f"Bf16{cls.__name__}", (Bf16Autocast, cls), {"__module__": __name__})
+        module.__class__ = _BF16_CLASSES[cls]
+    module.autocast_device_type = device_type
+    return module
