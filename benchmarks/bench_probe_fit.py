@@ -32,16 +32,23 @@ PROBES = {
 }
 
 
-def make_task(n_classes: int, dim: int, spread: float, n_train: int, seed: int = 0):
+def gaussian_task(n_classes=5, dim=32, n_train=300, n_valid=60, n_test=1000, sep=0.45, seed=0):
+    """Class means N(0, sep²) per dimension, unit noise, then a fixed random mixing (correlated features);
+    ``((x, y) train, valid, test)``. Also the generator of tests/test_probe_fit.py."""
     rng = np.random.default_rng(seed)
-    means = rng.normal(0, spread, (n_classes, dim))
+    means = rng.normal(0, sep, (n_classes, dim))
     mix = rng.normal(0, 1, (dim, dim)) / np.sqrt(dim)
 
     def draw(n):
         y = rng.integers(0, n_classes, n)
         return ((means[y] + rng.normal(0, 1, (n, dim))) @ mix).astype(np.float32), y
 
-    return draw(n_train), draw(n_train // 9), draw(2000)
+    return draw(n_train), draw(n_valid), draw(n_test)
+
+
+def make_task(n_classes: int, dim: int, spread: float, n_train: int, seed: int = 0):
+    """A :data:`TASKS` entry: validation = training / 9, test = 2000 clips."""
+    return gaussian_task(n_classes, dim, n_train, n_train // 9, 2000, spread, seed)
 
 
 def main() -> None:

@@ -4,6 +4,9 @@ and the batched lr search equals separate runs."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -12,18 +15,8 @@ from sklearn.preprocessing import StandardScaler
 from kikimimi.evaluation import probe as P
 from kikimimi.evaluation.probe import ProbeConfig, train_probe
 
-
-def gaussian_task(n_classes=5, dim=32, n_train=300, n_valid=60, n_test=1000, sep=0.45, seed=0):
-    """Class means N(0, sep²) per dimension, unit noise, then a fixed random mixing (correlated features)."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(0, sep, (n_classes, dim))
-    mix = rng.normal(0, 1, (dim, dim)) / np.sqrt(dim)
-
-    def draw(n):
-        y = rng.integers(0, n_classes, n)
-        return ((means[y] + rng.normal(0, 1, (n, dim))) @ mix).astype(np.float32), y
-
-    return draw(n_train), draw(n_valid), draw(n_test)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_probe_fit import gaussian_task  # noqa: E402 — the benchmark's generator of Gaussian class clusters
 
 
 def sklearn_reference(xtr, ytr, xte, yte) -> float:

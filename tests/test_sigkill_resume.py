@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_kill import kill_when_written
 
 from kikimimi.audio.synthetic import make_dataset
 
@@ -54,13 +53,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(method, tmp_path):
     part = out / "part"
     proc = subprocess.Popen(_command(method, data, out, "part"), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (part / "checkpoint-4.pth").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    kill_when_written(proc, part / "checkpoint-4.pth")
     written = sorted(int(p.stem.split("-")[1]) for p in part.glob("checkpoint-*.pth"))
     assert written and written[-1] < STEPS, f"killed run already finished: {written}"
 

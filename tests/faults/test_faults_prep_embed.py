@@ -103,13 +103,18 @@ def test_embed_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupt
     assert names == [r["file_name"] for r in _rows(whole / "manifest.csv")]
 
 
-def test_embed_refuses_outputs_of_another_model_or_level(tmp_path, capsys, model_path):
+def _tones(folder: Path, n: int, step_hz: float) -> Path:
+    """``n`` one-second tones ``c<i>.wav`` in ``folder`` (created)."""
     import soundfile as sf
 
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    for i in range(2):
-        sf.write(audio / f"c{i}.wav", tone(1.0, 300.0 + 100 * i), 16000, subtype="PCM_16")
+    folder.mkdir()
+    for i in range(n):
+        sf.write(folder / f"c{i}.wav", tone(1.0, 300.0 + step_hz * i), 16000, subtype="PCM_16")
+    return folder
+
+
+def test_embed_refuses_outputs_of_another_model_or_level(tmp_path, capsys, model_path):
+    audio = _tones(tmp_path / "audio", 2, 100.0)
     out = tmp_path / "out"
     assert main(["embed", str(audio), "-m", str(model_path), "-o", str(out), "--no-progress"]) == 0
     first = np.load(out / "c0.npy")
@@ -133,12 +138,7 @@ def test_embed_refuses_outputs_of_another_model_or_level(tmp_path, capsys, model
 
 
 def test_sharded_embed_writes_a_merged_manifest(tmp_path, model_path, monkeypatch):
-    import soundfile as sf
-
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    for i in range(5):
-        sf.write(audio / f"c{i}.wav", tone(1.0, 300.0 + 50 * i), 16000, subtype="PCM_16")
+    audio = _tones(tmp_path / "audio", 5, 50.0)
     out = tmp_path / "out"
     for rank in range(2):  # what two torchrun ranks do, one after the other
         monkeypatch.setenv("RANK", str(rank))

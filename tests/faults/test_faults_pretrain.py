@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_kill import kill_when_written
 
 from .inputs import fault_folder, named_once
 
@@ -84,13 +83,7 @@ def test_pretrain_killed_mid_run_resumes_to_the_uninterrupted_result(uninterrupt
     part = runs / "part"
     proc = subprocess.Popen(_cmd(ff.root, runs, "part"), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (part / "checkpoint-4.pth").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    kill_when_written(proc, part / "checkpoint-4.pth")
     steps = sorted(_step(p) for p in part.glob("checkpoint-*.pth"))
     assert steps and steps[-1] < STEPS, f"killed run already finished: {steps}"
     for p in part.glob("checkpoint-*.pth"):  # every checkpoint on disk is complete (atomic writes)
