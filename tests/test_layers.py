@@ -35,7 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"foundation", "models", "audio", "features", "checkpoints", "data", "methods"},
     "inference": {"foundation", "models", "audio", "features", "checkpoints"},
     "evaluation": {"foundation", "models", "audio", "features", "checkpoints", "data", "inference"},
-    "apps": {"foundation", "models", "audio", "features", "checkpoints", "data", "inference", "evaluation"},
+    "apps": {"foundation", "models", "audio", "features", "checkpoints", "data", "inference", "evaluation",
+             "training"},  # the captioner app trains its mapper with the pre-training loop; the first run pre-trains
     "face": {"foundation", "models", "audio", "features", "checkpoints", "data", "inference", "cli"},
     "cli": {"face", "commands"},
     "commands": {"foundation", "models", "audio", "features", "checkpoints", "data", "methods", "training",

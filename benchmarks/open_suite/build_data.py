@@ -149,15 +149,7 @@ def build(args: argparse.Namespace) -> Path:
 
 def copy_licences(src: Sources, dest: Path) -> None:
     """Copy each package's ``usr/share/doc/<package>/copyright`` next to the derived data (attribution)."""
-    import shutil
-
-    from sources import PACKAGES
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for pkg in PACKAGES:
-        f = src.root(pkg) / "usr/share/doc" / pkg / "copyright"
-        if f.is_file() and not (dest / f"{pkg}.copyright").exists():
-            shutil.copyfile(f, dest / f"{pkg}.copyright")
+    src.copy_licences(dest)
 
 
 def _stage(csv_path: Path, make) -> list[dict]:

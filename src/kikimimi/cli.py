@@ -31,6 +31,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retrieval",
     "index",
     "search",
+    "serve",
+    "train_captioner",
+    "caption",
+    "ask",
+    "eval_captions",
 )
 
 
@@ -79,7 +84,9 @@ INPUT_ERROR_EXIT = 2
 TRACEBACK_ENV = "KIKIMIMI_TRACEBACK"
 #: top-level module of an optional dependency → the kikimimi extra that installs it (pyproject.toml)
 EXTRA_OF_MODULE = {"sklearn": "eval", "matplotlib": "eval", "transformers": "text", "sentence_transformers": "text",
-                   "gguf": "text", "accelerate": "text", "umap": "umap", "onnx": "onnx", "onnxruntime": "onnx"}
+                   "gguf": "text", "accelerate": "text", "umap": "umap", "onnx": "onnx", "onnxruntime": "onnx",
+                   "fastapi": "serve", "uvicorn": "serve", "faiss": "serve", "python_multipart": "serve",
+                   "multipart": "serve", "pycocoevalcap": "caption", "tokenizers": "caption"}
 
 
 def console_main(argv: Sequence[str] | None = None) -> int:

@@ -89,3 +89,17 @@ def fault_folder(root: Path, n_good: int = 4, good_seconds: float = 1.2) -> Faul
 def named_once(text: str, path: Path) -> bool:
     """Exactly one line of ``text`` names ``path`` (by its file name)."""
     return sum(path.name in line for line in text.splitlines()) == 1
+
+
+def write_tagger(root: Path) -> tuple[Path, Path]:
+    """A tiny AudioSet-style tagger (official EVAR fine-tuned layout, 3 classes) and its labels CSV under ``root``."""
+    import official_layouts as ol
+    import torch
+
+    folder = root / "m2d_vit_base-80x1001p16x16-221006-mr7_as_46ab246d"
+    folder.mkdir(parents=True)
+    model = folder / "weights_ep69it3124-0.48494.pth"
+    torch.save(ol.evar_finetuned(embed_dim=64, depth=2, n_classes=3), model)
+    labels = root / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/m/c,Cat\n1,/m/a,Alarm\n2,/m/b,Bird\n")
+    return model, labels

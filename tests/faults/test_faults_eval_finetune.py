@@ -36,7 +36,7 @@ def _task_with_bad_files(tmp_path: Path) -> tuple[Path, list[Path], int]:
     return task, bad, len(rows) - len(bad)
 
 
-def test_eval_names_every_bad_file_once_and_scores_the_good_ones(tmp_path, capsys):
+def test_eval_names_every_bad_file_once_and_scores_the_good_ones(tmp_path, capsys, fault_report):
     task, bad, n_good = _task_with_bad_files(tmp_path)
     out = tmp_path / "report"
     assert main(["eval", "logmel", "--task", str(task), "-o", str(out), "--seeds", "1", "--probe", "logistic",
@@ -47,10 +47,10 @@ def test_eval_names_every_bad_file_once_and_scores_the_good_ones(tmp_path, capsy
         assert named_once(console.out + console.err, path), path.name
         assert named_once(report, path), path.name
     assert json.loads((out / "report.json").read_text())  # the report was written in full
-    print(f"fault suite eval: {len(bad)} bad inputs named, {n_good} good scored")
+    fault_report("eval", bad_named=len(bad), good_scored=n_good)
 
 
-def test_finetune_names_every_bad_file_once_and_trains_on_the_good_ones(tmp_path, capsys):
+def test_finetune_names_every_bad_file_once_and_trains_on_the_good_ones(tmp_path, capsys, fault_report):
     task, bad, n_good = _task_with_bad_files(tmp_path)
     folder = tmp_path / "m2d_vit_base-80x608p16x16-221006-mr7_enconly"
     folder.mkdir()
@@ -62,4 +62,4 @@ def test_finetune_names_every_bad_file_once_and_trains_on_the_good_ones(tmp_path
     assert code == 0, console.err[-2000:]
     for path in bad:
         assert named_once(console.out + console.err, path), (path.name, console.err[-3000:])
-    print(f"fault suite finetune: {len(bad)} bad inputs named, {n_good} good used")
+    fault_report("finetune", bad_named=len(bad), good_used=n_good)

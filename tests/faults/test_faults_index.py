@@ -27,7 +27,7 @@ def clap_path(tmp_path_factory) -> Path:
     return write_tiny_clap2025(tmp_path_factory.mktemp("clap"))
 
 
-def test_index_names_every_bad_file_once_and_indexes_every_good_one(tmp_path, capsys, clap_path):
+def test_index_names_every_bad_file_once_and_indexes_every_good_one(tmp_path, capsys, clap_path, fault_report):
     ff = fault_folder(tmp_path / "in")
     out = tmp_path / "index"
     assert main(["index", str(ff.root), "-m", str(clap_path), "-o", str(out), "--device", "cpu"]) == 0
@@ -46,7 +46,7 @@ def test_index_names_every_bad_file_once_and_indexes_every_good_one(tmp_path, ca
     assert main(["index", str(only_bad), "-m", str(clap_path), "-o", str(tmp_path / "i2"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert all(named_once(err, bad) for bad in ff.bad) and "no file could be indexed" in err
-    print(f"fault suite index: {len(ff.bad)} bad inputs named, {len(ff.good)} good indexed")
+    fault_report("index", bad_named=len(ff.bad), good_indexed=len(ff.good))
 
 
 def _index_cmd(audio: Path, model: Path, out: Path) -> list[str]:
@@ -61,7 +61,8 @@ def _entries(out: Path) -> int:
         return 0
 
 
-def test_index_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupted_run(tmp_path, clap_path):
+def test_index_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupted_run(tmp_path, clap_path,
+                                                                                      fault_report):
     audio = tmp_path / "audio"
     audio.mkdir()
     n = 30
@@ -95,5 +96,4 @@ def test_index_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupt
             assert np.array_equal(a.embeddings[i], done[e["key"]])
     leftovers = sorted(p.name for p in killed.iterdir() if p.name.endswith(".tmp") or p.name.startswith("emb"))
     assert leftovers == [a.embeddings_file], leftovers  # no stale embeddings file, no half-written temp file
-    print(f"fault suite index: killed after {len(done)} of {n} files; the rerun embedded {n - len(done)}; "
-          "embeddings byte-identical to an uninterrupted run")
+    fault_report("index", killed=1, finished_before_kill=len(done), redone=0, total=n)

@@ -33,7 +33,7 @@ def model_path(tmp_path_factory) -> Path:
     return folder / "w.pth"
 
 
-def test_prep_names_every_bad_file_once_and_caches_every_good_one(tmp_path, capsys):
+def test_prep_names_every_bad_file_once_and_caches_every_good_one(tmp_path, capsys, fault_report):
     ff = fault_folder(tmp_path / "in")
     code = main(["prep", str(ff.root), "-o", str(tmp_path / "cache"), "--workers", "1", "--quiet"])
     assert code == 0  # some files converted: success, the failures are listed
@@ -41,10 +41,10 @@ def test_prep_names_every_bad_file_once_and_caches_every_good_one(tmp_path, caps
     assert sorted(Path(r["source"]).name for r in errors) == sorted(p.name for p in ff.bad)
     manifest = _rows(next((tmp_path / "cache").glob("manifest*.csv")))
     assert len(manifest) == len(ff.good)
-    print(f"fault suite prep: {len(ff.bad)} bad inputs named, {len(ff.good)} good cached")
+    fault_report("prep", bad_named=len(ff.bad), good_cached=len(ff.good))
 
 
-def test_embed_names_every_bad_file_once_and_embeds_every_good_one(tmp_path, capsys, model_path):
+def test_embed_names_every_bad_file_once_and_embeds_every_good_one(tmp_path, capsys, model_path, fault_report):
     ff = fault_folder(tmp_path / "in")
     out = tmp_path / "out"
     assert main(["embed", str(ff.root), "-m", str(model_path), "-o", str(out), "--no-progress", "--device", "cpu"]) == 0
@@ -62,7 +62,7 @@ def test_embed_names_every_bad_file_once_and_embeds_every_good_one(tmp_path, cap
     for bad in ff.bad:
         (only_bad / bad.name).write_bytes(bad.read_bytes())
     assert main(["embed", str(only_bad), "-m", str(model_path), "-o", str(tmp_path / "o2"), "--no-progress"]) == 1
-    print(f"fault suite embed: {len(ff.bad)} bad inputs named, {len(ff.good)} good embedded")
+    fault_report("embed", bad_named=len(ff.bad), good_embedded=len(ff.good))
 
 
 def _embed_cmd(inputs: Path, model: Path, out: Path) -> list[str]:
@@ -70,7 +70,8 @@ def _embed_cmd(inputs: Path, model: Path, out: Path) -> list[str]:
             "--no-progress", "--device", "cpu", "--batch-size", "1"]
 
 
-def test_embed_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupted_run(tmp_path, model_path):
+def test_embed_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupted_run(tmp_path, model_path,
+                                                                                      fault_report):
     import soundfile as sf
 
     audio = tmp_path / "audio"
@@ -101,6 +102,7 @@ def test_embed_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupt
         np.testing.assert_allclose(np.load(x), np.load(y), atol=1e-6)
     names = [r["file_name"] for r in _rows(killed / "manifest.csv")]
     assert names == [r["file_name"] for r in _rows(whole / "manifest.csv")]
+    fault_report("embed", killed=1, finished_before_kill=len(done_before), redone=0, total=24)
 
 
 def _tones(folder: Path, n: int, step_hz: float) -> Path:

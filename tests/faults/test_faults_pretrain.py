@@ -51,14 +51,14 @@ def uninterrupted(tmp_path_factory):
     return ff, root / "runs", proc
 
 
-def test_pretrain_trains_on_the_good_files_and_names_every_bad_one(uninterrupted):
+def test_pretrain_trains_on_the_good_files_and_names_every_bad_one(uninterrupted, fault_report):
     ff, runs, proc = uninterrupted
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert all(bad.name in proc.stderr for bad in ff.bad), proc.stderr  # each named (how often: the next test)
     assert [s for s, _ in _losses(runs / "full")] == list(range(1, STEPS + 1))
     assert (runs / "full" / f"checkpoint-{STEPS}.pth").is_file()
-    print(f"fault suite pretrain: {len(ff.bad)} bad inputs named, {len(ff.good)} good trained on")
+    fault_report("pretrain", bad_named=len(ff.bad), good_trained_on=len(ff.good))
 
 
 def test_pretrain_names_every_bad_file_exactly_once(uninterrupted):
@@ -77,7 +77,7 @@ def test_pretrain_on_only_bad_files_fails_with_one_line(tmp_path, uninterrupted)
     assert proc.stderr.strip().splitlines()[-1].startswith("kikimimi pretrain: error:")
 
 
-def test_pretrain_killed_mid_run_resumes_to_the_uninterrupted_result(uninterrupted):
+def test_pretrain_killed_mid_run_resumes_to_the_uninterrupted_result(uninterrupted, fault_report):
     ff, runs, full = uninterrupted
     assert full.returncode == 0
     part = runs / "part"
@@ -101,8 +101,7 @@ def test_pretrain_killed_mid_run_resumes_to_the_uninterrupted_result(uninterrupt
     a = torch.load(runs / "full" / f"checkpoint-{STEPS}.pth", map_location="cpu", weights_only=True)["model"]
     b = torch.load(part / f"checkpoint-{STEPS}.pth", map_location="cpu", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    print(f"fault suite pretrain: killed after step {steps[-1]} of {STEPS}, resumed; losses and final weights "
-          "equal an uninterrupted run's")
+    fault_report("pretrain", killed=1, finished_before_kill=steps[-1], redone=0, total=STEPS)
 
 
 def test_pretrain_resume_starts_from_the_newest_complete_checkpoint(uninterrupted, tmp_path):

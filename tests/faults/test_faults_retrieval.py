@@ -20,7 +20,7 @@ def _captions(path, files) -> None:
             w.writerows([[p.name, f"a sound number {i}"], [p.name, f"clip {i} can be heard"]])
 
 
-def test_retrieval_names_every_bad_file_once_and_scores_every_good_one(tmp_path, capsys, monkeypatch):
+def test_retrieval_names_every_bad_file_once_and_scores_every_good_one(tmp_path, capsys, monkeypatch, fault_report):
     ckpt = write_tiny_clap2025(tmp_path / "models")
     patch_text_encoder(monkeypatch, HashTextEncoder(dim=32))
     ff = fault_folder(tmp_path / "in")
@@ -38,4 +38,4 @@ def test_retrieval_names_every_bad_file_once_and_scores_every_good_one(tmp_path,
     assert main(["retrieval", str(ckpt), str(ff.root / "bad.csv"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert all(named_once(err, bad) for bad in ff.bad), err
-    print(f"fault suite retrieval: {len(ff.bad)} bad inputs named, {len(ff.good)} good scored")
+    fault_report("retrieval", bad_named=len(ff.bad), good_scored=len(ff.good))

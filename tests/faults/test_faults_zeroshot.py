@@ -12,7 +12,8 @@ from kikimimi.cli import main
 from .inputs import fault_folder, named_once
 
 
-def test_zeroshot_names_every_bad_file_once_and_classifies_every_good_one(tmp_path, capsys, monkeypatch):
+def test_zeroshot_names_every_bad_file_once_and_classifies_every_good_one(tmp_path, capsys, monkeypatch,
+                                                                          fault_report):
     ckpt = write_tiny_clap2025(tmp_path / "models")
     patch_text_encoder(monkeypatch, HashTextEncoder(dim=32))
     ff = fault_folder(tmp_path / "in")
@@ -31,4 +32,4 @@ def test_zeroshot_names_every_bad_file_once_and_classifies_every_good_one(tmp_pa
     assert main(["zeroshot", str(ckpt), str(only_bad), "--labels", "a,b", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert all(named_once(err, bad) for bad in ff.bad), err
-    print(f"fault suite zeroshot: {len(ff.bad)} bad inputs named, {len(ff.good)} good classified")
+    fault_report("zeroshot", bad_named=len(ff.bad), good_classified=len(ff.good))

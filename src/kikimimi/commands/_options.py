@@ -17,6 +17,30 @@ def add_clap_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(parser)
 
 
+def add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--out FILE.jsonl`` (resumable per-file results) and ``--overwrite``."""
+    parser.add_argument("--out", metavar="FILE.jsonl",
+                        help="also write one JSON line per file here; a rerun after an interruption skips the "
+                             "files already written")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it holds results of other settings")
+
+
+def open_results_log(args: argparse.Namespace, command: str, settings: dict):
+    """The opened results file of ``--out`` (:class:`kikimimi.inference.results_log.ResultsLog`; raises its
+    errors), or a stand-in that discards."""
+    from kikimimi.inference.results_log import DiscardedResults, ResultsLog
+
+    if not args.out:
+        return DiscardedResults()
+    log = ResultsLog(args.out, command, settings, overwrite=args.overwrite).open()
+    if log.done:
+        import sys
+
+        print(f"resuming: {len(log.done):,} files already in '{args.out}'", file=sys.stderr)
+    return log
+
+
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision fp32|bf16|int8`` of the audio encoder (:mod:`kikimimi.inference.precision`)."""
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
@@ -62,3 +86,14 @@ def print_missing(files, missing) -> None:
     print(f"error: {len(missing):,} input files do not exist:", file=sys.stderr)
     for line in summarise_names([p for p in files if p in missing]):
         print(f"  {line}", file=sys.stderr)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """`kikimimi caption` / `kikimimi ask`: the captioner folder and the decoding settings."""
+    parser.add_argument("model", help="captioner folder (written by kikimimi train-captioner)")
+    parser.add_argument("--beam", type=int, help="beam size (1 = greedy; default: the model's, 3)")
+    parser.add_argument("--max-tokens", type=int, help="most new tokens per answer (default: the model's, 30)")
+    parser.add_argument("--window-s", type=float, help="window for long files (default: the training clip length)")
+    parser.add_argument("--audio-model", help="audio encoder to use instead of the one the captioner names")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print JSON (files, windows with timestamps, errors)")

@@ -21,7 +21,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-every-s", type=float, default=60.0, metavar="SECONDS",
                         help="save the progress this often while embedding, so that a killed run resumes where it "
                              "stopped (default: 60; 0 = after every batch)")
+    add_segment_arguments(parser)
     add_clap_arguments(parser)
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Segmenting and vector-index flags (``kikimimi serve`` has its own copy: commands import no command)."""
+    parser.add_argument("--window-s", type=float, default=10.0, metavar="SECONDS",
+                        help="files longer than this are indexed per window of this length (default: 10; 0 = whole "
+                             "files)")
+    parser.add_argument("--hop-s", type=float, default=5.0, metavar="SECONDS",
+                        help="step between windows of a long file (default: 5)")
+    parser.add_argument("--vector-index", choices=("auto", "numpy", "flat", "ivf", "hnsw"), default="auto",
+                        help="vector search: auto = exact (faiss flat, or numpy without faiss) below --exact-below "
+                             "segments, faiss IVF above (calibrated to recall@10 >= 0.95); the choice is recorded "
+                             "in the manifest")
+    parser.add_argument("--exact-below", type=int, default=100_000, metavar="ROWS",
+                        help="segments from which --vector-index auto switches to approximate search")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device, precision=args.precision,
                           trust_pickle=args.trust_pickle)
         update = update_index(model, args.folder, args.out, model_id=model_id, batch_size=args.batch_size,
-                              rebuild=args.rebuild, save_every_s=args.save_every_s)
+                              rebuild=args.rebuild, save_every_s=args.save_every_s, window_s=args.window_s,
+                              hop_s=args.hop_s, vector_kind=args.vector_index, exact_below=args.exact_below)
     except (SearchIndexError, CheckpointError, CLAPError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`kikimimi search INDEX "a dog barking" [--top 10]`: files of a search index ranked for a text query."""
+"""`kikimimi search INDEX "a dog barking" [--top 10]`: segments of a search index ranked for a text query."""
 
 from __future__ import annotations
 
@@ -38,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"query": args.query, "results": [h.__dict__ for h in hits]}, indent=2))
     else:
         for rank, h in enumerate(hits, start=1):
-            print(f"{rank:3d}  {h.score:.4f}  {h.key}")
+            where = "" if h.end_s is None else f"  [{h.start_s:.1f}–{h.end_s:.1f} s]"
+            print(f"{rank:3d}  {h.score:.4f}  {h.key}{where}")
     return 0

@@ -19,6 +19,8 @@ from kikimimi.commands._options import (
     MODEL_NAME_HELP,
     add_accept_licence_argument,
     add_precision_argument,
+    add_results_arguments,
+    open_results_log,
     print_missing,
 )
 
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hop-s", type=float, default=5.0, help="hop between windows in seconds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trust-pickle", action="store_true")
+    add_results_arguments(parser)
     add_accept_licence_argument(parser)
     add_precision_argument(parser)
 
@@ -77,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     import kikimimi
     from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.checkpoints import CheckpointError
-    from kikimimi.fileio import InputListError, collect_audio_files, require_existing_files
+    from kikimimi.fileio import InputListError, OutputInUseError, collect_audio_files, require_existing_files
+    from kikimimi.inference.jobs import job_record
+    from kikimimi.inference.results_log import ResultsLogError
 
     try:
         files = collect_audio_files(args.files)
@@ -102,20 +107,32 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print_missing(files, missing)
     failed = len(missing)
-    for path in files:
-        if path in missing:
-            continue
-        try:
-            wave, _ = load_audio(path, model.sample_rate)
-        except AudioDecodeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(path)
-        for start, end, probs in tag_waveform(model, wave, args.window_s, args.hop_s):
-            top = np.argsort(-probs)[: args.top_k]
-            tags = ", ".join(f"{labels[i]} {probs[i]:.3f}" for i in top)
-            print(f"  {start:7.2f}-{end:7.2f} s  {tags}")
+    settings = {"model": job_record(model, "clip"), "labels": labels, "top_k": args.top_k,
+                "window_s": args.window_s, "hop_s": args.hop_s}
+    try:
+        results = open_results_log(args, NAME, settings)
+    except (ResultsLogError, OutputInUseError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with results:
+        for path in files:
+            if path in missing or str(path) in results.done:
+                continue
+            try:
+                wave, _ = load_audio(path, model.sample_rate)
+            except AudioDecodeError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(path)
+            record = {"file": str(path), "windows": []}
+            for start, end, probs in tag_waveform(model, wave, args.window_s, args.hop_s):
+                top = np.argsort(-probs)[: args.top_k]
+                print(f"  {start:7.2f}-{end:7.2f} s  " + ", ".join(f"{labels[i]} {probs[i]:.3f}" for i in top))
+                record["windows"].append({"start_s": round(start, 3), "end_s": round(end, 3),
+                                          "tags": [{"label": labels[i], "score": round(float(probs[i]), 6)}
+                                                   for i in top]})
+            results.append(record)
     if failed == len(files):
         print("error: no file could be tagged", file=sys.stderr)
         return 1

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from kikimimi.commands._options import MODEL_NAME_HELP, add_clap_arguments, print_missing
+from kikimimi.commands._options import (
+    MODEL_NAME_HELP,
+    add_clap_arguments,
+    add_results_arguments,
+    open_results_log,
+    print_missing,
+)
 
 NAME = "zeroshot"
 HELP = "Zero-shot classify audio files against free-text labels with an M2D-CLAP checkpoint."
@@ -20,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default="{} can be heard", help="caption template ({} = class name)")
     parser.add_argument("--top", type=int, default=5, help="labels shown per file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--batch-files", type=int, default=64, metavar="N",
+                        help="files decoded and classified together (bounds memory; default: %(default)s)")
+    add_results_arguments(parser)
     add_clap_arguments(parser)
 
 
@@ -36,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.evaluation.zeroshot import zero_shot_classify
-    from kikimimi.fileio import InputListError, collect_audio_files, require_existing_files
+    from kikimimi.fileio import InputListError, OutputInUseError, collect_audio_files, require_existing_files
     from kikimimi.inference.clap import CLAPError
+    from kikimimi.inference.jobs import job_record
+    from kikimimi.inference.results_log import ResultsLogError
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if not labels:
@@ -52,34 +63,47 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if missing:
         print_missing(files, missing)
-    waves, names = [], []
-    for path in files:
-        if path in missing:
-            continue
-        try:
-            waves.append(load_audio(path, model.sample_rate)[0])
-            names.append(str(path))
-        except AudioDecodeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-    if not waves:
-        print("error: no readable audio file", file=sys.stderr)
-        return 1
+    top = max(1, min(args.top, len(labels)))
+    settings = {"model": job_record(model.audio, "clip"), "text_encoder": model.text_encoder_description(),
+                "labels": labels, "template": args.template, "top": top}
     try:
-        probs, predicted = zero_shot_classify(model, waves, labels, args.template, sample_rate=model.sample_rate)
-    except (CLAPError, ValueError, ImportError) as exc:
+        results_log = open_results_log(args, NAME, settings)
+    except (ResultsLogError, OutputInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    top = max(1, min(args.top, len(labels)))
-    results = []
-    for name, p, pred in zip(names, probs, predicted, strict=True):
-        order = p.argsort()[::-1][:top]
-        results.append({"file": name, "predicted": pred,
-                        "scores": [{"label": labels[i], "score": float(p[i])} for i in order]})
+    todo = [p for p in files if p not in missing and str(p) not in results_log.done]
+    results, n_failed = [], len(missing)
+    with results_log:
+        for first in range(0, len(todo), max(1, args.batch_files)):
+            waves, names = [], []
+            for path in todo[first:first + max(1, args.batch_files)]:
+                try:
+                    waves.append(load_audio(path, model.sample_rate)[0])
+                    names.append(str(path))
+                except AudioDecodeError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    n_failed += 1
+            if not waves:
+                continue
+            try:
+                probs, predicted = zero_shot_classify(model, waves, labels, args.template,
+                                                      sample_rate=model.sample_rate)
+            except (CLAPError, ValueError, ImportError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            for name, p, pred in zip(names, probs, predicted, strict=True):
+                order = p.argsort()[::-1][:top]
+                result = {"file": name, "predicted": pred,
+                          "scores": [{"label": labels[i], "score": round(float(p[i]), 6)} for i in order]}
+                results_log.append(result)
+                results.append(result)
+                if not args.json:
+                    print(result["file"])
+                    for s in result["scores"]:
+                        print(f"  {s['score']:.3f}  {s['label']}")
     if args.json:
         print(json.dumps({"template": args.template, "labels": labels, "results": results}, indent=2))
-    else:
-        for r in results:
-            print(r["file"])
-            for s in r["scores"]:
-                print(f"  {s['score']:.3f}  {s['label']}")
+    if n_failed == len(files):
+        print("error: no readable audio file", file=sys.stderr)
+        return 1
     return 0

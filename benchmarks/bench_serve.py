@@ -1,0 +1,288 @@
+"""Load on `kikimimi serve` over loopback, and exact-vs-approximate recall of its vector index.
+
+For each index size (``--sizes``, default 10 000 and 1 000 000 random unit vectors of ``--dim`` dimensions)
+it builds the vector index the server would choose (``kind="auto"``: exact faiss flat below
+``--exact-below`` rows, IVF above, calibrated to recall@10 >= 0.95), serves it with uvicorn on 127.0.0.1 and
+runs ``--clients`` concurrent HTTP clients (a separate process, so they do not share the server's GIL) for
+``--seconds`` seconds of ``GET /api/search`` text queries. Printed per run: build seconds, queries/s,
+latency p50/p95/p99 (ms), 503 answers, the server's peak resident memory, and recall@10 of the index
+against exact search, for two kinds of queries:
+
+- ``uniform``: random unit vectors (the worst case for any ANN: in high dimension all points are about
+  equally far, so an inverted-file index must visit most lists to find the true top 10);
+- ``near``: a stored vector plus noise 1.5 times its norm (cosine ≈ 0.55), like a real query near sounds.
+
+``--data clustered`` draws the index around 1000 random centres instead (how embeddings of real sounds
+fill the space), where the inverted lists pay off. The text side of these runs is a stand-in that hashes
+the query to a vector (no model time), so the figures are the server and the index. ``--model CKPT`` adds a
+run with that CLAP checkpoint's own text encoder over a ``--model-rows`` index of the model's dimension: the
+end-to-end latency of a text query.
+
+Usage: python benchmarks/bench_serve.py [--sizes 10000 1000000] [--dim 768] [--clients 4] [--seconds 10]
+           [--model CKPT] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import socket
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from kikimimi.inference.search import SearchIndex
+from kikimimi.inference.vector_index import EXACT_BELOW, VectorIndex, normalise, recall_at_k
+
+WORDS = ("dog bark cat meow rain thunder car horn siren bird song piano guitar speech laughter door knock water "
+         "wind engine train bell clock alarm baby crowd applause drum violin engine footsteps glass").split()
+
+
+class HashText:
+    """Text → a fixed random unit vector per query string (crc32 seed): the index is what is measured."""
+
+    sample_rate = 16000
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def encode_text(self, texts):
+        out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts])
+        return out.astype(np.float32)
+
+    def encode_audio(self, audio, sample_rate=None, batch_size=8):  # not used by text search
+        raise RuntimeError("the benchmark stand-in has no audio side")
+
+
+DATA = "uniform"  # set from --data
+
+
+def random_chunks(n: int, dim: int, seed: int, chunk: int = 100_000):
+    """Unit vectors ``[<=chunk, dim]`` float32, the same for a given seed each time they are generated:
+    uniform directions, or (``--data clustered``) points around 1000 random centres (cosine ≈ 0.86 to their
+    centre), closer to how embeddings of real sounds fill the space."""
+    centres = np.random.default_rng([seed, 10**6]).standard_normal((1000, dim), dtype=np.float32)
+    for i, start in enumerate(range(0, n, chunk)):
+        rng = np.random.default_rng([seed, i])
+        x = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
+        if DATA == "clustered":
+            x = centres[rng.integers(0, len(centres), len(x))] + 0.6 * x
+        yield start, normalise(x)
+
+
+def build_index(n: int, dim: int, seed: int, exact_below: int) -> tuple[VectorIndex, float]:
+    """The index ``kind="auto"`` gives for ``n`` rows, filled chunk by chunk (bounded extra memory)."""
+    t = time.perf_counter()
+    chunks = random_chunks(n, dim, seed)
+    _, first = next(chunks)
+    if n < exact_below:
+        index = VectorIndex.build(first, exact_below=exact_below)
+    else:  # train IVF on the first chunk with the list count the full size calls for
+        index = VectorIndex.build(first, kind="ivf", nlist=max(16, min(65536, round(4 * np.sqrt(n)) // 4)),
+                                  exact_below=exact_below)
+    for _, part in chunks:
+        index.add(part)
+    if not index.exact:
+        index.calibrate(0.95)
+        index.params["reason"] = f"{n} rows >= exact_below={exact_below}"
+        index.params["auto_would_keep"] = "ivf" if index.pays_off() else "flat (IVF does not pay off here)"
+    return index, time.perf_counter() - t
+
+
+def exact_truth(n: int, dim: int, seed: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """Exact top-k rows by brute force over the regenerated vectors; also the seconds it took per query."""
+    t = time.perf_counter()
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start, part in random_chunks(n, dim, seed):
+        s = queries @ part.T
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        cs = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)
+        ci = np.concatenate([best_i, top + start], 1)
+        order = np.argsort(-cs, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cs, order, 1), np.take_along_axis(ci, order, 1)
+    return best_i, (time.perf_counter() - t) / len(queries)
+
+
+def synthetic_search_index(index: VectorIndex, model_id: str) -> SearchIndex:
+    """A SearchIndex over ``index`` whose entries are named clips (no embeddings file: a zero-size view)."""
+    n = index.size
+    entries = [{"key": f"clip{i:07d}.wav", "path": f"/nonexistent/clip{i:07d}.wav", "size": 0, "mtime_ns": 0,
+                "duration_s": 10.0, "segments": [[0.0, 10.0]]} for i in range(n)]
+    emb = np.broadcast_to(np.zeros(1, np.float32), (n, index.dim))
+    out = SearchIndex("/nonexistent", model_id, index.dim, entries, emb)
+    out._vectors = index
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_in_thread(app) -> tuple[object, str]:
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                           limit_concurrency=256))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _client_process(url: str, clients: int, seconds: float, seed: int, out) -> None:
+    """Run ``clients`` threads of back-to-back queries for ``seconds``; put (latencies ms, statuses) on ``out``."""
+    import httpx
+
+    stop_at = time.monotonic() + seconds
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        rng = random.Random(seed * 1000 + i)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.monotonic() < stop_at:
+                q = " ".join(rng.choice(WORDS) for _ in range(3)) + f" {rng.randrange(10**6)}"
+                t = time.perf_counter()
+                r = c.get("/api/search", params={"q": q, "top": 10})
+                ms = 1000 * (time.perf_counter() - t)
+                with lock:
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    if r.status_code == 200:
+                        lat.append(ms)
+                    elif r.status_code == 503:
+                        time.sleep(float(r.headers.get("retry-after", "1")) / 10)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    out.put((lat, statuses))
+
+
+def load_run(app, clients: int, seconds: float, seed: int) -> dict:
+    server, url = serve_in_thread(app)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_client_process, args=(url, clients, seconds, seed, queue))
+    t = time.perf_counter()
+    proc.start()
+    lat, statuses = queue.get(timeout=seconds + 300)
+    proc.join()
+    wall = time.perf_counter() - t
+    server.should_exit = True
+    lat_a = np.asarray(lat) if lat else np.zeros(1)
+    return {"clients": clients, "seconds": round(wall, 2), "queries": len(lat),
+            "qps": round(len(lat) / seconds, 1), "p50_ms": round(float(np.percentile(lat_a, 50)), 2),
+            "p95_ms": round(float(np.percentile(lat_a, 95)), 2), "p99_ms": round(float(np.percentile(lat_a, 99)), 2),
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2, help="the server's embedding/search threads")
+    parser.add_argument("--queue-limit", type=int, default=16)
+    parser.add_argument("--exact-below", type=int, default=EXACT_BELOW)
+    parser.add_argument("--recall-queries", type=int, default=200)
+    parser.add_argument("--model", help="a CLAP checkpoint: adds an end-to-end text-query run with its encoder")
+    parser.add_argument("--model-rows", type=int, default=10_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", choices=("uniform", "clustered"), default="uniform")
+    args = parser.parse_args()
+    global DATA
+    DATA = args.data
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    from kikimimi.apps.serve.app import ServeSettings, create_app
+
+    settings = ServeSettings(workers=args.workers, queue_limit=args.queue_limit, max_top=100)
+    results = []
+    print(f"# bench_serve: {args.data} data, dim {args.dim}, {args.clients} clients × {args.seconds:g} s, "
+          f"server workers {args.workers}, queue {args.queue_limit}, cores {os.cpu_count()}", flush=True)
+    for n in args.sizes:
+        rss0 = current_rss_mb()
+        index, build_s = build_index(n, args.dim, args.seed, args.exact_below)
+        info = index.describe()
+        rng = np.random.default_rng(args.seed + 99)
+        uniform = normalise(rng.standard_normal((args.recall_queries, args.dim), dtype=np.float32))
+        picks = rng.choice(n, args.recall_queries, replace=False)
+        near = normalise(index.vectors(np.sort(picks)) + 1.5 * uniform)
+        recall = {}
+        for name, q in (("uniform", uniform), ("near", near)):
+            truth, exact_s = exact_truth(n, args.dim, args.seed, q, 10)
+            t = time.perf_counter()
+            found = index.search(q, 10)[1]
+            ann_s = (time.perf_counter() - t) / len(q)
+            recall[name] = {"recall_at_10": round(recall_at_k(found, truth, 10), 4),
+                            "index_ms_per_query": round(1000 * ann_s, 3),
+                            "numpy_brute_force_ms_per_query": round(1000 * exact_s, 3)}
+        rss_index = current_rss_mb() - rss0
+        with tempfile.TemporaryDirectory() as tmp:
+            app = create_app(HashText(args.dim), tmp, settings=settings, index=synthetic_search_index(index, "hash"))
+            load = load_run(app, args.clients, args.seconds, args.seed)
+        row = {"rows": n, "dim": args.dim, "data": args.data,
+               "vector_index": {k: v for k, v in info.items() if k != "library"},
+               "build_s": round(build_s, 1), "recall": recall, "load": load,
+               "index_rss_mb": round(rss_index, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        del app, index
+
+    if args.model:
+        from kikimimi.inference.clap import load_clap
+
+        model = load_clap(args.model, device=args.device)
+        model.encode_text(["warm up"])
+        index, build_s = build_index(args.model_rows, model.embedding_dim, args.seed, args.exact_below)
+        with tempfile.TemporaryDirectory() as tmp:
+            app = create_app(model, tmp, settings=settings, index=synthetic_search_index(index, args.model))
+            load = load_run(app, args.clients, args.seconds, args.seed)
+        row = {"rows": args.model_rows, "dim": model.embedding_dim, "model": args.model,
+               "text_encoder": model.text_encoder_description(), "vector_index": index.kind, "load": load,
+               "peak_rss_mb": round(peak_rss_mb(), 1)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""`kikimimi serve FOLDER_OR_INDEX -m MODEL`: a local sound-search and tagging service with a web page."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kikimimi.commands._options import MODEL_NAME_HELP, add_clap_arguments, resolve_model
+
+NAME = "serve"
+HELP = ("Serve a folder of sounds (or an index) on a local web page: search by text or by example, zero-shot "
+        "tags, players that start at the matching second.")
+
+TOKEN_ENV = "KIKIMIMI_SERVE_TOKEN"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="FOLDER_OR_INDEX",
+                        help="a folder of audio files (indexed first, incrementally) or an index folder written by "
+                             "`kikimimi index`")
+    parser.add_argument("-m", "--model", help="M2D-CLAP checkpoint" + MODEL_NAME_HELP +
+                        " (default for an index: the model that built it)")
+    parser.add_argument("--index", metavar="DIR",
+                        help="where the index of a FOLDER lives (default: FOLDER/.kikimimi-index)")
+    parser.add_argument("--no-update", action="store_true",
+                        help="serve the index as it is (no scan of the folder at start)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; any other needs --token)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
+                        help=f"shared secret every request must carry (default: ${TOKEN_ENV})")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="default zero-shot labels, one a line (default: the list shipped with kikimimi)")
+    parser.add_argument("--captioner", metavar="PATH",
+                        help="a captioner (kikimimi.apps.captioning.load_captioner) for the caption endpoints")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20)")
+    parser.add_argument("--max-upload-s", type=float, default=120.0,
+                        help="longest uploaded clip accepted, per its header (default 120)")
+    parser.add_argument("--max-query-chars", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=1, help="embedding threads (default 1)")
+    parser.add_argument("--queue-limit", type=int, default=8,
+                        help="embedding jobs that may wait; more get 503 + Retry-After (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--window-s", type=float, default=10.0, metavar="SECONDS",
+                        help="files longer than this are indexed per window (default 10; 0 = whole files)")
+    parser.add_argument("--hop-s", type=float, default=5.0, metavar="SECONDS", help="window step (default 5)")
+    parser.add_argument("--vector-index", choices=("auto", "numpy", "flat", "ivf", "hnsw"), default="auto",
+                        help="vector search kind (auto: exact below --exact-below segments, faiss IVF above)")
+    parser.add_argument("--exact-below", type=int, default=100_000, metavar="ROWS")
+    add_clap_arguments(parser)
+
+
+def _load_captioner(path: str):
+    try:
+        import kikimimi.apps.captioning as captioning
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("kikimimi.apps.captioning"):
+            raise ValueError("--captioner needs kikimimi.apps.captioning, which this kikimimi does not have; "
+                             "serve without --captioner") from None
+        raise
+    loader = getattr(captioning, "load_captioner", None)
+    if loader is None:
+        raise ValueError("--captioner: kikimimi.apps.captioning has no load_captioner(); serve without --captioner")
+    return loader(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 after a clean stop, 2 on a bad setting, model, index or address."""
+    from kikimimi.apps.serve.security import BindRefused, check_bind
+    from kikimimi.checkpoints import CheckpointError
+    from kikimimi.fileio import OutputInUseError
+    from kikimimi.inference.clap import CLAPError, load_clap
+    from kikimimi.inference.search import MANIFEST, SearchIndex, SearchIndexError, update_index
+
+    try:
+        warning = check_bind(args.host, args.token)
+    except BindRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if warning:
+        print(warning, file=sys.stderr)
+    target = Path(args.target)
+    try:
+        if (target / MANIFEST).is_file():
+            index_dir, folder = target, None
+            model_arg = args.model or SearchIndex.load(index_dir).model
+        elif target.is_dir():
+            index_dir, folder = Path(args.index) if args.index else target / ".kikimimi-index", target
+            if not args.model:
+                raise ValueError(f"'{target}' is a folder of audio: say which model indexes it (-m MODEL)")
+            model_arg = args.model
+        else:
+            raise ValueError(f"'{target}': no such folder or index")
+        model_id = str(Path(resolve_model(model_arg, args)).resolve())
+        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device, precision=args.precision,
+                          trust_pickle=args.trust_pickle, accept_licence=args.accept_licence)
+        if folder is not None and not args.no_update:
+            print(f"indexing '{folder}' into '{index_dir}' (only new or changed files are embedded)…", flush=True)
+            update = update_index(model, folder, index_dir, model_id=model_id, batch_size=args.batch_size,
+                                  window_s=args.window_s, hop_s=args.hop_s, vector_kind=args.vector_index,
+                                  exact_below=args.exact_below,
+                                  log=lambda line: print(line, end="\r", flush=True))
+            for key, reason in update.errors:
+                print(f"skipped '{key}': {reason}", file=sys.stderr)
+            print(f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
+                  f"unchanged {len(update.unchanged)}, unreadable {len(update.errors)}")
+        captioner = _load_captioner(args.captioner) if args.captioner else None
+        labels = None
+        if args.labels:
+            lines = Path(args.labels).read_text(encoding="utf-8").splitlines()
+            labels = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+            if not labels:
+                raise ValueError(f"'{args.labels}': no labels in the file")
+        app = _build_app(args, model, index_dir, labels, captioner)
+    except (SearchIndexError, CheckpointError, CLAPError, OutputInUseError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving on http://{shown}:{args.port}/  (API: /docs; Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=128,
+                timeout_keep_alive=5, server_header=False)
+    return 0
+
+
+def _build_app(args: argparse.Namespace, model, index_dir: Path, labels, captioner):
+    from kikimimi.apps.serve.app import ServeSettings, create_app
+    from kikimimi.apps.serve.security import LOOPBACK_NAMES, is_loopback
+
+    hosts = LOOPBACK_NAMES if is_loopback(args.host) else ("*",)
+    settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_upload_s=args.max_upload_s,
+                             max_query_chars=args.max_query_chars, workers=args.workers, queue_limit=args.queue_limit,
+                             token=args.token, allowed_hosts=tuple(hosts), window_s=args.window_s, hop_s=args.hop_s,
+                             vector_kind=args.vector_index, exact_below=args.exact_below, batch_size=args.batch_size)
+    return create_app(model, index_dir, labels=labels, captioner=captioner, settings=settings)

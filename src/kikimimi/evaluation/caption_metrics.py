@@ -1,0 +1,270 @@
+"""Caption metrics as the audio-captioning field reports them (DCASE task 6 / COCO caption evaluation).
+
+Scores come from the reference implementation, ``pycocoevalcap`` (the ``caption`` extra), never from
+re-written formulas: BLEU-1..4 (``Bleu(4)``), METEOR 1.5 (``Meteor``, needs Java), ROUGE-L (``Rouge``),
+CIDEr-D (``Cider``: the COCO implementation with the Gaussian length penalty σ = 6 and clipped counts, i.e.
+CIDEr-D), and SPICE / SPIDEr = (CIDEr-D + SPICE) / 2 only when SPICE can run offline — it needs the Stanford
+CoreNLP 3.6.0 jars inside ``pycocoevalcap/spice/lib``, which pycocoevalcap would otherwise download; kikimimi
+never downloads them and reports SPICE as unavailable instead.
+
+Captions are tokenised as COCO does (Stanford PTBTokenizer, lower case, punctuation removed; Java). Without
+Java a plain lower-case word split with the same punctuation removal is used and METEOR is unavailable; the
+scores say which tokeniser they used.
+
+Also here: the nearest-neighbour baseline (the caption of the closest training clip in the audio embedding
+space, cosine) and the readers behind ``kikimimi eval-captions PRED.csv REF.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kikimimi.data.captions import CaptionError, read_caption_rows
+
+__all__ = [
+    "METRIC_NAMES",
+    "CaptionScores",
+    "caption_scores",
+    "evaluate_caption_files",
+    "java_available",
+    "metrics_table",
+    "named_class",
+    "nearest_neighbour_captions",
+    "read_predictions",
+    "read_references",
+    "spice_status",
+]
+
+#: every metric name, in report order
+METRIC_NAMES = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr-D", "SPICE", "SPIDEr")
+CAPTION_EXTRA_HINT = 'pip install "kikimimi[caption]"'
+#: the punctuation tokens pycocoevalcap's PTBTokenizer drops
+_PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+_SIMPLE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+@dataclass
+class CaptionScores:
+    """Corpus-level scores (``scores``: name → value), the metrics that could not run and why, the number of
+    clips and the tokeniser used (``ptb`` or ``simple``)."""
+
+    scores: dict[str, float]
+    unavailable: dict[str, str] = field(default_factory=dict)
+    n: int = 0
+    tokenizer: str = "ptb"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coco() -> Any:
+    try:
+        import pycocoevalcap  # noqa: F401
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError as exc:
+        raise ImportError(f"caption metrics need the package 'pycocoevalcap' ({exc}); {CAPTION_EXTRA_HINT}") from exc
+    return Bleu, Rouge, Cider
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def spice_status() -> tuple[bool, str]:
+    """``(True, "")`` when SPICE can run offline, else ``(False, reason)``."""
+    if not java_available():
+        return False, "needs Java (Debian: default-jre-headless)"
+    try:
+        import pycocoevalcap.spice as spice_pkg
+    except ImportError:
+        return False, f"needs pycocoevalcap; {CAPTION_EXTRA_HINT}"
+    lib = Path(next(iter(spice_pkg.__path__))) / "lib"
+    jars = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+    missing = [j for j in jars if not (lib / j).is_file()]
+    if missing:
+        return False, (f"needs the Stanford CoreNLP 3.6.0 jars in {lib} ({', '.join(missing)} missing); "
+                       "kikimimi does not download them")
+    return True, ""
+
+
+def _simple_tokenize(texts: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
+    return {k: [" ".join(w for w in _SIMPLE.findall(t.lower()) if w not in _PUNCT) for t in v]
+            for k, v in texts.items()}
+
+
+def _tokenize(texts: Mapping[Any, Sequence[str]], tokenizer: str) -> tuple[dict[Any, list[str]], str]:
+    if tokenizer == "simple" or (tokenizer == "auto" and not java_available()):
+        return _simple_tokenize(texts), "simple"
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    return PTBTokenizer().tokenize({k: [{"caption": t} for t in v] for k, v in texts.items()}), "ptb"
+
+
+def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], *,
+                   tokenizer: str = "auto", meteor: bool = True, spice: bool = True) -> CaptionScores:
+    """Corpus-level caption metrics of ``predictions`` (key → one caption) against ``references`` (key → one or
+    more captions).
+
+    Args:
+        tokenizer: ``"auto"`` (PTB with Java, else simple), ``"ptb"`` or ``"simple"``.
+        meteor: compute METEOR (a Java process that takes seconds to start).
+        spice: try SPICE / SPIDEr (only when :func:`spice_status` says it can run).
+
+    Raises:
+        ValueError: no predictions, or keys of the predictions without references.
+    """
+    Bleu, Rouge, Cider = _coco()
+    keys = sorted(predictions)
+    if not keys:
+        raise ValueError("no predicted captions to score")
+    missing = [k for k in keys if not references.get(k)]
+    if missing:
+        raise ValueError(f"{len(missing)} predicted clips have no reference caption, e.g. {missing[:3]}")
+    res, tok_name = _tokenize({k: [predictions[k]] for k in keys}, tokenizer)
+    gts, _ = _tokenize({k: list(references[k]) for k in keys}, tok_name)
+    scores: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores.update({f"BLEU_{i + 1}": float(b) for i, b in enumerate(bleu)})
+    if not meteor:
+        unavailable["METEOR"] = "left out (meteor=False)"
+    elif java_available():
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()
+        try:
+            scores["METEOR"] = float(scorer.compute_score(gts, res)[0])
+        finally:
+            _close_meteor(scorer)
+    else:
+        unavailable["METEOR"] = "needs Java (Debian: default-jre-headless)"
+    scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    scores["CIDEr-D"] = float(Cider().compute_score(gts, res)[0])
+    ok, why = spice_status() if spice else (False, "not requested")
+    if ok:
+        from pycocoevalcap.spice.spice import Spice
+
+        scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
+        scores["SPIDEr"] = (scores["CIDEr-D"] + scores["SPICE"]) / 2
+    else:
+        unavailable["SPICE"] = unavailable["SPIDEr"] = why
+    return CaptionScores(scores, unavailable, len(keys), tok_name)
+
+
+def _close_meteor(meteor: Any) -> None:
+    """Stop the METEOR Java process (pycocoevalcap versions differ in how)."""
+    close = getattr(meteor, "close", None)
+    if callable(close):
+        close()
+        return
+    proc = getattr(meteor, "meteor_p", None)
+    if proc is not None:
+        with meteor.lock:
+            proc.stdin.close()
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------- baseline
+def nearest_neighbour_captions(train_embeddings: np.ndarray, train_captions: Sequence[str],
+                               query_embeddings: np.ndarray) -> list[str]:
+    """For each query ``[M, D]``, the caption of the training clip ``[N, D]`` with the highest cosine similarity."""
+    a = np.asarray(train_embeddings, dtype=np.float64)
+    q = np.asarray(query_embeddings, dtype=np.float64)
+    if a.shape[0] != len(train_captions):
+        raise ValueError(f"{a.shape[0]} training embeddings but {len(train_captions)} captions")
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    return [train_captions[int(i)] for i in (q @ a.T).argmax(axis=1)]
+
+
+def named_class(text: str, class_phrases: Mapping[str, str]) -> str | None:
+    """The class whose phrase a caption names: ``class_phrases`` maps class → phrase (``"am_tone"`` →
+    ``"am tone"``); phrases match whole words, case-insensitively, and the longest match wins (so "an am tone"
+    names ``am_tone``, not ``tone``). ``None`` when no phrase occurs."""
+    low = f" {re.sub(r'[^a-z0-9-]+', ' ', str(text).lower())} "
+    best: tuple[int, str] | None = None
+    for cls, phrase in class_phrases.items():
+        p = " ".join(re.sub(r"[^a-z0-9-]+", " ", phrase.lower()).split())
+        if p and f" {p} " in low and (best is None or len(p) > best[0]):
+            best = (len(p), cls)
+    return best[1] if best else None
+
+
+# ---------------------------------------------------------------------------------------------- files
+def read_predictions(path: str | os.PathLike) -> dict[str, str]:
+    """``file_name,caption`` CSV (one caption per file; ``kikimimi caption --csv`` writes it) → name → caption.
+
+    Raises:
+        CaptionError: unreadable file, missing columns, a file named twice.
+    """
+    out: dict[str, str] = {}
+    for row in read_caption_rows(path):
+        if row.name in out:
+            raise CaptionError(f"'{path}' line {row.line}: '{row.name}' is predicted twice")
+        out[row.name] = row.captions[0]
+    return out
+
+
+def read_references(path: str | os.PathLike) -> dict[str, list[str]]:
+    """``file_name,caption`` (several rows per file) or ``caption_1 … caption_K`` CSV → name → captions."""
+    out: dict[str, list[str]] = {}
+    for row in read_caption_rows(path):
+        out.setdefault(row.name, []).extend(row.captions)
+    return out
+
+
+def _match(pred: dict[str, str], refs: dict[str, list[str]]) -> dict[str, str]:
+    """Prediction names matched to reference names as written, else by file name without folders."""
+    if set(pred) <= set(refs):
+        return pred
+    by_base: dict[str, list[str]] = {}
+    for name in refs:
+        by_base.setdefault(Path(name).name, []).append(name)
+    out = {}
+    for name, cap in pred.items():
+        if name in refs:
+            out[name] = cap
+        elif len(by_base.get(Path(name).name, [])) == 1:
+            out[by_base[Path(name).name][0]] = cap
+        else:
+            out[name] = cap  # reported as missing by caption_scores
+    return out
+
+
+def evaluate_caption_files(pred_csv: str | os.PathLike, ref_csv: str | os.PathLike, **kw: Any) -> CaptionScores:
+    """Scores of a prediction CSV against a reference CSV (:func:`caption_scores` keyword arguments)."""
+    refs = read_references(ref_csv)
+    pred = _match(read_predictions(pred_csv), refs)
+    return caption_scores(pred, refs, **kw)
+
+
+def metrics_table(rows: Mapping[str, CaptionScores], *, percent: bool = False) -> str:
+    """A markdown table, one row per system (e.g. captioner, nearest neighbour), one column per metric that
+    ran for any of them; unavailable metrics are listed under the table."""
+    names = [m for m in METRIC_NAMES if any(m in s.scores for s in rows.values())]
+    scale = 100.0 if percent else 1.0
+    lines = ["| system | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for system, s in rows.items():
+        cells = [f"{scale * s.scores[m]:.3f}" if m in s.scores else "–" for m in names]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    gone: dict[str, list[str]] = {}  # reason → metrics
+    for s in rows.values():
+        for m, why in s.unavailable.items():
+            if m not in names and m not in gone.setdefault(why, []):
+                gone[why].append(m)
+    if gone:
+        lines.append("")
+    for why, metrics in gone.items():
+        lines.append(f"{', '.join(metrics)}: not computed — {why}.  ")
+    return "\n".join(lines)
