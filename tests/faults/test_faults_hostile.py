@@ -172,8 +172,9 @@ def _missing_list(path: Path, rows: int) -> Path:
 
 
 def test_prep_of_a_list_of_200k_missing_files_fails_with_a_summary(tmp_path, capsys):
-    """200,000 rows keep the test short; a million rows behave the same (about 45 s on the 2-core dev box,
-    nearly all of it reading the list; before: still printing after 5 minutes)."""
+    """200,000 rows keep the test short; a million rows behave the same (`kikimimi prep` of a 1M-row list: 33 s
+    on the quiet 2-core dev box, 2026-12-02, nearly all of it reading the list; before: still printing after 5
+    minutes)."""
     listing = _missing_list(tmp_path / "list.csv", 200_000)
     assert console_main(["prep", str(listing), "-o", str(tmp_path / "cache"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -19,7 +19,7 @@ import official_layouts as ol
 import pytest
 import soundfile as sf
 import torch
-from clap_fakes import write_tiny_clap2025
+from clap_fakes import HashTextEncoder, patch_text_encoder, write_tiny_clap2025
 from process_kill import count_lines, kill_when, kill_when_written
 
 from kikimimi.audio.synthetic import make_dataset
@@ -113,20 +113,34 @@ def test_tag_results_file_of_other_settings_is_refused(tmp_path, tagger, capsys)
     assert all(len(json.loads(line)["windows"][0]["tags"]) == 1 for line in _finished_lines(out)[1:])
 
 
-def test_zeroshot_killed_mid_run_resumes_without_redoing_and_matches(tmp_path, fault_report):
-    clap = write_tiny_clap2025(tmp_path / "models", text_dim=384)
+#: `kikimimi` in a subprocess with the tests' bag-of-words text encoder (no language model to load)
+_WITH_HASH_TEXT = (
+    "import sys; sys.path.insert(0, {tests!r})\n"
+    "from clap_fakes import HashTextEncoder\n"
+    "from kikimimi.inference.clap import CLAPModel\n"
+    "encoder = HashTextEncoder(dim=32)\n"
+    "CLAPModel._resolve_text_encoder = lambda self: encoder\n"
+    "from kikimimi.cli import console_main\n"
+    "sys.exit(console_main(sys.argv[1:]))\n"
+)
+
+
+def test_zeroshot_killed_mid_run_resumes_without_redoing_and_matches(tmp_path, fault_report, monkeypatch):
+    clap = write_tiny_clap2025(tmp_path / "models")
     audio = _tone_folder(tmp_path / "audio", 48, 2.0)
-    argv = ["zeroshot", str(clap), str(audio), "--labels", "a dog barking,rain,a pure tone", "--text-encoder",
-            "minilm", "--batch-files", "4", "--device", "cpu"]
+    argv = ["zeroshot", str(clap), str(audio), "--labels", "a dog barking,rain,a pure tone", "--batch-files", "4",
+            "--device", "cpu"]
+    script = _WITH_HASH_TEXT.format(tests=str(Path(__file__).resolve().parents[1]))
     killed = tmp_path / "killed.jsonl"
-    proc = _start(_kikimimi(*argv, "--out", str(killed)))
-    kill_when(proc, lambda: count_lines(killed) >= 9, "8 classified files", timeout_s=180)
+    proc = _start([sys.executable, "-c", script, *argv, "--out", str(killed)])
+    kill_when(proc, lambda: count_lines(killed) >= 9, "8 classified files")
     proc.stdout.close()
     done = {json.loads(line)["file"] for line in _finished_lines(killed)[1:] if line.endswith("\n")}
     assert 8 <= len(done) < 48, "the kill must land mid-run"
-    rerun = subprocess.run(_kikimimi(*argv, "--out", str(killed)), env=ENV, capture_output=True, text=True,
-                           check=True)
+    rerun = subprocess.run([sys.executable, "-c", script, *argv, "--out", str(killed)], env=ENV,
+                           capture_output=True, text=True, check=True)
     assert not {line for line in rerun.stdout.splitlines() if not line.startswith(" ")} & done
+    patch_text_encoder(monkeypatch, HashTextEncoder(dim=32))
     whole = tmp_path / "whole.jsonl"
     assert main([*argv, "--out", str(whole)]) == 0
     a, b = _finished_lines(killed), _finished_lines(whole)
