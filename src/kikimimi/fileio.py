@@ -13,8 +13,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -119,6 +120,15 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     """Atomically replace ``path`` with ``text`` (newlines written as given)."""
     with atomic_open(path, "w", encoding=encoding, newline="") as fh:
         fh.write(text)
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """``header`` and ``rows`` as CSV text with ``\n`` line ends (for :func:`atomic_write_text`)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
@@ -318,6 +328,26 @@ class OutputInUseError(OSError):
     """Another process holds the output folder's lock. The message names the folder, the command and its pid."""
 
 
+#: the name :func:`atomic_open` gives its temporary files: ``.<name>.<8 random characters>.tmp``
+_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the :func:`atomic_open` temporaries below ``folder`` (left by a killed writer); returns them.
+
+    Only safe while no other process writes there, i.e. under :func:`output_lock`.
+    """
+    removed = []
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            if _TEMPORARY_NAME.match(name):
+                path = Path(root) / name
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, what: str, *, rank: int | None = None) -> Iterator[Path]:
     """Hold an exclusive lock on the output ``folder`` (created) while the block runs; yields the lock file.
@@ -349,6 +379,8 @@ def output_lock(folder: str | os.PathLike, what: str, *, rank: int | None = None
                                "choose another output") from None
     try:
         atomic_write_text(pid_path, f"{os.getpid()}\n")
+        if rank is None:  # sole writer now: temporaries left in the folder belong to a writer that died
+            remove_stale_temporaries(out)
         yield lock_path
     finally:
         with contextlib.suppress(OSError):

@@ -31,7 +31,6 @@ This module owns the format on both sides: :func:`prep_cache` writes a cache; :f
 from __future__ import annotations
 
 import csv
-import io
 import json
 import multiprocessing
 import os
@@ -54,6 +53,7 @@ from kikimimi.fileio import (
     atomic_write_json,
     atomic_write_text,
     collect_audio_files,
+    csv_text,
     output_lock,
     relative_key,
     require_existing_files,
@@ -364,14 +364,6 @@ def _existing_frames(path: Path, n_mels: int, dtype: str) -> int | None:
     return int(array.shape[1])
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 # ----------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------
@@ -494,6 +486,6 @@ def _write_tables(cache: Path, plan: list[tuple[Path, str]], rows: dict[str, dic
                   result: PrepResult) -> None:
     manifest = [[key, rows[key]["source"], rows[key]["duration_s"], rows[key]["frames"],
                  rows[key]["sample_rate"]] for _, key in plan if key in rows]
-    atomic_write_text(cache / MANIFEST_NAME, _csv_text(MANIFEST_COLUMNS, manifest))
-    atomic_write_text(cache / ERRORS_NAME, _csv_text(ERRORS_COLUMNS, result.failed))
+    atomic_write_text(cache / MANIFEST_NAME, csv_text(MANIFEST_COLUMNS, manifest))
+    atomic_write_text(cache / ERRORS_NAME, csv_text(ERRORS_COLUMNS, result.failed))
     result.manifest_rows = len(manifest)

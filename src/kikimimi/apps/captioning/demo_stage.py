@@ -12,7 +12,6 @@ baseline. Everything it writes is under ``out_dir``.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from kikimimi.apps.captioning.tiny_lm import write_tiny_lm
 from kikimimi.apps.captioning.train import train_captioner
 from kikimimi.data.caption_qa import LABEL_QUESTIONS, label_answer
 from kikimimi.evaluation.caption_metrics import caption_scores, metrics_table, named_class
-from kikimimi.fileio import atomic_write_json, atomic_write_text
+from kikimimi.fileio import atomic_write_json, atomic_write_text, csv_text
 
 __all__ = ["CAPTION_TEMPLATES", "CaptionStageError", "run_caption_stage"]
 
@@ -93,14 +92,6 @@ def _pick_test(rows: Sequence[dict[str, str]], limit: int) -> list[dict[str, str
     return out
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def run_caption_stage(
     out_dir: str | os.PathLike,
     audio_model: str | os.PathLike,
@@ -150,8 +141,8 @@ def run_caption_stage(
         cap_rows = [(str(base / r["file_name"]), _caption(t, r["label"]))
                     for r in train for t in CAPTION_TEMPLATES]
         qa_rows = [(str(base / r["file_name"]), q, label_answer(r["label"])) for r in train for q in LABEL_QUESTIONS]
-        atomic_write_text(out / "train_captions.csv", _csv_text(["file_name", "caption"], cap_rows))
-        atomic_write_text(out / "train_qa.csv", _csv_text(["file_name", "question", "answer"], qa_rows))
+        atomic_write_text(out / "train_captions.csv", csv_text(["file_name", "caption"], cap_rows))
+        atomic_write_text(out / "train_qa.csv", csv_text(["file_name", "question", "answer"], qa_rows))
     log(f"   {len(cap_rows)} captions and {len(qa_rows)} question-answer pairs for {len(train)} training clips "
         f"({len(classes)} classes)")
     with _threads(1):
@@ -195,7 +186,7 @@ def run_caption_stage(
         examples = [{"file": r["file_name"], "label": r["label"], "caption": p, "nn_caption": q}
                     for r, p, q in zip(test, preds, nn_preds, strict=True)]
         atomic_write_text(out / "predictions.csv",
-                          _csv_text(["file_name", "caption"], list(zip(keys, preds, strict=True))))
+                          csv_text(["file_name", "caption"], list(zip(keys, preds, strict=True))))
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = {
         "model_dir": str(trained.model_dir), "run_dir": str(trained.run_dir), "n_train": len(train),
