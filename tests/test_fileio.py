@@ -200,3 +200,22 @@ def test_relative_key(tmp_path):
     assert out1 == relative_key(tmp_path / "elsewhere" / "a.wav", root)  # stable
     assert relative_key(tmp_path / "elsewhere" / "a.wav", None) == out1
     assert ".." not in relative_key(root.parent / "c.wav", root)
+
+
+def test_taking_the_output_lock_removes_temporaries_of_a_killed_writer(tmp_path):
+    import tempfile
+
+    from kikimimi.fileio import output_lock
+
+    (tmp_path / "sub").mkdir()
+    fd, stale = tempfile.mkstemp(prefix=".clip 1.npy.", suffix=".tmp", dir=tmp_path / "sub")  # as atomic_open does
+    os.close(fd)
+    keep = tmp_path / "notes.tmp"
+    keep.write_text("a user's file")
+    with output_lock(tmp_path, "prep"):
+        assert not os.path.exists(stale)
+    assert keep.read_text() == "a user's file"
+    fd, in_flight = tempfile.mkstemp(prefix=".x.npy.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)
+    with output_lock(tmp_path, "embed", rank=1):  # other ranks may be writing: nothing is removed
+        assert os.path.exists(in_flight)
