@@ -184,3 +184,30 @@ def test_log_mel_stats_shape_and_content():
     # louder → larger mean log-mel in every band near 440 Hz, std part non-negative
     assert e[1, :80].mean() > e[0, :80].mean()
     assert (e[:, 80:] >= 0).all()
+
+
+def test_logistic_probe_with_a_validation_split_fits_once_for_every_seed(monkeypatch):
+    # With a validation split the logistic probe has nothing seeded, so probe_embeddings fits it once per fold
+    # and reuses the fit for the other seeds; the result must equal a separate fit per seed. Without a
+    # validation split the seed draws the hold-out, so every seed is fitted.
+    import kikimimi.evaluation.probe as P
+
+    x, y = blobs(30, 3, 8, seed=4, spread=3.0)
+    xva, yva = blobs(10, 3, 8, seed=4, spread=3.0)
+    xte, yte = blobs(20, 3, 8, seed=4, spread=3.0)
+    classes = ["a", "b", "c"]
+    task, items = make_task({"train": y, "valid": yva, "test": yte}, classes)
+    cfg = ProbeConfig(probe="logistic")
+    calls = []
+    real = P.fit_logistic
+    monkeypatch.setattr(P, "fit_logistic", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fold = FoldEmbeddings(0, x, items["train"], xva, items["valid"], xte, items["test"])
+    res = probe_embeddings([fold], task, config=cfg, seeds=(42, 43, 44))
+    assert len(calls) == 1  # one C search for the fold, not one per seed
+    separate = [train_probe(x, y, xva, yva, xte, yte, n_classes=3, config=cfg, seed=s).score for s in (42, 43, 44)]
+    assert res.seed_scores == pytest.approx(separate)
+    assert [r.seed for r in res.folds] == [42, 43, 44]
+    calls.clear()
+    no_valid = FoldEmbeddings(0, x, items["train"], None, None, xte, items["test"])
+    probe_embeddings([no_valid], task, config=cfg, seeds=(42, 43))
+    assert len(calls) == 2

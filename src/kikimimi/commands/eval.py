@@ -1,10 +1,17 @@
-"""`kikimimi eval MODEL… --task TASK… -o OUT`: probe report (linear and logistic) with baselines and plots."""
+"""`kikimimi eval MODEL… --task TASK… -o OUT`: probe report (linear and logistic) with baselines and plots.
+
+``--captions PRED.csv REF.csv [--nn-captions NN.csv|CAPTIONER_DIR]`` adds a "Captions" section (BLEU-1..4,
+METEOR, ROUGE-L, CIDEr-D; the same scores and table as `kikimimi eval-captions`) with the nearest-neighbour
+captions as the baseline row.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kikimimi.commands._options import add_accept_licence_argument
 
@@ -43,9 +50,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow arbitrary pickled objects in the checkpoints (can run code: trusted files only)")
+    parser.add_argument("--captions", nargs=2, metavar=("PRED", "REF"),
+                        help="add a Captions section: predicted captions (CSV file_name,caption, as `kikimimi "
+                        "caption --csv` writes) scored against references (file_name,caption rows or caption_1..K)")
+    parser.add_argument("--nn-captions", metavar="NN",
+                        help="the baseline row of the Captions section: a CSV of nearest-neighbour captions, or a "
+                        "captioner folder (its training clips' captions, nearest to each PRED file's audio)")
+    parser.add_argument("--no-meteor", action="store_true",
+                        help="Captions section without METEOR (its Java process is slow to start)")
     parser.add_argument("--text-encoder", metavar="SPEC",
                         help="text encoder for the zero-shot rows of CLAP models (e.g. gte:/path/to/gte-base for the "
                         "2024 release; default: the one inside or recorded beside the checkpoint)")
+
+
+def caption_rows(captions: Sequence[str] | None, nn_captions: str | None, *, meteor: bool = True,
+                 device: str = "cpu") -> dict[str, Any] | None:
+    """The systems of the report's Captions section: ``{"captioner": scores[, "nearest neighbour": scores]}``
+    (``None`` without ``captions``). ``nn_captions``: a CSV, or a captioner folder whose nearest-neighbour
+    captions of the prediction files are computed here (:func:`~kikimimi.apps.captioning.model.
+    nearest_neighbour_baseline`)."""
+    if not captions:
+        if nn_captions:
+            raise ValueError("--nn-captions needs --captions PRED REF")
+        return None
+    from kikimimi.evaluation.caption_metrics import evaluate_captions, read_predictions, read_references
+
+    pred_csv, ref_csv = captions
+    preds, refs = read_predictions(pred_csv), read_references(ref_csv)
+    rows = {"captioner": evaluate_captions(preds, refs, meteor=meteor)}
+    if nn_captions:
+        from kikimimi.apps.captioning.model import is_captioner_folder, nearest_neighbour_baseline
+
+        if is_captioner_folder(nn_captions):
+            names = list(preds)  # audio paths as written, else relative to the prediction CSV's folder
+            paths = [n if Path(n).exists() else str(Path(pred_csv).parent / n) for n in names]
+            nn = dict(zip(names, nearest_neighbour_baseline(nn_captions, paths, device=device), strict=True))
+        else:
+            nn = read_predictions(nn_captions)
+        rows["nearest neighbour"] = evaluate_captions(nn, refs, meteor=meteor)
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,11 +116,16 @@ def run(args: argparse.Namespace) -> int:
     except (TaskError, CheckpointError, OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        captions = caption_rows(args.captions, args.nn_captions, meteor=not args.no_meteor, device=args.device)
+    except (ValueError, OSError, ImportError) as exc:  # unreadable lists, unmatched names, missing extra
+        print(f"error: --captions: {exc}", file=sys.stderr)
+        return 2
     probes = ("linear", "logistic") if args.probe == "both" else (args.probe,)
     try:
         outcome = run_evaluation(specs, tasks, args.out, seeds=tuple(range(42, 42 + args.seeds)),
                                  hidden=args.hidden, device=args.device, plots=not args.no_plots, log=print,
-                                 map_method=args.map, probes=probes, finetune=finetune)
+                                 map_method=args.map, probes=probes, finetune=finetune, captions=captions)
     except (TaskError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

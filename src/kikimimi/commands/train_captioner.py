@@ -3,7 +3,8 @@ train an audio captioner (frozen encoder → mapper → language model) with the
 
 The run folder (``--out``/``--run-name``) holds ``checkpoint-<step>.pth``, ``log.jsonl`` (loss, lr,
 samples/s) and, at the end, the captioner folder ``captioner/`` that `kikimimi caption` and `kikimimi ask`
-read. ``--resume`` continues the run folder from its newest checkpoint.
+read. ``--resume`` continues the run folder from its newest checkpoint. ``--lora-rank R`` adds LoRA adapters
+(``peft``, the ``lora`` extra) to the frozen language model and trains them with the mapper.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "causal-LM folder or .gguf file, or 'tiny' (a small word-level Llama built from the "
                         "caption words and trained with the mapper; fast on a CPU)")
     parser.add_argument("--train-lm", action="store_true", help="train the language model too (small models)")
+    parser.add_argument("--lora-rank", type=int, default=0, metavar="R",
+                        help="LoRA adapters of rank R on the frozen language model, trained with the mapper "
+                        "(needs: pip install \"kikimimi[lora]\"; default 0 = none)")
+    parser.add_argument("--lora-alpha", type=float, metavar="A",
+                        help="LoRA scale numerator (update × A / R; default: R)")
+    parser.add_argument("--lora-targets", default="q_proj,v_proj", metavar="NAMES",
+                        help="comma-separated linear-layer names that get adapters (default: %(default)s)")
     parser.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     parser.add_argument("--run-name", help="run folder name (default: captioner-<llm>-<audio model name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run folder from its newest checkpoint")
@@ -49,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from kikimimi.data.caption_qa import read_qa_csv
     from kikimimi.data.captions import CaptionTable
 
+    if args.lora_rank < 0:
+        print("error: --lora-rank must be ≥ 0", file=sys.stderr)
+        return 2
+    if args.lora_rank and (args.train_lm or args.llm == "tiny"):
+        print("error: --lora-rank adds adapters to a frozen language model; --train-lm and --llm tiny train the "
+              "whole model — choose one", file=sys.stderr)
+        return 2
     name = args.run_name or f"captioner-{Path(str(args.llm)).name}-{Path(args.audio_model).stem}"
     run_dir = Path(args.out) / name
     if args.resume:
@@ -65,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
                 "lm": args.llm}  # fmt: skip
     if args.lr is not None:
         settings["lr"] = args.lr
+    if args.lora_rank:
+        settings["lora"] = {"rank": args.lora_rank, "alpha": args.lora_alpha,
+                            "targets": [t for t in args.lora_targets.split(",") if t.strip()]}
     if args.llm == "tiny" and not args.resume:
         table = CaptionTable.load(args.captions)
         texts = [c for _, caps in table.items() for c in caps]

@@ -34,6 +34,7 @@ __all__ = [
     "CaptionScores",
     "caption_scores",
     "evaluate_caption_files",
+    "evaluate_captions",
     "java_available",
     "metrics_table",
     "named_class",
@@ -242,11 +243,17 @@ def _match(pred: dict[str, str], refs: dict[str, list[str]]) -> dict[str, str]:
     return out
 
 
+def evaluate_captions(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                      **kw: Any) -> CaptionScores:
+    """:func:`caption_scores` with prediction names matched to reference names as written, else by file name
+    without folders (a prediction CSV of paths against a reference CSV of names)."""
+    refs = {k: list(v) for k, v in references.items()}
+    return caption_scores(_match(dict(predictions), refs), refs, **kw)
+
+
 def evaluate_caption_files(pred_csv: str | os.PathLike, ref_csv: str | os.PathLike, **kw: Any) -> CaptionScores:
     """Scores of a prediction CSV against a reference CSV (:func:`caption_scores` keyword arguments)."""
-    refs = read_references(ref_csv)
-    pred = _match(read_predictions(pred_csv), refs)
-    return caption_scores(pred, refs, **kw)
+    return evaluate_captions(read_predictions(pred_csv), read_references(ref_csv), **kw)
 
 
 def metrics_table(rows: Mapping[str, CaptionScores], *, percent: bool = False) -> str:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -464,6 +464,27 @@ def train_probe(
                       list(test_keys), chosen, _all_scores(metric, y_test, logits, classes), reference)
 
 
+def _probe_fold(f: FoldEmbeddings, task: Task, cfg: ProbeConfig, seed: int) -> FoldResult:
+    """:func:`train_probe` on one fold's embeddings with the task's targets, metric and classes."""
+    classes = task.classes
+    return train_probe(
+        f.x_train,
+        task.targets(f.train, classes),
+        f.x_valid if f.valid else None,
+        task.targets(f.valid, classes) if f.valid else None,
+        f.x_test,
+        task.targets(f.test, classes),
+        n_classes=len(classes),
+        multi_label=task.multi_label,
+        config=cfg,
+        seed=seed,
+        fold=f.index,
+        test_keys=[it.key for it in f.test],
+        metric=task.metric,
+        classes=classes,
+    )
+
+
 def probe_embeddings(
     folds: Sequence[FoldEmbeddings],
     task: Task,
@@ -493,26 +514,16 @@ def probe_embeddings(
     if progress:
         jobs = tqdm(jobs, desc=f"{cfg.probe} probe {task.name}", unit="fold")
     by_seed: dict[int, list[FoldResult]] = {}
+    # The logistic probe has no seeded part when the fold has a validation split (lbfgs is deterministic; the
+    # seed only draws the hold-out of a fold without one), so every seed reuses the first seed's fit.
+    seedless: dict[int, FoldResult] = {}
     for seed, f in jobs:
-        y_tr = task.targets(f.train, classes)
-        y_va = task.targets(f.valid, classes) if f.valid else None
-        y_te = task.targets(f.test, classes)
-        r = train_probe(
-            f.x_train,
-            y_tr,
-            f.x_valid if f.valid else None,
-            y_va,
-            f.x_test,
-            y_te,
-            n_classes=n_classes,
-            multi_label=multi,
-            config=cfg,
-            seed=seed,
-            fold=f.index,
-            test_keys=[it.key for it in f.test],
-            metric=task.metric,
-            classes=classes,
-        )
+        if f.index in seedless:
+            r = replace(seedless[f.index], seed=seed)
+        else:
+            r = _probe_fold(f, task, cfg, seed)
+            if cfg.probe == "logistic" and f.valid:
+                seedless[f.index] = r
         results.append(r)
         by_seed.setdefault(seed, []).append(r)
         fold_scores.setdefault(f.index, []).append(r.score)

@@ -13,7 +13,12 @@ embeds every task with every model once (cached), runs each probe (linear and/or
 - ``scores.csv``: ``model,task,probe,metric,mean,std,n_test``;
 - ``<task>/confusion-<model>-<probe>.png``: counts summed over every seed and fold, for every single-label
   model × probe × task, and ``<task>/clusters.png``: a t-SNE (or, with ``map_method="umap"``, UMAP) map of the
-  test embeddings of every model side by side, coloured by class.
+  test embeddings of every model side by side, coloured by class;
+- with ``captions=`` (``kikimimi eval … --captions PRED.csv REF.csv [--nn-captions NN.csv]``): a "Captions"
+  section in ``report.md`` — one row per system (the captioner and, as its baseline, the nearest-neighbour
+  captions) × BLEU-1..4 / METEOR / ROUGE-L / CIDEr-D (SPICE / SPIDEr when they can run, else named
+  unavailable), the table of :func:`kikimimi.evaluation.caption_metrics.metrics_table` — and ``captions`` in
+  ``report.json`` (:func:`caption_report_rows`, :func:`caption_report_json`).
 
 :func:`write_finetune_report` writes the same kind of report for a fine-tuning run
 (:mod:`kikimimi.evaluation.finetune`), stating how the test epoch was selected; :func:`load_finetune_rows`
@@ -30,7 +35,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ import numpy as np
 
 from kikimimi import __version__
 from kikimimi.evaluation.baselines import LogMelStats
+from kikimimi.evaluation.caption_metrics import CaptionScores, metrics_table
 from kikimimi.evaluation.cluster_plot import plot_clusters
 from kikimimi.evaluation.embeddings import embed_task
 from kikimimi.evaluation.encoder_settings import encoder_settings, task_norm_stats
@@ -274,7 +280,8 @@ def run_evaluation(specs: Sequence[ModelSpec], tasks: Sequence[Task], out_dir: s
                    seeds: Sequence[int] = (42, 43, 44), hidden: Sequence[int] = (), device: str = "cpu",
                    plots: bool = True, progress: bool = False, log: Callable[[str], None] | None = None,
                    map_method: str = "tsne", probes: Sequence[str] = PROBES,
-                   finetune: Sequence[FinetuneRow] = ()) -> EvalOutcome:
+                   finetune: Sequence[FinetuneRow] = (),
+                   captions: Mapping[str, CaptionScores] | None = None) -> EvalOutcome:
     """Evaluate every model on every task with every probe and write the report files (module docstring).
 
     Args:
@@ -282,6 +289,8 @@ def run_evaluation(specs: Sequence[ModelSpec], tasks: Sequence[Task], out_dir: s
             at the top level; every probe is under ``probes``).
         finetune: fine-tuning rows to merge (:func:`load_finetune_rows`).
         map_method: ``"tsne"`` or ``"umap"`` (optional ``umap-learn``) for the per-task cluster figure.
+        captions: system name → caption scores (:func:`kikimimi.evaluation.caption_metrics.caption_scores`),
+            e.g. ``{"captioner": …, "nearest neighbour": …}``, added as the report's "Captions" section.
 
     Raises:
         TaskError: a task's valid/test labels are missing from its training data (checked before embedding).
@@ -338,7 +347,8 @@ def run_evaluation(specs: Sequence[ModelSpec], tasks: Sequence[Task], out_dir: s
             map_name = {"tsne": "t-SNE", "umap": "UMAP"}.get(map_method, map_method)
             plot_clusters(panels, out / _slug(task.name) / "clusters.png", method=map_method,
                           title=f"{task.name}: {map_name} of test embeddings (fold {embs.folds[0].index})")
-    _write_reports(outcome, specs, tasks, notes, seeds, hidden, probes, list(finetune), __version__)
+    _write_reports(outcome, specs, tasks, notes, seeds, hidden, probes, list(finetune), __version__,
+                   dict(captions or {}))
     return outcome
 
 
@@ -375,7 +385,8 @@ def _settings_text(result: ProbeResult) -> str:
     return text
 
 
-def _write_reports(outcome: EvalOutcome, specs, tasks, notes, seeds, hidden, probes, finetune, version: str) -> None:
+def _write_reports(outcome: EvalOutcome, specs, tasks, notes, seeds, hidden, probes, finetune, version: str,
+                   captions: Mapping[str, CaptionScores] | None = None) -> None:
     out = outcome.out_dir
     assert out is not None
     names = [s.name for s in specs]
@@ -478,9 +489,35 @@ def _write_reports(outcome: EvalOutcome, specs, tasks, notes, seeds, hidden, pro
     csv_rows += [_zs_csv_with_probe(row) for row in zs_csv]
     if zs_json:
         report["zero_shot"] = zs_json
+    if captions:
+        lines += ["", *caption_report_rows(captions)]
+        report["captions"] = caption_report_json(captions)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "scores.csv", "\n".join(csv_rows) + "\n")
     atomic_write_json(out / "report.json", _jsonable(report))
+
+
+def caption_report_rows(scores: Mapping[str, CaptionScores]) -> list[str]:
+    """The "Captions" section of ``report.md``: a heading, what the numbers are, and one table row per system
+    (e.g. ``captioner``, ``nearest neighbour``) from :func:`~kikimimi.evaluation.caption_metrics.metrics_table`
+    (the table ``kikimimi eval-captions`` prints), with the metrics that could not run named under it."""
+    if not scores:
+        return []
+    counts = {s.n for s in scores.values()}
+    clips = (f"{counts.pop()} clips" if len(counts) == 1
+             else "clips: " + ", ".join(f"{name} {s.n}" for name, s in scores.items()))
+    tokenizers = ", ".join(sorted({s.tokenizer for s in scores.values()}))
+    text = (f"Corpus-level caption metrics (pycocoevalcap, {tokenizers} tokenizer) of each system's captions "
+            f"against the reference captions ({clips}).")
+    if any("nearest" in name.lower() for name in scores):
+        text += (" The nearest-neighbour row is the baseline: the caption of the closest training clip (cosine of "
+                 "pooled audio embeddings).")
+    return ["## Captions", "", text, "", metrics_table(scores)]
+
+
+def caption_report_json(scores: Mapping[str, CaptionScores]) -> dict[str, Any]:
+    """The ``captions`` entry of ``report.json``: system → ``{"scores", "unavailable", "n", "tokenizer"}``."""
+    return {name: s.to_dict() for name, s in scores.items()}
 
 
 def _zs_csv_with_probe(row: str) -> str:

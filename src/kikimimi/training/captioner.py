@@ -6,7 +6,8 @@ tensor per clip key), the (clip, question, answer) examples and the settings; it
 ``log.jsonl`` with ``samples_per_s``, a progress bar; resumable) and returns the trained method. Writing the
 captioner folder is the caller's job (:mod:`kikimimi.apps.captioning`).
 
-Settings (a JSON dict stored in every checkpoint's ``args``): ``lm`` (spec), ``train_lm``, ``mapper``
+Settings (a JSON dict stored in every checkpoint's ``args``): ``lm`` (spec), ``train_lm``, ``lora`` (``None`` or
+:class:`~kikimimi.models.captioning.LoraSettings` fields: ``rank``, ``alpha``, ``targets``), ``mapper``
 (:class:`~kikimimi.models.captioning.MapperConfig` fields but ``in_dim``/``lm_dim``), ``steps``, ``batch_size``,
 ``lr``, ``weight_decay``, ``warmup_steps``, ``seed``, ``device``, ``amp``, ``save_every``, ``max_tokens``,
 ``progress``, ``workers``.
@@ -24,7 +25,7 @@ import torch
 from kikimimi.data.caption_qa import Example, PrefixCaptionDataset
 from kikimimi.fileio import atomic_write_json
 from kikimimi.methods.captioner import CaptionerMethod
-from kikimimi.models.captioning import MapperConfig, load_causal_lm
+from kikimimi.models.captioning import LoraSettings, MapperConfig, load_causal_lm
 from kikimimi.training.trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = ["CAPTIONER_DEFAULTS", "CaptionerFit", "fit_captioner"]
@@ -34,6 +35,7 @@ CAPTIONER_DEFAULTS: dict[str, Any] = {
     "lm": "smollm2",
     "train_lm": False,
     "lm_lr_scale": 1.0,
+    "lora": None,
     "mapper": {"prefix_len": 8, "width": 256, "depth": 2, "heads": 4, "max_frames": 512},
     "steps": 1000,
     "batch_size": 16,
@@ -90,18 +92,22 @@ def fit_captioner(
     """
     s: dict[str, Any] = {**CAPTIONER_DEFAULTS, **dict(settings)}
     s["mapper"] = {**CAPTIONER_DEFAULTS["mapper"], **dict(settings.get("mapper") or {})}
+    lora = LoraSettings.from_dict(s["lora"]) if s.get("lora") else None
+    s["lora"] = lora.to_dict() if lora is not None else None
     model, tokenizer = lm if lm is not None else load_causal_lm(str(s["lm"]))
     dataset = PrefixCaptionDataset(examples, features, tokenizer, max_frames=int(s["mapper"]["max_frames"]),
                                    max_tokens=int(s["max_tokens"]))
     lm_dim = int(model.get_input_embeddings().weight.shape[1])
     mapper_cfg = MapperConfig(in_dim=dataset.dim, lm_dim=lm_dim, **{k: int(v) for k, v in s["mapper"].items()})
     torch.manual_seed(int(s["seed"]))
-    method = CaptionerMethod(mapper_cfg, model, train_lm=bool(s["train_lm"]), lm_lr_scale=float(s["lm_lr_scale"]))
+    method = CaptionerMethod(mapper_cfg, model, train_lm=bool(s["train_lm"]), lm_lr_scale=float(s["lm_lr_scale"]),
+                             lora=lora)
     run_dir = Path(run_dir)
     steps = int(s["steps"])
     warmup = s["warmup_steps"] if s["warmup_steps"] is not None else max(1, steps // 20)
+    size = f"K{mapper_cfg.prefix_len}-w{mapper_cfg.width}-d{mapper_cfg.depth}" + (f"-lora{lora.rank}" if lora else "")
     cfg = TrainConfig(
-        method="captioner", size=f"K{mapper_cfg.prefix_len}-w{mapper_cfg.width}-d{mapper_cfg.depth}", steps=steps,
+        method="captioner", size=size, steps=steps,
         batch_size=min(int(s["batch_size"]), len(dataset)), lr=float(s["lr"]), optimizer="adamw",
         betas=(0.9, 0.999), weight_decay=float(s["weight_decay"]), schedule="cosine", warmup_steps=int(warmup),
         grad_clip=s["grad_clip"], amp=str(s["amp"]), device=str(s["device"]), seed=int(s["seed"]),

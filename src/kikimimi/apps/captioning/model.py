@@ -5,8 +5,11 @@ The captioner folder (written by :func:`save_captioner`)::
     DIR/captioner.json       {"format": "kikimimi-captioner", "format_version": 1, "audio_model": path,
                               "audio_embedding_dim", "lm": {"spec", "folder"}, "mapper": MapperConfig,
                               "caption_question", "generation": {"beam_size", "max_new_tokens"},
-                              "window_s", "training": {...}}
+                              "window_s", "training": {...}, "lora": null | {"rank", "alpha", "targets",
+                              "weights": "lora.safetensors"}}
     DIR/model.safetensors    mapper.* (the trained mapper)
+    DIR/lora.safetensors     only with LoRA: the adapter tensors of the frozen language model, by parameter name
+                             (``…q_proj.lora_A.default.weight``); the base model is the one named by lm.spec
     DIR/lm/                  only when the language model was trained (save_pretrained: config, weights,
                              tokenizer); otherwise the language model is the one named by lm.spec
     DIR/nn_bank.safetensors  "embeddings" [N, D]: pooled clip embeddings of the training clips, and
@@ -38,13 +41,18 @@ from kikimimi.inference.encoder import AudioEncoder, AudioInput, load
 from kikimimi.models.captioning import (
     CAPTION_EXTRA_HINT,
     CAPTION_QUESTION,
+    LoraSettings,
     MapperConfig,
     PrefixMapper,
+    add_lora,
     clean_decoded,
     generate,
     load_causal_lm,
+    load_lora_state_dict,
+    lora_state_dict,
     prompt_ids,
 )
+from kikimimi.models.text import TextEncoderError
 from kikimimi.models.text_loading import _quiet_hf
 
 __all__ = [
@@ -56,12 +64,14 @@ __all__ = [
     "is_captioner_folder",
     "load_audio_model",
     "load_captioner",
+    "nearest_neighbour_baseline",
     "save_captioner",
 ]
 
 CAPTIONER_FORMAT = "kikimimi-captioner"
 CONFIG_NAME = "captioner.json"
 WEIGHTS_NAME = "model.safetensors"
+LORA_WEIGHTS_NAME = "lora.safetensors"
 
 
 class CaptionerError(ValueError):
@@ -95,15 +105,25 @@ def save_captioner(out_dir: str | os.PathLike, *, mapper: PrefixMapper, lm: nn.M
                    lm_trained: bool, lm_spec: str, audio_model: str | os.PathLike, audio_embedding_dim: int,
                    window_s: float = 10.0, generation: dict[str, Any] | None = None,
                    training: dict[str, Any] | None = None, nn_bank: tuple[np.ndarray, list[str], list[str]] | None
-                   = None) -> Path:
+                   = None, lora: LoraSettings | None = None) -> Path:
     """Write a captioner folder (see the module docstring); returns it. ``nn_bank`` = (embeddings [N, D], keys,
-    captions) of the training clips."""
+    captions) of the training clips. ``lora``: the settings of the adapters inside ``lm`` (their tensors go to
+    ``lora.safetensors``; the frozen base model is not written)."""
+    if lora is not None and lm_trained:
+        raise ValueError("save_captioner: a trained language model has no LoRA adapters to store apart")
     st = _safetensors()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {f"mapper.{k}": v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()}
     atomic_write_bytes(out / WEIGHTS_NAME, st.save(state))
     lm_folder = None
+    lora_cfg = None
+    if lora is not None:
+        adapters = lora_state_dict(lm)
+        if not adapters:
+            raise ValueError("save_captioner: lora= given but the language model has no LoRA adapters")
+        atomic_write_bytes(out / LORA_WEIGHTS_NAME, st.save(adapters))
+        lora_cfg = {**lora.to_dict(), "weights": LORA_WEIGHTS_NAME}
     if lm_trained:
         lm_folder = "lm"
         with _quiet_hf():
@@ -124,6 +144,7 @@ def save_captioner(out_dir: str | os.PathLike, *, mapper: PrefixMapper, lm: nn.M
         "generation": {"beam_size": 3, "max_new_tokens": 30, "length_penalty": 0.0, **(generation or {})},
         "window_s": float(window_s),
         "training": training or {},
+        "lora": lora_cfg,
     }  # fmt: skip
     atomic_write_json(out / CONFIG_NAME, config)
     return out
@@ -243,25 +264,10 @@ class Captioner:
     def nearest_neighbour_caption(self, audio: AudioInput, sample_rate: int | None = None) -> list[str]:
         """The nearest-neighbour baseline: the caption of the training clip whose pooled embedding is closest
         (cosine) to each input's."""
-        if self.nn_bank is None:
-            raise CaptionerError("this captioner folder has no nn_bank (train it with kikimimi train-captioner)")
-        bank, caps = self.nn_bank
-        emb = torch.stack([self.encoder.encoder.pool(f) for f in self.frames(audio, sample_rate)])
-        sims = nn.functional.normalize(emb, dim=-1) @ nn.functional.normalize(bank, dim=-1).T
-        return [caps[int(i)] for i in sims.argmax(dim=1)]
+        return _nn_captions(self.encoder, self.nn_bank, audio, sample_rate)
 
 
-def load_captioner(path: str | os.PathLike, *, audio_model: str | os.PathLike | None = None,
-                   device: str | torch.device | None = "cpu") -> Captioner:
-    """Load a captioner folder written by ``kikimimi train-captioner`` (:func:`save_captioner`).
-
-    Args:
-        audio_model: the audio encoder to use instead of the one the folder names (same embedding size).
-
-    Raises:
-        CaptionerError: not a captioner folder, missing weights or audio model, mismatched sizes.
-    """
-    folder = Path(path)
+def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
         raise CaptionerError(f"'{folder}': not a captioner folder (no {CONFIG_NAME}); train one with "
@@ -272,12 +278,11 @@ def load_captioner(path: str | os.PathLike, *, audio_model: str | os.PathLike | 
         raise CaptionerError(f"'{cfg_path}': unreadable ({exc})") from exc
     if config.get("format") != CAPTIONER_FORMAT:
         raise CaptionerError(f"'{cfg_path}': format {config.get('format')!r}, expected {CAPTIONER_FORMAT!r}")
-    st = _safetensors()
-    weights = folder / WEIGHTS_NAME
-    try:
-        state = st.load_file(str(weights))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for missing/corrupt files
-        raise CaptionerError(f"'{weights}': cannot read the mapper weights ({exc})") from exc
+    return config
+
+
+def _load_encoder(folder: Path, config: dict[str, Any], audio_model: str | os.PathLike | None,
+                  device: str | torch.device | None) -> AudioEncoder:
     source = audio_model or config["audio_model"]
     if not Path(source).exists():
         raise CaptionerError(f"'{folder}': its audio model '{source}' is not there; pass audio_model= "
@@ -286,19 +291,99 @@ def load_captioner(path: str | os.PathLike, *, audio_model: str | os.PathLike | 
     if encoder.embedding_dim != int(config["audio_embedding_dim"]):
         raise CaptionerError(f"'{folder}': trained on {config['audio_embedding_dim']}-d audio frames, but "
                              f"'{source}' gives {encoder.embedding_dim}-d frames")
+    return encoder
+
+
+def _load_bank(folder: Path, st: Any) -> tuple[torch.Tensor, list[str]] | None:
+    if (folder / "nn_bank.safetensors").is_file() and (folder / "nn_bank.json").is_file():
+        emb = st.load_file(str(folder / "nn_bank.safetensors"))["embeddings"]
+        return emb, list(json.loads((folder / "nn_bank.json").read_text())["captions"])
+    return None
+
+
+def _nn_captions(encoder: AudioEncoder, bank: tuple[torch.Tensor, list[str]] | None, audio: AudioInput,
+                 sample_rate: int | None) -> list[str]:
+    """The caption of the bank clip whose pooled embedding is closest (cosine) to each input's."""
+    if bank is None:
+        raise CaptionerError("this captioner folder has no nn_bank (train it with kikimimi train-captioner)")
+    emb_bank, caps = bank
+    feats, _ = encoder.embed_frames(audio, sample_rate, stack=False)
+    emb = torch.stack([encoder.encoder.pool(torch.as_tensor(np.asarray(f), dtype=torch.float32)) for f in feats])
+    sims = nn.functional.normalize(emb, dim=-1) @ nn.functional.normalize(emb_bank, dim=-1).T
+    return [caps[int(i)] for i in sims.argmax(dim=1)]
+
+
+def load_captioner(path: str | os.PathLike, *, audio_model: str | os.PathLike | None = None,
+                   device: str | torch.device | None = "cpu") -> Captioner:
+    """Load a captioner folder written by ``kikimimi train-captioner`` (:func:`save_captioner`).
+
+    Args:
+        audio_model: the audio encoder to use instead of the one the folder names (same embedding size).
+
+    Raises:
+        CaptionerError: not a captioner folder, missing weights or audio model, mismatched sizes; LoRA
+            adapters without ``peft`` (the message names ``pip install "kikimimi[lora]"``).
+    """
+    folder = Path(path)
+    config = _read_config(folder)
+    st = _safetensors()
+    weights = folder / WEIGHTS_NAME
+    try:
+        state = st.load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for missing/corrupt files
+        raise CaptionerError(f"'{weights}': cannot read the mapper weights ({exc})") from exc
+    encoder = _load_encoder(folder, config, audio_model, device)
     lm_cfg = config["lm"]
     lm, tokenizer = load_causal_lm(str(folder / lm_cfg["folder"]) if lm_cfg.get("folder") else lm_cfg["spec"])
+    if config.get("lora"):
+        _apply_saved_lora(folder, config["lora"], lm, st)
     mapper = PrefixMapper(MapperConfig.from_dict(config["mapper"]))
     mapper_state = {k.removeprefix("mapper."): v for k, v in state.items() if k.startswith("mapper.")}
     try:
         mapper.load_state_dict(mapper_state, strict=True)
     except RuntimeError as exc:
         raise CaptionerError(f"'{weights}': mapper weights do not fit its config ({exc})") from exc
-    bank = None
-    if (folder / "nn_bank.safetensors").is_file() and (folder / "nn_bank.json").is_file():
-        emb = st.load_file(str(folder / "nn_bank.safetensors"))["embeddings"]
-        bank = (emb, list(json.loads((folder / "nn_bank.json").read_text())["captions"]))
-    return Captioner(encoder, mapper, lm, tokenizer, config, bank)
+    return Captioner(encoder, mapper, lm, tokenizer, config, _load_bank(folder, st))
+
+
+def nearest_neighbour_baseline(path: str | os.PathLike, audio: AudioInput, *, sample_rate: int | None = None,
+                               audio_model: str | os.PathLike | None = None,
+                               device: str | torch.device | None = "cpu") -> list[str]:
+    """The nearest-neighbour baseline of a captioner folder for ``audio`` (files or waveforms, input order):
+    the caption of the training clip whose pooled embedding is closest (cosine) — what
+    :meth:`Captioner.nearest_neighbour_caption` gives, without loading the language model.
+
+    Raises:
+        CaptionerError: not a captioner folder, no nn_bank, missing or mismatched audio model.
+        kikimimi.audio.decode.AudioDecodeError: an unreadable file.
+    """
+    folder = Path(path)
+    config = _read_config(folder)
+    bank = _load_bank(folder, _safetensors())
+    if bank is None:
+        raise CaptionerError(f"'{folder}': no nn_bank (train it with kikimimi train-captioner)")
+    return _nn_captions(_load_encoder(folder, config, audio_model, device), bank, audio, sample_rate)
+
+
+def _apply_saved_lora(folder: Path, cfg: dict[str, Any], lm: nn.Module, st: Any) -> None:
+    """Re-inject the folder's LoRA adapters into the freshly loaded base model and load their tensors."""
+    path = folder / str(cfg.get("weights") or LORA_WEIGHTS_NAME)
+    try:
+        settings = LoraSettings.from_dict(cfg)
+        add_lora(lm, settings)
+    except TextEncoderError as exc:  # peft missing
+        raise CaptionerError(f"'{folder}': its language model has LoRA adapters: {exc}") from exc
+    except (KeyError, ValueError) as exc:
+        raise CaptionerError(f"'{folder}': its LoRA settings do not fit the language model ({exc})") from exc
+    try:
+        state = st.load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for missing/corrupt files
+        raise CaptionerError(f"'{path}': cannot read the LoRA adapter weights ({exc})") from exc
+    try:
+        load_lora_state_dict(lm, state)
+    except ValueError as exc:
+        raise CaptionerError(f"'{path}': {exc}") from exc
+    lm.eval()
 
 
 def caption_files(captioner: Captioner, inputs: Sequence[str | os.PathLike], *, question: str | None = None,

@@ -4,7 +4,8 @@
    and the optional question–answer list (``file_name,question,answer``) or label QA pairs;
 2. compute every captioned clip's frame features ``[T, D]`` once with the frozen audio encoder (unreadable
    clips are reported and skipped);
-3. train the mapper (and a small language model when ``train_lm``) with the pre-training loop
+3. train the mapper (and a small language model when ``train_lm``, or LoRA adapters on the frozen one with
+   ``lora``) with the pre-training loop
    (:func:`kikimimi.training.captioner.fit_captioner`; resumable from the run folder);
 4. write the captioner folder ``<run>/captioner`` (:func:`~kikimimi.apps.captioning.model.save_captioner`)
    with the nearest-neighbour bank of the training clips.
@@ -29,7 +30,7 @@ from kikimimi.checkpoints.runs import find_resume_checkpoint
 from kikimimi.data.caption_qa import caption_examples, read_qa_csv
 from kikimimi.data.captions import CaptionTable
 from kikimimi.inference.encoder import AudioEncoder
-from kikimimi.models.captioning import load_causal_lm
+from kikimimi.models.captioning import LoraSettings, load_causal_lm, require_peft
 from kikimimi.training.captioner import CAPTIONER_DEFAULTS, fit_captioner
 from kikimimi.training.trainer import load_training_checkpoint
 
@@ -99,13 +100,16 @@ def train_captioner(
         run_dir: the run folder (checkpoints, ``log.jsonl``, ``config.json``, ``captioner/``).
         qa: question–answer CSV (``file_name,question,answer``) or key → [(question, answer)].
         settings: over :data:`kikimimi.training.captioner.CAPTIONER_DEFAULTS` (``lm``, ``steps``, ``batch_size``,
-            ``lr``, ``train_lm``, ``mapper``…). resume: continue the run in ``run_dir`` from its newest
-            checkpoint (its saved settings win over ``settings`` but ``steps``/``progress``/``device``).
+            ``lr``, ``train_lm``, ``lora`` = ``{"rank", "alpha", "targets"}``, ``mapper``…).
+        resume: continue the run in ``run_dir`` from its newest checkpoint (its saved settings win over
+            ``settings`` but ``steps``/``progress``/``device``).
         window_s: window length for long files at caption time (default: the longest training clip, ≥ 1 s).
         log: receives progress lines; ``None`` = quiet.
 
     Raises:
-        kikimimi.data.captions.CaptionError: unreadable caption/QA lists; ValueError: no usable clip.
+        kikimimi.data.captions.CaptionError: unreadable caption/QA lists; ValueError: no usable clip, LoRA
+            together with ``train_lm``; kikimimi.models.text.TextEncoderError: ``lora`` without ``peft`` (the
+            message names ``pip install "kikimimi[lora]"``).
     """
     log = log or (lambda _line: None)
     run_dir = Path(run_dir)
@@ -117,6 +121,11 @@ def train_captioner(
         keep = {k: s[k] for k in ("steps", "progress", "device", "save_every") if settings and k in settings}
         s = {**saved, **keep}
         log(f"resuming {run_dir} from {Path(resume_from).name}")
+    if s.get("lora"):  # before any clip is embedded
+        LoraSettings.from_dict(s["lora"])
+        if s.get("train_lm"):
+            raise ValueError("LoRA adapters train on a frozen language model; train_lm trains all of it — choose one")
+        require_peft()
     table = captions if isinstance(captions, CaptionTable) else CaptionTable.load(captions)
     qa_pairs = read_qa_csv(qa) if isinstance(qa, (str, os.PathLike)) else dict(qa or {})
     unknown = sorted(set(qa_pairs) - set(table.keys))
@@ -143,7 +152,7 @@ def train_captioner(
     bank = torch.stack([encoder.encoder.pool(feats[k]) for k in bank_keys]).numpy()
     model_dir = save_captioner(
         run_dir / "captioner", mapper=fit.method.mapper, lm=fit.method.language_model, tokenizer=fit.tokenizer,
-        lm_trained=bool(s["train_lm"]), lm_spec=str(s["lm"]), audio_model=audio_model,
+        lm_trained=bool(s["train_lm"]), lm_spec=str(s["lm"]), audio_model=audio_model, lora=fit.method.lora_settings,
         audio_embedding_dim=encoder.embedding_dim, window_s=float(window_s),
         training={"run_dir": str(run_dir), "steps": fit.result.step, "captions": table.source,
                   "n_clips": len(feats), "n_examples": len(fit.dataset), "skipped": len(skipped),
