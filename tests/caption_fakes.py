@@ -1,10 +1,13 @@
 """Test helpers for the captioner tests: a tiny random Llama with a word-level tokenizer (built here with
 transformers' LlamaConfig and a ``tokenizers`` WordLevel model), a tiny M2D encoder file and templated
-captions of generated clips."""
+captions of generated clips; a few optimiser steps on a random caption batch; a resume
+from a run's earlier checkpoint; a hand-made caption example
+for the metric tests."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import official_layouts as ol
@@ -12,6 +15,14 @@ import torch
 
 TEMPLATE = "the sound of a {w}."
 QUESTION = "What sound is this?"
+#: a hand-made caption example (predictions and references per clip) for the metric and report tests
+PRED = {"dog": "A dog barks loudly.", "rain": "rain falls on a roof", "car": "a car passes by", "bird": "birds sing"}
+REFS = {
+    "dog": ["A dog is barking.", "The dog barks loudly at night.", "a small dog barks"],
+    "rain": ["Rain is falling on a tin roof.", "heavy rain on the roof"],
+    "car": ["A car drives past.", "a vehicle passes by on a road", "traffic noise"],
+    "bird": ["Birds are singing in the trees.", "birds chirp and sing"],
+}
 
 
 def words(label: str) -> str:
@@ -65,3 +76,36 @@ def write_captions(labels_csv: Path, splits: tuple[str, ...] = ("train",)) -> tu
         w.writerow(["file_name", "question", "answer"])
         w.writerows((r["file_name"], QUESTION, f"A {words(r['label'])}.") for r in rows)
     return cap, qa
+
+
+def train_steps(method: torch.nn.Module, optimiser: torch.optim.Optimizer, steps: int = 3) -> None:
+    """``steps`` optimiser steps of a captioner method (8-d frames, token ids below 20) on one seeded random
+    batch of 4: frames ``[4, 5, 8]``, token ids ``[4, 6]``, labels = the ids."""
+    g = torch.Generator().manual_seed(0)
+    batch = {"frames": torch.randn(4, 5, 8, generator=g), "frame_mask": torch.ones(4, 5, dtype=torch.bool),
+             "input_ids": torch.randint(4, 20, (4, 6), generator=g),
+             "attention_mask": torch.ones(4, 6, dtype=torch.long)}
+    batch["labels"] = batch["input_ids"].clone()
+    method.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        method(batch)["loss"].backward()
+        optimiser.step()
+
+
+def resume_from_earlier_checkpoint(trained, data: dict, tmp_path: Path, steps: int, save_every: int):
+    """Copy a finished captioner run, delete its final checkpoint (step ``steps``), resume it and check that the
+    resumed steps are those after ``save_every`` with the same losses; returns the resumed training."""
+    import pytest
+
+    from kikimimi.apps.captioning import train_captioner
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained.run_dir, copy)
+    (copy / f"checkpoint-{steps}.pth").unlink()
+    resumed = train_captioner(data["encoder"], data["captions"], copy, qa=data["qa"], resume=True,
+                              settings={"progress": False})
+    assert sorted(resumed.losses) == list(range(save_every + 1, steps + 1))
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(trained.losses[step], rel=1e-5, abs=1e-6), step
+    return resumed

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("pycocoevalcap")
 
+from caption_fakes import PRED, REFS  # noqa: E402
 from pycocoevalcap.bleu.bleu import Bleu  # noqa: E402
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
 from pycocoevalcap.rouge.rouge import Rouge  # noqa: E402
@@ -23,14 +24,6 @@ from kikimimi.evaluation.caption_metrics import (  # noqa: E402
     nearest_neighbour_captions,
     spice_status,
 )
-
-PRED = {"dog": "A dog barks loudly.", "rain": "rain falls on a roof", "car": "a car passes by", "bird": "birds sing"}
-REFS = {
-    "dog": ["A dog is barking.", "The dog barks loudly at night.", "a small dog barks"],
-    "rain": ["Rain is falling on a tin roof.", "heavy rain on the roof"],
-    "car": ["A car drives past.", "a vehicle passes by on a road", "traffic noise"],
-    "bird": ["Birds are singing in the trees.", "birds chirp and sing"],
-}
 
 
 def _reference(gts, res) -> dict[str, float]:

@@ -8,7 +8,6 @@ import csv
 import itertools
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,16 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from caption_fakes import QUESTION, TEMPLATE, words, write_captions, write_tiny_encoder, write_tiny_llama  # noqa: E402
+from caption_fakes import (  # noqa: E402
+    QUESTION,
+    TEMPLATE,
+    resume_from_earlier_checkpoint,
+    train_steps,
+    words,
+    write_captions,
+    write_tiny_encoder,
+    write_tiny_llama,
+)
 
 from kikimimi.apps.captioning import load_captioner, train_captioner  # noqa: E402
 from kikimimi.audio.synthetic import SOUND_CLASSES, make_dataset  # noqa: E402
@@ -97,14 +105,7 @@ def test_captioner_folder_records_audio_model_lm_and_mapper(data, trained):
 
 
 def test_resume_gives_the_same_next_losses(data, trained, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(trained.run_dir, copy)
-    (copy / f"checkpoint-{STEPS}.pth").unlink()
-    resumed = train_captioner(data["encoder"], data["captions"], copy, qa=data["qa"], resume=True,
-                              settings={"progress": False})
-    assert sorted(resumed.losses) == list(range(SAVE_EVERY + 1, STEPS + 1))
-    for step, loss in resumed.losses.items():
-        assert loss == pytest.approx(trained.losses[step], rel=1e-5, abs=1e-6), step
+    resume_from_earlier_checkpoint(trained, data, tmp_path, STEPS, SAVE_EVERY)
 
 
 def test_a_frozen_language_model_is_neither_trained_nor_saved(data):
@@ -115,16 +116,7 @@ def test_a_frozen_language_model_is_neither_trained_nor_saved(data):
     assert set(method.export_official_state_dict()) == set(method.state_dict())
     opt = torch.optim.AdamW([p for g in method.param_groups(0.0) for p in g["params"]], lr=1e-2)
     mapper_before = {k: v.clone() for k, v in method.mapper.state_dict().items()}
-    g = torch.Generator().manual_seed(0)
-    batch = {"frames": torch.randn(4, 5, 8, generator=g), "frame_mask": torch.ones(4, 5, dtype=torch.bool),
-             "input_ids": torch.randint(4, 20, (4, 6), generator=g),
-             "attention_mask": torch.ones(4, 6, dtype=torch.long)}
-    batch["labels"] = batch["input_ids"].clone()
-    method.train()
-    for _ in range(3):
-        opt.zero_grad()
-        method(batch)["loss"].backward()
-        opt.step()
+    train_steps(method, opt)
     assert not lm.training
     assert all(torch.equal(v, before[k]) for k, v in lm.state_dict().items())
     assert any(not torch.equal(v, mapper_before[k]) for k, v in method.mapper.state_dict().items())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sys
 
 import pytest
@@ -15,7 +14,16 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from caption_fakes import QUESTION, TEMPLATE, words, write_captions, write_tiny_encoder, write_tiny_llama  # noqa: E402
+from caption_fakes import (  # noqa: E402
+    QUESTION,
+    TEMPLATE,
+    resume_from_earlier_checkpoint,
+    train_steps,
+    words,
+    write_captions,
+    write_tiny_encoder,
+    write_tiny_llama,
+)
 
 from kikimimi.apps.captioning import load_captioner, train_captioner  # noqa: E402
 from kikimimi.apps.captioning.model import Captioner, CaptionerError, load_audio_model, save_captioner  # noqa: E402
@@ -90,16 +98,7 @@ def test_only_the_mapper_and_the_adapters_train(data):
     assert {id(p) for p in method.lora.parameters()} == {id(p) for n, p in lm.named_parameters() if n in trainable}
     adapters_before = {n: p.detach().clone() for n, p in lm.named_parameters() if n in trainable}
     opt = torch.optim.AdamW(opt_params, lr=1e-2, weight_decay=0.0)
-    g = torch.Generator().manual_seed(0)
-    batch = {"frames": torch.randn(4, 5, 8, generator=g), "frame_mask": torch.ones(4, 5, dtype=torch.bool),
-             "input_ids": torch.randint(4, 20, (4, 6), generator=g),
-             "attention_mask": torch.ones(4, 6, dtype=torch.long)}
-    batch["labels"] = batch["input_ids"].clone()
-    method.train()
-    for _ in range(3):
-        opt.zero_grad()
-        method(batch)["loss"].backward()
-        opt.step()
+    train_steps(method, opt)
     assert not lm.training
     after = dict(lm.named_parameters())
     for name, value in adapters_before.items():  # every adapter tensor moved (B from 0, A from step 2)
@@ -144,14 +143,7 @@ def test_reloaded_captioner_equals_the_trained_one(data, tmp_path):
 def test_resume_restores_the_adapters(data, trained, tmp_path):
     cfg = json.loads((trained.model_dir / "captioner.json").read_text())
     assert cfg["lora"]["rank"] == 4 and (trained.model_dir / "lora.safetensors").is_file()
-    copy = tmp_path / "run"
-    shutil.copytree(trained.run_dir, copy)
-    (copy / f"checkpoint-{STEPS}.pth").unlink()
-    resumed = train_captioner(data["encoder"], data["captions"], copy, qa=data["qa"], resume=True,
-                              settings={"progress": False})
-    assert sorted(resumed.losses) == list(range(SAVE_EVERY + 1, STEPS + 1))
-    for step, loss in resumed.losses.items():
-        assert loss == pytest.approx(trained.losses[step], rel=1e-5, abs=1e-6), step
+    resumed = resume_from_earlier_checkpoint(trained, data, tmp_path, STEPS, SAVE_EVERY)
     from safetensors.torch import load_file
 
     a = load_file(str(trained.model_dir / "lora.safetensors"))

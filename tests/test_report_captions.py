@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("pycocoevalcap")
 
+from caption_fakes import PRED, REFS  # noqa: E402
+
 from kikimimi.audio.synthetic import make_dataset  # noqa: E402
 from kikimimi.cli import main  # noqa: E402
 from kikimimi.evaluation.baselines import LogMelStats  # noqa: E402
@@ -24,14 +26,7 @@ from kikimimi.evaluation.caption_metrics import (  # noqa: E402
 from kikimimi.evaluation.report import ModelSpec, caption_report_rows, run_evaluation  # noqa: E402
 from kikimimi.evaluation.tasks import Task  # noqa: E402
 
-PRED = {"dog": "A dog barks loudly.", "rain": "rain falls on a roof", "car": "a car passes by", "bird": "birds sing"}
 NN = {"dog": "a small dog barks", "rain": "a car drives past", "car": "traffic noise", "bird": "heavy rain"}
-REFS = {
-    "dog": ["A dog is barking.", "The dog barks loudly at night.", "a small dog barks"],
-    "rain": ["Rain is falling on a tin roof.", "heavy rain on the roof"],
-    "car": ["A car drives past.", "a vehicle passes by on a road", "traffic noise"],
-    "bird": ["Birds are singing in the trees.", "birds chirp and sing"],
-}
 SHOWN = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr-D")
 
 

@@ -2,7 +2,7 @@
 nearest-neighbour baseline.
 
     python benchmarks/open_suite/run_captions.py [--small | --smoke] [--cache DIR] [--llm tiny|smollm2|DIR]
-                                                 [--steps N] [--encoders-only]
+                                                 [--steps N] [--batch-size B] [--lora-rank R] [--encoders-only]
 
 1. ``build_data.build`` (skips what exists); the train side of ``captions.csv`` (task train + valid clips, train
    templates) and the test side (unseen prompts / kits / programs, the TimGM6mb source, *test* templates);
@@ -16,7 +16,8 @@ nearest-neighbour baseline.
    clip, cosine of pooled embeddings): BLEU-1..4, METEOR, ROUGE-L, CIDEr-D against the test references, key-word
    accuracy per task (the caption names the clip's label: the longest label phrase it contains, whole words) and
    ``ask`` accuracy;
-5. ``captions_results.md`` / ``captions_results.json`` in ``<cache>/<scale>/`` with example captions.
+5. ``captions_results.md`` / ``captions_results.json`` in ``<cache>/<scale>/`` with example captions (for another
+   ``--llm``: ``captions_results-<llm>[-lora<R>].md`` / ``.json``).
 
 Because test captions use templates never seen in training, n-gram metrics mostly measure the shared content
 words; the key-word accuracy is the direct check.
@@ -121,11 +122,13 @@ def train_one(name: str, encoder: Path, lists: dict[str, Path], data: Path, args
     from kikimimi.data.caption_qa import LABEL_QUESTIONS, read_qa_csv
     from kikimimi.data.captions import CaptionTable
 
-    run_dir = data / "captioning" / "runs" / f"{name}-{Path(args.llm).name}-{args.steps}"
+    lora = f"-lora{args.lora_rank}" if args.lora_rank else ""
+    run_dir = data / "captioning" / "runs" / f"{name}-{Path(args.llm).name}{lora}-{args.steps}"
     if (run_dir / "captioner" / "captioner.json").is_file():
         log(f"   {run_dir.name}: already trained")
         return run_dir / "captioner"
-    settings: dict[str, Any] = {"steps": args.steps, "batch_size": 32, "seed": args.seed, "progress": False,
+    settings: dict[str, Any] = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+                                "progress": False,
                                 "keep_checkpoints": 1, "save_every": max(100, args.steps // 4), "log_every": 50}
     resume = any(run_dir.glob("checkpoint-*.pth"))
     if args.llm == "tiny":
@@ -141,6 +144,8 @@ def train_one(name: str, encoder: Path, lists: dict[str, Path], data: Path, args
                         mapper={"prefix_len": 8, "width": 128, "depth": 2, "heads": 4})
     else:
         settings.update(lm=args.llm, train_lm=False, lr=1e-3)
+        if args.lora_rank:
+            settings["lora"] = {"rank": args.lora_rank}
     t = time.perf_counter()
     res = train_captioner(encoder, lists["train"], run_dir, qa=lists["qa"], settings=settings, resume=resume,
                           log=lambda line: log(f"   {line}"))
@@ -198,7 +203,9 @@ def write_results(data: Path, results: list[dict[str, Any]], args: argparse.Name
     from kikimimi.evaluation.caption_metrics import CaptionScores, metrics_table
 
     lines = [f"# Open suite captioning ({args.scale})", "",
-             f"Captioners (frozen audio encoder → mapper → `{args.llm}` LM, {args.steps} steps) trained on the train "
+             f"Captioners (frozen audio encoder → mapper → `{args.llm}` LM"
+             + (f" with rank-{args.lora_rank} LoRA adapters" if args.lora_rank else "")
+             + f", {args.steps} steps of batch {args.batch_size}) trained on the train "
              "side of captions.csv; scored on every test file against its test-template references. Baseline: "
              "caption of the nearest training clip (cosine, pooled embeddings).", "",
              "Encoders: " + ", ".join(f"`{r['encoder']}` = {r['audio_model']}" for r in results), ""]
@@ -217,10 +224,14 @@ def write_results(data: Path, results: list[dict[str, Any]], args: argparse.Name
                 lines.append(f"| {task} | {Path(e['file']).name} ({e['label']}) | {e['caption']} | {e['nn']} | "
                              f"{e['answer']} | {e['references'][0]} |")
         lines.append("")
-    out = data / "captions_results.md"
+    # the tiny-LM table keeps the plain name; other language models get their own files
+    name = "captions_results" + ("" if args.llm == "tiny" else f"-{Path(args.llm).name}"
+                                 + (f"-lora{args.lora_rank}" if args.lora_rank else ""))
+    out = data / f"{name}.md"
     atomic_write_text(out, "\n".join(lines))
-    atomic_write_json(data / "captions_results.json", {"scale": args.scale, "llm": args.llm, "steps": args.steps,
-                                                       "results": results})
+    atomic_write_json(data / f"{name}.json", {"scale": args.scale, "llm": args.llm, "steps": args.steps,
+                                              "batch_size": args.batch_size, "lora_rank": args.lora_rank,
+                                              "results": results})
     return out
 
 
@@ -231,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--llm", default="tiny", help="tiny (trained with the mapper), smollm2 or a local LM folder")
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32, help="captioner training batch")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="LoRA adapters of this rank on a frozen --llm (not tiny; needs kikimimi[lora])")
     p.add_argument("--encoders-only", action="store_true", help="stop after the encoder pre-training runs")
     p.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
                    help="use this audio encoder (any kikimimi.load path or run folder) instead of training the "
