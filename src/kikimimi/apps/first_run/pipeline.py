@@ -71,10 +71,10 @@ REAL_QUERIES: tuple[tuple[str, str], ...] = (
 #: Generated set: classes of the unlabelled pool (the others are only seen at evaluation time).
 PRETRAIN_CLASSES = ("tone", "chirp", "noise_burst", "harmonic_note", "silence")
 
-#: Planned stage times (s) on a quiet 2-core machine, for the first ETA; later ETAs scale them by how fast
-#: the finished stages went.
-PLANNED_S = {"data": 40.0, "log-mel": 30.0, "pre-training": 240.0, "evaluation": 120.0, "audio-language": 90.0,
-             "captions": 60.0, "report": 10.0}
+#: Planned stage times (s), for the first ETA: a fresh-clone run on the quiet 2-core machine (2026-12-02, the
+#: Debian packages downloaded in the data stage); later ETAs scale them by how fast the finished stages went.
+PLANNED_S = {"data": 40.0, "log-mel": 20.0, "pre-training": 245.0, "evaluation": 110.0, "audio-language": 25.0,
+             "captions": 35.0, "report": 5.0}
 
 
 @dataclass
