@@ -31,3 +31,13 @@ def count_lines(path: Path) -> int:
         return path.read_bytes().count(b"\n")
     except FileNotFoundError:
         return 0
+
+
+def run_ok(cmd: list[str], tail_lines: int = 40, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` with captured text output; a non-zero exit fails the test with the end of the
+    command's stderr (``check=True`` alone would hide why a child kikimimi process failed)."""
+    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout or "").splitlines()[-tail_lines:])
+        raise AssertionError(f"exit {done.returncode} from {' '.join(map(str, cmd))}\n{tail}")
+    return done

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from process_kill import kill_when_written
+from process_kill import kill_when, run_ok
 
 from kikimimi.audio.synthetic import make_dataset
 
@@ -31,11 +31,16 @@ def _command(method: str, data: Path, out: Path, run_name: str) -> list[str]:
     return [sys.executable, "-m", "kikimimi", "pretrain", *METHOD_ARGS[method], "--data", str(data),
             "--out", str(out), "--run-name", run_name, "--steps", str(STEPS), "--batch-size", "4",
             "--device", "cpu", "--norm-samples", "8", "--min-epoch-size", "16", "--save-every", "2",
-            "--log-every", "1", "--no-progress", "--seed", "11"]  # fmt: skip
+            "--keep-checkpoints", "2", "--log-every", "1", "--no-progress", "--seed", "11"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _checkpoint_steps(run: Path) -> list[int]:
+    """Steps of the checkpoints in ``run``, ascending (only the newest two are kept, to bound the disk)."""
+    return sorted(int(p.stem.split("-")[1]) for p in run.glob("checkpoint-*.pth"))
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -48,17 +53,16 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(method, tmp_path):
     data = tmp_path / "audio"
     make_dataset(data, n_per_class=2, duration_s=1.2, classes=("tone", "chirp", "noise_burst", "clicks"))
     out = tmp_path / "runs"
-    subprocess.run(_command(method, data, out, "full"), check=True, env=_env(), capture_output=True)
+    run_ok(_command(method, data, out, "full"), env=_env())
 
     part = out / "part"
     proc = subprocess.Popen(_command(method, data, out, "part"), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    kill_when_written(proc, part / "checkpoint-4.pth")
-    written = sorted(int(p.stem.split("-")[1]) for p in part.glob("checkpoint-*.pth"))
+    kill_when(proc, lambda: any(s >= 4 for s in _checkpoint_steps(part)), "checkpoint-4.pth or later")
+    written = _checkpoint_steps(part)
     assert written and written[-1] < STEPS, f"killed run already finished: {written}"
 
-    subprocess.run([sys.executable, "-m", "kikimimi", "pretrain", "--resume", str(part), "--no-progress"],
-                   check=True, env=_env(), capture_output=True)  # fmt: skip
+    run_ok([sys.executable, "-m", "kikimimi", "pretrain", "--resume", str(part), "--no-progress"], env=_env())
 
     full_losses, part_losses = _losses(out / "full"), _losses(part)
     assert sorted(part_losses) == list(range(1, STEPS + 1))  # each step logged once, none lost or doubled

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from clap_fakes import write_tiny_clap2025
+from process_kill import run_ok
 
 from kikimimi.cli import main
 from kikimimi.inference.search import SearchIndex
@@ -86,7 +87,7 @@ def test_index_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupt
     counts = {k: int(v) for k, v in re.findall(r"(added|unchanged) (\d+)", rerun.stdout)}
     assert counts == {"added": n - len(done), "unchanged": len(done)}, rerun.stdout  # nothing finished redone
     whole = tmp_path / "whole"
-    subprocess.run(_index_cmd(audio, clap_path, whole), env=env, check=True, capture_output=True)
+    run_ok(_index_cmd(audio, clap_path, whole), env=env)
     a, b = SearchIndex.load(killed), SearchIndex.load(whole)
     assert a.entries == b.entries and len(a.entries) == n
     # same clips, same batches of one: the embeddings files are byte-identical

@@ -14,6 +14,7 @@ import numpy as np
 import official_layouts as ol
 import pytest
 import torch
+from process_kill import run_ok
 
 from kikimimi.cli import main
 
@@ -92,10 +93,10 @@ def test_embed_killed_mid_run_resumes_without_redoing_and_matches_an_uninterrupt
     for p in done_before:  # every output that exists is complete (written atomically)
         assert np.load(p).shape == (320,)
 
-    subprocess.run(_embed_cmd(audio, model_path, killed), env=env, check=True, capture_output=True)
+    run_ok(_embed_cmd(audio, model_path, killed), env=env)
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items()), "finished files were redone"
     whole = tmp_path / "whole"
-    subprocess.run(_embed_cmd(audio, model_path, whole), env=env, check=True, capture_output=True)
+    run_ok(_embed_cmd(audio, model_path, whole), env=env)
     a, b = sorted(killed.rglob("*.npy")), sorted(whole.rglob("*.npy"))
     assert [p.relative_to(killed) for p in a] == [p.relative_to(whole) for p in b] and len(a) == 24
     for x, y in zip(a, b, strict=True):

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 from clap_fakes import HashTextEncoder, patch_text_encoder, write_tiny_clap2025
-from process_kill import count_lines, kill_when, kill_when_written
+from process_kill import count_lines, kill_when, kill_when_written, run_ok
 
 from kikimimi.audio.synthetic import make_dataset
 from kikimimi.cli import main
@@ -59,7 +59,7 @@ def test_prep_killed_mid_run_keeps_finished_files_and_matches_an_uninterrupted_r
     assert len(before) < 60, "the kill must land mid-run"
     for name in before:  # every output present is complete (written atomically)
         assert np.load(killed / name).shape[0] == 80
-    rerun = subprocess.run(_kikimimi(*argv, "-o", str(killed)), env=ENV, capture_output=True, text=True, check=True)
+    rerun = run_ok(_kikimimi(*argv, "-o", str(killed)), env=ENV)
     assert {p.name: p.stat().st_mtime_ns for p in killed.glob("*.npy") if p.name in before} == before
     whole = tmp_path / "whole"
     assert main([*argv, "-o", str(whole)]) == 0
@@ -90,8 +90,7 @@ def test_tag_killed_mid_run_resumes_without_redoing_and_matches_byte_for_byte(tm
     lines = _finished_lines(killed)
     done = {json.loads(line)["file"] for line in lines[1:] if line.endswith("\n")}
     assert 5 <= len(done) < 30, "the kill must land mid-run"
-    rerun = subprocess.run(_kikimimi(*argv, "--out", str(killed)), env=ENV, capture_output=True, text=True,
-                           check=True)
+    rerun = run_ok(_kikimimi(*argv, "--out", str(killed)), env=ENV)
     redone = {line for line in rerun.stdout.splitlines() if not line.startswith(" ")} & done
     assert not redone, f"finished files were tagged again: {sorted(redone)[:3]}"
     whole = tmp_path / "whole.jsonl"
@@ -137,8 +136,7 @@ def test_zeroshot_killed_mid_run_resumes_without_redoing_and_matches(tmp_path, f
     proc.stdout.close()
     done = {json.loads(line)["file"] for line in _finished_lines(killed)[1:] if line.endswith("\n")}
     assert 8 <= len(done) < 48, "the kill must land mid-run"
-    rerun = subprocess.run([sys.executable, "-c", script, *argv, "--out", str(killed)], env=ENV,
-                           capture_output=True, text=True, check=True)
+    rerun = run_ok([sys.executable, "-c", script, *argv, "--out", str(killed)], env=ENV)
     assert not {line for line in rerun.stdout.splitlines() if not line.startswith(" ")} & done
     patch_text_encoder(monkeypatch, HashTextEncoder(dim=32))
     whole = tmp_path / "whole.jsonl"
@@ -188,7 +186,7 @@ def test_eval_killed_mid_run_reuses_finished_embeddings_and_matches(tmp_path, ta
     kill_when(proc, lambda: any((killed / "cache").glob("embs-*.npz")), "a cached split")
     cached = {p.name: p.stat().st_mtime_ns for p in (killed / "cache").glob("embs-*.npz")}
     assert not (killed / "report.json").exists(), "the kill must land mid-run"
-    subprocess.run(_kikimimi(*argv, "-o", str(killed)), env=ENV, capture_output=True, check=True)
+    run_ok(_kikimimi(*argv, "-o", str(killed)), env=ENV)
     assert {n: (killed / "cache" / n).stat().st_mtime_ns for n in cached} == cached, "finished splits were redone"
     whole = tmp_path / "whole"
     assert main([*argv, "-o", str(whole)]) == 0
@@ -217,7 +215,7 @@ def test_finetune_killed_mid_run_resumes_at_the_next_epoch_and_matches(tmp_path,
     kill_when(proc, one_epoch_saved, "a saved epoch")
     epoch = torch.load(last, weights_only=True)["epoch"]
     assert epoch < 4, "the kill must land mid-run"
-    subprocess.run(_kikimimi(*argv, "-o", str(killed)), env=ENV, capture_output=True, check=True)
+    run_ok(_kikimimi(*argv, "-o", str(killed)), env=ENV)
     whole = tmp_path / "whole"
     assert main([*argv, "-o", str(whole)]) == 0
     a = json.loads((killed / "report.json").read_text())
