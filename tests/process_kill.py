@@ -1,4 +1,5 @@
-"""Kill a running kikimimi process with SIGKILL mid-run (resume tests)."""
+"""Run kikimimi as a child process in tests: kill it with SIGKILL mid-run (resume tests), or run it to
+the end and fail with its stderr."""
 
 from __future__ import annotations
 
