@@ -98,7 +98,7 @@ def resume_from_earlier_checkpoint(trained, data: dict, tmp_path: Path, steps: i
     resumed steps are those after ``save_every`` with the same losses; returns the resumed training."""
     import pytest
 
-    from kikimimi.apps.captioning import train_captioner
+    from kikimimi.training.captioner_run import train_captioner
 
     copy = tmp_path / "run"
     shutil.copytree(trained.run_dir, copy)

@@ -3,7 +3,10 @@
 The registry's GitHub URLs are pointed at it with ``KIKIMIMI_MODEL_MIRROR=http://127.0.0.1:PORT`` (the documented
 override), so a request for ``/nttcslab/m2d/releases/download/v0.1.0/<folder>.zip`` lands here. The server counts
 requests per path, can cut a transfer short after sending its ``Content-Length`` (``cut``: how many of the next
-requests of a path to cut), and can hold answers (``delay_s``, or ``gate`` until the test opens it).
+requests of a path to cut), can hold answers (``delay_s``, or ``gate`` until the test opens it), can send a body
+without a ``Content-Length`` (paths in ``no_length``: the end of the body is the closed connection, as an
+HTTP/1.0 server or a proxy does, so a cut one looks complete), and can drip a body one byte every ``drip_s``
+seconds (a stalling mirror).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class ModelServer:
         self.requests: Counter[str] = Counter()
         self.cut: Counter[str] = Counter()
         self.delay_s = 0.0
+        self.no_length: set[str] = set()
+        self.drip_s = 0.0
+        self.stop_event = threading.Event()  # set by stop(): ends a drip
         self.gate: threading.Event | None = None  # when set up, answers wait until the test opens it
         self._lock = threading.Lock()
         server = self
@@ -56,8 +62,20 @@ class ModelServer:
                     server.gate.wait(timeout=60)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                if self.path not in server.no_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if server.drip_s:
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            if server.stop_event.wait(server.drip_s):
+                                break
+                    except OSError:  # the client gave up
+                        pass
+                    self.close_connection = True
+                    return
                 if cut:  # half the promised bytes, then the connection closes
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
@@ -78,6 +96,7 @@ class ModelServer:
         return self
 
     def stop(self) -> None:
+        self.stop_event.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -93,6 +112,7 @@ def torch_bytes(obj) -> bytes:
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A deflated zip of ``members`` (member name → bytes)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():

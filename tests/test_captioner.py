@@ -29,19 +29,16 @@ from caption_fakes import (  # noqa: E402
     write_tiny_llama,
 )
 
-from kikimimi.apps.captioning import load_captioner, train_captioner  # noqa: E402
 from kikimimi.audio.synthetic import SOUND_CLASSES, make_dataset  # noqa: E402
 from kikimimi.cli import main  # noqa: E402
 from kikimimi.evaluation.caption_metrics import named_class  # noqa: E402
+from kikimimi.inference.captioner import load_captioner  # noqa: E402
 from kikimimi.methods.captioner import CaptionerMethod  # noqa: E402
-from kikimimi.models.captioning import (  # noqa: E402
-    MapperConfig,
-    PrefixMapper,
-    beam_search,
-    generate,
-    load_causal_lm,
-    prompt_ids,
-)
+from kikimimi.models.caption_decoding import beam_search, generate  # noqa: E402
+from kikimimi.models.caption_prompts import prompt_ids  # noqa: E402
+from kikimimi.models.causal_lm import load_causal_lm  # noqa: E402
+from kikimimi.models.prefix_mapper import MapperConfig, PrefixMapper  # noqa: E402
+from kikimimi.training.captioner_run import train_captioner  # noqa: E402
 
 STEPS, SAVE_EVERY = 160, 150
 SETTINGS = {"train_lm": True, "steps": STEPS, "batch_size": 32, "lr": 3e-3, "seed": 0, "device": "cpu",
@@ -195,3 +192,15 @@ def test_train_captioner_command_with_a_tiny_lm(data, tmp_path, capsys):
     assert main(["train-captioner", "--audio-model", str(data["encoder"]), "--captions", str(data["captions"]),
                  "--llm", "tiny", "--steps", "3", "--out", str(tmp_path), "--run-name", "r"]) == 2  # no overwrite
     assert "--resume" in capsys.readouterr().err
+
+
+def test_the_first_runs_caption_stage_trains_captions_and_answers(data, tmp_path):
+    """The first run's captioning stage (apps/first_run/caption_stage.py), imported like any module, on a few steps."""
+    from kikimimi.apps.first_run.caption_stage import run_caption_stage
+
+    result = run_caption_stage(tmp_path / "caption", data["encoder"], data["labels"], steps=3, max_test_clips=4,
+                               log=None)
+    assert result["n_test"] == 4 and len(result["examples"]) == 4
+    assert all(isinstance(e["caption"], str) for e in result["examples"]) and isinstance(result["answer"], str)
+    assert (tmp_path / "caption" / "run" / "captioner" / "captioner.json").is_file()
+    assert "## Captioning (audio → words)" in (tmp_path / "caption" / "caption_stage.md").read_text()

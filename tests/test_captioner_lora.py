@@ -25,24 +25,25 @@ from caption_fakes import (  # noqa: E402
     write_tiny_llama,
 )
 
-from kikimimi.apps.captioning import load_captioner, train_captioner  # noqa: E402
-from kikimimi.apps.captioning.model import Captioner, CaptionerError, load_audio_model, save_captioner  # noqa: E402
-from kikimimi.apps.captioning.train import clip_features  # noqa: E402
 from kikimimi.audio.synthetic import SOUND_CLASSES, make_dataset  # noqa: E402
 from kikimimi.cli import console_main, main  # noqa: E402
 from kikimimi.data.caption_qa import caption_examples  # noqa: E402
 from kikimimi.data.captions import CaptionTable  # noqa: E402
-from kikimimi.methods.captioner import CaptionerMethod  # noqa: E402
-from kikimimi.models.captioning import (  # noqa: E402
-    LoraSettings,
-    MapperConfig,
-    add_lora,
-    is_lora_parameter,
-    load_causal_lm,
-    prompt_ids,
+from kikimimi.inference.captioner import (  # noqa: E402
+    Captioner,
+    CaptionerError,
+    load_audio_model,
+    load_captioner,
+    save_captioner,
 )
+from kikimimi.methods.captioner import CaptionerMethod  # noqa: E402
+from kikimimi.models.caption_prompts import prompt_ids  # noqa: E402
+from kikimimi.models.causal_lm import load_causal_lm  # noqa: E402
+from kikimimi.models.lora import LoraSettings, add_lora, is_lora_parameter  # noqa: E402
+from kikimimi.models.prefix_mapper import MapperConfig  # noqa: E402
 from kikimimi.models.text import TextEncoderError  # noqa: E402
 from kikimimi.training.captioner import fit_captioner  # noqa: E402
+from kikimimi.training.captioner_run import clip_features, train_captioner  # noqa: E402
 
 STEPS, SAVE_EVERY = 12, 8
 LORA = {"rank": 4, "alpha": 8.0, "targets": ["q_proj", "v_proj"]}

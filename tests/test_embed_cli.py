@@ -45,7 +45,7 @@ def test_clip_embeddings_match_api_and_failures_listed(tmp_path, capsys):
     errors = _rows(out / "errors.csv")
     assert sorted(r["source"].split("/")[-1] for r in errors) == ["broken.wav", "empty.wav"]
     model = kikimimi.load(model_path)
-    np.testing.assert_allclose(np.load(out / "sub/clip1.npy"), model.embed(audio / "sub/clip1.wav")[0], atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "sub/clip1.npy"), model.embed(audio / "sub/clip1.wav"), atol=1e-5)
 
 
 def test_frame_level_and_resume(tmp_path):

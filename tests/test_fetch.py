@@ -101,7 +101,7 @@ def test_load_clap_by_name(home, server):
         warnings.simplefilter("ignore")
         clap = kikimimi.load_clap("m2d-clap-2025", accept_licence=True)
     emb = clap.encode_audio(np.zeros(16000, dtype=np.float32))
-    assert emb.shape == (1, 32) and clap.audio.bundle.text_encoder_state
+    assert emb.shape == (32,) and clap.audio.bundle.text_encoder_state
 
 
 # ------------------------------------------------------------------------------------ hashes

@@ -202,20 +202,91 @@ def test_relative_key(tmp_path):
     assert ".." not in relative_key(root.parent / "c.wav", root)
 
 
-def test_taking_the_output_lock_removes_temporaries_of_a_killed_writer(tmp_path):
-    import tempfile
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_taking_the_output_lock_removes_only_kikimimi_temporaries_of_dead_writers(tmp_path):
+    import subprocess
+    import sys
 
     from kikimimi.fileio import output_lock
 
     (tmp_path / "sub").mkdir()
-    fd, stale = tempfile.mkstemp(prefix=".clip 1.npy.", suffix=".tmp", dir=tmp_path / "sub")  # as atomic_open does
-    os.close(fd)
-    keep = tmp_path / "notes.tmp"
-    keep.write_text("a user's file")
+    dead = tmp_path / "sub" / f".kikimimi-{_dead_pid()}-ab12cd34.clip 1.npy.tmp"
+    dead.write_bytes(b"half")
+    live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".kikimimi-{live_proc.pid}-ef56gh78.x.npy.tmp"
+        live.write_bytes(b"being written")
+        foreign = tmp_path / ".checkpoint-109.pth.a1b2c3d4.tmp"  # the name pattern older kikimimi swept
+        foreign.write_bytes(b"another program's")
+        keep = tmp_path / "notes.tmp"
+        keep.write_text("a user's file")
+        with output_lock(tmp_path, "embed", rank=1):  # other ranks may be writing: nothing is removed
+            assert dead.exists()
+        with output_lock(tmp_path, "prep"):
+            assert not dead.exists()
+            assert live.exists() and foreign.exists() and keep.read_text() == "a user's file"
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+
+
+def test_atomic_writes_use_names_only_kikimimi_makes(tmp_path, monkeypatch):
+    import re
+
+    from kikimimi import fileio
+
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(fileio.os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b)))
+    fileio.atomic_write_text(tmp_path / "out.csv", "x")
+    assert re.fullmatch(rf"\.kikimimi-{os.getpid()}-[a-z0-9_]{{8}}\.out\.csv\.tmp", seen[0])
+    long_name = "a" * 250 + ".npy"
+    fileio.atomic_write_bytes(tmp_path / long_name, b"x")  # the temporary's name stays below 255 bytes
+    assert (tmp_path / long_name).read_bytes() == b"x"
+
+
+def test_one_lock_per_folder_for_every_job_shared_by_torchrun_ranks(tmp_path):
+    from kikimimi.fileio import OutputInUseError, output_lock
+
+    with output_lock(tmp_path, "embed", rank=0), output_lock(tmp_path, "embed", rank=1):  # ranks of one job
+        with pytest.raises(OutputInUseError, match=rf"another kikimimi embed \(pid {os.getpid()}\)"), \
+                output_lock(tmp_path, "prep"):
+            pass
+        with pytest.raises(OutputInUseError), output_lock(tmp_path, "embed", rank=1):  # a rank is one process
+            pass
     with output_lock(tmp_path, "prep"):
-        assert not os.path.exists(stale)
-    assert keep.read_text() == "a user's file"
-    fd, in_flight = tempfile.mkstemp(prefix=".x.npy.", suffix=".tmp", dir=tmp_path)
-    os.close(fd)
-    with output_lock(tmp_path, "embed", rank=1):  # other ranks may be writing: nothing is removed
-        assert os.path.exists(in_flight)
+        with pytest.raises(OutputInUseError, match=r"another kikimimi prep"), output_lock(tmp_path, "index"):
+            pass
+        with pytest.raises(OutputInUseError, match=r"another kikimimi prep"), output_lock(tmp_path, "embed", rank=0):
+            pass
+    with output_lock(tmp_path, "index"):  # released
+        pass
+
+
+def test_claim_folder_refuses_another_job_or_other_settings_unless_overwrite(tmp_path):
+    from kikimimi.fileio import FolderOwnedError, claim_folder, read_stamp
+
+    assert claim_folder(tmp_path, "prep", {"preset": "a"}, describe="preset a") is True
+    assert claim_folder(tmp_path, "prep", {"preset": "a"}, describe="preset a") is True  # same: keep outputs
+    with pytest.raises(FolderOwnedError) as info:
+        claim_folder(tmp_path, "embed", {"model": "m"}, describe="model 'm'")
+    assert "`kikimimi prep` (preset a" in str(info.value) and "`kikimimi embed` (model 'm'" in str(info.value)
+    with pytest.raises(FolderOwnedError, match=r"other settings \(preset differ"):
+        claim_folder(tmp_path, "prep", {"preset": "b"})
+    assert claim_folder(tmp_path, "embed", {"model": "m"}, overwrite=True) is False  # recompute everything
+    stamp = read_stamp(tmp_path)
+    assert stamp["job"] == "embed" and stamp["settings"] == {"model": "m"} and stamp["kikimimi"]
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "embed.json").write_text("{}")  # an embedding folder from before stamps
+    with pytest.raises(FolderOwnedError, match=r"`kikimimi embed` written without an ownership stamp"):
+        claim_folder(legacy, "prep", {"preset": "a"})

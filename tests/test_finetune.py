@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -81,8 +82,9 @@ def test_tiny_m2d_learns_separable_classes(tiny_m2d, split_task, tmp_path):
     enc = kikimimi.load(result.model_dirs[0])
     cfg = enc.bundle.config
     assert cfg["head"]["n_classes"] == 3 and cfg["head"]["classes"] == sorted(CLASSES)
+    assert cfg["head"]["activation"] == "softmax"  # how `kikimimi tag` reads a single-label head
     assert cfg["finetune"]["selection"] == "valid"
-    assert enc.bundle.head is not None and enc.embed(np.zeros(16000, np.float32)).shape == (1, 5 * 192)
+    assert enc.bundle.head is not None and enc.embed(np.zeros(16000, np.float32)).shape == (5 * 192,)
 
 
 def test_multi_label_uses_bce_and_map(tiny_m2d, split_task, tmp_path):
@@ -97,8 +99,9 @@ def test_multi_label_uses_bce_and_map(tiny_m2d, split_task, tmp_path):
             w.writerow([str(split_task.source.parent / r["file_name"]), labels, r["split"]])
     task = Task.from_csv(out)
     assert task.multi_label and task.n_classes == 5
-    result = finetune_task(tiny_m2d, task, FinetuneConfig(epochs=2, **{**FAST, "mixup": 0.5}))
+    result = finetune_task(tiny_m2d, task, FinetuneConfig(epochs=2, **{**FAST, "mixup": 0.5}), tmp_path / "ft")
     assert result.metric == "mAP" and 0.0 < result.score <= 1.0 and result.per_class_accuracy == {}
+    assert kikimimi.load(result.model_dirs[0]).bundle.config["head"]["activation"] == "sigmoid"
     assert len(result.predictions[0]["scores"]) == 5 and "," in result.predictions[0]["label"]
 
 
@@ -251,7 +254,7 @@ def test_no_valid_task_never_selects_on_test(tiny_m2d, fold_csv, tmp_path):
     last = finetune_task(tiny_m2d, task, FinetuneConfig(epochs=2, folds=(1,), no_valid="last_epoch", **FAST))
     assert last.selection == "last_epoch" and last.best_epochs == {1: 2}
     assert all(h["select_score"] is None for h in last.history)
-    from kikimimi.evaluation.report import write_finetune_report
+    from kikimimi.evaluation.finetune_report import write_finetune_report
 
     md = write_finetune_report(held, tmp_path / "rep", model_name="tiny", task=task).read_text()
     assert "selection `holdout`" in md and "no validation split" in md and "never on test" in md
@@ -324,6 +327,52 @@ def test_umap_missing_gives_install_hint(monkeypatch, tmp_path, capsys):
     code = main(["plot", str(tmp_path / "e.npy"), "--labels", str(tmp_path / "l.csv"), "-o", str(tmp_path / "p.png"),
                  "--method", "umap"])
     assert code == 2 and "pip install umap-learn" in capsys.readouterr().err
-    assert main(["eval", "logmel", "--task", str(tmp_path / "none.csv"), "-o", str(tmp_path / "r"),
+    assert main(["eval", "logmel", "--task", str(tmp_path / "l.csv"), "-o", str(tmp_path / "r"),
                  "--map", "umap"]) == 2
     assert "umap-learn" in capsys.readouterr().err
+
+
+def test_auto_epochs_follow_the_data_size():
+    from kikimimi.evaluation.finetune import AUTO_EPOCHS, auto_epochs
+
+    assert FinetuneConfig().epochs is None  # the default is chosen from the data, no longer a fixed 200
+    assert auto_epochs(59) == 34 and auto_epochs(8) == AUTO_EPOCHS[1] == 200 and auto_epochs(5000) == AUTO_EPOCHS[0]
+    assert [auto_epochs(n) for n in (10, 100, 1000)] == sorted([auto_epochs(n) for n in (10, 100, 1000)], reverse=True)
+    with pytest.raises(ValueError, match="resolve epochs=None"):
+        finetune_lr(0, 1, FinetuneConfig())
+    with pytest.raises(ValueError, match="max_minutes"):
+        FinetuneConfig(max_minutes=0)
+
+
+def test_max_minutes_stops_keeps_best_and_resumes(tiny_m2d, split_task, tmp_path):
+    from kikimimi.evaluation.finetune import auto_epochs
+
+    lines: list[str] = []
+    cfg = FinetuneConfig(epochs=None, max_minutes=1e-4, **{**FAST, "batch_size": 4})
+    result = finetune_task(tiny_m2d, split_task, cfg, tmp_path / "ft", log=lines.append)
+    n_train = len(split_task.split_items("train"))
+    planned = auto_epochs(n_train)
+    assert result.settings["epochs"] == planned > 1 and result.settings["max_minutes"] == 1e-4
+    assert result.stopped_early == {0: 1} and len(result.history) == 1 and result.best_epochs[0] == 1
+    assert (tmp_path / "ft" / "fold0" / "best.pt").is_file() and kikimimi.load(result.model_dirs[0]).bundle.head
+    text = "\n".join(lines)
+    assert f"{n_train} training clips: {planned} epochs" in text
+    assert "estimate: " in text and " s per step" in text  # measured from the first steps, before the run ends
+    assert "--max-minutes stops it at" in text
+    assert f"stopped after epoch 1 of {planned}" in text and "kept the best epoch, 1" in text
+    # a rerun with the same folder continues where the limit stopped it (the limit is not part of the run's identity)
+    again = finetune_task(tiny_m2d, split_task, dataclasses.replace(cfg, max_minutes=2e-4), tmp_path / "ft")
+    assert again.stopped_early == {0: 2} and [h["epoch"] for h in again.history] == [1, 2]
+
+
+def test_finetune_command_max_minutes(tiny_m2d, split_task, tmp_path, capsys):
+    from kikimimi.checkpoints import save_kikimimi
+
+    ckpt = save_kikimimi(tiny_m2d.bundle, tmp_path / "tiny-kikimimi")
+    out = tmp_path / "cli"
+    argv = ["finetune", str(ckpt), str(split_task.source), "--max-minutes", "0.0001", "--batch-size", "8",
+            "--optimizer", "adamw", "--mixup", "0", "--no-rrc", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "epochs (about 2000 clips seen" in err and "stopped after epoch 1 of" in err
+    assert len(json.loads((out / "report.json").read_text())["result"]["history"]) == 1

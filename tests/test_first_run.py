@@ -148,13 +148,13 @@ def test_verdicts_say_whether_pretraining_beat_random_init_and_why_not() -> None
     assert verdicts({"t": {"other": {}}}, [run], ("linear",)) == []
 
 
-def test_progress_eta_scales_the_plan_by_the_finished_stages() -> None:
+def test_progress_eta_is_a_range_scaled_by_the_measured_pace() -> None:
     lines: list[str] = []
     p = Progress(["a", "b", "c"], lines.append, planned={"a": 10.0, "b": 20.0, "c": 30.0})
-    assert p.eta_s() == pytest.approx(60.0)
+    assert p.eta_range_s() == pytest.approx((0.9 * 60.0, 1.5 * 60.0))  # no pace yet: the plan, widened
     p.times["a"] = 20.0  # twice as slow as planned
-    assert p.eta_s() == pytest.approx(100.0)
-    assert p.eta_text().startswith("about 1 min 40 s left (b, c)")
+    assert p.eta_range_s() == pytest.approx((0.9 * 2 * 50.0, 2 * 1.5 * 50.0))
+    assert p.eta_text().startswith("about 1–3 min left (b, c)")
     p.begin("b", "second")
     p.end("did b")
     assert lines[0] == "\n== 2/3 second" and lines[-1].startswith("   did b; stage time ")
@@ -249,6 +249,14 @@ def test_tiny_offline_demo_end_to_end(tmp_path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["kind"] == "generated" and summary["data"]["fallback_reason"] == "chosen with --offline"
     assert set(summary["stages"]) == {"data", "log-mel", "pre-training", "evaluation", "report"}
+    # the figures the README states, measured by the run itself (tests/test_first_run_summary.py: README keys)
+    from kikimimi.apps.first_run.figures import FIGURE_KEYS
+
+    figures = summary["figures"]
+    assert tuple(figures) == FIGURE_KEYS and figures["machine"]["cores"] >= 1 and figures["output_mb"] > 0
+    assert figures["total_s"] == summary["seconds"] and set(figures["stage_s"]) == set(summary["stages"])
+    assert figures["probes"]["synthetic8"]["log-mel statistics"]["linear"] >= 0
+    assert figures["dataset_cache_mb"] is None and figures["data_kind"] == "generated"
     assert len(summary["verdicts"]) == 2 * 2  # two encoders × two probes on one task
     md = (out / "report" / "report.md").read_text()
     assert "## First run: data, models and what pre-training bought" in md and "generated sounds" in md

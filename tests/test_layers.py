@@ -4,7 +4,10 @@ Every ``import``/``from … import`` of a kikimimi module counts, including thos
 fails on an import that breaks the layer table, on any import cycle, on a command importing another
 command or ``cli``, on a library module importing the user-facing face (``kikimimi``, ``api``,
 ``clap_api``, ``hear``) or a command, and on a kikimimi import inside a function of a library module
-(imports inside functions are for optional extras and for ``commands/``, which keeps ``--help`` fast).
+(imports inside functions are for optional extras and for ``commands/``, which keeps ``--help`` fast), on a
+module outside ``commands/`` and ``apps/`` importing ``apps/``, and on ``importlib.import_module`` /
+``importlib.util.find_spec`` / ``__import__`` naming a kikimimi module (such an import is invisible to this scan;
+only ``cli.py``'s command table loads its command modules that way).
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoints": {"foundation", "models", "features"},
     "data": {"foundation", "audio", "features", "models"},
     "methods": {"foundation", "models", "features", "checkpoints"},
-    "training": {"foundation", "models", "audio", "features", "checkpoints", "data", "methods"},
+    "training": {"foundation", "models", "audio", "features", "checkpoints", "data", "methods",
+                 "inference"},  # the captioner's run embeds its clips with a frozen AudioEncoder, writes its folder
     "inference": {"foundation", "models", "audio", "features", "checkpoints"},
     "evaluation": {"foundation", "models", "audio", "features", "checkpoints", "data", "inference"},
     "apps": {"foundation", "models", "audio", "features", "checkpoints", "data", "inference", "evaluation",
-             "training"},  # the captioner app trains its mapper with the pre-training loop; the first run pre-trains
+             "training"},  # the first run pre-trains and trains its captioner
     "face": {"foundation", "models", "audio", "features", "checkpoints", "data", "inference", "cli"},
     "cli": {"face", "commands"},
     "commands": {"foundation", "models", "audio", "features", "checkpoints", "data", "methods", "training",
@@ -149,10 +153,12 @@ def test_every_import_follows_the_layer_table(graph):
 
 def test_no_command_imports_another_command_or_cli(graph):
     _, edges = graph
-    shared = f"{PACKAGE}.commands._options"
+    def shared(target: str) -> bool:  # commands/_options.py, _exit.py…: helpers of every command, not commands
+        return target == f"{PACKAGE}.commands" or target.rsplit(".", 1)[-1].startswith("_")
+
     bad = [f"{e.source}:{e.line} imports {e.target}" for e in edges
            if layer_of(e.source) == "commands" and e.source != f"{PACKAGE}.commands"
-           and ((layer_of(e.target) == "commands" and e.target not in (shared, f"{PACKAGE}.commands"))
+           and ((layer_of(e.target) == "commands" and not shared(e.target))
                 or layer_of(e.target) == "cli")]  # fmt: skip
     assert not bad, "\n".join(bad)
 
@@ -204,6 +210,78 @@ def test_there_is_no_import_cycle(graph):
         if v not in index:
             visit(v)
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_only_commands_and_apps_import_apps(graph):
+    """``apps/`` orchestrates the library; no library layer (nor the face) builds on it."""
+    _, edges = graph
+    bad = [f"{e.source}:{e.line} imports {e.target}" for e in edges
+           if layer_of(e.target) == "apps" and layer_of(e.source) not in ("apps", "commands")]
+    assert not bad, "\n".join(bad)
+
+
+#: calls that import a module by name at run time (invisible to the import scan above)
+DYNAMIC_IMPORTS = ("import_module", "find_spec", "__import__")
+#: the one place allowed to name kikimimi modules that way: cli.py's command table (``kikimimi.commands.<name>``)
+DYNAMIC_KIKIMIMI_ALLOWED = {(f"{PACKAGE}.cli", "_load_command")}
+#: functions that import an optional extra whose name they receive (the callers pass third-party names)
+DYNAMIC_WRAPPERS = {(f"{PACKAGE}.evaluation.extras", "require"), (f"{PACKAGE}.models.text_loading", "_require"),
+                    (f"{PACKAGE}.inference.onnx_runtime", "_require")}
+
+
+def dynamic_imports(module: str, path: Path) -> list[tuple[int, str, str | None, str]]:
+    """``(line, enclosing function, the module name's leading literal text or None, call name)`` of each
+    run-time import call of a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+
+    def visit(node: ast.AST, func: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(child, ast.Call):
+                f = child.func
+                name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                if name in DYNAMIC_IMPORTS and child.args:
+                    arg = child.args[0]
+                    text = None
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                        text = arg.value
+                    elif isinstance(arg, ast.JoinedStr):
+                        text = "".join(v.value for v in arg.values if isinstance(v, ast.Constant)) or None
+                    found.append((child.lineno, func, text, name))
+            visit(child, inner)
+
+    visit(tree, "")
+    return found
+
+
+def names_kikimimi(text: str | None) -> bool:
+    return text is not None and (text.startswith(".") or text == PACKAGE or text.startswith(PACKAGE + "."))
+
+
+def test_no_run_time_import_of_kikimimi_modules():
+    bad = []
+    for module, path in all_modules().items():
+        for line, func, text, call in dynamic_imports(module, path):
+            if (module, func) in DYNAMIC_KIKIMIMI_ALLOWED:
+                continue
+            if names_kikimimi(text):
+                bad.append(f"{module}:{line} {call}({text!r}): import it with an import statement")
+            elif text is None and (module, func) not in DYNAMIC_WRAPPERS:
+                bad.append(f"{module}:{line} {call}() of a computed name in {func or 'the module body'}: name the "
+                           "module literally, or add the function to DYNAMIC_WRAPPERS if it loads optional extras")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_run_time_import_check_sees_them(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import importlib\nimport importlib.util\n\ndef stage():\n"
+                    "    importlib.util.find_spec('kikimimi.apps.x')\n"
+                    "    return importlib.import_module(f'kikimimi.{1}')\n"
+                    "\nimportlib.import_module('numpy')\n__import__(name)\n")
+    found = dynamic_imports("kikimimi.apps.m", path)
+    assert [(line, func, names_kikimimi(text)) for line, func, text, _ in found] == [
+        (5, "stage", True), (6, "stage", True), (8, "", False), (9, "", False)]
 
 
 def test_the_checker_catches_what_it_should(tmp_path):

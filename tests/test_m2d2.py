@@ -189,7 +189,7 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
     config = json.loads((run1 / "config.json").read_text())
     # on a CPU the cpu-small recipe weights the CLAP loss 1 (the official 0.01 is for long GPU runs)
     assert config["method"] == "m2d_clap" and config["recipe"] == "cpu-small" and config["clap_weight"] == 1.0
-    assert config["text_dim"] == 32
+    assert config["decisions"]["text_dim"] == 32
     assert config["text_encoder"] == spec and list(run1.glob("caption-embeddings-*.safetensors"))
     info = json.loads(next(run1.glob("caption-embeddings-*.info.json")).read_text())
     assert info["text_encoder"] == spec and info["dim"] == 32

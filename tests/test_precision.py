@@ -99,7 +99,7 @@ def test_embed_command_and_hear_api_pass_the_precision(m2d_path, tmp_path, wav_f
     wav = wav_factory("a.wav", duration_s=1.0)
     assert main(["embed", str(wav), "-m", str(m2d_path), "-o", str(tmp_path / "o"), "--precision", "int8",
                  "--no-progress", "--device", "cpu"]) == 0
-    ref = kikimimi.load(m2d_path, device="cpu", precision="int8").embed(str(wav))[0]
+    ref = kikimimi.load(m2d_path, device="cpu", precision="int8").embed(str(wav))
     np.testing.assert_allclose(np.load(tmp_path / "o" / "a.npy"), ref, rtol=1e-5, atol=1e-6)
     hear = load_model(str(m2d_path), device="cpu", precision="int8")
     assert hear.encoder.precision == "int8"
@@ -122,3 +122,27 @@ def test_clap_audio_side_takes_the_precision(tmp_path, precision):
     assert model.audio.precision == precision
     emb = model.encode_audio(waves)
     assert emb.shape == ref.shape and _cosines(emb, ref).min() > 0.99 and not np.allclose(emb, ref, atol=1e-7)
+
+
+class _NaNInBf16(nn.Module):
+    """An encoder whose bfloat16 path returns NaN (as oneDNN's AMX kernels did for one clip length)."""
+
+    def encode_chunks(self, chunks: torch.Tensor) -> torch.Tensor:
+        out = chunks.transpose(1, 2) * 2.0
+        return out * float("nan") if torch.is_autocast_enabled("cpu") else out
+
+    def encode_lms(self, lms: torch.Tensor) -> torch.Tensor:
+        return self.encode_chunks(lms)
+
+
+def test_bf16_non_finite_output_is_recomputed_in_float32(caplog):
+    model = apply_precision(_NaNInBf16(), "bf16", torch.device("cpu"))
+    x = torch.randn(2, 4, 6)
+    with caplog.at_level("WARNING"):
+        out = model.encode_lms(x)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, x.transpose(1, 2) * 2.0)
+    assert "recomputed that batch in float32" in caplog.text
+    nan_input = x.clone()
+    nan_input[0, 0, 0] = float("nan")  # a non-finite input is not hidden by a recomputation
+    assert not torch.isfinite(model.encode_lms(nan_input)).all()

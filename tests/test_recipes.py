@@ -7,6 +7,7 @@ import json
 import pytest
 
 from kikimimi.methods.recipes import (
+    COMMON_DEFAULTS,
     CPU_SMALL_OVERRIDES,
     METHOD_DEFAULTS,
     choose_recipe,
@@ -29,33 +30,33 @@ def test_every_method_has_a_cpu_small_recipe_that_changes_its_length_and_batch()
     assert set(CPU_SMALL_OVERRIDES) == set(METHOD_DEFAULTS)
     for method in METHOD_DEFAULTS:
         small, official = recipe_defaults(method, "cpu-small"), recipe_defaults(method, "official")
-        assert official == METHOD_DEFAULTS[method]
+        assert official == {**COMMON_DEFAULTS, **METHOD_DEFAULTS[method]}
         assert small["steps"] is not None and small["epochs"] is None
         assert small["batch_size"] < official["batch_size"]
 
 
 def test_a_cpu_run_without_tuning_flags_gets_cpu_small():
     s = resolve_settings({"method": "m2d", "data": ["x"], "device": "cpu"})
-    assert s["recipe"] == "cpu-small" and "no CUDA" in s["recipe_rule"]
-    assert (s["size"], s["input_frames"], s["batch_size"], s["steps"], s["lr"]) == ("tiny", 208, 64, 2000, 5e-4)
-    assert s["epochs"] is None and s["blr"] is None
-    assert s["warmup_steps"] == round(20 / 300 * 2000)  # the official warm-up fraction of the run
+    assert s.recipe == "cpu-small" and "no CUDA" in s.decisions.recipe_rule
+    assert (s.size, s.input_frames, s.batch_size, s.steps, s.lr) == ("tiny", 208, 64, 2000, 5e-4)
+    assert s.epochs is None and s.blr is None
+    assert s.warmup_steps == round(20 / 300 * 2000)  # the official warm-up fraction of the run
 
     clap = resolve_settings({"method": "m2d_clap", "data": ["x"], "device": "cpu", "captions": "c.npz"})
-    assert clap["clap_weight"] == 1.0
+    assert clap.clap_weight == 1.0
     official = resolve_settings({"method": "m2d_clap", "data": ["x"], "device": "cpu", "captions": "c.npz",
                                  "recipe": "official"})
-    assert (official["clap_weight"], official["batch_size"], official["epochs"]) == (0.01, 512, 300)
+    assert (official.clap_weight, official.batch_size, official.epochs) == (0.01, 512, 300)
 
 
 def test_flags_and_settings_files_override_the_recipe(tmp_path):
     s = resolve_settings({"method": "m2d", "data": ["x"], "device": "cpu", "batch_size": 8, "blr": 1e-2,
                           "epochs": 3})
-    assert (s["batch_size"], s["blr"], s["lr"], s["epochs"], s["steps"]) == (8, 1e-2, None, 3, None)
+    assert (s.batch_size, s.blr, s.lr, s.epochs, s.steps) == (8, 1e-2, None, 3, None)
     cfg = tmp_path / "settings.json"
     cfg.write_text(json.dumps({"steps": 7, "size": "small"}))
     s = resolve_settings({"method": "m2d", "data": ["x"], "device": "cpu", "config": str(cfg)})
-    assert (s["steps"], s["size"], s["batch_size"]) == (7, "small", 64)
+    assert (s.steps, s.size, s.batch_size) == (7, "small", 64)
 
 
 def test_estimate_line_warns_only_for_long_cpu_runs():
@@ -83,19 +84,19 @@ def test_pretrain_prints_its_run_folder_recipe_and_estimate(tmp_path, capsys):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["recipe"] == "cpu-small"
     # saved periodically by default (a tenth of the run, at least every step here), only the newest kept
-    assert (config["save_every"], config["keep_checkpoints"]) == (1, 1) and "auto" in config["save_every_rule"]
+    assert (config["save_every"], config["keep_checkpoints"]) == (1, 1)
+    assert "auto" in config["decisions"]["save_every_rule"]
     assert sorted(p.name for p in run_dir.glob("checkpoint-*.pth")) == ["checkpoint-5.pth"]
 
 
 def test_save_every_auto_is_a_tenth_of_the_run_and_explicit_values_stay():
-    from kikimimi.methods.recipes import resolve_save_every
+    from kikimimi.methods.recipes import auto_save_every
 
-    s = {"save_every": "auto", "keep_checkpoints": None, "steps": 2000, "epochs": None, "batch_size": 64}
-    resolve_save_every(s, 10_000)
-    assert (s["save_every"], s["keep_checkpoints"]) == (200, 1)
-    s = {"save_every": 7, "keep_checkpoints": None, "steps": 2000, "batch_size": 64}
-    resolve_save_every(s, 10_000)
-    assert (s["save_every"], s["keep_checkpoints"]) == (7, None)
+    s = resolve_settings({"method": "m2d", "data": ["x"], "device": "cpu", "steps": 2000})
+    assert (s.save_every, s.keep_checkpoints) == ("auto", None)
+    changes, why = auto_save_every(s, 10_000)
+    assert changes == {"save_every": 200, "keep_checkpoints": 1} and "every 200 steps" in why["save_every_rule"]
+    assert auto_save_every(s.updated(save_every=7), 10_000) == ({}, {})
 
 
 def test_a_warm_up_as_long_as_the_run_is_warned_about(tmp_path):
@@ -107,3 +108,22 @@ def test_a_warm_up_as_long_as_the_run_is_warned_about(tmp_path):
         main(["pretrain", "--method", "byola", "--data", str(tmp_path / "audio"), "--out", str(tmp_path / "runs"),
               "--steps", "3", "--warmup-steps", "10", "--batch-size", "2", "--byola-dim", "64", "--norm-samples", "4",
               "--min-epoch-size", "4", "--no-progress", "--device", "cpu"])
+
+
+def test_open_m2d_tiny_recipe_resolves_from_the_command_line_to_its_documented_values(tmp_path):
+    """`kikimimi pretrain --recipe open-m2d-tiny` (benchmarks/open_suite/README.md, "Open models: recipe search")."""
+    import argparse
+
+    from kikimimi.commands import pretrain as command
+    from kikimimi.methods.recipes import RECIPES
+    from kikimimi.training.settings import PretrainSettings
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--recipe", "open-m2d-tiny", "--data", str(tmp_path / "cache"), "--device", "cpu"])
+    s = resolve_settings({k: v for k, v in vars(args).items() if k in PretrainSettings.names()})
+    assert (s.recipe, s.method, s.size, s.input_frames, s.batch_size, s.lr, s.blr) == (
+        "open-m2d-tiny", "m2d", "tiny", 160, 64, 5e-4, None)
+    assert (s.mask_ratio, s.steps, s.epochs, s.warmup_steps) == (0.7, 10_000, None, round(20 / 300 * 10_000))
+    assert (s.norm_samples, s.save_every, s.keep_checkpoints, s.ema_taus) == (10_000, 250, None, "auto")
+    assert "recipe search" in RECIPES["open-m2d-tiny"].source

@@ -23,7 +23,8 @@ from kikimimi.evaluation.caption_metrics import (  # noqa: E402
     metrics_table,
     spice_status,
 )
-from kikimimi.evaluation.report import ModelSpec, caption_report_rows, run_evaluation  # noqa: E402
+from kikimimi.evaluation.report import caption_report_rows  # noqa: E402
+from kikimimi.evaluation.run import ModelSpec, run_evaluation  # noqa: E402
 from kikimimi.evaluation.tasks import Task  # noqa: E402
 
 NN = {"dog": "a small dog barks", "rain": "a car drives past", "car": "traffic noise", "bird": "heavy rain"}
@@ -131,8 +132,8 @@ def test_nn_captions_from_a_captioner_folder(tmp_path):
     import torch
     from caption_fakes import write_tiny_encoder
 
-    from kikimimi.apps.captioning.model import load_audio_model, nearest_neighbour_baseline, save_captioner
-    from kikimimi.models.captioning import MapperConfig, PrefixMapper
+    from kikimimi.inference.captioner import load_audio_model, nearest_neighbour_baseline, save_captioner
+    from kikimimi.models.prefix_mapper import MapperConfig, PrefixMapper
 
     labels = make_dataset(tmp_path / "clips", n_per_class=1, duration_s=0.5, classes=("tone", "clicks", "chirp"))
     base = labels.parent

@@ -15,7 +15,8 @@ from kikimimi.audio.synthetic import make_dataset
 from kikimimi.cli import main
 from kikimimi.evaluation.baselines import LogMelStats
 from kikimimi.evaluation.cluster_plot import cluster_figure, plot_clusters
-from kikimimi.evaluation.report import ModelSpec, model_label, run_evaluation, summed_confusion
+from kikimimi.evaluation.confusion_plot import summed_confusion
+from kikimimi.evaluation.run import ModelSpec, model_label, run_evaluation
 from kikimimi.evaluation.tasks import MAX_UNIT_S, Task, TaskError, unit_from_durations
 
 
@@ -163,3 +164,75 @@ def test_cluster_legend_lists_every_class(tmp_path):
     fig = cluster_figure({"one": (rng.normal(size=(30, 4)), digits)})
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [str(d) for d in range(10)]
     assert plot_clusters({"one": (rng.normal(size=(30, 4)), digits)}, tmp_path / "m.png").is_file()
+
+
+def _score(score: float, std: float = 0.0):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(score=score, std=std)
+
+
+def test_verdict_says_plainly_when_the_log_mel_baseline_wins(tmp_path):
+    """Log-mel statistics 80.0 beat a trained model (77.3) that beats its random init (70.0): the verdict names
+    the baseline's win, in the eval report's wording and in the first run's (text, report.md, report.html)."""
+    from kikimimi.apps.first_run.pipeline import EncoderRun, verdicts
+    from kikimimi.apps.first_run.report_html import write_report_html
+    from kikimimi.evaluation.verdicts import find_verdicts, verdict_lines
+
+    results = {"drums": {"log-mel stats": {"linear": _score(0.800, 0.004)},
+                         "enc": {"linear": _score(0.773, 0.004)},
+                         "enc (random init)": {"linear": _score(0.700, 0.01)}}}
+    models = {"log-mel stats": {"fingerprint": "logmel-m2d-16k", "family": "baseline"},
+              "enc": {"fingerprint": "abc", "family": "m2d"},
+              "enc (random init)": {"fingerprint": "random:abc", "family": "m2d"}}
+    (v,) = find_verdicts(results, models, ("linear",))
+    assert v["beats"] and v["clear"] and v["beats_baseline"] is False and v["verdict"] == "baseline wins"
+    assert v["baseline"] == "log-mel stats" and v["baseline_difference"] == pytest.approx(-0.027)
+    assert "pre-training beats random init by 7.3 points, but **log-mel stats beat this model by 2.7 points**" \
+        in v["text"]
+    assert "## Did pre-training help?" in verdict_lines([v]) and verdict_lines([]) == []
+    # a tie counts for the baseline too; a model above the baseline is said to beat it
+    results["drums"]["enc"]["linear"] = _score(0.800)
+    assert "**log-mel stats tie with this model**" in find_verdicts(results, models, ("linear",))[0]["text"]
+    results["drums"]["enc"]["linear"] = _score(0.850)
+    (up,) = find_verdicts(results, models, ("linear",))
+    assert up["verdict"] == "helped" and "the model also beats log-mel stats by 5.0 points" in up["text"]
+
+    # the first run: its own names, the run length, and the page marks the result ✘ with the win in bold
+    run = EncoderRun("M2D", "M2D ViT-tiny, 200 steps", tmp_path / "m2d", 200, 32, 500, 60.0)
+    first = {"drums": {run.name: {"linear": _score(0.773, 0.004)}, "M2D (random init)": {"linear": _score(0.70)},
+                       "log-mel statistics": {"linear": _score(0.80, 0.004)}}}
+    (fv,) = verdicts(first, [run], ("linear",))
+    assert fv["verdict"] == "baseline wins" and fv["beats"]
+    assert ("**log-mel statistics beat this model by 2.7 points**: the run was too short to learn more than "
+            "hand-made statistics (run length: 6,400 crops seen") in fv["text"]
+    page = write_report_html(tmp_path / "r.html", tmp_path, {"verdicts": [fv], "why": "short runs"}).read_text()
+    assert "<b>log-mel statistics beat this model by 2.7 points</b>" in page and "✘" in page and "✔" not in page
+    assert "beat or tied 1 of 1" in page and "short runs" in page
+
+
+def test_eval_report_has_the_verdict_section(tmp_path):
+    """A "trained" model that is log-mel statistics itself ties with the baseline: report.md and report.json
+    say so; its random-init twin (a constant embedding) is found by its ``random:`` fingerprint."""
+    labels = make_dataset(tmp_path / "audio", n_per_class=4, duration_s=0.3, classes=("tone", "clicks"))
+    base = LogMelStats("m2d-16k")
+    specs = [ModelSpec("log-mel stats", lambda task: base, 16000, None, "logmel-m2d-16k"),
+             ModelSpec("enc", lambda task: base, 16000, None, "fp-enc", "m2d"),
+             ModelSpec("enc (random init)", lambda task: (lambda waves, sr: np.ones((len(waves), 4), np.float32)),
+                       16000, None, "random:fp-enc", "m2d")]
+    outcome = run_evaluation(specs, [Task.from_csv(labels)], tmp_path / "r", seeds=(42,), plots=False,
+                             probes=("logistic",))
+    md = (tmp_path / "r" / "report.md").read_text()
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    (v,) = report["verdicts"]
+    res = outcome.results["labels"]
+    assert v["model"] == "enc" and v["random_init"] == res["enc (random init)"]["logistic"].score
+    assert v["verdict"] == "baseline wins" and "**log-mel stats tie with this model**" in v["text"]
+    assert "## Did pre-training help?" in md and f"- {v['text']}" in md
+    # without a twin there is nothing to say, and the first run can leave the section out
+    run_evaluation(specs[:2], [Task.from_csv(labels)], tmp_path / "r2", seeds=(42,), plots=False,
+                   probes=("logistic",))
+    assert "Did pre-training help?" not in (tmp_path / "r2" / "report.md").read_text()
+    run_evaluation(specs, [Task.from_csv(labels)], tmp_path / "r3", seeds=(42,), plots=False, probes=("logistic",),
+                   verdicts=False)
+    assert "Did pre-training help?" not in (tmp_path / "r3" / "report.md").read_text()

@@ -173,10 +173,10 @@ def test_byola_pre_norm_config_defaults_and_rebuild() -> None:
 def test_pretrain_settings_pre_norm() -> None:
     from kikimimi.training.settings import resolve_settings
 
-    assert resolve_settings({"method": "byola", "data": ["x"]})["pre_norm"] == "running"
-    assert resolve_settings({"method": "byola2", "data": ["x"]})["pre_norm"] == "precomputed"
-    assert resolve_settings({"method": "byola", "data": ["x"], "pre_norm": "precomputed"})["pre_norm"] == "precomputed"
-    assert resolve_settings({"method": "m2d", "data": ["x"]}).get("pre_norm") is None
+    assert resolve_settings({"method": "byola", "data": ["x"]}).pre_norm == "running"
+    assert resolve_settings({"method": "byola2", "data": ["x"]}).pre_norm == "precomputed"
+    assert resolve_settings({"method": "byola", "data": ["x"], "pre_norm": "precomputed"}).pre_norm == "precomputed"
+    assert resolve_settings({"method": "m2d", "data": ["x"]}).pre_norm is None
     with pytest.raises(ValueError, match="--pre-norm is a BYOL-A setting"):
         resolve_settings({"method": "m2d", "data": ["x"], "pre_norm": "running"})
 
@@ -194,7 +194,7 @@ def test_cli_pretrain_running_norm_raw_crops_and_exact_resume(tmp_path) -> None:
     assert main(args) == 0
     (run,) = out.iterdir()
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["pre_norm"] == "running" and cfg["epoch_samples"] == 2 * 3  # 2 × files
+    assert cfg["pre_norm"] == "running" and cfg["decisions"]["epoch_samples"] == 2 * 3  # 2 × files
     assert cfg["method_config"]["epoch_samples"] == 6 and len(cfg["norm_stats"]) == 2  # corpus stats still kept
 
     def rn_state(path):

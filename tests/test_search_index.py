@@ -102,3 +102,91 @@ def test_index_and_search_commands_end_to_end(library, tmp_path, capsys, monkeyp
     best = [index.entries[i]["key"] for i in np.argsort(-direct)[:3]]
     assert [r["key"] for r in data["results"]] == best
     assert cli_main(["search", str(tmp_path / "missing"), "x"]) == 2
+
+
+# --- search per file (issue 33.2) -----------------------------------------------------------------------------
+
+@pytest.fixture
+def clips_and_one_long_file(tmp_path):
+    """Six short clips near 440 Hz and one 30-s recording of 440 Hz (29 two-second windows that all match)."""
+    root = tmp_path / "clips"
+    for f in (400, 420, 460, 480, 500, 530):
+        _write(root / f"clip{f}.wav", f)
+    _write(root / "long.wav", 440, seconds=30)
+    index_dir = tmp_path / "index"
+    update_index(FrequencyCLAP(), root, index_dir, model_id="fake", window_s=2, hop_s=1)
+    return index_dir
+
+
+def test_one_long_file_appears_once_and_says_how_many_segments_matched(clips_and_one_long_file):
+    from kikimimi.inference.search import FileHit, SearchHit
+
+    model = FrequencyCLAP()
+    flat = search(clips_and_one_long_file, "440 Hz", model, top=5, segments=True)
+    assert [h.key for h in flat] == ["long.wav"] * 5 and all(isinstance(h, SearchHit) for h in flat)  # the flood
+    files = search(clips_and_one_long_file, "440 Hz", model, top=5)
+    keys = [h.key for h in files]
+    assert all(isinstance(h, FileHit) for h in files) and len(keys) == len(set(keys)) == 5
+    assert keys[0] == "long.wav" and {"clip420.wav", "clip460.wav"} <= set(keys[1:])
+    long = next(h for h in files if h.key == "long.wav")
+    assert long.segments == 29 and long.matched == 29 and long.end_s - long.start_s == pytest.approx(2.0)
+    clip = next(h for h in files if h.key == "clip420.wav")
+    assert (clip.matched, clip.segments) == (1, 1)
+    assert [h.score for h in files] == sorted((h.score for h in files), reverse=True)
+
+
+def test_group_hits_by_file_counts_only_down_to_the_last_file_shown():
+    from kikimimi.inference.search import SearchHit, group_hits_by_file
+
+    hits = [SearchHit("a", "/a", 0.9, 0, 1), SearchHit("a", "/a", 0.8, 1, 2), SearchHit("b", "/b", 0.7),
+            SearchHit("a", "/a", 0.7, 2, 3), SearchHit("c", "/c", 0.6), SearchHit("a", "/a", 0.5, 3, 4)]
+    grouped = group_hits_by_file(list(reversed(hits)), top=2)
+    assert [(g.key, g.score, g.start_s, g.matched) for g in grouped] == [("a", 0.9, 0, 3), ("b", 0.7, 0.0, 1)]
+    assert [g.matched for g in group_hits_by_file(hits, top=3)] == [3, 1, 1]
+    assert group_hits_by_file(hits, top=0) == []
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_an_empty_query_is_refused(clips_and_one_long_file, query, capsys):
+    from kikimimi.inference.search import SearchQueryError
+
+    with pytest.raises(SearchQueryError, match="empty search query"):
+        search(clips_and_one_long_file, query, FrequencyCLAP())
+    assert cli_main(["search", str(clips_and_one_long_file), query]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kikimimi search: error: empty search query" in err
+
+
+def test_search_command_per_file_segments_and_several_queries_with_one_model_load(
+        clips_and_one_long_file, tmp_path, capsys, monkeypatch):
+    import io
+
+    import kikimimi.inference.clap as clap
+
+    loads = []
+    monkeypatch.setattr(clap, "load_clap", lambda *a, **k: loads.append(a) or FrequencyCLAP())
+    index = str(clips_and_one_long_file)
+    assert cli_main(["search", index, "440 Hz", "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and sum("long.wav" in line for line in lines) == 1
+    assert any("long.wav" in line and "of 29 segments matched" in line for line in lines)
+    assert cli_main(["search", index, "440 Hz", "--top", "3", "--segments", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["per"] == "segment" and [r["key"] for r in data["results"]] == ["long.wav"] * 3
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text("400 Hz\n\n500 Hz\n")
+    loads.clear()
+    assert cli_main(["search", index, "--queries", str(queries), "--top", "1", "--json"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(loads) == 1
+    assert [(d["query"], d["results"][0]["key"]) for d in docs] == [("400 Hz", "clip400.wav"),
+                                                                      ("500 Hz", "clip500.wav")]
+    monkeypatch.setattr("sys.stdin", io.StringIO("420 Hz\n480 Hz\n"))
+    loads.clear()
+    assert cli_main(["search", index, "-", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert len(loads) == 1 and "# 420 Hz" in out and "clip480.wav" in out
+    queries.write_text("\n  \n")
+    assert cli_main(["search", index, "--queries", str(queries)]) == 2
+    assert "no queries in" in capsys.readouterr().err

@@ -256,16 +256,16 @@ def test_pretrain_settings_precedence_and_run_names(tmp_path):
     cfg_file.write_text(json.dumps({"batch-size": 8, "mask_ratio": 0.6, "steps": 50}))
     s = resolve_settings({"method": "m2d", "data": ["x"], "config": str(cfg_file), "batch_size": 4,
                           "recipe": "official"})
-    assert s["batch_size"] == 4  # flag beats file
-    assert s["mask_ratio"] == 0.6 and s["steps"] == 50 and s["epochs"] is None  # file beats defaults
-    assert s["warmup_steps"] == round(50 * 20 / 300) and s["warmup_epochs"] is None
-    assert s["blr"] == 3e-4 and s["weight_decay"] == 0.05 and s["grad_clip"] == 3.0 and s["seed"] == 3
+    assert s.batch_size == 4  # flag beats file
+    assert s.mask_ratio == 0.6 and s.steps == 50 and s.epochs is None  # file beats defaults
+    assert s.warmup_steps == round(50 * 20 / 300) and s.warmup_epochs is None
+    assert s.blr == 3e-4 and s.weight_decay == 0.05 and s.grad_clip == 3.0 and s.seed == 3
     s2 = resolve_settings({"method": "m2d", "data": ["x"], "config": str(cfg_file), "epochs": 2, "recipe": "official"})
-    assert s2["epochs"] == 2 and s2["steps"] is None and s2["warmup_epochs"] == 20
+    assert s2.epochs == 2 and s2.steps is None and s2.warmup_epochs == 20
     b = resolve_settings({"method": "byola2", "data": ["x"], "recipe": "official"})
-    assert (b["optimizer"], b["weight_decay"], b["schedule"], b["mlp_lr_scale"]) == ("adam", 0.0, "constant", "auto")
-    assert b["lr"] is None  # the official per-version rate is filled in when the run starts (resolve_byola_auto)
-    assert b["grad_clip"] is None and b["input_frames"] == 96 and b["blr"] is None
+    assert (b.optimizer, b.weight_decay, b.schedule, b.mlp_lr_scale) == ("adam", 0.0, "constant", "auto")
+    assert b.lr is None  # the official per-version rate is filled in when the run starts (auto_byola)
+    assert b.grad_clip is None and b.input_frames == 96 and b.blr is None
     with pytest.raises(ValueError, match="--method is required"):
         resolve_settings({"data": ["x"]})
     with pytest.raises(ValueError, match="--data is required"):

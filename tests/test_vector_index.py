@@ -16,8 +16,9 @@ from clap_fakes import FrequencyCLAP
 from conftest import sine
 
 from kikimimi.inference import vector_index as vi
-from kikimimi.inference.search import SearchIndex, search, segment_bounds, update_index
+from kikimimi.inference.search import SearchIndex, search, update_index
 from kikimimi.inference.vector_index import VectorIndex, recall_at_k
+from kikimimi.inference.windows import window_bounds
 
 pytest.importorskip("faiss", reason='the faiss kinds need pip install "kikimimi[serve]"')
 SR = 16000
@@ -102,12 +103,12 @@ def test_add_and_remove_keep_list_positions(kind, tmp_path):
         index.remove([5000])
 
 
-def test_segment_bounds():
-    assert segment_bounds(5 * SR, SR, 10, 5) == [(0, 5 * SR)]           # short: the whole clip
-    assert segment_bounds(10 * SR, SR, 10, 5) == [(0, 10 * SR)]          # exactly one window
-    assert segment_bounds(23 * SR, SR, 10, 5) == [(0, 160000), (80000, 240000), (160000, 320000),
-                                                    (208000, 368000)]     # the last one ends at the end
-    assert segment_bounds(23 * SR, SR, 0, 5) == [(0, 23 * SR)]           # window 0: whole files
+def test_search_windows():
+    assert window_bounds(5 * SR, SR, 10, 5) == [(0, 5 * SR)]           # short: the whole clip
+    assert window_bounds(10 * SR, SR, 10, 5) == [(0, 10 * SR)]          # exactly one window
+    assert window_bounds(23 * SR, SR, 10, 5) == [(0, 160000), (80000, 240000), (160000, 320000),
+                                                   (208000, 368000)]     # the last one ends at the end
+    assert window_bounds(23 * SR, SR, 0, 5) == [(0, 23 * SR)]           # window 0: whole files
 
 
 @pytest.fixture
@@ -131,7 +132,8 @@ def test_long_files_are_indexed_per_window_and_hits_say_where(library, tmp_path)
     assert index.entry("tone440.wav")["segments"] == [[0.0, 0.5]]
     assert index.n_rows == 3 + 4 and index.embeddings.shape == (7, 13)
     best = search(index, "2000 Hz", model, top=2)
-    assert best[0].key == "long.wav" and best[0].start_s >= 2.4 and best[0].end_s > best[0].start_s
+    # windows 2-4 s and 2.6-4.6 s are both 2000 Hz (equal scores): the earlier one represents the file
+    assert best[0].key == "long.wav" and best[0].start_s >= 2.0 and best[0].end_s > best[0].start_s
     low = search(index, "300 Hz", model, top=1)[0]
     assert (low.key, low.start_s, low.end_s) == ("long.wav", 0.0, 2.0)
     # each row is the embedding of its window, computed from the decoded samples directly

@@ -82,7 +82,7 @@ def test_zero_shot_task_accuracy_and_multilabel_map(tmp_path):
 
 
 def test_evaluation_report_gets_a_zero_shot_section(tmp_path):
-    from kikimimi.evaluation.report import ModelSpec, run_evaluation
+    from kikimimi.evaluation.run import ModelSpec, run_evaluation
 
     rows = []
     for i, f in enumerate([220, 880, 3520] * 4):

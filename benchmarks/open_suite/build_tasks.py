@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from midi import EXCLUDED_FAMILIES, FAMILY_RANGE, GM_FAMILIES, Note, family_of, midi_bytes, note_name
+from midi import FAMILY_RANGE, Note, family_of, midi_bytes, note_name
 
 from kikimimi.data.clips import SAMPLE_RATE, is_silent, write_wav
 from kikimimi.data.registry_tasks import *  # noqa: F403  (the language and drum builders, re-exported as bt.*)
@@ -32,21 +32,12 @@ GROUP_KEY = {"language_id": "prompt", "drum_type": "kit", "instrument_family": "
 
 # ------------------------------------------------------------------------------------------------ (c) instruments
 
-TASK_FAMILIES = tuple(f for f in GM_FAMILIES if f not in EXCLUDED_FAMILIES)
+# the program split is shared with the open corpus (which renders no valid/test program)
+from kikimimi.data.midi import TASK_FAMILIES, split_programs  # noqa: E402, F401  (re-exported as bt.*)
+
 SLOT_S = 3.0  # one note per slot: held NOTE_S, cut (all sound off) just before the next slot
 NOTE_S = 2.0
 VELOCITIES = (70, 100, 120)
-
-
-def split_programs(seed: int) -> dict[int, str]:
-    """Per task family: 5 train, 1 valid and 2 test programs (seeded) → ``{program: split}``."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for fam in TASK_FAMILIES:
-        progs = [GM_FAMILIES.index(fam) * 8 + k for k in rng.permutation(8)]
-        for i, p in enumerate(progs):
-            out[int(p)] = "train" if i < 5 else "valid" if i < 6 else "test"
-    return out
 
 
 def note_plan(programs: dict[int, str], notes_per_program: int, seed: int) -> list[Note]:

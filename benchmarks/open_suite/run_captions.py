@@ -117,10 +117,10 @@ def encoders(data: Path, recipe: dict[str, Any], rows: list[dict[str, str]], wor
 
 
 def train_one(name: str, encoder: Path, lists: dict[str, Path], data: Path, args: argparse.Namespace) -> Path:
-    from kikimimi.apps.captioning.tiny_lm import write_tiny_lm
-    from kikimimi.apps.captioning.train import train_captioner
     from kikimimi.data.caption_qa import LABEL_QUESTIONS, read_qa_csv
     from kikimimi.data.captions import CaptionTable
+    from kikimimi.models.tiny_lm import write_tiny_lm
+    from kikimimi.training.captioner_run import train_captioner
 
     lora = f"-lora{args.lora_rank}" if args.lora_rank else ""
     run_dir = data / "captioning" / "runs" / f"{name}-{Path(args.llm).name}{lora}-{args.steps}"
@@ -155,8 +155,8 @@ def train_one(name: str, encoder: Path, lists: dict[str, Path], data: Path, args
 
 def evaluate(name: str, model_dir: Path, lists: dict[str, Path], data: Path,
              labels: dict[str, tuple[str, str]]) -> dict[str, Any]:
-    from kikimimi.apps.captioning import load_captioner
     from kikimimi.evaluation.caption_metrics import caption_scores, named_class, read_references
+    from kikimimi.inference.captioner import load_captioner
 
     out = model_dir / "eval.json"
     if out.is_file():

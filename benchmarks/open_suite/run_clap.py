@@ -16,7 +16,7 @@ evaluated on the **test side** (unseen prompts / kits / programs, the TimGM6mb s
 4. zero-shot accuracy per task (prompt ensemble of ``zeroshot_labels.json`` minus prompts that are training
    captions) and text→audio / audio→text R@1/5/10 + mAP@10 on the test captions, per CLAP model
    (``clap/eval/<run>.json``, reused while the model and the data are unchanged);
-5. linear probe (``kikimimi.evaluation.report.run_evaluation``) of every encoder on the four tasks
+5. linear probe (``kikimimi.evaluation.run.run_evaluation``) of every encoder on the four tasks
    (``clap/probe/report.md``), log-mel statistics as a baseline;
 6. ``clap_results.md`` + ``clap_results.json`` in ``<cache>/<scale>/``.
 """
@@ -273,7 +273,8 @@ def retrieval(model, pairs: list[tuple[Path, str]], batch_size: int) -> dict[str
 def evaluate_clap(data: Path, runs: dict[str, Path], recipe: dict, rows: list[dict[str, str]], tasks,
                   labels: dict, batch_size: int) -> dict[str, dict]:
     """Zero-shot + retrieval per CLAP run, cached in ``clap/eval/<run>.json`` by model and data fingerprints."""
-    from kikimimi.evaluation.report import file_fingerprint, task_fingerprint
+    from kikimimi.evaluation.report import task_fingerprint
+    from kikimimi.evaluation.run import file_fingerprint
 
     out_dir = data / "clap" / "eval"
     train_captions = [r["caption"] for r in rows if r["split"] == "train"]
@@ -332,7 +333,7 @@ def same_encoder(a: Path, b: Path) -> bool:
 
 def probe(data: Path, runs: dict[str, Path], recipe: dict, tasks, plots: bool) -> tuple[dict, bool]:
     """Linear probe of every encoder (+ log-mel stats); returns (report dict, stage 2 shares stage 1's encoder)."""
-    from kikimimi.evaluation.report import model_specs, run_evaluation
+    from kikimimi.evaluation.run import model_specs, run_evaluation
 
     shared = same_encoder(runs["m2d2_stage1"] / "kikimimi", runs["m2d2_stage2"] / "kikimimi")
     probed = [r for r in ALL_RUNS if not (r == "m2d2_stage2" and shared)]

@@ -7,7 +7,7 @@ Stages (each skips work whose output exists; a killed pre-training run continues
 1. ``build_data.build`` (tasks, corpus, captions) into ``<cache>/<scale>/``;
 2. ``kikimimi prep`` log-mel caches of the corpus (``prep-m2d-16k``, ``prep-byola``);
 3. ``python -m kikimimi pretrain`` for M2D and BYOL-A with the flags of ``recipes.json`` (``--recipes``);
-4. ``kikimimi.evaluation.report.run_evaluation`` on every task: log-mel baseline, random init, BYOL-A, M2D
+4. ``kikimimi.evaluation.run.run_evaluation`` on every task: log-mel baseline, random init, BYOL-A, M2D
    (``eval/report.md`` with per-class tables and plots);
 5. ``results.md`` + ``results.json``: one table, models × tasks.
 """
@@ -113,7 +113,7 @@ def load_tasks(data: Path):
 
 def evaluate(data: Path, runs: dict[str, Path], recipe: dict, plots: bool):
     """Probe every task with the baselines and both encoders; returns (EvalOutcome | None, report dict)."""
-    from kikimimi.evaluation.report import model_specs, run_evaluation
+    from kikimimi.evaluation.run import model_specs, run_evaluation
 
     out = data / "eval"
     report_json = out / "report.json"

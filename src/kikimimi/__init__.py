@@ -4,7 +4,7 @@ Typical use::
 
     import kikimimi
     model = kikimimi.load("m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth")
-    clip_embeddings = model.embed(["dog.wav", "rain.flac"])       # [B, D]
+    clip_embeddings = model.embed(["dog.wav", "rain.flac"])       # [B, D]; model.embed("dog.wav") → [D]
     model = kikimimi.load("m2d-vit-base-mr7", accept_licence=True)   # a registered name: `kikimimi models list`
 
     clap = kikimimi.load_clap("m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025/checkpoint-30.pth")
@@ -13,20 +13,50 @@ Typical use::
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load", "load_clap"]
 
+if TYPE_CHECKING:  # names for the annotations only: importing kikimimi stays light (no torch)
+    import torch
 
-def load(*args, **kwargs):
-    """Load an encoder from an official or kikimimi checkpoint; see :func:`kikimimi.inference.encoder.load`."""
+    from kikimimi.features.normstats import NormStats
+    from kikimimi.inference.clap import CLAPModel
+    from kikimimi.inference.encoder import AudioEncoder
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None, *,
+         norm_stats: Sequence[float] | NormStats | None = None, trust_pickle: bool = False,
+         accept_licence: bool = False, precision: str = "fp32", **overrides: Any) -> AudioEncoder:
+    """Load an official or kikimimi checkpoint, or a registered model by name, as an audio encoder.
+
+    The same arguments as :func:`kikimimi.inference.encoder.load`, which is imported on the first call (so that
+    ``import kikimimi`` does not import torch): ``path`` (weight file, kikimimi folder or registered name such as
+    ``"m2d-vit-base-mr7"``), ``device`` (``"cpu"``, ``"cuda"``, ``None``/``"auto"``), ``norm_stats`` (log-mel
+    ``(mean, std)``, needed for BYOL-A files), ``trust_pickle``, ``accept_licence``, ``precision`` (``"fp32"``,
+    ``"bf16"``, ``"int8"``…) and architecture ``overrides``. Returns an
+    :class:`~kikimimi.inference.encoder.AudioEncoder`: ``embed(path)`` → ``[D]``, ``embed([paths])`` → ``[B, D]``.
+    """
     from kikimimi.inference.encoder import load as _load
 
-    return _load(*args, **kwargs)
+    return _load(path, device, norm_stats=norm_stats, trust_pickle=trust_pickle, accept_licence=accept_licence,
+                 precision=precision, **overrides)
 
 
-def load_clap(*args, **kwargs):
-    """Load an M2D-CLAP checkpoint as an audio–text model; see :func:`kikimimi.inference.clap.load_clap`."""
+def load_clap(path: str | os.PathLike, *, text_encoder: Any = None, device: str | torch.device | None = None,
+              trust_pickle: bool = False, accept_licence: bool = False, **overrides: Any) -> CLAPModel:
+    """Load an M2D-CLAP checkpoint (or a registered name such as ``"m2d-clap-2025"``) as an audio–text model.
+
+    The same arguments as :func:`kikimimi.inference.clap.load_clap`, imported on the first call: ``text_encoder``
+    (``None`` = bundled or recorded, a spec string such as ``"gte:/models/gte-base"``, or an encoder), ``device``,
+    ``trust_pickle``, ``accept_licence`` and ``overrides``. Returns a :class:`~kikimimi.inference.clap.CLAPModel`
+    (a :class:`~kikimimi.models.encoder.TextAudioModel`).
+    """
     from kikimimi.inference.clap import load_clap as _load_clap
 
-    return _load_clap(*args, **kwargs)
+    return _load_clap(path, text_encoder=text_encoder, device=device, trust_pickle=trust_pickle,
+                      accept_licence=accept_licence, **overrides)

@@ -11,11 +11,12 @@ pytest.importorskip("tokenizers")
 
 from caption_fakes import write_tiny_encoder, write_tiny_llama  # noqa: E402
 
-from kikimimi.apps.captioning import caption_files, load_captioner, save_captioner  # noqa: E402
-from kikimimi.apps.captioning.train import clip_features  # noqa: E402
 from kikimimi.cli import main  # noqa: E402
+from kikimimi.inference.captioner import caption_files, load_captioner, save_captioner  # noqa: E402
 from kikimimi.inference.encoder import load  # noqa: E402
-from kikimimi.models.captioning import MapperConfig, PrefixMapper, load_causal_lm  # noqa: E402
+from kikimimi.models.causal_lm import load_causal_lm  # noqa: E402
+from kikimimi.models.prefix_mapper import MapperConfig, PrefixMapper  # noqa: E402
+from kikimimi.training.captioner_run import clip_features  # noqa: E402
 
 from .inputs import fault_folder, named_once  # noqa: E402
 

@@ -64,14 +64,16 @@ def test_output_lock_refuses_a_second_holder_at_once_and_is_freed_by_a_kill(tmp_
             pass
         assert str(info.value) == (f"'{out}' is in use by another kikimimi embed (pid {holder.pid}); wait for it "
                                    "or choose another output")
-        with output_lock(out, "prep"), output_lock(out, "embed", rank=1):  # other jobs, other ranks: own locks
-            pass
+        for other in ({"what": "prep"}, {"what": "embed", "rank": 1}):  # one lock for every job in a folder
+            with pytest.raises(OutputInUseError, match=rf"kikimimi embed \(pid {holder.pid}\)"), \
+                    output_lock(out, **other):
+                pass
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     with output_lock(out, "embed") as lock_file:  # the kernel dropped the dead holder's lock
-        assert lock_file.name == ".kikimimi-embed.lock"
-        assert (out / ".kikimimi-embed.lock.pid").read_text().strip() == str(os.getpid())
+        assert lock_file.name == ".kikimimi.lock"
+        assert (out / ".kikimimi.lock.pid").read_text().split() == [str(os.getpid()), "embed"]
 
 
 def test_torchrun_ranks_lock_separately(tmp_path):
@@ -107,7 +109,7 @@ def test_second_prep_into_the_same_cache_stops_at_once_and_the_first_completes(t
     cache = tmp_path / "cache"
     argv = ["prep", str(audio), "-o", str(cache), "--workers", "1", "--quiet"]
     second, first, overlapped = _race([sys.executable, "-m", "kikimimi", *argv], argv,
-                                      cache / ".kikimimi-prep.lock.pid")
+                                      cache / ".kikimimi.lock.pid")
     assert overlapped, "the second prep must have ended while the first was still converting"
     assert second.returncode == 2
     assert second.stderr.strip() == (f"kikimimi prep: error: '{cache}' is in use by another kikimimi prep "
@@ -132,7 +134,7 @@ def test_second_index_into_the_same_folder_stops_at_once_and_the_first_completes
     argv = ["index", str(audio), "-m", str(model), "-o", str(out), "--device", "cpu", "--batch-size", "1",
             "--save-every-s", "0"]
     second, first, overlapped = _race([sys.executable, "-m", "kikimimi", *argv], argv,
-                                      out / ".kikimimi-index.lock.pid")
+                                      out / ".kikimimi.lock.pid")
     assert overlapped, "the second index must have ended while the first was still embedding"
     assert second.returncode == 2
     assert f"'{out}' is in use by another kikimimi index (pid {first.pid})" in second.stderr

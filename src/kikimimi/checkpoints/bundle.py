@@ -4,7 +4,8 @@ The ``config`` dict is JSON-serialisable and is what ``config.json`` stores:
 
 - ``family``: ``"m2d"`` or ``"byola"``;
 - ``vit``: :class:`kikimimi.models.vit.ViTConfig` fields (M2D) — or ``byola``: ``{"version", "n_mels", "d"}``;
-- ``head``: ``{"in_dim", "n_classes"}`` or ``None`` (EVAR-style tagging head);
+- ``head``: ``{"in_dim", "n_classes"[, "classes", "activation"]}`` or ``None`` (EVAR-style tagging head,
+  :class:`kikimimi.models.heads.TaggingHead`);
 - ``audio_proj``: ``{"kind": "mlp", "dim"[, "out_dim"]}`` (2024) / ``{"kind": "semantic", "dim", "depth", "mlp_ratio"}``
   (2025) or ``None``; ``text_proj``: ``{"kind": "linear", "in_dim", "out_dim", "bias"}`` /
   ``{"kind": "mlp", "in_dim", "hidden", "out_dim"}`` or ``None``;
@@ -22,15 +23,18 @@ from torch import nn
 
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.layouts import missing_unexpected_message
+from kikimimi.checkpoints.validate import check_against_shapes, check_config
 from kikimimi.features.frontend import FrontendConfig
 from kikimimi.features.normstats import NormStats
 from kikimimi.models.byola import AudioNTT2020, AudioNTT2022
+from kikimimi.models.heads import TaggingHead
 from kikimimi.models.projectors import MLPAudioProjector, SemanticProjector
 from kikimimi.models.vit import AudioViT, ViTConfig
 
 __all__ = [
     "EncoderBundle",
     "assemble_bundle",
+    "check_before_build",
     "load_into",
     "TaggingHead",
     "build_audio_proj",
@@ -38,22 +42,6 @@ __all__ = [
     "build_head",
     "build_text_proj",
 ]
-
-
-class TaggingHead(nn.Module):
-    """EVAR fine-tuning head: ``BatchNorm1d(in_dim, affine=False)`` → ``Linear(in_dim, n_classes)``.
-
-    ``forward(x [B, in_dim]) -> logits [B, n_classes]`` (input = time-mean of the frame features;
-    apply a sigmoid for AudioSet-style multi-label probabilities).
-    """
-
-    def __init__(self, in_dim: int, n_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm1d(in_dim, affine=False)
-        self.linear = nn.Linear(in_dim, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(x))
 
 
 @dataclass
@@ -141,26 +129,64 @@ def build_text_proj(cfg: dict[str, Any] | None) -> nn.Module | None:
     raise ValueError(f"unknown text_proj kind {cfg['kind']!r}; expected 'linear' or 'mlp'")
 
 
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
-    """Strict ``load_state_dict`` whose failures become a :class:`CheckpointError` listing the keys."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+def _compare_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: str | Path,
+                    what: str) -> None:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
     if missing or unexpected:
         raise CheckpointError(
             path, f"{what} does not match the file; " + missing_unexpected_message(missing, unexpected)
         )
-    wrong = [
-        f"{k} {list(state[k].shape)} vs model {list(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
+    wrong = [f"{k} {list(found[k])} vs model {list(v)}" for k, v in expected.items() if tuple(found[k]) != tuple(v)]
     if wrong:
         shown = "; ".join(wrong[:6])
         raise CheckpointError(
             path, f"{what}: tensor shapes differ from the model built for this file: {shown}"
         )
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Strict ``load_state_dict`` whose failures become a :class:`CheckpointError` listing the keys."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    _compare_shapes(expected, {k: tuple(v.shape) for k, v in state.items()}, path, what)
     module.load_state_dict(state, strict=True)
+
+
+def _build_modules(config: dict[str, Any], path: str | Path) -> dict[str, nn.Module | None]:
+    try:
+        return {
+            "encoder": build_encoder(config),
+            "head": build_head(config.get("head")),
+            "audio_proj": build_audio_proj(config.get("audio_proj")),
+            "text_proj": build_text_proj(config.get("text_proj")),
+        }
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(path, f"cannot build the model from its configuration ({exc})") from exc
+
+
+def check_before_build(config: dict[str, Any], shapes: dict[str, dict[str, tuple[int, ...]]], weights: str | Path,
+                       source: str | Path | None = None) -> None:
+    """Check ``config`` against the tensor shapes of its weight file without allocating the model.
+
+    ``shapes``: part (``encoder``, ``head``, ``audio_proj``, ``text_proj``) → tensor name → shape, e.g. read
+    from a safetensors header. Every size field is bounded first (:func:`~kikimimi.checkpoints.validate.
+    check_config`), compared field by field (:func:`~kikimimi.checkpoints.validate.check_against_shapes`), then
+    the whole state dict of a weightless ``meta``-device copy is compared with ``shapes``.
+
+    Raises:
+        CheckpointError: naming ``source`` (the ``config.json``, default ``weights``) and the field.
+    """
+    source = weights if source is None else source
+    check_config(config, source)
+    flat = {f"{part}.{name}": tuple(shape) for part, named in shapes.items() for name, shape in named.items()}
+    check_against_shapes(config, flat, source, weights)
+    with torch.device("meta"):
+        modules = _build_modules(config, source)
+    labels = {"encoder": f"{config['family']} encoder"}
+    for part, module in modules.items():
+        if module is not None:
+            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            _compare_shapes(expected, shapes.get(part, {}), weights, labels.get(part, part))
 
 
 def assemble_bundle(
@@ -172,14 +198,16 @@ def assemble_bundle(
     *,
     text_encoder_state: dict[str, torch.Tensor] | None = None,
 ) -> EncoderBundle:
-    """Build every module described by ``config`` and load its tensors strictly (eval mode)."""
-    try:
-        encoder = build_encoder(config)
-        head = build_head(config.get("head"))
-        audio_proj = build_audio_proj(config.get("audio_proj"))
-        text_proj = build_text_proj(config.get("text_proj"))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(path, f"cannot build the model from its configuration ({exc})") from exc
+    """Build every module described by ``config`` and load its tensors strictly (eval mode).
+
+    The configuration is checked against the tensors' shapes first (:func:`check_before_build`), so a damaged
+    or crafted configuration is refused before any memory is allocated for the model.
+    """
+    shapes = {part: {k: tuple(v.shape) for k, v in named.items()} for part, named in parts.items()
+              if part != "logit_scale"}
+    check_before_build(config, shapes, path)
+    modules = _build_modules(config, path)
+    encoder, head, audio_proj, text_proj = (modules[k] for k in ("encoder", "head", "audio_proj", "text_proj"))
     load_into(encoder, parts.get("encoder", {}), path, f"{config['family']} encoder")
     for label, module in (("head", head), ("audio_proj", audio_proj), ("text_proj", text_proj)):
         if module is not None:

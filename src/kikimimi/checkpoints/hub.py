@@ -7,15 +7,24 @@
   then finds the finished download;
 - **licence gate**: the first download of a gated (official) file prints its licence summary and needs
   ``accept_licence=True``, ``--accept-licence`` or ``KIKIMIMI_ACCEPT_LICENCE=1``;
-- **download** with ``pooch``'s HTTP downloader (``requests``; a progress bar; a transfer cut short of its
-  ``Content-Length`` is an error) into a temporary ``*.part`` file, retried with exponential back-off;
+- **download** with ``requests`` (a progress bar) into a temporary ``.<file>.kikimimi-<pid>-<hex>.part`` file,
+  retried with exponential back-off, under an overall deadline (:data:`DEADLINE_S`, ``KIKIMIMI_DOWNLOAD_DEADLINE_S``)
+  and a low-speed limit (fewer than :data:`LOW_SPEED_BYTES` in :data:`LOW_SPEED_WINDOW_S` seconds fails the
+  attempt); a full disk is reported as such (:class:`DiskFullError`), never retried as a network error;
+- **a transfer is complete only if it can prove it**: its length must equal the ``Content-Length`` the server
+  sent, and its SHA-256 the registry's pin (or, for a kikimimi folder, the ``weights_sha256`` of its
+  ``config.json``). A body with neither a ``Content-Length`` nor a published hash cannot be told from a cut one:
+  it is refused, nothing cached;
 - **verification**: the SHA-256 (and size) the registry knows, else the hash seen now is recorded (trust on
   first use) in ``<model folder>/kikimimi-download.json``; every later load re-hashes the files and refuses
   a changed one;
-- **safe unpacking** of zips: absolute paths, ``..`` members, symlinks, too many members, oversized totals and
-  zip bombs (uncompressed/compressed ratio) are refused before anything is written;
+- **safe unpacking** of zips: absolute paths, ``..`` members, symlinks, too many members, a member or a total
+  over the limits, member sizes that do not fit in the archive, and zip bombs (every member's
+  uncompressed size is bounded by :data:`MAX_RATIO` × its compressed size + :data:`RATIO_SLACK_BYTES`, with
+  no size exemption) are refused before anything is written; a body that is no zip is one line of error;
 - **atomic install**: everything is assembled in a hidden staging folder that is renamed into place as a
-  whole, so an interrupted run leaves no folder that looks complete;
+  whole, so an interrupted run leaves no folder that looks complete; the ``.part`` files and staging folders
+  of killed runs (their writer's pid is gone) are removed by the next fetch;
 - **offline** (``KIKIMIMI_OFFLINE=1``, or the network failing after the retries): the cache only; otherwise
   one message naming the URL and the place to put a hand-downloaded file (``<home>/downloads/<file name>``,
   verified and unpacked on the next load).
@@ -27,32 +36,42 @@ mirror, or the local server of the tests).
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
+import http.client
 import json
+import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import filelock
-import pooch
+import requests
+import urllib3
+from tqdm import tqdm
 
+from kikimimi.checkpoints.digest import sha256_file, sha256_file_cached
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.home import cache_root
 from kikimimi.checkpoints.registry import ModelEntry, UnknownModelError, find_entry, get_entry
-from kikimimi.fileio import atomic_write_json
+from kikimimi.fileio import atomic_write_json, pid_alive
 
 __all__ = [
     "ACCEPT_ENV",
+    "DEADLINE_ENV",
+    "DiskFullError",
     "FetchError",
     "HashMismatchError",
     "LicenceNotAcceptedError",
@@ -61,6 +80,7 @@ __all__ = [
     "OfflineError",
     "UnsafeArchiveError",
     "cached_weights",
+    "clean_leftovers",
     "download_url",
     "fetch",
     "find_weight_file",
@@ -83,10 +103,27 @@ RETRIES = 3
 BACKOFF_S = 2.0
 #: Seconds without data before a connection counts as failed.
 TIMEOUT_S = 60.0
-#: Zip limits: total uncompressed bytes, members, uncompressed/compressed ratio of a member > 1 MiB.
+#: Overall limit of one download (every attempt and back-off together), seconds; ``KIKIMIMI_DOWNLOAD_DEADLINE_S``
+#: overrides it.
+DEADLINE_S = 6 * 3600.0
+DEADLINE_ENV = "KIKIMIMI_DOWNLOAD_DEADLINE_S"
+#: Low-speed limit (as curl's ``--speed-limit``/``--speed-time``): an attempt that receives fewer than
+#: LOW_SPEED_BYTES within any LOW_SPEED_WINDOW_S seconds fails (and is retried while the deadline allows).
+LOW_SPEED_BYTES = 16 * 1024
+LOW_SPEED_WINDOW_S = 60.0
+#: Zip limits: total uncompressed bytes, one member's uncompressed bytes, members; and the bomb guard: every
+#: member's uncompressed size must be at most MAX_RATIO × its compressed size + RATIO_SLACK_BYTES (the slack
+#: lets a tiny config file of repeated bytes through; with MAX_MEMBERS it bounds a bomb to ~4 MB).
 MAX_ARCHIVE_BYTES = 32 * 2**30
+MAX_MEMBER_BYTES = 16 * 2**30
 MAX_MEMBERS = 1000
 MAX_RATIO = 100.0
+RATIO_SLACK_BYTES = 4096
+#: Marker in the names of kikimimi's temporary downloads and staging folders: ``.<stem>.kikimimi-<pid>-<hex>``.
+TEMP_MARK = "kikimimi"
+_LEFTOVER_RE = re.compile(rf"^\..+\.{TEMP_MARK}-(\d+)-[0-9a-f]{{8}}\.(part|staging)$")
+_CHUNK = 1 << 20
+_log = logging.getLogger(__name__)
 #: How long a process waits for another one downloading the same model, seconds.
 LOCK_TIMEOUT_S = 6 * 3600.0
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -111,6 +148,35 @@ class HashMismatchError(FetchError):
 
 class UnsafeArchiveError(FetchError):
     """A zip with absolute paths, ``..`` members, symlinks or an oversized / bomb-like content."""
+
+
+class DiskFullError(FetchError):
+    """The disk filled up while a download or an unpacked model was written (not a network error)."""
+
+
+class _TransferFailed(Exception):
+    """One download attempt failed in a way a retry may fix (cut, too slow, refused connection…)."""
+
+
+class _HTTPRefused(Exception):
+    """The server answered a 4xx that a retry will not change."""
+
+
+def _free_mb(path: Path) -> str:
+    for folder in (path, *path.parents):
+        try:
+            return f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free"
+        except OSError:
+            continue
+    return "free space unknown"
+
+
+def disk_full_error(path: Path, exc: OSError) -> DiskFullError | None:
+    """A :class:`DiskFullError` for an ``ENOSPC``/``EDQUOT`` error while writing ``path``, else ``None``."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return DiskFullError(None, f"disk full while writing {path} ({_free_mb(path.parent)}); free some space "
+                               "and run again")
 
 
 def _env_flag(name: str) -> bool:
@@ -138,14 +204,6 @@ def download_url(entry: ModelEntry, file: str | None = None) -> str:
     if mirror and url.startswith(GITHUB + "/"):
         url = mirror.rstrip("/") + url[len(GITHUB):]
     return url
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_record(entry: ModelEntry) -> dict[str, Any] | None:
@@ -221,34 +279,180 @@ def _manual_hint(entry: ModelEntry) -> str:
             "unpacked on the next load)")
 
 
-def _download_once(url: str, folder: Path, stem: str, progress: bool) -> Path:
+def deadline_s() -> float:
+    """The overall download deadline in seconds (``KIKIMIMI_DOWNLOAD_DEADLINE_S``, else :data:`DEADLINE_S`)."""
+    text = os.environ.get(DEADLINE_ENV, "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            raise FetchError(None, f"{DEADLINE_ENV}={text!r} is not a number of seconds") from None
+        if value > 0:
+            return value
+    return float(DEADLINE_S)
+
+
+def _temp_name(stem: str, kind: str) -> str:
+    """``.<stem>.kikimimi-<pid>-<8 hex>.<kind>``: a name only kikimimi makes, with its writer's pid."""
+    return f".{stem}.{TEMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}.{kind}"
+
+
+def clean_leftovers() -> list[Path]:
+    """Remove the ``.part`` files (``<home>/downloads``) and staging folders (``<home>/models``) of killed runs.
+
+    Only names made by :func:`_temp_name` are considered, and only those whose writer (the pid in the name) is no
+    longer alive; anything else is left alone. Returns what was removed.
+    """
+    removed = []
+    for folder in (cache_root() / "downloads", models_dir()):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            match = _LEFTOVER_RE.match(name)
+            if match is None or pid_alive(int(match.group(1))):
+                continue
+            path = folder / name
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                _log.debug("could not remove the leftover %s (%s)", path, exc)
+                continue
+            removed.append(path)
+    if removed:
+        print(f"kikimimi: removed {len(removed)} leftover(s) of interrupted downloads "
+              f"({', '.join(p.name for p in removed[:3])}{', …' if len(removed) > 3 else ''})", file=sys.stderr)
+    return removed
+
+
+@dataclass
+class Transfer:
+    """A finished download: the temporary file, its size and SHA-256, and the ``Content-Length`` sent (or
+    ``None`` when the server sent none)."""
+
+    path: Path
+    size: int
+    sha256: str
+    content_length: int | None
+
+
+def _open_part(path: Path) -> IO[bytes]:
+    """Create the temporary download file (exclusively; a seam for the disk-full test)."""
+    return open(path, "xb")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    return (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+def _download_once(url: str, folder: Path, stem: str, progress: bool, deadline: float) -> Transfer:
+    """One attempt: ``url`` → ``folder/.<stem>.kikimimi-<pid>-<hex>.part`` (removed on any failure).
+
+    Raises:
+        _TransferFailed: refused/cut connection, timeout, too slow, deadline reached, length short of the
+            ``Content-Length``: worth a retry.
+        _HTTPRefused: an HTTP 4xx other than 408/429 (not worth a retry).
+        DiskFullError: ENOSPC while writing. FetchError: another local write error, or a body sent with a
+            ``Content-Encoding`` (its bytes are not the file's).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{stem}.", suffix=".part", dir=folder)
-    os.close(fd)
-    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=TIMEOUT_S,
-                                      headers={"User-Agent": "kikimimi"})
+    tmp = folder / _temp_name(stem, "part")
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _TransferFailed("the deadline passed")
+    wait = max(0.05, min(TIMEOUT_S, remaining))
+    digest, received = hashlib.sha256(), 0
+    headers = {"User-Agent": "kikimimi", "Accept-Encoding": "identity"}
     try:
-        downloader(url, tmp, None)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with requests.get(url, stream=True, timeout=(wait, wait), headers=headers) as response:
+            status = response.status_code
+            if 400 <= status < 500 and status not in (408, 429):
+                raise _HTTPRefused(f"{url} answered HTTP {status}")
+            if status >= 400:
+                raise _TransferFailed(f"HTTP {status}")
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise FetchError(None, f"{url} was sent with Content-Encoding {encoding!r}; its length and hash "
+                                       "cannot be checked against the file")
+            length_text = response.headers.get("Content-Length")
+            length = int(length_text) if length_text and length_text.strip().isdigit() else None
+            bar = tqdm(total=length, unit="B", unit_scale=True, desc=stem, disable=not progress, leave=False)
+            try:
+                out = _open_part(tmp)
+            except OSError as exc:
+                raise disk_full_error(tmp, exc) or FetchError(tmp, f"cannot write ({exc.strerror or exc})") from exc
+            with out, bar:
+                window_start, window_bytes = time.monotonic(), 0
+                while True:
+                    chunk = response.raw.read1(_CHUNK, decode_content=False)
+                    now = time.monotonic()
+                    if chunk:
+                        try:
+                            out.write(chunk)
+                        except OSError as exc:
+                            raise disk_full_error(tmp, exc) or FetchError(
+                                tmp, f"cannot write ({exc.strerror or exc})") from exc
+                        digest.update(chunk)
+                        received += len(chunk)
+                        window_bytes += len(chunk)
+                        bar.update(len(chunk))
+                    if length is not None and received > length:
+                        raise _TransferFailed(f"more bytes than the Content-Length {length}")
+                    if now > deadline:
+                        raise _TransferFailed(f"the deadline passed after {received} bytes")
+                    if now - window_start >= LOW_SPEED_WINDOW_S:
+                        if window_bytes < LOW_SPEED_BYTES:
+                            raise _TransferFailed(f"too slow: {window_bytes} bytes in the last "
+                                                  f"{now - window_start:.0f} s (limit {LOW_SPEED_BYTES} per "
+                                                  f"{LOW_SPEED_WINDOW_S:g} s)")
+                        window_start, window_bytes = now, 0
+                    if not chunk:
+                        break
+                try:
+                    out.flush()
+                    os.fsync(out.fileno())
+                except OSError as exc:
+                    raise disk_full_error(tmp, exc) or FetchError(tmp, f"cannot write ({exc.strerror or exc})") \
+                        from exc
+        if length is not None and received != length:
+            raise _TransferFailed(f"cut short: {received} of {length} bytes (Content-Length)")
+    except (FetchError, _TransferFailed, _HTTPRefused):
+        tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+    except _network_errors() as exc:
+        tmp.unlink(missing_ok=True)
+        raise _TransferFailed(str(exc) or type(exc).__name__) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Transfer(tmp, received, digest.hexdigest(), length)
 
 
-def _download(entry: ModelEntry, url: str, folder: Path, stem: str, progress: bool) -> Path:
-    """``url`` → a complete temporary file in ``folder`` (retries with back-off); the caller removes it."""
+def _download(entry: ModelEntry, url: str, folder: Path, stem: str, progress: bool) -> Transfer:
+    """``url`` → a complete temporary file in ``folder`` (retries with back-off inside the overall deadline);
+    the caller removes it."""
+    limit = deadline_s()
+    deadline = time.monotonic() + limit
     last: Exception | None = None
     for attempt in range(1, RETRIES + 1):
         try:
-            return _download_once(url, folder, stem, progress)
-        except OSError as exc:  # requests' errors are OSErrors: refused/cut connection, timeout, short transfer
-            response = getattr(exc, "response", None)
-            status = getattr(response, "status_code", 0) or 0
-            if 400 <= status < 500 and status not in (408, 429):
-                raise FetchError(None, f"'{entry.name}': {url} answered HTTP {status}; {_manual_hint(entry)}") from exc
+            return _download_once(url, folder, stem, progress, deadline)
+        except _HTTPRefused as exc:
+            raise FetchError(None, f"'{entry.name}': {exc}; {_manual_hint(entry)}") from None
+        except _TransferFailed as exc:
             last = exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise OfflineError(None, f"'{entry.name}': {url} did not finish within the {limit:g}-s deadline "
+                                     f"({DEADLINE_ENV}; last: {last}); {_manual_hint(entry)}")
         if attempt < RETRIES:
-            delay = BACKOFF_S * 2 ** (attempt - 1)
+            delay = min(BACKOFF_S * 2 ** (attempt - 1), remaining)
             warnings.warn(f"'{entry.name}': download attempt {attempt}/{RETRIES} of {url} failed ({last}); "
                           f"retrying in {delay:g} s", stacklevel=2)
             time.sleep(delay)
@@ -261,25 +465,41 @@ def _member_parts(name: str) -> tuple[str, ...]:
     return tuple(p for p in re.split(r"[/\\]", name) if p not in ("", "."))
 
 
+def open_zip(archive: Path, origin: str | None = None) -> zipfile.ZipFile:
+    """``zipfile.ZipFile(archive)``, or one line of :class:`FetchError` saying what the file is instead."""
+    try:
+        return zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as exc:
+        try:
+            with open(archive, "rb") as fh:
+                head = fh.read(16)
+            size = archive.stat().st_size
+        except OSError:
+            head, size = b"", 0
+        what = f"{size} bytes starting with {head!r}" if size else "an empty file"
+        raise FetchError(archive, f"{origin or 'the file'} is not a zip archive ({what}; {exc}); an error page "
+                                  "or a cut transfer? Nothing was installed") from None
+
+
 def safe_extract(archive: Path, dest: Path, *, max_bytes: int | None = None) -> list[Path]:
     """Unpack ``archive`` into ``dest`` after checking every member; returns the files written.
 
     Raises:
         UnsafeArchiveError: an absolute or drive path, a ``..`` member, a symlink, more than
-            :data:`MAX_MEMBERS` members, more than ``max_bytes`` (default :data:`MAX_ARCHIVE_BYTES`) in total,
-            or a member over 1 MiB whose uncompressed/compressed ratio exceeds :data:`MAX_RATIO`.
+            :data:`MAX_MEMBERS` members, a member over :data:`MAX_MEMBER_BYTES`, more than ``max_bytes``
+            (default :data:`MAX_ARCHIVE_BYTES`) in total, compressed sizes that do not fit in the archive, or a
+            member whose uncompressed size exceeds :data:`MAX_RATIO` × its compressed size +
+            :data:`RATIO_SLACK_BYTES` (a zip bomb; no member is exempt, whatever its size).
+        DiskFullError: the disk has less free space than the archive unpacks to, or fills up while writing.
         FetchError: not a readable zip.
     """
     limit = MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise FetchError(archive, f"not a readable zip archive ({exc})") from exc
-    with zf:
+    archive_size = archive.stat().st_size
+    with open_zip(archive) as zf:
         infos = zf.infolist()
         if len(infos) > MAX_MEMBERS:
             raise UnsafeArchiveError(archive, f"{len(infos)} members (more than {MAX_MEMBERS}); refused")
-        total = 0
+        total = packed = 0
         for info in infos:
             name = info.filename
             if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
@@ -289,12 +509,29 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int | None = None) -> 
                                                   "refused")
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise UnsafeArchiveError(archive, f"member {name!r} is a symbolic link; refused")
-            ratio = info.file_size / max(info.compress_size, 1)
-            if info.file_size > 2**20 and ratio > MAX_RATIO:
-                raise UnsafeArchiveError(archive, f"member {name!r} expands {ratio:.0f}-fold (a zip bomb?); refused")
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise UnsafeArchiveError(archive, f"member {name!r} unpacks to {info.file_size} bytes (more than "
+                                                  f"the per-member limit {MAX_MEMBER_BYTES}); refused")
+            if info.file_size > MAX_RATIO * info.compress_size + RATIO_SLACK_BYTES:
+                ratio = info.file_size / max(info.compress_size, 1)
+                raise UnsafeArchiveError(archive, f"member {name!r} expands {ratio:.0f}-fold ({info.compress_size} "
+                                                  f"→ {info.file_size} bytes; limit {MAX_RATIO:g}-fold): a zip "
+                                                  "bomb? refused")
+            if info.header_offset + info.compress_size > archive_size:
+                raise UnsafeArchiveError(archive, f"member {name!r} claims {info.compress_size} compressed bytes "
+                                                  f"beyond the end of the {archive_size}-byte archive; refused")
             total += info.file_size
+            packed += info.compress_size
         if total > limit:
             raise UnsafeArchiveError(archive, f"{total} bytes uncompressed (more than the limit {limit}); refused")
+        if packed > archive_size:
+            raise UnsafeArchiveError(archive, f"its members claim {packed} compressed bytes in a {archive_size}-"
+                                              "byte archive; refused")
+        dest.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest).free
+        if total > free:
+            raise DiskFullError(None, f"disk full: unpacking {archive} into {dest} needs {total / 1e6:.0f} MB "
+                                      f"({free / 1e6:.0f} MB free); free some space and run again")
         written = []
         root = dest.resolve()
         for info in infos:
@@ -305,14 +542,30 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int | None = None) -> 
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 22)
+            _extract_member(zf, info, target, archive)
             written.append(target)
     return written
 
 
-def _single_top_folder(archive: Path) -> bool:
-    with zipfile.ZipFile(archive) as zf:
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, archive: Path) -> None:
+    """Copy one member, counting: never more than its declared size (zipfile also checks size and CRC)."""
+    count = 0
+    try:
+        with zf.open(info) as src, open(target, "wb") as out:
+            while block := src.read(_CHUNK):
+                count += len(block)
+                if count > info.file_size:
+                    raise UnsafeArchiveError(archive, f"member {info.filename!r} unpacks to more than its declared "
+                                                      f"{info.file_size} bytes; refused")
+                out.write(block)
+    except OSError as exc:
+        raise disk_full_error(target, exc) or FetchError(target, f"cannot write ({exc.strerror or exc})") from exc
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise FetchError(archive, f"member {info.filename!r} is damaged ({exc}); nothing was installed") from None
+
+
+def _single_top_folder(archive: Path, origin: str | None = None) -> bool:
+    with open_zip(archive, origin) as zf:
         tops = {_member_parts(i.filename)[0] for i in zf.infolist() if _member_parts(i.filename)}
         return len(tops) == 1 and all(len(_member_parts(i.filename)) > 1 or i.is_dir() for i in zf.infolist())
 
@@ -347,6 +600,9 @@ def _file_facts(root: Path, files: list[Path]) -> dict[str, dict[str, Any]]:
 def _verify(entry: ModelEntry, record: dict[str, Any]) -> Path:
     """Re-hash the cached files against the record (and the registry's pin); the weight path."""
     root = model_dir(entry)
+    if "verified_by" not in record:
+        _log.debug("%s: downloaded before transfers were proved complete (no Content-Length / pin recorded); "
+                   "verified against its recorded hashes only", root)
     if entry.sha256 is not None and record.get("source_sha256") != entry.sha256:
         raise HashMismatchError(root, f"the cached '{entry.name}' was downloaded with SHA-256 "
                                       f"{record.get('source_sha256')}, but the registry pins {entry.sha256}; run "
@@ -357,7 +613,7 @@ def _verify(entry: ModelEntry, record: dict[str, Any]) -> Path:
             raise HashMismatchError(path, f"file of the cached '{entry.name}' is missing; run "
                                           f"`kikimimi models remove {entry.name}` and fetch it again")
         size = path.stat().st_size
-        digest = sha256_file(path) if size == facts["size"] else None
+        digest = sha256_file_cached(path) if size == facts["size"] else None
         if digest != facts["sha256"]:
             seen = f"SHA-256 {digest}" if digest else f"size {size} bytes"
             want = f"SHA-256 {facts['sha256']}" if digest else f"{facts['size']} bytes"
@@ -368,8 +624,7 @@ def _verify(entry: ModelEntry, record: dict[str, Any]) -> Path:
     return root / record["weights"]
 
 
-def _check_download(entry: ModelEntry, path: Path, digest: str, origin: str) -> None:
-    size = path.stat().st_size
+def _check_download(entry: ModelEntry, size: int, digest: str, origin: str) -> None:
     if entry.size_bytes is not None and size != entry.size_bytes:
         raise HashMismatchError(None, f"'{entry.name}': {origin} has {size} bytes, the registry says "
                                       f"{entry.size_bytes}; refused, nothing cached")
@@ -378,8 +633,24 @@ def _check_download(entry: ModelEntry, path: Path, digest: str, origin: str) -> 
                                       f"{entry.sha256}; refused, nothing cached")
 
 
+def _proof(entry: ModelEntry, transfer: Transfer, url: str, published_sha256: str | None) -> str:
+    """How ``transfer`` is known to be complete (``"sha256"`` or ``"content-length"``), else refuse it.
+
+    A published hash (already compared) proves the bytes; a ``Content-Length`` equal to the bytes received
+    (checked while downloading) proves the length. A body with neither could have been cut anywhere.
+    """
+    if published_sha256 is not None:
+        return "sha256"
+    if transfer.content_length is not None:
+        return "content-length"
+    raise FetchError(None, f"'{entry.name}': {url} was sent without a Content-Length and no SHA-256 is published "
+                           f"for it, so a cut transfer cannot be told from a complete one ({transfer.size} bytes "
+                           f"received); refused, nothing cached. Pin its hash (register_model(..., sha256=...)) "
+                           f"or {_manual_hint(entry)}")
+
+
 def _install(entry: ModelEntry, staging: Path, weights: Path, source_sha256: str, source_size: int,
-             url: str, accepted: bool) -> Path:
+             url: str, accepted: bool, verified_by: str, content_length: int | None) -> Path:
     """Write the record into ``staging`` and rename it to the model folder; the installed weight path."""
     files = [p for p in staging.rglob("*") if p.is_file()]
     record = {
@@ -388,6 +659,8 @@ def _install(entry: ModelEntry, staging: Path, weights: Path, source_sha256: str
         "kind": entry.kind,
         "source_sha256": source_sha256,
         "source_size": source_size,
+        "content_length": content_length,
+        "verified_by": verified_by,
         "weights": weights.relative_to(staging).as_posix(),
         "files": _file_facts(staging, files),
         "downloaded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -402,13 +675,30 @@ def _install(entry: ModelEntry, staging: Path, weights: Path, source_sha256: str
     return final / record["weights"]
 
 
-def _fetch_folder(entry: ModelEntry, staging: Path, progress: bool) -> tuple[Path, str, int, str]:
-    for name in FOLDER_FILES:
-        tmp = _download(entry, download_url(entry, name), staging, name, progress)
-        os.replace(tmp, staging / name)
-    digest = sha256_file(staging / "model.safetensors")
-    _check_download(entry, staging / "model.safetensors", digest, "model.safetensors")
-    return staging, digest, (staging / "model.safetensors").stat().st_size, download_url(entry)
+def _fetch_folder(entry: ModelEntry, staging: Path, progress: bool, accepted: bool) -> Path:
+    """A kikimimi folder: ``config.json`` (complete when it parses) then ``model.safetensors``, proved by the
+    registry's pin, else the ``weights_sha256`` its ``config.json`` records, else its ``Content-Length``."""
+    config_url = download_url(entry, "config.json")
+    config = _download(entry, config_url, staging, "config.json", progress)
+    os.replace(config.path, staging / "config.json")
+    try:
+        meta = json.loads((staging / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FetchError(None, f"'{entry.name}': {config_url} is not a readable config.json ({exc}); "
+                               "refused, nothing cached") from None
+    recorded = meta.get("weights_sha256") if isinstance(meta, dict) else None
+    weights_url = download_url(entry, "model.safetensors")
+    transfer = _download(entry, weights_url, staging, "model.safetensors", progress)
+    weights = staging / "model.safetensors"
+    os.replace(transfer.path, weights)
+    _check_download(entry, transfer.size, transfer.sha256, "model.safetensors")
+    if isinstance(recorded, str) and recorded != transfer.sha256:
+        raise HashMismatchError(None, f"'{entry.name}': {weights_url} has SHA-256 {transfer.sha256}, its "
+                                      f"config.json records {recorded}; refused, nothing cached")
+    published = entry.sha256 or (recorded if isinstance(recorded, str) else None)
+    verified_by = _proof(entry, transfer, weights_url, published)
+    return _install(entry, staging, staging, transfer.sha256, transfer.size, download_url(entry), accepted,
+                    verified_by, transfer.content_length)
 
 
 def fetch(entry: ModelEntry | str, *, accept_licence: bool = False, progress: bool = True) -> Path:
@@ -421,8 +711,8 @@ def fetch(entry: ModelEntry | str, *, accept_licence: bool = False, progress: bo
         progress: show a progress bar while downloading (stderr).
 
     Raises:
-        LicenceNotAcceptedError, OfflineError, HashMismatchError, UnsafeArchiveError, FetchError (all
-        :class:`~kikimimi.checkpoints.CheckpointError`).
+        LicenceNotAcceptedError, OfflineError, HashMismatchError, UnsafeArchiveError, DiskFullError, FetchError
+        (all :class:`~kikimimi.checkpoints.CheckpointError`).
     """
     if isinstance(entry, str):
         entry = get_entry(entry)
@@ -432,13 +722,20 @@ def fetch(entry: ModelEntry | str, *, accept_licence: bool = False, progress: bo
             raise FetchError(path, f"registered as '{entry.name}' but missing")
         return path
     with _locked(entry):
+        clean_leftovers()
         record = read_record(entry)
         if record is not None:
             return _verify(entry, record)
         models_dir().mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".staging", dir=models_dir()))
+        staging = models_dir() / _temp_name(entry.name, "staging")
         try:
+            staging.mkdir()
             return _fetch_into(entry, staging, accept_licence, progress)
+        except OSError as exc:
+            full = disk_full_error(Path(exc.filename or staging), exc)
+            if full is None:
+                raise
+            raise full from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -448,30 +745,35 @@ def _fetch_into(entry: ModelEntry, staging: Path, accept_licence: bool, progress
         if _env_flag(OFFLINE_ENV):
             raise OfflineError(None, f"'{entry.name}': not in the cache and {OFFLINE_ENV}=1; {_manual_hint(entry)}")
         _licence_gate(entry, accept_licence)
-        root, digest, size, url = _fetch_folder(entry, staging, progress)
-        return _install(entry, staging, root, digest, size, url, accept_licence)
+        return _fetch_folder(entry, staging, progress, accept_licence)
     manual = manual_path(entry)
     downloaded: Path | None = None
     if manual.is_file():
         source, origin, url = manual, str(manual), f"file://{manual}"
+        digest, size = sha256_file(source), source.stat().st_size
+        _check_download(entry, size, digest, origin)
+        verified_by, content_length = "manual file", None
     else:
         if _env_flag(OFFLINE_ENV):
             raise OfflineError(None, f"'{entry.name}': not in the cache and {OFFLINE_ENV}=1; {_manual_hint(entry)}")
         _licence_gate(entry, accept_licence)
         url = download_url(entry)
-        downloaded = source = _download(entry, url, manual.parent, entry.file_name, progress)
+        transfer = _download(entry, url, manual.parent, entry.file_name, progress)
+        downloaded = source = transfer.path
         origin = f"the download of {url}"
+        digest, size, content_length = transfer.sha256, transfer.size, transfer.content_length
     try:
-        digest, size = sha256_file(source), source.stat().st_size
-        _check_download(entry, source, digest, origin)
+        if downloaded is not None:
+            _check_download(entry, size, digest, origin)
+            verified_by = _proof(entry, transfer, url, entry.sha256)
         if entry.kind == "zip":
-            dest = staging if _single_top_folder(source) else staging / entry.folder_name
+            dest = staging if _single_top_folder(source, origin) else staging / entry.folder_name
             safe_extract(source, dest)
             weights = find_weight_file(staging, entry.inner)
         else:
             weights = staging / entry.file_name
             shutil.copyfile(source, weights)
-        path = _install(entry, staging, weights, digest, size, url, accept_licence)
+        path = _install(entry, staging, weights, digest, size, url, accept_licence, verified_by, content_length)
     finally:
         if downloaded is not None:
             downloaded.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ _REQUIRED_VIT = ("cls_token", "pos_embed", "patch_embed.proj.weight")
 
 def _max_index(keys: list[str], prefix: str) -> int:
     """1 + the largest ``N`` in keys ``<prefix>N.…`` (0 when there is none)."""
-    ids = [int(k[len(prefix) :].split(".")[0]) for k in keys if k.startswith(prefix)]
+    ids = [int(n) for k in keys if k.startswith(prefix) and (n := k[len(prefix) :].split(".")[0]).isdigit()]
     return max(ids) + 1 if ids else 0
 
 

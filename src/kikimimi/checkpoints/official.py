@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +17,10 @@ from kikimimi.checkpoints.layouts import SplitState, split_official
 from kikimimi.checkpoints.names import OfficialName, try_parse_official_name
 from kikimimi.checkpoints.ours import is_kikimimi_checkpoint, load_kikimimi
 from kikimimi.checkpoints.safe_load import safe_torch_load
-from kikimimi.features.frontend import PRESETS, FrontendConfig
+from kikimimi.features.frontend import frontend_for
 from kikimimi.features.normstats import M2D_DEFAULT, NormStats
 
-__all__ = ["BYOLA_FALLBACK_STATS", "as_norm_stats", "frontend_for", "load_encoder"]
+__all__ = ["BYOLA_FALLBACK_STATS", "as_norm_stats", "load_encoder"]
 
 #: Used for BYOL-A files (which store no statistics) when the caller gives none: the SPCV2 statistics of
 #: the BYOL-A v2 README, measured with the nnAudio/Slaney front end that kikimimi reproduces
@@ -35,20 +34,6 @@ def as_norm_stats(value: NormStats | Sequence[float] | torch.Tensor | None) -> N
     if value is None or isinstance(value, NormStats):
         return value
     return NormStats.from_list(value)
-
-
-def frontend_for(family: str, sample_rate: int, n_mels: int) -> FrontendConfig:
-    """The front-end preset for a family/rate, with ``n_mels`` replaced when the model differs."""
-    if family == "byola":
-        if sample_rate != 16000:
-            raise ValueError(f"BYOL-A models run at 16000 Hz, got sample_rate={sample_rate}")
-        preset = PRESETS["byola"]
-    else:
-        key = {16000: "m2d-16k", 32000: "m2d-32k"}.get(int(sample_rate))
-        if key is None:
-            raise ValueError(f"M2D front ends exist for 16000 and 32000 Hz, got sample_rate={sample_rate}")
-        preset = PRESETS[key]
-    return preset if preset.n_mels == n_mels else dataclasses.replace(preset, n_mels=n_mels)
 
 
 def _model_cls(name: OfficialName | None, args: Any) -> str | None:

@@ -6,12 +6,20 @@ A kikimimi checkpoint is a folder with
   ``text_encoder.*`` and ``logit_scale`` (no pickle, so loading cannot run code);
 - ``config.json``: ``format``/``format_version``, the bundle ``config`` (family, ViT or BYOL-A sizes,
   extras), the ``frontend`` config, ``norm_stats`` ``[mean, std]``, which ``extras`` exist, the source
-  file and a licence note.
+  file, a licence note, and ``weights_sha256`` / ``weights_size`` of ``model.safetensors``.
+
+Loading checks, in order and before any model memory is allocated: the JSON, the safetensors header against the
+file size, every configuration value against its bounds and against the header's tensor shapes
+(:func:`kikimimi.checkpoints.bundle.check_before_build`), then the weights' SHA-256 against ``weights_sha256``
+(hashed once per process per file version; folders written before the checksum was recorded load unverified,
+with a debug log line).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import struct
 from collections import OrderedDict
 from pathlib import Path
@@ -22,9 +30,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle
+from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle, check_before_build
+from kikimimi.checkpoints.digest import sha256_file_cached
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.names import format_byola_name, format_m2d_name
+from kikimimi.checkpoints.validate import check_frontend
 from kikimimi.features.frontend import FrontendConfig
 from kikimimi.features.normstats import NormStats
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json
@@ -52,6 +62,7 @@ LICENCE_NOTE = (
     "code is Apache-2.0; that licence does not extend to third-party weights."
 )
 _PARTS = ("encoder", "head", "audio_proj", "text_proj")
+_log = logging.getLogger(__name__)
 
 
 def _config_path(path: Path) -> Path:
@@ -93,7 +104,8 @@ def save_kikimimi(bundle: EncoderBundle, out_dir: str | Path) -> Path:
         raise CheckpointError(out_dir, "exists and is not a folder; kikimimi checkpoints are folders")
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = _tensors(bundle)
-    atomic_write_bytes(out_dir / WEIGHTS_NAME, st_save(tensors, metadata={"format": "pt"}))
+    data = st_save(tensors, metadata={"format": "pt"})
+    atomic_write_bytes(out_dir / WEIGHTS_NAME, data)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -110,6 +122,8 @@ def save_kikimimi(bundle: EncoderBundle, out_dir: str | Path) -> Path:
         },
         "source": bundle.config.get("source"),
         "licence_note": LICENCE_NOTE,
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+        "weights_size": len(data),
     }
     atomic_write_json(out_dir / CONFIG_NAME, meta)
     return out_dir
@@ -149,18 +163,28 @@ def load_kikimimi(
         raise CheckpointError(config_path, f"unreadable JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(config_path, 'not a kikimimi config (expected "format": "kikimimi")')
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(config_path, f"field format_version = {version!r} is not an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             config_path,
             f"format_version {meta['format_version']} is newer than this "
             f"kikimimi supports ({FORMAT_VERSION}); upgrade kikimimi",
         )
-    check_safetensors_sizes(weights)
+    header = check_safetensors_sizes(weights)
+    config = meta.get("config")
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in header.items():
+        head, _, rest = key.partition(".")
+        shapes.setdefault(head, {})[rest] = shape
+    check_frontend(meta.get("frontend"), config_path)
+    check_before_build(config, shapes, weights, config_path)
+    verify_weights_checksum(weights, meta, config_path)
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(weights, f"unreadable safetensors file ({exc})") from exc
-    config = meta["config"]
     if config.get("family") == "m2d":
         vit = config["vit"]
         _check_override(path, "input_size", input_size, vit["input_size"])
@@ -193,9 +217,41 @@ def load_kikimimi(
             unknown.append(key)
     if unknown:
         raise CheckpointError(weights, f"unexpected tensors {unknown[:8]} (not written by save_kikimimi)")
-    stats = norm_stats or NormStats.from_list(meta["norm_stats"])
-    frontend = FrontendConfig.from_dict(meta["frontend"])
+    try:
+        stats = norm_stats or NormStats.from_list(meta["norm_stats"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(config_path, f"field norm_stats is missing or not [mean, std] ({exc})") from None
+    try:
+        frontend = FrontendConfig.from_dict(meta["frontend"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(config_path, f"field frontend is invalid ({exc})") from None
     return assemble_bundle(config, frontend, stats, parts, weights, text_encoder_state=text_encoder or None)
+
+
+def verify_weights_checksum(weights: Path, meta: dict[str, Any], config_path: Path) -> None:
+    """Compare ``weights`` with the ``weights_size`` / ``weights_sha256`` recorded in ``config.json``.
+
+    The SHA-256 is computed once per process per (path, size, modification time). Folders written before the
+    checksum was recorded are accepted with a debug log line.
+
+    Raises:
+        CheckpointError: ``'<weights>': checksum mismatch …`` (a flipped byte, a cut or replaced file).
+    """
+    want = meta.get("weights_sha256")
+    if want is None:
+        _log.debug("%s: no weights_sha256 in %s (written by an older kikimimi); checksum not verified",
+                   weights, config_path.name)
+        return
+    hint = ("the file is damaged: download it again (`kikimimi models remove NAME`, then fetch) or convert / save "
+            "the model again")
+    size = weights.stat().st_size
+    if meta.get("weights_size") is not None and size != meta["weights_size"]:
+        raise CheckpointError(weights, f"checksum mismatch: {size} bytes, {config_path.name} records "
+                                       f"{meta['weights_size']}; {hint}")
+    seen = sha256_file_cached(weights)
+    if seen != want:
+        raise CheckpointError(weights, f"checksum mismatch: SHA-256 {seen}, {config_path.name} records {want}; "
+                                       f"{hint}")
 
 
 #: bytes per element of the safetensors dtypes
@@ -205,8 +261,9 @@ _ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 
 _ST_MAX_HEADER = 100_000_000
 
 
-def check_safetensors_sizes(path: str | Path) -> None:
-    """Refuse a ``.safetensors`` file whose header claims more data than the file holds, before loading it.
+def check_safetensors_sizes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Refuse a ``.safetensors`` file whose header claims more data than the file holds, before loading it;
+    returns the shape of every tensor (name → shape) as the header declares it.
 
     Reads only the 8-byte length and the JSON header: each tensor's ``shape`` × element size must equal its
     ``data_offsets`` span and lie inside the file. A damaged or crafted header (e.g. a [10^6, 10^6] tensor in a
@@ -229,6 +286,7 @@ def check_safetensors_sizes(path: str | Path) -> None:
     if not isinstance(header, dict):
         raise CheckpointError(path, "not a safetensors file: the header is not a JSON object")
     data_bytes = size - 8 - n
+    shapes: dict[str, tuple[int, ...]] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -245,6 +303,8 @@ def check_safetensors_sizes(path: str | Path) -> None:
             raise CheckpointError(path, f"tensor '{name}' claims shape {shape} ({claimed:,} bytes at offsets "
                                         f"{begin}..{end}) but the file holds {data_bytes:,} bytes of tensor data; "
                                         "the file is corrupt or crafted and was refused without loading it")
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def to_official_state_dict(

@@ -10,6 +10,7 @@ one), ``config.json`` and ``log.jsonl``; its name follows the official grammar o
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -32,17 +33,20 @@ def point_last(run_dir: Path, checkpoint: Path) -> Path:
     """Make ``run_dir/last.pth`` refer to ``checkpoint`` (relative symlink, replaced atomically;
     a hard link or copy where symlinks are unavailable)."""
     last = run_dir / LAST_NAME
-    tmp = run_dir / f".{LAST_NAME}.{os.getpid()}.tmp"
-    if tmp.exists() or tmp.is_symlink():
-        tmp.unlink()
+    # a name only kikimimi makes, with the writer's pid (:func:`kikimimi.fileio.remove_stale_temporaries`)
+    tmp = run_dir / f".kikimimi-{os.getpid()}-{secrets.token_hex(4)}.{LAST_NAME}.tmp"
     try:
-        os.symlink(checkpoint.name, tmp)
-    except OSError:
         try:
-            os.link(checkpoint, tmp)
+            os.symlink(checkpoint.name, tmp)
         except OSError:
-            shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, last)
+            try:
+                os.link(checkpoint, tmp)
+            except OSError:
+                shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, last)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return last
 
 

@@ -26,14 +26,14 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace --out when it holds results of other settings")
 
 
-def open_results_log(args: argparse.Namespace, command: str, settings: dict):
+def open_results_log(args: argparse.Namespace, command: str, settings: dict, about: dict | None = None):
     """The opened results file of ``--out`` (:class:`kikimimi.inference.results_log.ResultsLog`; raises its
-    errors), or a stand-in that discards."""
+    errors), or a stand-in that discards. ``about``: recorded in its header, not compared (the model as named)."""
     from kikimimi.inference.results_log import DiscardedResults, ResultsLog
 
     if not args.out:
         return DiscardedResults()
-    log = ResultsLog(args.out, command, settings, overwrite=args.overwrite).open()
+    log = ResultsLog(args.out, command, settings, overwrite=args.overwrite, about=about).open()
     if log.done:
         import sys
 

@@ -20,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kikimimi.apps.captioning.model import caption_files, load_captioner
+    from kikimimi.commands._exit import check_paths
+
+    check_paths([args.model, *args.audio])  # a missing path: usage error (exit 2)
+    from kikimimi.inference.captioner import caption_files, load_captioner
 
     if not args.question.strip():
         print("error: the question is empty", file=sys.stderr)

@@ -26,8 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kikimimi.apps.captioning.model import caption_files, load_captioner
+    from kikimimi.commands._exit import check_paths
+
+    check_paths([args.model, *args.audio])  # a missing path: usage error (exit 2)
     from kikimimi.fileio import atomic_write_text
+    from kikimimi.inference.captioner import caption_files, load_captioner
 
     captioner = load_captioner(args.model, audio_model=args.audio_model, device=args.device)
     results, errors = caption_files(captioner, args.audio, window_s=args.window_s, beam_size=args.beam,

@@ -54,7 +54,34 @@ def _existing_output(args: argparse.Namespace) -> Path | None:
     return None
 
 
+def official_release(source: str | None, given: str | Path):
+    """The official release (:data:`kikimimi.checkpoints.registry.OFFICIAL_MODELS` entry) that weights come
+    from, or None (weights trained with kikimimi, or of unknown origin).
+
+    ``given`` is the SRC argument (a registered name counts), ``source`` the original file the weights were read
+    from (``config["source"]``, kept through a kikimimi folder): a file or folder named as a release (the zip's
+    folder, the BYOL-A file name) or inside the model cache's folder of a release is that release."""
+    from kikimimi.checkpoints.hub import model_dir
+    from kikimimi.checkpoints.registry import OFFICIAL_MODELS, find_entry
+
+    entry = find_entry(str(given)) if not Path(given).exists() else None
+    if entry is not None and entry in OFFICIAL_MODELS:
+        return entry
+    for text in (source, given):
+        if not text:
+            continue
+        path = Path(text).expanduser().absolute()
+        for e in OFFICIAL_MODELS:
+            release = e.file_name.removesuffix(".zip")
+            if path.name == e.file_name or release in path.parts or model_dir(e).absolute() in path.parents:
+                return e
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_model_paths
+
+    check_model_paths([args.src])  # a path that does not exist: a usage error (exit 2) before anything is written
     import warnings
 
     from kikimimi.checkpoints import (
@@ -104,5 +131,6 @@ def run(args: argparse.Namespace) -> int:
         extras.append("text_encoder")
     print(f"wrote {out} ({bundle.family}, norm_stats {bundle.norm_stats.to_list()}, "
           f"extras: {', '.join(extras) or 'none'})")  # fmt: skip
-    print(f"note: {LICENCE_NOTE}")
+    if official_release(bundle.config.get("source"), args.src) is not None:  # not for weights the user trained
+        print(f"note: {LICENCE_NOTE}")
     return 0

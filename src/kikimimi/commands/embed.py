@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_inputs
+
+    check_inputs(args.inputs)  # a missing path or no audio file: a usage error (exit 2) before OUT is created
     import kikimimi
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.inference.jobs import run_embed_job, shard_of_environment
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = run_embed_job(model, args.inputs, args.out, level=args.level, batch_size=args.batch_size,
-                               rank=rank, world_size=world, progress=not args.no_progress, overwrite=args.overwrite)
+                               rank=rank, world_size=world, progress=not args.no_progress, overwrite=args.overwrite,
+                               model_arg=args.model)
     except (EmbedOutputMismatch, OutputInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

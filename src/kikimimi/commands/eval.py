@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", nargs="+", required=True,
                         help="EVAR-style CSVs (file_name,label,split|fold) or folders with one sub-folder per class")
     parser.add_argument("-o", "--out", required=True, help="report folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write the report also into a folder that holds another job's outputs")
     parser.add_argument("--unit-s", type=float, help="clip length in seconds (default: per task)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="probe repeats on the cached embeddings (default: %(default)s)")
@@ -67,7 +69,7 @@ def caption_rows(captions: Sequence[str] | None, nn_captions: str | None, *, met
                  device: str = "cpu") -> dict[str, Any] | None:
     """The systems of the report's Captions section: ``{"captioner": scores[, "nearest neighbour": scores]}``
     (``None`` without ``captions``). ``nn_captions``: a CSV, or a captioner folder whose nearest-neighbour
-    captions of the prediction files are computed here (:func:`~kikimimi.apps.captioning.model.
+    captions of the prediction files are computed here (:func:`~kikimimi.inference.captioner.
     nearest_neighbour_baseline`)."""
     if not captions:
         if nn_captions:
@@ -79,7 +81,7 @@ def caption_rows(captions: Sequence[str] | None, nn_captions: str | None, *, met
     preds, refs = read_predictions(pred_csv), read_references(ref_csv)
     rows = {"captioner": evaluate_captions(preds, refs, meteor=meteor)}
     if nn_captions:
-        from kikimimi.apps.captioning.model import is_captioner_folder, nearest_neighbour_baseline
+        from kikimimi.inference.captioner import is_captioner_folder, nearest_neighbour_baseline
 
         if is_captioner_folder(nn_captions):
             names = list(preds)  # audio paths as written, else relative to the prediction CSV's folder
@@ -92,9 +94,12 @@ def caption_rows(captions: Sequence[str] | None, nn_captions: str | None, *, met
 
 
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_model_paths
+
+    check_model_paths([*args.models, *args.task])  # a missing path: usage error (exit 2)
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.commands._options import load_task, resolve_model
-    from kikimimi.evaluation.report import load_finetune_rows, model_specs, run_evaluation
+    from kikimimi.evaluation.run import load_finetune_rows, model_specs, run_evaluation
     from kikimimi.evaluation.tasks import TaskError
 
     try:
@@ -122,11 +127,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --captions: {exc}", file=sys.stderr)
         return 2
     probes = ("linear", "logistic") if args.probe == "both" else (args.probe,)
+    from kikimimi.fileio import FolderOwnedError, OutputInUseError, claim_folder, output_lock
+
     try:
-        outcome = run_evaluation(specs, tasks, args.out, seeds=tuple(range(42, 42 + args.seeds)),
-                                 hidden=args.hidden, device=args.device, plots=not args.no_plots, log=print,
-                                 map_method=args.map, probes=probes, finetune=finetune, captions=captions)
-    except (TaskError, ImportError) as exc:
+        with output_lock(args.out, NAME):  # one job per folder; the folder is stamped as an evaluation report's
+            claim_folder(args.out, NAME, {}, overwrite=args.overwrite, legacy_ok=True, what="an evaluation report")
+            outcome = run_evaluation(specs, tasks, args.out, seeds=tuple(range(42, 42 + args.seeds)),
+                                     hidden=args.hidden, device=args.device, plots=not args.no_plots, log=print,
+                                     map_method=args.map, probes=probes, finetune=finetune, captions=captions)
+    except (TaskError, ImportError, FolderOwnedError, OutputInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.out) / 'report.md'}, report.json, scores.csv")

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_paths
+
+    check_paths([args.predictions, args.references, *filter(None, [args.baseline])])  # missing: exit 2
     from kikimimi.evaluation.caption_metrics import evaluate_caption_files, metrics_table
 
     kw = {"meteor": not args.no_meteor, "tokenizer": args.tokenizer}

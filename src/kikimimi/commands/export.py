@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_model_paths
+
+    check_model_paths([args.model])  # a path that does not exist: a usage error (exit 2) before anything is written
     import kikimimi
     from kikimimi.inference.onnx_runtime import export_onnx, is_onnx_path
 

@@ -1,4 +1,4 @@
-"""`kikimimi finetune MODEL TASK [--epochs N] [--optimizer sgd|adamw|lars] [--lr LR] [--out DIR]`:
+"""`kikimimi finetune MODEL TASK [--epochs N] [--max-minutes M] [--optimizer sgd|adamw|lars] [--lr LR] [--out DIR]`:
 EVAR-style fine-tuning with a Markdown + JSON report and the fine-tuned weights in kikimimi format."""
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_accept_licence_argument(parser)
     parser.add_argument("task", help="EVAR-style CSV (file_name,label,split|fold) or a folder of class folders")
     parser.add_argument("--out", "-o", default=None, help="output folder (default: finetune-<task>); rerun to resume")
-    parser.add_argument("--epochs", type=int, default=200, help="training epochs (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: from the data size, about 2,000 clips seen, 10-200 epochs; "
+                             "the EVAR recipes use 200)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop before an epoch that would end after M minutes, keeping the best epoch "
+                             "(rerun with the same --out to continue)")
     parser.add_argument("--warmup-epochs", type=float, default=5.0, help="linear warm-up (default: %(default)s)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw", "lars"), default="sgd", help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3,
@@ -50,11 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_model_paths
+
+    check_model_paths([args.model, args.task])  # a missing path: usage error (exit 2)
+    from tqdm import tqdm
+
     from kikimimi.checkpoints import CheckpointError, load_encoder
     from kikimimi.commands._options import load_task, resolve_model
     from kikimimi.evaluation.finetune import FinetuneConfig, finetune_task
-    from kikimimi.evaluation.report import file_fingerprint, model_label, write_finetune_report
+    from kikimimi.evaluation.finetune_report import write_finetune_report
+    from kikimimi.evaluation.run import model_label
     from kikimimi.evaluation.tasks import TaskError
+    from kikimimi.fileio import file_fingerprint
 
     try:
         config = FinetuneConfig(
@@ -63,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             time_mask=args.time_mask, rrc=not args.no_rrc, lr_decay=args.lr_decay, freeze_embed=args.freeze_embed,
             dur_frames=args.dur_frames, unit_s=args.unit_s, no_valid=args.no_valid,
             norm_stats=tuple(args.norm_stats) if args.norm_stats else None,
-            folds=tuple(args.folds) if args.folds else None, device=args.device, amp=not args.no_amp, seed=args.seed)
+            folds=tuple(args.folds) if args.folds else None, device=args.device, amp=not args.no_amp, seed=args.seed,
+            max_minutes=args.max_minutes)
         task = load_task(args.task, args.unit_s)
         args.model = resolve_model(args.model, args)
         bundle = load_encoder(args.model, trust_pickle=args.trust_pickle)
@@ -74,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
     name = model_label(args.model)  # file stem, or the run folder of <run>/kikimimi
     try:
-        result = finetune_task(bundle, task, config, out, progress=not args.quiet)
+        result = finetune_task(bundle, task, config, out, progress=not args.quiet,
+                               log=lambda line: tqdm.write(line, file=sys.stderr))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -83,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped unreadable file {line}", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} unreadable file(s) skipped; fine-tuned on the others", file=sys.stderr)
-    report = write_finetune_report(result, out, model_name=name, task=task, model_fingerprint=file_fingerprint(path))
+    report = write_finetune_report(result, out, model_name=name, task=task,
+                                   model_fingerprint=file_fingerprint(path)["sha256"])
     print(f"{task.name}: {result.metric} {100 * result.score:.1f} (selection: {result.selection})")
     print(f"wrote {report}, report.json, predictions.csv; weights in "
           + ", ".join(result.model_dirs.values()))

@@ -1,4 +1,5 @@
-"""`kikimimi index DIR -m MODEL -o INDEX`: build or update a text-searchable index of a folder's audio."""
+"""`kikimimi index DIR -m MODEL -o INDEX`: build or update a text-searchable index of a folder's audio;
+`kikimimi index --check INDEX`: verify an index (exit 0 sound, 1 corrupted)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ HELP = "Index a folder's audio in CLAP space for `kikimimi search` (incremental:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="folder of audio files (searched recursively)")
-    parser.add_argument("-m", "--model", required=True, help="M2D-CLAP checkpoint" + MODEL_NAME_HELP)
-    parser.add_argument("-o", "--out", required=True, help="index folder (created or updated)")
+    parser.add_argument("folder", nargs="?", help="folder of audio files (searched recursively)")
+    parser.add_argument("-m", "--model", help="M2D-CLAP checkpoint (required to build)" + MODEL_NAME_HELP)
+    parser.add_argument("-o", "--out", help="index folder (created or updated; required to build)")
+    parser.add_argument("--check", metavar="INDEX", help="only verify the index folder INDEX (checksums, row counts, "
+                        "vector index): exit 0 when sound, 1 with a one-line reason when corrupted")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rebuild", action="store_true", help="discard the existing index and embed everything")
     parser.add_argument("--save-every-s", type=float, default=60.0, metavar="SECONDS",
@@ -41,7 +44,31 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status: 0 when at least one file is indexed, 1 when every file failed, 2 on a bad setting or model."""
+    """Exit status: 0 when at least one file is indexed, 1 when every file failed, 2 on a bad setting or model.
+    With ``--check``: 0 when the index is sound, 1 when it is corrupted or unreadable."""
+    if args.check:
+        from kikimimi.inference.search import check_index
+
+        problem = check_index(args.check)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+        print(f"'{args.check}': the index is sound")
+        return 0
+    missing = [flag for flag, value in (("FOLDER", args.folder), ("-m/--model", args.model), ("-o/--out", args.out))
+               if not value]
+    if missing:
+        print(f"error: building an index needs {', '.join(missing)} (or pass --check INDEX)", file=sys.stderr)
+        return 2
+    from kikimimi.commands._exit import UsageError, check_inputs
+
+    check_inputs([args.folder])  # a missing folder or one without audio: a usage error (exit 2), no index
+    from kikimimi.fileio import OutputInUseError, refuse_if_in_use
+
+    try:
+        refuse_if_in_use(args.out)  # at once, not after loading the model
+    except OutputInUseError as exc:
+        raise UsageError(str(exc)) from None
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.inference.clap import CLAPError, load_clap
     from kikimimi.inference.search import SearchIndexError, update_index

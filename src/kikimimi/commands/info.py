@@ -20,17 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kikimimi.audio.decode import AudioDecodeError, audio_info
-    from kikimimi.fileio import InputListError, collect_audio_files
+    """Exit status (kikimimi.commands._exit): 0 when at least one file could be read (the others listed on
+    stderr), 1 when none could, 2 for a missing path or inputs without audio files."""
+    from kikimimi.commands._exit import batch_status, collect_inputs
 
-    try:
-        files = collect_audio_files(args.inputs)
-    except InputListError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if not files:
-        print("error: no audio files found in the inputs", file=sys.stderr)
-        return 1
+    files = collect_inputs(args.inputs)
+    from kikimimi.audio.decode import AudioDecodeError, audio_info
+
     failed = 0
     for path in files:
         try:
@@ -46,4 +42,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{info.path}\t{info.duration_s:.3f} s\t{info.sample_rate} Hz\t{info.channels} ch\t"
                   f"{info.format}/{info.subtype}")
-    return 1 if failed else 0
+    return batch_status(len(files) - failed, failed)

@@ -7,8 +7,6 @@ import csv
 import sys
 from pathlib import Path
 
-import numpy as np
-
 NAME = "plot"
 HELP = "Draw a t-SNE cluster map of an embedding file (.npy rows, or an `embed` output folder) by class."
 
@@ -31,17 +29,23 @@ def _read_labels(path: Path) -> list[dict[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np  # here, not at the top: `kikimimi --help` stays fast
+
+    from kikimimi.commands._exit import check_paths
+
+    check_paths([args.embeddings, args.labels])  # a missing path: usage error (exit 2)
     from kikimimi.evaluation.cluster_plot import plot_clusters
 
     try:
         rows = _read_labels(Path(args.labels))
         src = Path(args.embeddings)
         if src.is_dir():  # an `embed` output folder: match its manifest to the label rows by file stem
+            from kikimimi.inference.embed_outputs import load_clip_embeddings, read_embed_manifest
+
             label_of = {Path(r["file_name"]).stem: r["label"] for r in rows}
-            with open(src / "manifest.csv", newline="") as f:
-                manifest = [r for r in csv.DictReader(f) if Path(r["source"]).stem in label_of]
-            emb = np.stack([np.load(src / r["file_name"]) for r in manifest])
-            labels = [label_of[Path(r["source"]).stem] for r in manifest]
+            outputs = [o for o in read_embed_manifest(src) if Path(o.source).stem in label_of]
+            emb = load_clip_embeddings(outputs)
+            labels = [label_of[Path(o.source).stem] for o in outputs]
         else:
             emb = np.load(src)
             labels = [r["label"] for r in rows]

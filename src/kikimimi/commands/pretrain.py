@@ -30,6 +30,7 @@ The run itself is :func:`kikimimi.training.pretrain.run_pretraining`; this modul
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "pretrain"
 HELP = "pre-train an M2D, M2D-CLAP / M2D2 or BYOL-A encoder on audio files or a prep cache"
@@ -41,17 +42,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--method",
         choices=("m2d", "byola", "byola2", "m2d_clap", "m2d2_stage1", "m2d2_stage2"),
         default=S,
-        help="objective (required)",
+        help="objective (required unless --recipe names a recipe for one method)",
     )
     p.add_argument(
         "--data", nargs="+", default=S, metavar="CORPUS", help="audio folders, CSV lists or prep caches"
     )
     p.add_argument(
         "--recipe",
-        choices=("auto", "official", "cpu-small"),
+        choices=("auto", "official", "cpu-small", "first-run-m2d", "first-run-byola", "first-run-clap",
+                 "open-m2d-tiny"),
         default=S,
         help="starting settings: official (the papers'), cpu-small (measured short CPU runs: tiny M2D, batch 64, "
-        "2000 steps; BYOL-A batch 64, 640 steps) or auto (default: official on CUDA, cpu-small otherwise); "
+        "2000 steps; BYOL-A batch 64, 640 steps), first-run-m2d / first-run-byola / first-run-clap (the first "
+        "run's, `kikimimi demo`; they imply --method), open-m2d-tiny (the open encoder's final run) or auto "
+        "(default: official on CUDA, cpu-small otherwise); "
         "flags below override it",
     )
     p.add_argument("--out", default=S, help="parent folder of the run folder (default: runs)")
@@ -170,9 +174,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kikimimi.training.pretrain import run_pretraining
-    from kikimimi.training.settings import resolve_settings, resume_settings
+    from kikimimi.training.settings import PretrainSettings, resolve_settings, resume_settings
 
-    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    given = {k: v for k, v in vars(args).items() if k in (*PretrainSettings.names(), "config")}  # no global flags
     settings = resume_settings(given) if given.get("resume") else resolve_settings(given)
-    run_pretraining(settings, log=print)
+    from kikimimi.training.checkpointing import CheckpointDiskFullError
+
+    try:
+        run_pretraining(settings, log=print, auto_cache=True)  # audio --data read many times: a log-mel cache
+    except CheckpointDiskFullError as exc:  # the run failed part-way: one line, exit 1 (NOTHING_DONE)
+        print(f"kikimimi pretrain: error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -49,6 +49,10 @@ def _all_unreadable(rows, sample_rate: int) -> list[tuple[str, str]] | None:
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one clip is scored, 1 when every audio file failed, 2 on a bad setting or
     model."""
+    from kikimimi.commands._exit import check_model_paths, check_paths
+
+    check_model_paths([args.model])  # a missing path: usage error (exit 2)
+    check_paths([args.captions])
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.data.captions import CaptionError
     from kikimimi.evaluation.caption_adapters import (

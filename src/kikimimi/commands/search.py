@@ -1,4 +1,9 @@
-"""`kikimimi search INDEX "a dog barking" [--top 10]`: segments of a search index ranked for a text query."""
+"""`kikimimi search INDEX "a dog barking" [--top 10] [--segments]`: the files of a search index ranked for a
+text query (each file's best segment and how many of its segments matched), or the flat segment list.
+
+Several queries in one call load the model once: ``--queries FILE`` (one query per line) or ``-`` as QUERY
+(one per line on stdin); blank lines are skipped, an empty or blank QUERY is refused (exit 2).
+"""
 
 from __future__ import annotations
 
@@ -6,38 +11,86 @@ import argparse
 import json
 import sys
 
+from kikimimi.commands._exit import DONE, UsageError, check_paths
 from kikimimi.commands._options import add_clap_arguments
 
 NAME = "search"
-HELP = "Search an audio index (built by `kikimimi index`) with a text query."
+HELP = "Search an audio index (built by `kikimimi index`) with a text query; results per file by default."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index", help="index folder written by `kikimimi index`")
-    parser.add_argument("query", help="text query, e.g. 'a dog barking'")
-    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("query", nargs="?",
+                        help="text query, e.g. 'a dog barking'; '-' reads one query per line from stdin")
+    parser.add_argument("--queries", metavar="FILE", help="a text file with one query per line (blank lines skipped)")
+    parser.add_argument("--top", type=int, default=10, help="results per query: files, or segments with "
+                        "--segments (default: 10)")
+    parser.add_argument("--segments", action="store_true",
+                        help="list the best segments (a long file may fill the list) instead of the best files")
     parser.add_argument("-m", "--model", help="CLAP checkpoint (default: the one that built the index)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: one object per query (indented for a single query)")
     add_clap_arguments(parser)
 
 
+def _queries(args: argparse.Namespace) -> list[str]:
+    """The queries asked for, stripped; raises :class:`UsageError` for none, an empty one or both sources."""
+    if args.queries is not None and args.query is not None:
+        raise UsageError("give a QUERY or --queries FILE, not both")
+    if args.queries is not None:
+        check_paths([args.queries], "file")
+        with open(args.queries, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+        source = f"'{args.queries}'"
+    elif args.query == "-":
+        lines, source = [line.strip() for line in sys.stdin], "stdin"
+    elif args.query is None:
+        raise UsageError("no query: give a QUERY, '-' (queries on stdin) or --queries FILE")
+    else:
+        if not args.query.strip():
+            raise UsageError("empty search query: give some words, e.g. 'a dog barking'")
+        return [args.query.strip()]
+    queries = [q for q in lines if q]
+    if not queries:
+        raise UsageError(f"no queries in {source} (one query per line)")
+    return queries
+
+
+def _print_text(query: str, hits, segments: bool, several: bool) -> None:
+    if several:
+        print(f"# {query}")
+    for rank, h in enumerate(hits, start=1):
+        where = "" if h.end_s is None else f"  [{h.start_s:.1f}–{h.end_s:.1f} s]"
+        if segments:
+            print(f"{rank:3d}  {h.score:.4f}  {h.key}{where}")
+        else:
+            of = "" if h.segments is None else f" of {h.segments}"
+            print(f"{rank:3d}  {h.score:.4f}  {h.key}{where}  ({h.matched}{of} segments matched)")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.top <= 0:
+        raise UsageError(f"--top must be at least 1, got {args.top}")
+    check_paths([args.index], "index folder")
+    queries = _queries(args)
+
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.inference.clap import CLAPError, load_clap
-    from kikimimi.inference.search import SearchIndex, SearchIndexError, search
+    from kikimimi.inference.search import SearchIndex, SearchIndexError, search_many
 
     try:
         index = SearchIndex.load(args.index)
         model = load_clap(args.model or index.model, text_encoder=args.text_encoder, device=args.device,
                           precision=args.precision, trust_pickle=args.trust_pickle, accept_licence=args.accept_licence)
-        hits = search(index, args.query, model, top=args.top)
+        results = search_many(index, queries, model, top=args.top, segments=args.segments)
     except (SearchIndexError, CheckpointError, CLAPError, ImportError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"query": args.query, "results": [h.__dict__ for h in hits]}, indent=2))
-    else:
-        for rank, h in enumerate(hits, start=1):
-            where = "" if h.end_s is None else f"  [{h.start_s:.1f}–{h.end_s:.1f} s]"
-            print(f"{rank:3d}  {h.score:.4f}  {h.key}{where}")
-    return 0
+        raise UsageError(str(exc)) from exc
+    several = len(queries) > 1
+    for query, hits in zip(queries, results, strict=True):
+        if args.json:
+            rows = [dict(h.__dict__) for h in hits]
+            doc = {"query": query, "per": "segment" if args.segments else "file", "results": rows}
+            print(json.dumps(doc) if several else json.dumps(doc, indent=2))
+        else:
+            _print_text(query, hits, args.segments, several)
+    return DONE

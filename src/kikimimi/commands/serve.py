@@ -28,17 +28,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve the index as it is (no scan of the folder at start)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; any other needs --token)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on, 1-65535 (default 8000)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
-                        help=f"shared secret every request must carry (default: ${TOKEN_ENV})")
+                        help=f"shared secret every request must carry, at least 16 characters (default: ${TOKEN_ENV})")
     parser.add_argument("--labels", metavar="FILE",
                         help="default zero-shot labels, one a line (default: the list shipped with kikimimi)")
     parser.add_argument("--captioner", metavar="PATH",
-                        help="a captioner (kikimimi.apps.captioning.load_captioner) for the caption endpoints")
+                        help="a captioner (kikimimi.inference.captioner.load_captioner) for the caption endpoints")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20)")
     parser.add_argument("--max-upload-s", type=float, default=120.0,
                         help="longest uploaded clip accepted, per its header (default 120)")
     parser.add_argument("--max-query-chars", type=int, default=300)
+    parser.add_argument("--max-labels", type=int, default=64, help="zero-shot labels per request (default 64)")
+    parser.add_argument("--header-timeout-s", type=float, default=10.0,
+                        help="a connection must send its request headers within this (default 10)")
+    parser.add_argument("--body-timeout-s", type=float, default=60.0,
+                        help="a request body must arrive whole within this (default 60)")
+    parser.add_argument("--max-connections-per-client", type=int, default=32,
+                        help="open connections per client address; idle ones are closed first (default 32)")
     parser.add_argument("--workers", type=int, default=1, help="embedding threads (default 1)")
     parser.add_argument("--queue-limit", type=int, default=8,
                         help="embedding jobs that may wait; more get 503 + Retry-After (default 8)")
@@ -53,30 +60,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_captioner(path: str):
-    try:
-        import kikimimi.apps.captioning as captioning
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("kikimimi.apps.captioning"):
-            raise ValueError("--captioner needs kikimimi.apps.captioning, which this kikimimi does not have; "
-                             "serve without --captioner") from None
-        raise
-    loader = getattr(captioning, "load_captioner", None)
-    if loader is None:
-        raise ValueError("--captioner: kikimimi.apps.captioning has no load_captioner(); serve without --captioner")
-    return loader(path)
+    from kikimimi.inference.captioner import load_captioner
+
+    return load_captioner(path)
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 after a clean stop, 2 on a bad setting, model, index or address."""
-    from kikimimi.apps.serve.security import BindRefused, check_bind
+    from kikimimi.commands._exit import check_inputs, check_paths
+
+    check_paths([args.target], "folder or index")  # a missing path: a usage error (exit 2), nothing written
+    if Path(args.target).is_dir() and not (Path(args.target) / "manifest.json").is_file():
+        check_inputs([args.target])  # a folder without audio files: a usage error too
+    from kikimimi.apps.serve.security import BindRefused, check_bind, check_token
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.fileio import OutputInUseError
     from kikimimi.inference.clap import CLAPError, load_clap
     from kikimimi.inference.search import MANIFEST, SearchIndex, SearchIndexError, update_index
 
+    if not 1 <= args.port <= 65535:
+        print(f"error: --port {args.port}: not a port number (1-65535)", file=sys.stderr)
+        return 2
+    for flag, value in (("--header-timeout-s", args.header_timeout_s), ("--body-timeout-s", args.body_timeout_s),
+                        ("--max-connections-per-client", args.max_connections_per_client),
+                        ("--max-labels", args.max_labels)):
+        if not value > 0:
+            print(f"error: {flag} {value}: must be above 0", file=sys.stderr)
+            return 2
     try:
+        check_token(args.token)
         warning = check_bind(args.host, args.token)
-    except BindRefused as exc:
+    except (BindRefused, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if warning:
@@ -113,26 +127,30 @@ def run(args: argparse.Namespace) -> int:
             labels = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
             if not labels:
                 raise ValueError(f"'{args.labels}': no labels in the file")
-        app = _build_app(args, model, index_dir, labels, captioner)
+        app = _build_app(args, model, index_dir, labels, captioner, folder)
     except (SearchIndexError, CheckpointError, CLAPError, OutputInUseError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
+    from kikimimi.apps.serve.server import ConnectionLimits, server_config
+
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving on http://{shown}:{args.port}/  (API: /docs; Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=128,
-                timeout_keep_alive=5, server_header=False)
+    limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, per_client=args.max_connections_per_client)
+    uvicorn.Server(server_config(app, args.host, args.port, limits)).run()
     return 0
 
 
-def _build_app(args: argparse.Namespace, model, index_dir: Path, labels, captioner):
+def _build_app(args: argparse.Namespace, model, index_dir: Path, labels, captioner, folder: Path | None):
     from kikimimi.apps.serve.app import ServeSettings, create_app
     from kikimimi.apps.serve.security import LOOPBACK_NAMES, is_loopback
 
     hosts = LOOPBACK_NAMES if is_loopback(args.host) else ("*",)
     settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_upload_s=args.max_upload_s,
-                             max_query_chars=args.max_query_chars, workers=args.workers, queue_limit=args.queue_limit,
+                             max_query_chars=args.max_query_chars, max_labels=args.max_labels,
+                             body_timeout_s=args.body_timeout_s, workers=args.workers, queue_limit=args.queue_limit,
+                             root=None if folder is None else str(folder),
                              token=args.token, allowed_hosts=tuple(hosts), window_s=args.window_s, hop_s=args.hop_s,
                              vector_kind=args.vector_index, exact_below=args.exact_below, batch_size=args.batch_size)
     return create_app(model, index_dir, labels=labels, captioner=captioner, settings=settings)

@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run folder from its newest checkpoint")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, help="learning rate (default 1e-3; 3e-3 with --llm tiny)")
+    parser.add_argument("--lr", type=float,
+                        help="peak learning rate (default: measured per path, see "
+                        "kikimimi.training.captioner.DEFAULT_LR: frozen LM, LoRA, --llm tiny/--train-lm); "
+                        "training stops with one line naming --lr when the loss diverges")
     parser.add_argument("--prefix-len", type=int, default=8, help="prefix vectors K (default 8)")
     parser.add_argument("--mapper-width", type=int, default=256)
     parser.add_argument("--mapper-depth", type=int, default=2)
@@ -52,10 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kikimimi.apps.captioning.tiny_lm import write_tiny_lm
-    from kikimimi.apps.captioning.train import train_captioner
+    from kikimimi.commands._exit import check_model_paths, check_paths
+
+    check_model_paths([args.audio_model])  # a missing path: usage error (exit 2)
+    check_paths([args.captions])
     from kikimimi.data.caption_qa import read_qa_csv
     from kikimimi.data.captions import CaptionTable
+    from kikimimi.models.tiny_lm import write_tiny_lm
+    from kikimimi.training.captioner_run import train_captioner
 
     if args.lora_rank < 0:
         print("error: --lora-rank must be ≥ 0", file=sys.stderr)
@@ -90,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
             texts += [t for pairs in read_qa_csv(args.qa).values() for qa in pairs for t in qa]
         settings["lm"] = str(write_tiny_lm(texts, run_dir / "tiny-lm", seed=args.seed))
         settings["train_lm"] = True
-        settings.setdefault("lr", 3e-3)
-    result = train_captioner(args.audio_model, args.captions, run_dir, qa=args.qa, settings=settings,
-                             resume=args.resume, window_s=args.window_s, log=print)
+    from kikimimi.training.trainer import TrainingDivergedError
+
+    try:
+        result = train_captioner(args.audio_model, args.captions, run_dir, qa=args.qa, settings=settings,
+                                 resume=args.resume, window_s=args.window_s, log=print)
+    except TrainingDivergedError as exc:  # one line naming --lr; earlier checkpoints stay
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if result.skipped:
         print(f"{len(result.skipped)} clips could not be read and were skipped", file=sys.stderr)
     print(f"captioner: {result.model_dir} ({result.n_clips} clips, {result.n_examples} examples)")

@@ -42,6 +42,9 @@ def _load_clap_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one file is classified, 1 when every file failed, 2 on a bad setting, input
     list or model."""
+    from kikimimi.commands._exit import check_inputs
+
+    check_inputs(args.audio)  # a missing path or no audio file: a usage error (exit 2), nothing written
     from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.evaluation.zeroshot import zero_shot_classify
@@ -64,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print_missing(files, missing)
     top = max(1, min(args.top, len(labels)))
-    settings = {"model": job_record(model.audio, "clip"), "text_encoder": model.text_encoder_description(),
+    settings = {"model": job_record(model.audio, "clip", args.model), "text_encoder": model.text_encoder_description(),
                 "labels": labels, "template": args.template, "top": top}
     try:
-        results_log = open_results_log(args, NAME, settings)
+        results_log = open_results_log(args, NAME, settings, about={"model": args.model})
     except (ResultsLogError, OutputInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

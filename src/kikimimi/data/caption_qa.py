@@ -1,6 +1,6 @@
 """What a captioner trains on: (clip, question, answer) examples and their token batches.
 
-- A caption is the answer to :data:`~kikimimi.models.captioning.CAPTION_QUESTION` ("Describe this sound.").
+- A caption is the answer to :data:`~kikimimi.models.caption_prompts.CAPTION_QUESTION` ("Describe this sound.").
 - Question–answer pairs come from a QA CSV (``file_name,question,answer``; several rows per file) or are made
   from class labels with :func:`label_qa_pairs` ("What sound is this?" → "A harmonic note.").
 - :class:`PrefixCaptionDataset` turns examples plus per-clip frame features into fixed-size tensors for the
@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from kikimimi.data.captions import CaptionError
 from kikimimi.fileio import relative_key
-from kikimimi.models.captioning import CAPTION_QUESTION, IGNORE_INDEX, answer_ids, prompt_ids
+from kikimimi.models.caption_prompts import CAPTION_QUESTION, IGNORE_INDEX, answer_ids, prompt_ids
 
 __all__ = [
     "LABEL_QUESTIONS",

@@ -2,21 +2,24 @@
 
 Every package is extracted into its own folder ``<cache>/x/<package>/`` (a ``.complete`` marker is written
 last, so an interrupted extraction is redone). ``deb_dir`` reuses already downloaded ``.deb`` files and
-``extracted`` a tree where the packages were already unpacked together (e.g. ``/work/data/x``).
+``extracted`` a tree where the packages were already unpacked together (e.g. ``debian-tree/``).
 
 Used by ``kikimimi demo`` (a small real-audio set, :mod:`kikimimi.apps.first_run.real_data`) and by the open
-suite's builder (``benchmarks/open_suite/build_data.py``).
+suite's builder (``benchmarks/open_suite/build_data.py``) and by the open corpus
+(:mod:`kikimimi.data.open_corpus`, which reads any package through :meth:`Sources.extract`).
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["PACKAGES", "TOOLS", "SourceError", "Sources"]
+__all__ = ["PACKAGES", "TOOLS", "SourceError", "Sources", "changelog_version"]
 
 #: package → a path inside it that proves it is present (relative to the extraction root)
 PACKAGES: dict[str, str] = {
@@ -35,7 +38,7 @@ PACKAGES: dict[str, str] = {
 }
 
 #: generator binary → Debian package
-TOOLS = {"fluidsynth": "fluidsynth"}
+TOOLS = {"fluidsynth": "fluidsynth", "timidity": "timidity"}
 
 
 class SourceError(RuntimeError):
@@ -98,7 +101,13 @@ class Sources:
         """Extraction root of ``package`` (``root / PACKAGES[package]`` exists)."""
         if package not in PACKAGES:
             raise SourceError(f"unknown package {package!r}; known: {sorted(PACKAGES)}")
-        probe = PACKAGES[package]
+        return self.extract(package, PACKAGES[package])
+
+    def extract(self, package: str, probe: str = "usr/share/doc") -> Path:
+        """Extraction root of any package (fetched and unpacked when needed); ``root / probe`` must exist.
+
+        Unlike :meth:`root`, ``package`` need not be in :data:`PACKAGES` (the open corpus reads many more).
+        """
         if self.extracted and (Path(self.extracted) / probe).exists():
             return Path(self.extracted)
         dest = self.cache / "x" / package
@@ -114,6 +123,24 @@ class Sources:
             raise SourceError(f"'{deb}': extracted, but {probe} is not inside")
         (dest / ".complete").write_text(deb.name + "\n")
         return dest
+
+    def version(self, package: str, root: Path | None = None) -> str:
+        """The package's version: the first line of its ``changelog.Debian.gz`` in the extraction, else the
+        ``.deb`` file name (``name_VERSION_arch.deb``), else ``"unknown"``."""
+        root = Path(root) if root is not None else self.cache / "x" / package
+        found = changelog_version(root / "usr/share/doc" / package / "changelog.Debian.gz")
+        if found:
+            return found
+        marker = root / ".complete"
+        names = [marker.read_text().strip()] if marker.is_file() else []
+        for folder in (self.deb_dir, self.cache / "debs"):
+            if folder and Path(folder).is_dir():
+                names += [f.name for f in sorted(Path(folder).glob(f"{package}_*.deb"))]
+        for name in names:
+            parts = name.split("_")
+            if len(parts) == 3 and parts[0] == package:
+                return parts[1].replace("%3a", ":")
+        return "unknown"
 
     def path(self, package: str) -> Path:
         """``root(package) / PACKAGES[package]``."""
@@ -150,6 +177,21 @@ class Sources:
         if not found:
             raise SourceError(f"apt-get install {pkg} did not provide {binary}")
         return found
+
+
+def changelog_version(path: Path) -> str | None:
+    """Version in the first line of a Debian changelog (``pkg (1.2-3) unstable; …``; gzip or plain), or ``None``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+    except (OSError, EOFError):
+        return None
+    m = re.match(r"^\S+ \(([^)]+)\)", first)
+    return m.group(1) if m else None
 
 
 def _run(cmd: list[str], what: str, cwd: Path | None = None, env_extra: dict[str, str] | None = None) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kikimimi.evaluation.tasks import SPLITS, group_split, stratified_split
-from kikimimi.fileio import AUDIO_EXTENSIONS
+from kikimimi.fileio import AUDIO_EXTENSIONS, atomic_write_text
 
 __all__ = [
     "ADAPTERS",
@@ -559,7 +559,5 @@ def write_task_csv(
         writer.writerow(
             [file_name, r.label, r.fold if use_fold else r.split, *(r.extra.get(k, "") for k in extras)]
         )
-    tmp = out_csv.with_name(out_csv.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, out_csv)
+    atomic_write_text(out_csv, buf.getvalue())  # a kikimimi temporary, never a fixed name a user's file may have
     return out_csv

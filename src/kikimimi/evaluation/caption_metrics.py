@@ -17,10 +17,11 @@ space, cosine) and the readers behind ``kikimimi eval-captions PRED.csv REF.csv`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,40 @@ def _simple_tokenize(texts: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]
             for k, v in texts.items()}
 
 
+@contextlib.contextmanager
+def _quiet_children(fds: Sequence[int] = (2,)) -> Iterator[None]:
+    """Silence what child processes started inside write to ``fds`` (the Java tools' "PTBTokenizer tokenized …"
+    and SPICE's progress lines): those file descriptors point at the null device meanwhile (Python's own
+    streams are flushed first; nothing is silenced where they cannot be duplicated)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(fd) for fd in fds]
+    except OSError:
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, keep in zip(fds, saved, strict=True):
+            os.dup2(keep, fd)
+            os.close(keep)
+        os.close(null)
+
+
 def _tokenize(texts: Mapping[Any, Sequence[str]], tokenizer: str) -> tuple[dict[Any, list[str]], str]:
     if tokenizer == "simple" or (tokenizer == "auto" and not java_available()):
         return _simple_tokenize(texts), "simple"
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    return PTBTokenizer().tokenize({k: [{"caption": t} for t in v] for k, v in texts.items()}), "ptb"
+    with _quiet_children():
+        return PTBTokenizer().tokenize({k: [{"caption": t} for t in v] for k, v in texts.items()}), "ptb"
 
 
 def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], *,
@@ -155,7 +184,8 @@ def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequ
     if ok:
         from pycocoevalcap.spice.spice import Spice
 
-        scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
+        with _quiet_children((1, 2)):
+            scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
         scores["SPIDEr"] = (scores["CIDEr-D"] + scores["SPICE"]) / 2
     else:
         unavailable["SPICE"] = unavailable["SPIDEr"] = why

@@ -29,6 +29,12 @@ Determinism and resume: every random draw of epoch ``e`` of fold ``k`` comes fro
 ``(seed, k, e)``; after each epoch ``last.pt`` (model, optimiser, scaler, epoch, history, best score, RNG
 state) and, on improvement, ``best.pt`` are written atomically, so a killed run restarted with the same
 ``out_dir`` continues at the next epoch and ends with the same result.
+
+Run length: ``epochs=None`` (the default) takes :func:`auto_epochs` of each fold's training clips (about
+``AUTO_EPOCH_CLIPS`` clips seen, clamped to ``AUTO_EPOCHS``); once the first steps are timed, ``log`` gets
+one estimate of the whole run as a range. ``max_minutes`` stops a fold before an epoch that would end past
+its share of the time (at least one epoch each); the best epoch so far is kept and the run can be continued
+by rerunning with the same ``out_dir`` without the limit.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import copy
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,7 +56,7 @@ from tqdm import tqdm
 
 from kikimimi.audio.decode import AudioDecodeError, load_audio
 from kikimimi.checkpoints import load_encoder, save_kikimimi
-from kikimimi.checkpoints.bundle import EncoderBundle, TaggingHead
+from kikimimi.checkpoints.bundle import EncoderBundle
 from kikimimi.checkpoints.safe_load import safe_torch_load
 from kikimimi.device import resolve_device
 from kikimimi.evaluation.encoder_settings import encoder_settings, task_norm_stats
@@ -62,6 +69,7 @@ from kikimimi.features.frontend import LogMelSpectrogram
 from kikimimi.features.normstats import NormStats
 from kikimimi.fileio import atomic_torch_save
 from kikimimi.models.encoder import FrameEncoder
+from kikimimi.models.heads import TaggingHead
 from kikimimi.models.vit import AudioViT, resize_pos_embed
 from kikimimi.optim import LARS, lr_at_step, set_lr
 
@@ -71,6 +79,7 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneModel",
     "FinetuneResult",
+    "auto_epochs",
     "build_finetune_model",
     "build_optimizer",
     "export_finetuned",
@@ -83,6 +92,16 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adamw", "lars")
 SELECTIONS = ("valid", "holdout", "last_epoch")
 _DEFAULT_WD = {"sgd": 0.0, "adamw": 1e-4, "lars": 0.0}
+AUTO_EPOCH_CLIPS = 2000  # epochs=None: about this many training clips seen per fold ...
+AUTO_EPOCHS = (10, 200)  # ... in at least / at most this many epochs
+
+
+def auto_epochs(n_train: int) -> int:
+    """Epochs chosen from the number of training clips when none are given: ``ceil(AUTO_EPOCH_CLIPS / n_train)``
+    clamped to ``AUTO_EPOCHS`` — 59 clips → 34 epochs, 8 clips → 200 (the EVAR default), ≥ 200 clips → 10."""
+    if n_train < 1:
+        raise ValueError(f"need at least one training clip, got {n_train}")
+    return int(min(max(math.ceil(AUTO_EPOCH_CLIPS / n_train), AUTO_EPOCHS[0]), AUTO_EPOCHS[1]))
 
 
 @dataclass
@@ -92,7 +111,10 @@ class FinetuneConfig:
     Attributes:
         lr: base learning rate [``ft_lr``]; recipes: LARS 0.5 (ESC-50, SPCV2, AS20K), AdamW 5e-4 (VC1).
         optimizer: ``"sgd"`` (momentum 0.9), ``"adamw"`` or ``"lars"`` [``--optim``].
-        epochs / warmup_epochs: schedule length and linear warm-up, both in epochs [``ft_epochs``, ``warmup_epochs``].
+        epochs / warmup_epochs: schedule length and linear warm-up, both in epochs [``ft_epochs``, ``warmup_epochs``];
+            ``epochs=None``: :func:`auto_epochs` of each fold's training clips (EVAR: 200).
+        max_minutes: wall-clock limit of the whole run (``None`` = none); each fold gets an equal share of what is
+            left and stops before an epoch that would end past it (at least one epoch), keeping its best epoch.
         min_lr: the cosine's floor (timm's ``lr_min``).
         batch_size: [``ft_bs``].
         weight_decay: ``None`` → 0 for SGD/LARS, 1e-4 for AdamW; never applied to 1-D parameters / biases.
@@ -114,7 +136,7 @@ class FinetuneConfig:
 
     lr: float = 1e-3
     optimizer: str = "sgd"
-    epochs: int = 200
+    epochs: int | None = None
     warmup_epochs: float = 5.0
     min_lr: float = 1e-7
     batch_size: int = 128
@@ -134,6 +156,7 @@ class FinetuneConfig:
     device: str = "cpu"
     amp: bool = True
     seed: int = 42
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         self.optimizer = self.optimizer.lower()
@@ -141,12 +164,14 @@ class FinetuneConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.no_valid not in ("holdout", "last_epoch"):
             raise ValueError(f"no_valid must be 'holdout' or 'last_epoch', got {self.no_valid!r}")
-        if self.epochs < 1 or self.batch_size < 2:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 2:
             raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.dur_frames is not None and self.dur_frames < 1:
             raise ValueError(f"dur_frames must be positive, got {self.dur_frames}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
 
     @property
     def effective_weight_decay(self) -> float:
@@ -164,7 +189,10 @@ class FinetuneConfig:
 def finetune_lr(iteration: int, iters_per_epoch: int, config: FinetuneConfig) -> float:
     """Learning rate for 0-based optimiser step ``iteration``: linear warm-up from 0 over
     ``warmup_epochs · iters_per_epoch`` steps, then a half-cosine from ``lr`` to ``min_lr`` at the end of
-    ``epochs · iters_per_epoch`` steps (per-iteration, i.e. fractional epochs as timm's scheduler)."""
+    ``epochs · iters_per_epoch`` steps (per-iteration, i.e. fractional epochs as timm's scheduler);
+    ``config.epochs`` must be resolved (``None`` → :func:`auto_epochs`) before."""
+    if config.epochs is None:
+        raise ValueError("finetune_lr needs config.epochs; resolve epochs=None with auto_epochs(n_train) first")
     total = config.epochs * iters_per_epoch
     warmup = int(round(config.warmup_epochs * iters_per_epoch))
     return lr_at_step(iteration, total, config.lr, warmup_steps=min(warmup, total), min_lr=config.min_lr)
@@ -283,7 +311,8 @@ class FinetuneResult:
         history: one dict per fold × epoch (``fold``, ``epoch``, ``lr``, ``loss``, ``select_score``).
         predictions: one dict per test item (``key``, ``fold``, ``label``, ``prediction`` | ``scores``).
         model_dirs: ``{fold: kikimimi checkpoint folder}`` of the selected weights (when ``out_dir`` was given).
-        settings / classes / errors: hyper-parameters, class names, unreadable files.
+        settings / classes / errors: hyper-parameters (``epochs``: as resolved), class names, unreadable files.
+        stopped_early: ``{fold: last epoch trained}`` of the folds that ``max_minutes`` stopped before their last epoch.
     """
 
     metric: str
@@ -299,12 +328,14 @@ class FinetuneResult:
     settings: dict
     errors: list[str] = field(default_factory=list)
     model_dirs: dict[int, str] = field(default_factory=dict)
+    stopped_early: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["fold_scores"] = {str(k): v for k, v in self.fold_scores.items()}
         d["best_epochs"] = {str(k): v for k, v in self.best_epochs.items()}
         d["model_dirs"] = {str(k): v for k, v in self.model_dirs.items()}
+        d["stopped_early"] = {str(k): v for k, v in self.stopped_early.items()}
         return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
@@ -354,6 +385,56 @@ class _Inputs:
         return (lms - self.stats.mean) / self.stats.std
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+class _Eta:
+    """Times the optimiser steps and validation passes of a run and reports one estimate of its total wall time,
+    as a range (fastest … slowest measured step; the first step, which pays one-off set-up, is left out once
+    there are others), after ``min_steps`` steps and one validation pass."""
+
+    def __init__(self, log: Callable[[str], None] | None, min_steps: int = 3, cap_s: float | None = None) -> None:
+        self.log, self.min_steps, self.cap_s = log, min_steps, cap_s
+        self.start = time.monotonic()
+        self.steps: list[float] = []
+        self.evals: list[float] = []
+        self.total_steps = self.total_evals = 0
+        self.done = log is None
+
+    def plan(self, steps: int, evals: int) -> None:
+        """Add work still to do (called per fold, before its first epoch)."""
+        self.total_steps += steps
+        self.total_evals += evals
+
+    def step(self, seconds: float) -> None:
+        self.steps.append(seconds)
+        self._maybe_report()
+
+    def evaluated(self, seconds: float) -> None:
+        self.evals.append(seconds)
+        self._maybe_report()
+
+    def _maybe_report(self) -> None:
+        if self.done or len(self.steps) < min(self.min_steps, self.total_steps):
+            return
+        if self.total_evals and not self.evals:
+            return
+        self.done = True
+        steps = self.steps[1:] if len(self.steps) > 1 else self.steps
+        evals = self.evals or [0.0]
+        left_s = max(self.total_steps - len(self.steps), 0)
+        left_e = max(self.total_evals - len(self.evals), 0)
+        elapsed = time.monotonic() - self.start
+        lo = elapsed + left_s * min(steps) + left_e * min(evals)
+        hi = elapsed + left_s * max(steps) + left_e * max(evals)
+        span = _minutes(lo) if _minutes(lo) == _minutes(hi) else f"{_minutes(lo)} – {_minutes(hi)}"
+        cap = "" if self.cap_s is None or hi <= self.cap_s else f"; --max-minutes stops it at {_minutes(self.cap_s)}"
+        self.log(f"estimate: {span} in all ({self.total_steps} steps; measured {min(steps):.1f}–"
+                 f"{max(steps):.1f} s per step){cap}")
+
+
 @dataclass(frozen=True)
 class _FoldContext:
     """What every fold of one fine-tuning run shares: the model source, settings, inputs and reporting."""
@@ -368,6 +449,7 @@ class _FoldContext:
     use_amp: bool
     progress: bool
     callback: Callable[[dict], None] | None
+    eta: _Eta | None = None
 
     def autocast(self):
         """float16 autocast on CUDA when AMP is on; a no-op context on the CPU."""
@@ -396,7 +478,7 @@ def _resolve_bundle(bundle_or_path: Any) -> EncoderBundle:
 
 
 def _fingerprint(config: FinetuneConfig, bundle: EncoderBundle, fold: Fold, stats) -> str:
-    keep = {k: v for k, v in config.to_dict().items() if k not in ("device", "amp", "folds")}
+    keep = {k: v for k, v in config.to_dict().items() if k not in ("device", "amp", "folds", "max_minutes")}
     h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
     h.update(json.dumps(bundle.config, sort_keys=True, default=str).encode())
     h.update(f"{stats.mean:.8f},{stats.std:.8f}|{fold.index}".encode())
@@ -413,7 +495,8 @@ def _epoch_rngs(seed: int, fold: int, epoch: int) -> tuple[np.random.Generator, 
 
 def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None = None,
                   out_dir: str | Path | None = None, *, progress: bool = False,
-                  callback: Callable[[dict], None] | None = None) -> FinetuneResult:
+                  callback: Callable[[dict], None] | None = None,
+                  log: Callable[[str], None] | None = None) -> FinetuneResult:
     """Fine-tune a copy of the encoder on every (requested) fold of ``task`` and score the test split.
 
     Args:
@@ -425,11 +508,14 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
         progress: tqdm bar over epochs.
         callback: called after each epoch (after its checkpoint is written) with ``{"fold", "epoch",
             "loss", "select_score", "lr"}``; an exception raised there stops the run (resumable).
+        log: receives one-line messages for the user: the epochs chosen, one estimate of the run's wall time
+            (a range, from its first timed steps) and a ``max_minutes`` stop.
 
     Returns:
         :class:`FinetuneResult`.
     """
     cfg = config or FinetuneConfig()
+    deadline = time.monotonic() + 60.0 * cfg.max_minutes if cfg.max_minutes is not None else None
     bundle = _resolve_bundle(bundle_or_path)
     device = resolve_device(cfg.device)
     use_amp = bool(cfg.amp and device.type == "cuda")
@@ -457,9 +543,12 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
     model_dirs: dict[int, str] = {}
     y_true_all, y_pred_all = [], []
     inputs = _Inputs(bundle, stats, unit, device)
-    context = _FoldContext(bundle, cfg, inputs, list(classes), multi, selection, device, use_amp, progress, callback)
+    context = _FoldContext(bundle, cfg, inputs, list(classes), multi, selection, device, use_amp, progress, callback,
+                           _Eta(log, cap_s=None if cfg.max_minutes is None else 60.0 * cfg.max_minutes))
+    fold_epochs: dict[int, int] = {}
+    stopped: dict[int, int] = {}
 
-    for fold in folds:
+    for n_fold, fold in enumerate(folds):
         fold_dir = out / f"fold{fold.index}" if out is not None else None
         train = _load_split(fold.train, task, classes, sr, errors)
         test = _load_split(fold.test, task, classes, sr, errors)
@@ -474,8 +563,23 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
             raise ValueError(f"task '{task.name}' fold {fold.index}: fewer than 2 readable training clips")
         if selection != "last_epoch" and not select.waves:
             raise ValueError(f"task '{task.name}' fold {fold.index}: the {selection} split has no readable clips")
-        model, best_epoch, fold_history = _train_fold(context, fold, train, select, fold_dir,
-                                                      _fingerprint(cfg, bundle, fold, stats))
+        fold_cfg = cfg
+        if cfg.epochs is None:
+            fold_cfg = replace(cfg, epochs=auto_epochs(len(train.waves)))
+            if log is not None and n_fold == 0:
+                log(f"{len(train.waves)} training clips: {fold_cfg.epochs} epochs (about {AUTO_EPOCH_CLIPS} clips "
+                    f"seen, {AUTO_EPOCHS[0]}–{AUTO_EPOCHS[1]} epochs; --epochs N to choose)")
+        fold_epochs[fold.index] = int(fold_cfg.epochs)
+        stop_at = None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / (len(folds) - n_fold)
+        model, best_epoch, fold_history, last_epoch = _train_fold(
+            replace(context, cfg=fold_cfg), fold, train, select, fold_dir, _fingerprint(fold_cfg, bundle, fold, stats),
+            stop_at=stop_at, folds_left=len(folds) - n_fold)
+        if last_epoch < fold_cfg.epochs:
+            stopped[fold.index] = last_epoch
+            if log is not None:
+                log(f"fold {fold.index}: stopped after epoch {last_epoch} of {fold_cfg.epochs} (--max-minutes "
+                    f"{cfg.max_minutes:g}); kept the best epoch, {best_epoch}"
+                    + ("; rerun with the same output folder to continue" if out is not None else ""))
         history += fold_history
         best_epochs[fold.index] = best_epoch
         fixed_test = inputs.normalise(inputs.log_mel(test.waves, None)) if test.waves else None
@@ -497,13 +601,14 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
                                                           info={"task": task.name, "fold": fold.index,
                                                                 "metric": "mAP" if multi else "accuracy",
                                                                 "score": fold_scores[fold.index],
-                                                                "selection": selection}))
+                                                                "selection": selection}, multi_label=multi))
     per_class: dict[str, float] = {}
     if y_true_all:
         pc = per_class_accuracy(np.concatenate(y_true_all), np.concatenate(y_pred_all), len(classes))
         per_class = {c: float(v) for c, v in zip(classes, pc, strict=True)}
     scores = list(fold_scores.values())
-    settings = {**cfg.to_dict(), "task": task.name, "unit_s": unit / sr, "unit_samples": unit,
+    settings = {**cfg.to_dict(), "epochs": max(fold_epochs.values()), "task": task.name, "unit_s": unit / sr,
+                "unit_samples": unit,
                 "sample_rate": sr, "family": bundle.family, "norm_stats": [stats.mean, stats.std],
                 "n_classes": len(classes), "multi_label": multi, "selection": selection,
                 "model_source": bundle.config.get("source"), "device": str(device), "amp": use_amp}
@@ -511,12 +616,18 @@ def finetune_task(bundle_or_path: Any, task: Task, config: FinetuneConfig | None
         metric="mAP" if multi else "accuracy", score=float(np.mean(scores)), std=float(np.std(scores)),
         fold_scores=fold_scores, best_epochs=best_epochs, selection=selection, per_class_accuracy=per_class,
         history=history, predictions=predictions, classes=classes, settings=settings, errors=errors,
-        model_dirs=model_dirs)
+        model_dirs=model_dirs, stopped_early=stopped)
 
 
 def _train_fold(context: _FoldContext, fold: Fold, train: _Split, select: _Split, fold_dir: Path | None,
-                fingerprint: str) -> tuple[FinetuneModel, int, list[dict]]:
-    """Train one fold (resuming from ``fold_dir/last.pt``); returns the selected model, its epoch, history."""
+                fingerprint: str, *, stop_at: float | None = None,
+                folds_left: int = 1) -> tuple[FinetuneModel, int, list[dict], int]:
+    """Train one fold (resuming from ``fold_dir/last.pt``) for ``context.cfg.epochs`` (resolved) epochs, or until
+    the next epoch would end after ``stop_at`` (``time.monotonic()``; at least one epoch is trained).
+
+    Returns:
+        the selected model, its epoch, the history, and the last epoch trained.
+    """
     bundle, cfg, inputs, classes, multi = context.bundle, context.cfg, context.inputs, context.classes, context.multi
     selection, device, use_amp, progress, callback = (context.selection, context.device, context.use_amp,
                                                       context.progress, context.callback)
@@ -552,12 +663,19 @@ def _train_fold(context: _FoldContext, fold: Fold, train: _Split, select: _Split
         if best_epoch and best_path is not None and best_path.is_file():
             best_state = safe_torch_load(best_path)["model"]
 
+    if context.eta is not None and not context.eta.total_steps and start_epoch <= cfg.epochs:  # planned once
+        todo = cfg.epochs + 1 - start_epoch
+        context.eta.plan(todo * iters * folds_left, todo * folds_left if fixed_select is not None else 0)
     epochs: Iterable[int] = range(start_epoch, cfg.epochs + 1)
     if progress:
         epochs = tqdm(epochs, desc=f"finetune fold {fold.index}", unit="epoch", initial=start_epoch - 1,
                       total=cfg.epochs)
     rrc = RandomResizeCrop() if cfg.rrc else None
+    last_epoch, epoch_times = start_epoch - 1, []
     for epoch in epochs:
+        if stop_at is not None and epoch_times and time.monotonic() + max(epoch_times) > stop_at:
+            break
+        epoch_start = time.monotonic()
         rng, gen, torch_seed = _epoch_rngs(cfg.seed, fold.index, epoch)
         model.train()
         order = rng.permutation(n)
@@ -566,6 +684,7 @@ def _train_fold(context: _FoldContext, fold: Fold, train: _Split, select: _Split
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(torch_seed)  # dropout (BYOL-A) draws from the global generator
             for it in range(iters):
+                step_start = time.monotonic()
                 idx = order[it * bs:(it + 1) * bs]
                 lms = inputs.log_mel([train.waves[i] for i in idx], rng)
                 y = y_train[idx].to(device)
@@ -586,9 +705,14 @@ def _train_fold(context: _FoldContext, fold: Fold, train: _Split, select: _Split
                 scaler.step(optimizer)
                 scaler.update()
                 losses.append(float(loss.detach()))
+                if context.eta is not None:
+                    context.eta.step(time.monotonic() - step_start)
         if fixed_select is not None:
+            eval_start = time.monotonic()
             score = task_score(select.y, _predict(model, fixed_select, cfg.batch_size, autocast), multi)
             score = -math.inf if math.isnan(score) else score
+            if context.eta is not None:
+                context.eta.evaluated(time.monotonic() - eval_start)
         else:
             score = float("nan")
         row = {"fold": fold.index, "epoch": epoch, "lr": lr, "loss": float(np.mean(losses)),
@@ -607,25 +731,30 @@ def _train_fold(context: _FoldContext, fold: Fold, train: _Split, select: _Split
                                "best_epoch": best_epoch, "rng": torch.get_rng_state()}, last_path)
         if callback is not None:
             callback(dict(row))
+        last_epoch = epoch
+        epoch_times.append(time.monotonic() - epoch_start)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model, best_epoch, history
+    return model, best_epoch, history, last_epoch
 
 
 def export_finetuned(model: FinetuneModel, bundle: EncoderBundle, classes: Sequence[str], out_dir: str | Path, *,
-                     stats=None, info: dict | None = None) -> Path:
+                     stats=None, info: dict | None = None, multi_label: bool = False) -> Path:
     """Write the fine-tuned encoder + head as a kikimimi checkpoint (``model.safetensors`` + ``config.json``).
 
-    The config records ``head`` ``{in_dim, n_classes, pooling, classes}`` and, for a ViT, the (possibly
-    ``dur_frames``-changed) ``input_size``; ``info`` lands under ``config["finetune"]``.
+    The config records ``head`` ``{in_dim, n_classes, pooling, classes, activation}`` (``activation``: the
+    training loss's — ``"softmax"`` for a single-label task, ``"sigmoid"`` for a multi-label one; ``kikimimi tag``
+    reads the names and the activation from here) and, for a ViT, the (possibly ``dur_frames``-changed)
+    ``input_size``; ``info`` lands under ``config["finetune"]``.
     """
     config = json.loads(json.dumps(bundle.config, default=str))
     if isinstance(model.encoder, AudioViT):  # dur_frames may have changed the input size
         config["vit"] = model.encoder.config.to_dict()
     head = model.head
     config["head"] = {"in_dim": int(head.linear.in_features), "n_classes": int(head.linear.out_features),
-                      "pooling": encoder_settings(model.encoder).pooling, "classes": list(classes)}
+                      "pooling": encoder_settings(model.encoder).pooling, "classes": list(classes),
+                      "activation": "sigmoid" if multi_label else "softmax"}
     config["finetune"] = dict(info or {})
     encoder = copy.deepcopy(model.encoder).cpu().eval()
     out_bundle = EncoderBundle(family=bundle.family, encoder=encoder, frontend=bundle.frontend,

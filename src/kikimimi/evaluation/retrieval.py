@@ -25,6 +25,7 @@ import numpy as np
 from kikimimi.audio.decode import AudioDecodeError, load_audio
 from kikimimi.evaluation.caption_adapters import group_captions
 from kikimimi.inference.clap import cosine_similarity
+from kikimimi.models.encoder import TextAudioModel
 
 __all__ = ["DEFAULT_KS", "format_retrieval_table", "rank_of", "retrieval_metrics"]
 
@@ -127,7 +128,7 @@ def format_retrieval_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_retrieval(model: Any, rows: Sequence[tuple[Any, str]], *, batch_size: int = 8,
+def evaluate_retrieval(model: TextAudioModel, rows: Sequence[tuple[Any, str]], *, batch_size: int = 8,
                        ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
     """Retrieval metrics of a CLAP model on ``(audio path, caption)`` rows (several captions per file).
 

@@ -3,7 +3,8 @@
 Each class name becomes a caption — ``template.format(phrase)`` with ``phrase`` = the label with ``_`` → space,
 or the EVAR task-specific phrase (CREMA-D descriptions, ``"<genre> music"`` for GTZAN, ``"the musical
 instrument sound of <family>"`` for NSynth, AudioSet MIDs → display names through ``label_names``) — and
-every clip is scored by the cosine similarity of its audio embedding with each caption embedding.
+every clip is scored by the cosine similarity of its audio embedding with each caption embedding (the scoring
+itself is :func:`kikimimi.inference.zeroshot.zero_shot_scores`, shared with ``kikimimi serve``).
 Single-label tasks: softmax over classes → argmax accuracy; multi-label tasks: sigmoid of the cosine →
 macro mAP. Test clips are the first ``unit_s`` seconds (zero-padded when shorter); cross-validation tasks
 use the test part of every fold, i.e. the whole dataset once.
@@ -25,6 +26,9 @@ from kikimimi.audio.decode import AudioDecodeError, load_audio
 from kikimimi.evaluation.metrics import accuracy, macro_map, per_class_accuracy
 from kikimimi.evaluation.tasks import Task, crop_or_pad
 from kikimimi.inference.clap import cosine_similarity
+from kikimimi.inference.zeroshot import DEFAULT_TEMPLATE, softmax
+from kikimimi.inference.zeroshot import zero_shot_scores as _score_embeddings
+from kikimimi.models.encoder import TextAudioModel
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -37,8 +41,6 @@ __all__ = [
     "zero_shot_scores",
     "zero_shot_task",
 ]
-
-DEFAULT_TEMPLATE = "{} can be heard"
 
 _CREMAD = {
     "ANG": "angry person talking",
@@ -73,15 +75,7 @@ def class_captions(labels: Sequence[str], template: str = DEFAULT_TEMPLATE, task
     return [template.format(class_phrase(lab, task_name, label_names)) for lab in labels]
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax (float64 inside, float32 out)."""
-    z = np.asarray(x, dtype=np.float64)
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
-
-
-def zero_shot_scores(model: Any, audio: Any, captions: Sequence[str], *, sample_rate: int | None = None,
+def zero_shot_scores(model: TextAudioModel, audio: Any, captions: Sequence[str], *, sample_rate: int | None = None,
                      batch_size: int = 8) -> np.ndarray:
     """Cosine similarities ``[N, C]`` between the clips and the captions."""
     audio_emb = _encode_audio(model, audio, sample_rate, batch_size)
@@ -89,13 +83,13 @@ def zero_shot_scores(model: Any, audio: Any, captions: Sequence[str], *, sample_
     return cosine_similarity(audio_emb, text_emb)
 
 
-def _encode_audio(model: Any, audio: Any, sample_rate: int | None, batch_size: int) -> np.ndarray:
+def _encode_audio(model: TextAudioModel, audio: Any, sample_rate: int | None, batch_size: int) -> np.ndarray:
     if isinstance(audio, (str, os.PathLike)) or (isinstance(audio, np.ndarray) and audio.ndim == 1):
         audio = [audio]
     return np.asarray(model.encode_audio(audio, sample_rate=sample_rate, batch_size=batch_size), dtype=np.float32)
 
 
-def zero_shot_classify(model: Any, audio: Any, labels: Sequence[str], template: str = DEFAULT_TEMPLATE, *,
+def zero_shot_classify(model: TextAudioModel, audio: Any, labels: Sequence[str], template: str = DEFAULT_TEMPLATE, *,
                        sample_rate: int | None = None, use_logit_scale: bool = True, task_name: str | None = None,
                        label_names: Mapping[str, str] | None = None,
                        batch_size: int = 8) -> tuple[np.ndarray, list[str]]:
@@ -114,10 +108,11 @@ def zero_shot_classify(model: Any, audio: Any, labels: Sequence[str], template: 
     labels = list(labels)
     if not labels:
         raise ValueError("zero-shot classification needs at least one label")
-    cos = zero_shot_scores(model, audio, class_captions(labels, template, task_name, label_names),
-                           sample_rate=sample_rate, batch_size=batch_size)
+    captions = class_captions(labels, template, task_name, label_names)
+    audio_emb = _encode_audio(model, audio, sample_rate, batch_size)
+    text_emb = np.asarray(model.encode_text(captions), dtype=np.float32)
     scale = float(getattr(model, "temperature_scale", 1.0)) if use_logit_scale else 1.0
-    probs = softmax(cos * scale, axis=1)
+    probs = _score_embeddings(audio_emb, text_emb, scale).probs
     return probs, [labels[i] for i in probs.argmax(axis=1)]
 
 
@@ -146,7 +141,7 @@ class ZeroShotResult:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def zero_shot_task(model: Any, task: Task, *, template: str = DEFAULT_TEMPLATE,
+def zero_shot_task(model: TextAudioModel, task: Task, *, template: str = DEFAULT_TEMPLATE,
                    label_names: Mapping[str, str] | None = None, batch_size: int = 8) -> ZeroShotResult:
     """Zero-shot evaluation of ``model`` on every test clip of ``task`` (all folds' test parts for CV tasks)."""
     classes = task.classes
@@ -165,15 +160,16 @@ def zero_shot_task(model: Any, task: Task, *, template: str = DEFAULT_TEMPLATE,
         kept.append(it)
     if not kept:
         raise ValueError(f"'{task.source}': no readable test clip for zero-shot evaluation")
-    cos = zero_shot_scores(model, waves, captions, sample_rate=sr, batch_size=batch_size)
+    audio_emb = _encode_audio(model, waves, sr, batch_size)
+    text_emb = np.asarray(model.encode_text(list(captions)), dtype=np.float32)
+    scored = _score_embeddings(audio_emb, text_emb, float(getattr(model, "temperature_scale", 1.0)),
+                               multi_label=task.multi_label)
     y = task.targets(kept, classes)
     keys = [it.key for it in kept]
     if task.multi_label:
-        scores = (1.0 / (1.0 + np.exp(-cos.astype(np.float64)))).astype(np.float32)
-        return ZeroShotResult("mAP", macro_map(y, scores), classes, captions, len(kept), keys, scores,
+        return ZeroShotResult("mAP", macro_map(y, scored.probs), classes, captions, len(kept), keys, scored.probs,
                               errors=errors)
-    scale = float(getattr(model, "temperature_scale", 1.0))
-    probs = softmax(cos * scale, axis=1)
+    probs = scored.probs
     pred = probs.argmax(axis=1)
     pca = per_class_accuracy(y, pred, len(classes))
     return ZeroShotResult("accuracy", accuracy(y, pred), classes, captions, len(kept), keys, probs,

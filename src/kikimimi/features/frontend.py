@@ -21,6 +21,8 @@ never holds the whole waveform in memory.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -35,7 +37,9 @@ __all__ = [
     "FrontendConfig",
     "LogMelSpectrogram",
     "PRESETS",
+    "cpu_module",
     "empty_mel_bins",
+    "frontend_for",
     "get_preset",
     "log_mel",
     "periodic_hann",
@@ -157,6 +161,25 @@ def get_preset(name: str) -> FrontendConfig:
 
 def resolve_config(config: FrontendConfig | str) -> FrontendConfig:
     return get_preset(config) if isinstance(config, str) else config
+
+
+def frontend_for(family: str, sample_rate: int, n_mels: int) -> FrontendConfig:
+    """The front end of a model family at a rate: the ``byola`` preset (16 kHz only) or ``m2d-16k`` / ``m2d-32k``,
+    with ``n_mels`` replaced when the model's differs.
+
+    Raises:
+        ValueError: a rate the family has no front end for.
+    """
+    if family == "byola":
+        if sample_rate != 16000:
+            raise ValueError(f"BYOL-A models run at 16000 Hz, got sample_rate={sample_rate}")
+        preset = PRESETS["byola"]
+    else:
+        key = {16000: "m2d-16k", 32000: "m2d-32k"}.get(int(sample_rate))
+        if key is None:
+            raise ValueError(f"M2D front ends exist for 16000 and 32000 Hz, got sample_rate={sample_rate}")
+        preset = PRESETS[key]
+    return preset if preset.n_mels == n_mels else dataclasses.replace(preset, n_mels=n_mels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,14 +440,11 @@ class LogMelSpectrogram(nn.Module):
         return out.add_(c.eps).log_().transpose(1, 2).contiguous()
 
 
-_MODULE_CACHE: dict[FrontendConfig, LogMelSpectrogram] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def cpu_module(config: FrontendConfig) -> LogMelSpectrogram:
-    module = _MODULE_CACHE.get(config)
-    if module is None:
-        module = _MODULE_CACHE[config] = LogMelSpectrogram(config)
-    return module
+    """The CPU :class:`LogMelSpectrogram` of ``config``, built once per config and reused (its filterbank and
+    window); up to 8 configs are kept (``cpu_module.cache_clear()`` frees them)."""
+    return LogMelSpectrogram(config)
 
 
 def log_mel(wave: np.ndarray, config: FrontendConfig | str = "m2d-16k") -> np.ndarray:

@@ -19,9 +19,11 @@ preset's rate, recorded in ``prep.json``).
 
 Runs are resumable: outputs are written atomically, an existing valid ``.npy`` is not recomputed,
 and the manifest is rebuilt from every output that exists for the current inputs. A cache holds one
-preset/dtype/limit only; asking for another raises :class:`PrepError`. One ``prep`` at a time writes
-into a cache: it holds ``CACHE/.kikimimi-prep.lock`` (:func:`kikimimi.fileio.output_lock`), and a second
-one stops at once with :class:`kikimimi.fileio.OutputInUseError` naming the first one's pid.
+preset/dtype/limit only; asking for another raises :class:`PrepError` (``overwrite`` recomputes every file
+instead). One job at a time writes into a cache: ``prep`` holds the folder's lock
+(:func:`kikimimi.fileio.output_lock`, common to every kikimimi job), and a second one stops at once with
+:class:`kikimimi.fileio.OutputInUseError` naming the first one's pid. The cache is stamped as ``prep``'s
+(:func:`kikimimi.fileio.claim_folder`): a folder holding another job's outputs (e.g. ``embed``'s) is refused.
 
 This module owns the format on both sides: :func:`prep_cache` writes a cache; :func:`is_prep_cache`,
 :func:`read_settings`, :func:`cache_preset`, :func:`read_manifest`, :func:`cache_entries` and
@@ -49,9 +51,11 @@ from kikimimi.audio.decode import audio_info, load_audio
 from kikimimi.features.frontend import FrontendConfig, get_preset, log_mel
 from kikimimi.features.streaming import stream_log_mel
 from kikimimi.fileio import (
+    FolderOwnedError,
     atomic_save_npy,
     atomic_write_json,
     atomic_write_text,
+    claim_folder,
     collect_audio_files,
     csv_text,
     output_lock,
@@ -330,9 +334,21 @@ def _settings(preset: str, config: FrontendConfig, dtype: str, limit_s: float | 
     }
 
 
-def _check_or_write_settings(cache_dir: Path, settings: dict[str, Any]) -> None:
+def _check_or_write_settings(cache_dir: Path, settings: dict[str, Any], overwrite: bool = False) -> None:
     path = cache_dir / SETTINGS_NAME
-    if path.exists():
+    try:
+        _check_settings(cache_dir, settings, overwrite)
+        claim_folder(cache_dir, "prep", settings, describe=f"preset {settings['preset']}, {settings['dtype']}",
+                     overwrite=overwrite, legacy_ok=True, what="log-mel caches")
+    except FolderOwnedError as exc:
+        raise PrepError(str(exc)) from None
+    atomic_write_json(path, settings)
+
+
+def _check_settings(cache_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Raise :class:`PrepError` when ``CACHE/prep.json`` records other settings (and not ``overwrite``)."""
+    path = cache_dir / SETTINGS_NAME
+    if path.exists() and not overwrite:
         try:
             stored = read_settings(cache_dir)
         except ValueError as exc:
@@ -344,11 +360,8 @@ def _check_or_write_settings(cache_dir: Path, settings: dict[str, Any]) -> None:
         if diffs:
             raise PrepError(
                 f"'{path}': this cache was built with different settings ({'; '.join(diffs)}); "
-                "one cache holds one preset/dtype/limit - choose another output folder (-o)"
+                "one cache holds one preset/dtype/limit - choose another output folder (-o) or pass --overwrite"
             )
-        return
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, settings)
 
 
 def _existing_frames(path: Path, n_mels: int, dtype: str) -> int | None:
@@ -381,6 +394,7 @@ def prep_cache(
     stream_threshold_s: float = STREAM_THRESHOLD_S,
     block_s: float = STREAM_BLOCK_S,
     on_result: Callable[[str, str | None], None] | None = None,
+    overwrite: bool = False,
 ) -> PrepResult:
     """Convert ``inputs`` into log-mel ``.npy`` files under ``cache_dir`` (see the module doc).
 
@@ -395,6 +409,7 @@ def prep_cache(
         stream_threshold_s: files longer than this (seconds) are streamed block by block.
         block_s: block length in seconds when streaming.
         on_result: optional callback ``(source, error_or_None)`` after each conversion.
+        overwrite: recompute every file, also when ``cache_dir`` holds another job's outputs or other settings.
 
     Returns:
         :class:`PrepResult`. Bad files do not raise; they are listed in ``errors.csv``.
@@ -415,21 +430,21 @@ def prep_cache(
         raise PrepError(f"no audio files found in {[str(i) for i in inputs]}")
     with output_lock(cache, "prep"):  # a second prep into the same cache stops at once (OutputInUseError)
         return _prep_locked(cache, plan, config, preset, dtype, limit_s, workers, progress, stream_threshold_s,
-                            block_s, on_result)
+                            block_s, on_result, overwrite)
 
 
 def _prep_locked(cache: Path, plan: list[tuple[Path, str]], config: FrontendConfig, preset: str, dtype: str,
                  limit_s: float | None, workers: int, progress: bool, stream_threshold_s: float, block_s: float,
-                 on_result: Callable[[str, str | None], None] | None) -> PrepResult:
+                 on_result: Callable[[str, str | None], None] | None, overwrite: bool = False) -> PrepResult:
     """The body of :func:`prep_cache`, run while this process holds the cache's lock."""
-    _check_or_write_settings(cache, _settings(preset, config, dtype, limit_s))
+    _check_or_write_settings(cache, _settings(preset, config, dtype, limit_s), overwrite)
 
     result = PrepResult(cache_dir=cache, found=len(plan))
     rows: dict[str, dict[str, Any]] = {}
     todo: list[PrepTask] = []
     existing: list[tuple[Path, str, int]] = []
     for source, key in plan:
-        frames = _existing_frames(cache / key, config.n_mels, dtype)
+        frames = None if overwrite else _existing_frames(cache / key, config.n_mels, dtype)
         if frames is None:
             todo.append(PrepTask(str(source), str(cache / key), config.to_dict(), dtype, limit_s,
                                  stream_threshold_s, block_s))

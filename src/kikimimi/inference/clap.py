@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kikimimi.inference.encoder import AudioEncoder, AudioInput, load
+from kikimimi.inference.encoder import AudioEncoder, AudioInput, is_single_input, load
 from kikimimi.models import text_loading
 from kikimimi.models.vit import AudioViT
 
@@ -259,15 +259,16 @@ class CLAPModel:
         return self.audio_proj(tokens.mean(dim=0, keepdim=True))[0].float()
 
     def encode_audio(self, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8) -> np.ndarray:
-        """Audio embeddings ``[B, embedding_dim]`` float32 (not normalised).
+        """Audio embeddings float32 (not normalised), one input in, one output out: a path or a 1-D waveform →
+        ``[embedding_dim]``; a list of paths / waveforms (any lengths) or ``[B, samples]`` → ``[B, embedding_dim]``.
 
-        ``audio``: a path, list of paths, 1-D waveform, list of waveforms (any lengths) or ``[B, samples]``,
-        at ``sample_rate`` (default: the model rate). Each clip is encoded whole.
+        Waveforms are at ``sample_rate`` (default: the model rate). Each clip is encoded whole.
         """
         tokens = self.audio_tokens(audio, sample_rate, batch_size)
         if not tokens:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        return torch.stack([self.project_tokens(t).cpu() for t in tokens]).numpy()
+        out = torch.stack([self.project_tokens(t).cpu() for t in tokens]).numpy()
+        return out[0] if is_single_input(audio) else out
 
     def __call__(self, waves: list[np.ndarray], sample_rate: int) -> np.ndarray:
         """Embedding-function form (``waves``, rate) → ``[B, embedding_dim]`` joint-space audio embeddings."""

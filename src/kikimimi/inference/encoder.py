@@ -36,6 +36,14 @@ from kikimimi.models.encoder import FrameEncoder
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor | Sequence[Any]
 
 
+def is_single_input(audio: Any) -> bool:
+    """Whether ``audio`` is one clip — a path or a 1-D waveform — rather than a list of clips or a ``[B, samples]``
+    array: the "one input in, one output out" rule of ``embed``, ``encode_audio`` and ``caption`` (docs/usage.md)."""
+    if isinstance(audio, (str, os.PathLike)):
+        return True
+    return isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1
+
+
 class AudioEncoder:
     """A loaded encoder ready to embed audio (eval mode, no gradients).
 
@@ -171,13 +179,15 @@ class AudioEncoder:
 
     # ------------------------------------------------------------------ public
     def embed(self, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8) -> np.ndarray:
-        """Clip embeddings ``[B, embedding_dim]`` (float32): the encoder's pooling of each clip's frame features.
+        """Clip embeddings (float32): the encoder's pooling of each clip's frame features.
 
-        ``audio``: a path, a list of paths, a 1-D waveform, a list of 1-D waveforms of any lengths, or a
-        ``[B, samples]`` array/tensor. Waveforms are at ``sample_rate`` (default: the model rate).
+        One input in, one output out: a path or a 1-D waveform → ``[embedding_dim]``; a list of paths / 1-D
+        waveforms (any lengths) or a ``[B, samples]`` array/tensor → ``[B, embedding_dim]``. Waveforms are at
+        ``sample_rate`` (default: the model rate).
         """
         frames = self._encode(self.waveforms(audio, sample_rate), batch_size)
-        return torch.stack([self.encoder.pool(f) for f in frames]).numpy()
+        out = torch.stack([self.encoder.pool(f) for f in frames]).numpy()
+        return out[0] if is_single_input(audio) else out
 
     def embed_frames(self, audio: AudioInput, sample_rate: int | None = None, batch_size: int = 8,
                      stack: bool = True):

@@ -9,10 +9,16 @@ Sharding: with ``WORLD_SIZE`` > 1 in the environment (e.g. ``torchrun --nproc_pe
 embed …``) rank ``r`` takes inputs ``r, r + N, r + 2N, …`` and writes ``manifest.rank<r>.csv`` /
 ``errors.rank<r>.csv``; no process group is needed.
 
-What wrote the outputs is recorded in ``embed.json`` (model source file, its size and modification time,
-normalisation statistics, precision, level, dimension); a later job into the same folder with other settings is
-refused (:class:`EmbedOutputMismatch`) unless ``overwrite=True``, which recomputes every output. A job holds
-the folder's lock (``.kikimimi-embed.lock``, one per rank under torchrun) so a second process stops at once.
+What wrote the outputs is the job's identity (:func:`job_record`): a content fingerprint of the weights actually
+loaded (SHA-256, cached by path, size and mtime), the model config, the front end (sample rate, log-mel settings,
+normalisation statistics) and the options that change outputs (precision, level), plus the model as the user named
+it. It is recorded in ``embed.json`` and in the folder's ownership stamp (:func:`kikimimi.fileio.claim_folder`); a
+later job into the same folder with another identity, or another kind of job (``prep``, ``index``…), is refused
+(:class:`EmbedOutputMismatch`, one line naming both) unless ``overwrite=True``, which recomputes every output.
+An existing output is kept only when the stamp matches and its shape matches the one recorded in the manifest
+(or the model's dimension). Embeddings with NaN or infinite values are a failure of that file, never written.
+A job holds the folder's lock (:func:`kikimimi.fileio.output_lock`; shared by the ranks of a torchrun job) so a
+second process stops at once.
 When every rank of a sharded job has written its ``manifest.rank<r>.csv``, the last one to finish also writes the
 merged ``manifest.csv`` / ``errors.csv``.
 
@@ -24,6 +30,7 @@ output has the same layout. The manifest reads only the array headers of the out
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -31,13 +38,26 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from kikimimi.audio.decode import AudioDecodeError, audio_info, load_audio
+from kikimimi.checkpoints import resolve_model_source
+from kikimimi.checkpoints.home import cache_root
 from kikimimi.features.prep_cache import plan_outputs
-from kikimimi.fileio import atomic_open, atomic_write_json, atomic_write_text, output_lock
+from kikimimi.fileio import (
+    FolderOwnedError,
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    claim_folder,
+    file_fingerprint,
+    output_lock,
+)
+from kikimimi.inference.embed_outputs import MANIFEST_COLUMNS
 from kikimimi.inference.encoder import AudioEncoder
 from kikimimi.inference.long_files import can_stream, write_frame_embeddings_streamed
 
@@ -58,38 +78,86 @@ RECORD_NAME = "embed.json"
 
 
 class EmbedOutputMismatch(ValueError):
-    """The output folder holds embeddings written by another model or with other settings."""
+    """The output folder holds embeddings written by another model or with other settings, or another job's
+    outputs."""
 
 
-def job_record(model: AudioEncoder, level: str) -> dict[str, object]:
-    """The settings that decide the outputs: model source (path, size, mtime), statistics, precision, level."""
-    source = str(model.bundle.config.get("source") or "")
-    stat = os.stat(source) if source and os.path.exists(source) else None
-    return {"model": os.path.abspath(source) if source else repr(model), "model_bytes": stat.st_size if stat else None,
-            "model_mtime_ns": stat.st_mtime_ns if stat else None, "family": model.family,
-            "norm_stats": [float(model.norm_stats.mean), float(model.norm_stats.std)],
+#: the digests of weight files, by (path, size, mtime_ns): a rerun on unchanged weights hashes nothing
+FINGERPRINT_CACHE = "weights-fingerprints.json"
+#: non-finite embeddings are a failure of their file
+NON_FINITE = "the embedding has NaN or infinite values (the model or the audio overflowed); not written"
+
+
+def fingerprint_cache_file() -> Path:
+    """``<kikimimi home>/cache/weights-fingerprints.json``."""
+    return cache_root() / "cache" / FINGERPRINT_CACHE
+
+
+def _memory_fingerprint(bundle: Any) -> str:
+    """SHA-256 of the tensors of a loaded bundle (when the file it came from is not known)."""
+    h = hashlib.sha256()
+    for part in ("encoder", "head", "audio_proj", "text_proj"):
+        module = getattr(bundle, part, None)
+        if module is None or not hasattr(module, "state_dict"):
+            continue
+        for name, value in module.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                h.update(f"{part}.{name}:{tuple(value.shape)}:{value.dtype}\n".encode())
+                h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_path(model: Any, model_arg: str | os.PathLike | None) -> Path | None:
+    """The file or folder the weights were loaded from: ``model_arg`` (a path, or a registered name resolved
+    to its cached file) when given, else ``None`` (the bundle's ``source`` names the *original* checkpoint of a
+    converted or fine-tuned model, not the weights in use, so it is never used)."""
+    if model_arg is None:
+        return None
+    try:
+        path = Path(resolve_model_source(model_arg, progress=False))
+    except Exception:  # noqa: BLE001 - an unresolvable name: identify by the loaded tensors instead
+        return None
+    return path if path.exists() else None
+
+
+def job_record(model: AudioEncoder, level: str, model_arg: str | os.PathLike | None = None) -> dict[str, object]:
+    """The identity of an embedding job: everything that decides its outputs.
+
+    ``weights_sha256`` is a content fingerprint of the weights actually loaded: the file or folder named by
+    ``model_arg`` (SHA-256 of the weight files, including a safetensors header, cached by path, size and mtime in
+    ``<kikimimi home>/cache``), or of the loaded tensors when ``model_arg`` is not given; then the model config
+    (without its informational ``source``), the front end (sample rate, log-mel settings, statistics) and the
+    options that change outputs (precision, level). Names and paths are not part of it (see :func:`describe_model`).
+    """
+    bundle = model.bundle
+    path = weights_path(model, model_arg)
+    if path is not None:
+        fp = file_fingerprint(path, cache_file=fingerprint_cache_file())
+        weights = {"weights_sha256": fp["sha256"], "weights_bytes": fp["bytes"]}
+    else:
+        weights = {"weights_sha256": _memory_fingerprint(bundle), "weights_bytes": None}
+    config = {k: v for k, v in dict(bundle.config).items() if k != "source"}
+    frontend = bundle.frontend.to_dict() if hasattr(bundle.frontend, "to_dict") else repr(bundle.frontend)
+    return {**weights, "family": model.family,
+            "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+            "frontend": frontend, "norm_stats": [float(model.norm_stats.mean), float(model.norm_stats.std)],
             "precision": getattr(model, "precision", "fp32"), "level": level,
             "sample_rate": int(model.sample_rate), "dim": int(model.embedding_dim)}
 
 
-def _check_record(out: Path, record: dict[str, object], overwrite: bool) -> bool:
+def describe_model(record: dict[str, object], model_arg: str | os.PathLike | None) -> str:
+    """A short description for messages and records: the model as the user named it and its weights digest."""
+    name = os.fspath(model_arg) if model_arg is not None else "a loaded model"
+    return f"model '{name}', weights {str(record.get('weights_sha256'))[:12]}"
+
+
+def _check_record(out: Path, record: dict[str, object], overwrite: bool, describe: str = "") -> bool:
     """Whether existing outputs may be kept (``False``: recompute all); raises on a mismatch without overwrite."""
-    path = out / RECORD_NAME
-    if not path.exists():
-        return not overwrite
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        old = {}
-    if old == record:
-        return not overwrite
-    if overwrite:
-        return False
-    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-    raise EmbedOutputMismatch(
-        f"'{out}' holds embeddings written with other settings ({', '.join(changed)} differ: e.g. "
-        f"{changed[0]} {old.get(changed[0])!r} there, {record.get(changed[0])!r} now); choose another output "
-        "folder or pass --overwrite to recompute every file")
+        return claim_folder(out, "embed", record, describe=describe, overwrite=overwrite, what="embeddings")
+    except FolderOwnedError as exc:
+        raise EmbedOutputMismatch(f"{exc} to recompute every file" if str(exc).endswith("--overwrite")
+                                  else str(exc)) from None
 
 
 def shard_of_environment() -> tuple[int, int]:
@@ -144,11 +212,13 @@ def _embed_batch(model: AudioEncoder, waves: list[np.ndarray], level: str,
 
 def run_embed_job(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   level: str = "clip", batch_size: int = 8, rank: int = 0, world_size: int = 1,
-                  progress: bool = False, stream_over_s: float = 300.0, overwrite: bool = False) -> EmbedJobResult:
+                  progress: bool = False, stream_over_s: float = 300.0, overwrite: bool = False,
+                  model_arg: str | os.PathLike | None = None) -> EmbedJobResult:
     """Embed every audio file in ``inputs`` (files, folders, CSV lists) into ``out_dir``.
 
     At frame level, files longer than ``stream_over_s`` seconds are streamed (bounded memory) when the
-    encoder allows it (:func:`kikimimi.inference.long_files.can_stream`).
+    encoder allows it (:func:`kikimimi.inference.long_files.can_stream`). ``model_arg``: the path or registered
+    name ``model`` was loaded from (its weight files are fingerprinted; without it, the loaded tensors are).
 
     Raises:
         EmbedOutputMismatch: ``out_dir`` holds outputs of another model/settings and ``overwrite`` is false.
@@ -157,22 +227,68 @@ def run_embed_job(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out_
     if level not in ("clip", "frame"):
         raise ValueError(f"level must be 'clip' or 'frame', got {level!r}")
     out = Path(out_dir)
+    record = job_record(model, level, model_arg)  # before the lock: hashing new weights may take a while
     with output_lock(out, "embed", rank=rank if world_size > 1 else None):
         return _run_locked(model, inputs, out, level, batch_size, rank, world_size, progress, stream_over_s,
-                           overwrite)
+                           overwrite, record, describe_model(record, model_arg))
+
+
+def _recorded_shapes(out: Path) -> dict[str, tuple[int, int]]:
+    """``file_name -> (frames, dim)`` from the manifests an earlier run wrote (empty when none)."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for manifest in sorted(out.glob("manifest*.csv")):
+        try:
+            with open(manifest, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    shapes[row["file_name"]] = (int(row["frames"]), int(row["dim"]))
+        except (OSError, ValueError, KeyError, TypeError, csv.Error):
+            continue
+    return shapes
+
+
+def _trusted(path: Path, level: str, dim: int, recorded: tuple[int, int] | None) -> bool:
+    """Whether an existing output may be kept: readable, the level's layout, the model's dimension and the shape
+    the manifest recorded for it (when it did)."""
+    try:
+        shape = output_shape(path, level)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+    if len(shape) != (1 if level == "clip" else 2) or shape[-1] != dim:
+        return False
+    return recorded is None or recorded == (1 if len(shape) == 1 else shape[0], shape[-1])
+
+
+def all_finite(path: Path, level: str, block_bytes: int = 1 << 22) -> bool:
+    """Whether an output's embeddings are all finite, read in blocks (bounded memory for long frame files)."""
+    with (open(path, "rb") if level == "clip" else zipfile.ZipFile(path).open("embeddings.npy")) as fh:
+        _npy_shape(fh)
+        block_bytes -= block_bytes % 4
+        for block in iter(lambda: fh.read(block_bytes), b""):
+            if not np.isfinite(np.frombuffer(block[: len(block) - len(block) % 4], dtype=np.float32)).all():
+                return False
+    return True
 
 
 def _run_locked(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out: Path, level: str, batch_size: int,
-                rank: int, world_size: int, progress: bool, stream_over_s: float, overwrite: bool) -> EmbedJobResult:
-    record = job_record(model, level)
-    keep_existing = _check_record(out, record, overwrite)
-    if rank == 0:
-        atomic_write_json(out / RECORD_NAME, record)
+                rank: int, world_size: int, progress: bool, stream_over_s: float, overwrite: bool,
+                record: dict[str, object], describe: str) -> EmbedJobResult:
+    if rank == 0 or world_size == 1:
+        keep_existing = _check_record(out, record, overwrite, describe)
+        atomic_write_json(out / RECORD_NAME, {**record, "model": describe})
+    else:  # rank 0 stamps the folder; the other ranks only check it
+        try:
+            keep_existing = claim_folder(out, "embed", record, describe=describe, overwrite=overwrite,
+                                         what="embeddings", write=False)
+        except FolderOwnedError as exc:
+            raise EmbedOutputMismatch(str(exc)) from None
     suffix = ".npy" if level == "clip" else ".npz"
     plan = [(src, str(Path(key).with_suffix(suffix).as_posix())) for src, key in plan_outputs(inputs)]
     plan = plan[rank::world_size]
     result = EmbedJobResult(out, found=len(plan))
-    todo = [(src, key) for src, key in plan if not (keep_existing and (out / key).exists())]
+    recorded = _recorded_shapes(out) if keep_existing else {}
+    dim = int(model.embedding_dim)
+    todo = [(src, key) for src, key in plan
+            if not (keep_existing and (out / key).exists() and _trusted(out / key, level, dim, recorded.get(key)))]
     result.skipped = len(plan) - len(todo)
 
     streamable = level == "frame" and can_stream(model)
@@ -186,6 +302,10 @@ def _run_locked(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out: P
             try:
                 if streamable and audio_info(src).duration_s > stream_over_s:
                     write_frame_embeddings_streamed(model, src, out / key, batch_size=batch_size)
+                    if not all_finite(out / key, level):
+                        (out / key).unlink(missing_ok=True)
+                        result.failed.append((str(src), NON_FINITE))
+                        continue
                     result.embedded += 1
                     continue
                 waves.append(load_audio(src, model.sample_rate)[0])
@@ -207,9 +327,14 @@ def _run_locked(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out: P
                         outputs.append(None)
                         result.failed.append((str(sources[key]), f"cannot embed: {exc}"))
             for output, key in zip(outputs, keys, strict=True):
-                if output is not None:
-                    _save(out / key, level, *output)
-                    result.embedded += 1
+                if output is None:
+                    continue
+                if not np.isfinite(output[0]).all():
+                    result.failed.append((str(sources[key]), NON_FINITE))
+                    (out / key).unlink(missing_ok=True)  # an older output of this file is stale too
+                    continue
+                _save(out / key, level, *output)
+                result.embedded += 1
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -222,7 +347,7 @@ def _run_locked(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out: P
         if path.exists():
             shape = output_shape(path, level)
             rows.append((key, str(src), 1 if len(shape) == 1 else shape[0], shape[-1]))
-    atomic_write_text(out / f"manifest{tag}.csv", _csv(("file_name", "source", "frames", "dim"), rows))
+    atomic_write_text(out / f"manifest{tag}.csv", _csv(MANIFEST_COLUMNS, rows))  # read by embed_outputs
     atomic_write_text(out / f"errors{tag}.csv", _csv(("source", "error"), result.failed))
     if world_size > 1:
         _merge_shards(out, world_size)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 
 import torch
@@ -24,6 +25,8 @@ from torch import nn
 __all__ = ["PRECISIONS", "Bf16Autocast", "apply_precision", "check_precision", "cpu_has_native_bf16"]
 
 #: Accepted ``precision`` values.
+_log = logging.getLogger(__name__)
+
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
@@ -96,15 +99,30 @@ class Bf16Autocast:
     def _float(out):
         return [o.float() for o in out] if isinstance(out, list) else out.float()
 
+    @staticmethod
+    def _finite(out) -> bool:
+        return all(bool(torch.isfinite(o).all()) for o in (out if isinstance(out, list) else [out]))
+
+    def _in_bf16(self, compute, x: torch.Tensor):
+        """``compute()`` under bfloat16 autocast, as float32; recomputed in float32 when bfloat16 gave non-finite
+        values from a finite input. Seen on a CPU with AMX: oneDNN's bfloat16 kernels returned NaN for one clip
+        length after another length had run (PyTorch 2.13; not with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``)."""
+        with torch.autocast(device_type=self.autocast_device_type, dtype=torch.bfloat16):
+            out = self._float(compute())
+        if self._finite(out) or not bool(torch.isfinite(x).all()):
+            return out
+        _log.warning("bf16 kernels gave non-finite values for a finite input on this %s; recomputed that batch "
+                     "in float32", self.autocast_device_type.upper())
+        with torch.autocast(device_type=self.autocast_device_type, enabled=False):
+            return self._float(compute())
+
     def encode_chunks(self, chunks: torch.Tensor, **kwargs):
         """``[B, n_mels, Tc]`` → ``[B, Tc', D]`` float32, computed in bfloat16."""
-        with torch.autocast(device_type=self.autocast_device_type, dtype=torch.bfloat16):
-            return self._float(super().encode_chunks(chunks, **kwargs))
+        return self._in_bf16(lambda: super(Bf16Autocast, self).encode_chunks(chunks, **kwargs), chunks)
 
     def encode_lms(self, lms: torch.Tensor, **kwargs):
         """``[B, n_mels, T]`` → ``[B, T', D]`` float32, computed in bfloat16."""
-        with torch.autocast(device_type=self.autocast_device_type, dtype=torch.bfloat16):
-            return self._float(super().encode_lms(lms, **kwargs))
+        return self._in_bf16(lambda: super(Bf16Autocast, self).encode_lms(lms, **kwargs), lms)
 
 
 _BF16_CLASSES: dict[type, type] = {}

@@ -1,8 +1,11 @@
 """Per-file results of a batch command (``tag``, ``zeroshot``), appended as JSON lines so a killed run resumes.
 
 A results file is UTF-8 JSON lines. Line 1 is a header
-``{"format": "kikimimi-results/1", "command": "tag", "settings": {...}}`` recording what produced the
-results (model, labels, windows…); every later line is one input's result, an object with a ``"file"`` key.
+``{"format": "kikimimi-results/1", "command": "tag", "settings": {...}, "about": {...}, "kikimimi": "0.1.0"}``
+recording what produced the results: ``settings`` (the model's identity — a content fingerprint of its weights,
+:func:`kikimimi.inference.jobs.job_record` — labels, windows…) is compared on resume; ``about`` (the model as the
+user named it) and the version are only recorded. Every later line is one input's result, an object with a
+``"file"`` key.
 Each line is written whole, flushed and ``fsync``-ed before the next input starts, so after ``kill -9`` the
 file holds every finished input and at most one torn last line, which the next run cuts off. A rerun with the
 same settings skips the files already present and appends the rest in the same order, so the finished file
@@ -19,7 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from kikimimi.fileio import output_lock
+from kikimimi.fileio import kikimimi_version, output_lock
 
 __all__ = ["FORMAT", "DiscardedResults", "ResultsLog", "ResultsLogError"]
 
@@ -46,12 +49,14 @@ class ResultsLog:
         settings: JSON-serialisable values that determine the results (a mismatch with an existing file is
             refused, naming the differing keys).
         overwrite: start a fresh file instead of refusing a mismatch.
+        about: JSON-serialisable values recorded in the header but not compared (e.g. the model as named).
     """
 
     def __init__(self, path: str | os.PathLike, command: str, settings: dict[str, Any], *,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, about: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self.header = {"format": FORMAT, "command": command, "settings": json.loads(_dumps(settings))}
+        self.header = {"format": FORMAT, "command": command, "settings": json.loads(_dumps(settings)),
+                       "about": json.loads(_dumps(about or {})), "kikimimi": kikimimi_version()}
         self.overwrite = overwrite
         self.done: set[str] = set()
         self._stack = ExitStack()
@@ -73,7 +78,10 @@ class ResultsLog:
         if self._file is not None:
             return self
         tag = hashlib.sha1(self.path.name.encode("utf-8")).hexdigest()[:10]
-        self._stack.enter_context(output_lock(self.path.parent, f"results-{tag}"))
+        # one writer per results file (other files in the folder are other jobs'); no folder sweep: a results
+        # file is appended to, never written through temporaries
+        self._stack.enter_context(output_lock(self.path.parent, self.header["command"], sweep=False,
+                                              lock_name=f".kikimimi-results-{tag}.lock"))
         try:
             if self.path.exists() and not self.overwrite:
                 self.done = self._resume()
@@ -115,6 +123,9 @@ class ResultsLog:
             old = header.get("settings") or {}
             differ = sorted(k for k in {*old, *self.header["settings"]} if old.get(k) != self.header["settings"].get(k))
             what = ", ".join(differ) or f"command {header.get('command')!r}"
+            names = ((header.get("about") or {}).get("model"), self.header["about"].get("model"))
+            if "model" in differ and all(names):
+                what += f": model {names[0]!r} there, {names[1]!r} now"
             raise ResultsLogError(f"'{self.path}' holds results of other settings ({what}); "
                                   "pass --overwrite to replace it or choose another --out")
         done = set()

@@ -11,21 +11,33 @@ the file, so a hit in a two-hour recording says where. Format ``/1`` indexes (wh
 still read and searched; updating one re-embeds every file with the new segmenting.
 
 Writes are atomic and ordered — the new embeddings (and vector) files first, then the manifest that names
-them, then the old files are removed — so a reader always sees a consistent set. One ``index`` at a time
-writes into a folder: it holds ``.kikimimi-index.lock`` (:func:`kikimimi.fileio.output_lock`); a second
-one stops at once with :class:`kikimimi.fileio.OutputInUseError`.
+them, then the old files are removed — so a reader always sees a consistent set. One job at a time writes into
+a folder: ``index`` holds the folder's lock (:func:`kikimimi.fileio.output_lock`, common to every kikimimi job);
+a second one stops at once with :class:`kikimimi.fileio.OutputInUseError`. The folder is stamped as an index's
+(:func:`kikimimi.fileio.claim_folder`), and ``index`` deletes only files it wrote itself (listed in
+``.kikimimi-index-files.json`` before they are created), never other ``embeddings-*.npy`` / ``vectors-*.npz``.
+
+The manifest records the identity of the model (:func:`kikimimi.inference.jobs.job_record`: a content
+fingerprint of the weights, config, front end, precision) — an update with another model is refused — and the
+SHA-256 of every vector file and of the entries; :meth:`SearchIndex.load` verifies them, so flipped bytes or
+edited entries are refused with a message naming ``kikimimi index --check`` and ``--rebuild``
+(:func:`check_index`). A file whose embedding has NaN or infinite values is listed under ``errors``, never
+indexed.
 
 :func:`update_index` rescans the root and re-embeds only files that are new or whose size/mtime changed;
 removed files are dropped. Unreadable files are listed under ``errors`` with their stat and retried only
 when they change. Progress is saved while embedding (every ``save_every_s`` seconds): a run killed midway
 leaves a consistent index of the files finished so far, and the next run embeds only the rest.
-:func:`search` ranks the indexed segments by cosine similarity to a text query or an embedding.
+:func:`search` ranks the indexed files by cosine similarity to a text query or an embedding — per file by
+default (each file's best segment and how many of its segments matched), per segment with ``segments=True``;
+:func:`search_many` runs several queries with one model call.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -36,16 +48,31 @@ from typing import Any
 import numpy as np
 
 from kikimimi.audio.decode import AudioDecodeError, audio_info, load_audio, stream_audio
-from kikimimi.fileio import atomic_save_npy, atomic_write_json, collect_audio_files, output_lock, relative_key
+from kikimimi.fileio import (
+    FolderOwnedError,
+    atomic_save_npy,
+    atomic_write_json,
+    claim_folder,
+    collect_audio_files,
+    file_fingerprint,
+    output_lock,
+    relative_key,
+    settings_fingerprint,
+)
+from kikimimi.inference.jobs import NON_FINITE, fingerprint_cache_file, job_record
 from kikimimi.inference.vector_index import EXACT_BELOW, VectorIndex, VectorIndexError
+from kikimimi.models.encoder import TextAudioModel
 
-__all__ = ["DEFAULT_HOP_S", "DEFAULT_WINDOW_S", "FORMAT", "IndexUpdate", "SearchHit", "SearchIndex",
-           "SearchIndexError", "embed_segments", "search", "segment_bounds", "update_index"]
+__all__ = ["DEFAULT_HOP_S", "DEFAULT_WINDOW_S", "FORMAT", "FileHit", "IndexUpdate", "SearchHit", "SearchIndex",
+           "SearchIndexError", "SearchQueryError", "check_query", "embed_segments", "group_hits_by_file", "search",
+           "search_files", "search_many", "update_index"]
 
 FORMAT = "kikimimi-search-index/2"
 #: formats :meth:`SearchIndex.load` reads (``/1``: one whole-file row per entry, no segments)
 READABLE_FORMATS = (FORMAT, "kikimimi-search-index/1")
 MANIFEST = "manifest.json"
+#: the files an index wrote into its folder (the only ones it ever deletes)
+WRITTEN = ".kikimimi-index-files.json"
 #: default segment window and hop, seconds
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_HOP_S = 5.0
@@ -53,6 +80,40 @@ DEFAULT_HOP_S = 5.0
 
 class SearchIndexError(ValueError):
     """The index folder is unusable or belongs to another model; the message names the folder and the fix."""
+
+
+def _corrupted(folder: Path | str, what: str) -> SearchIndexError:
+    return SearchIndexError(f"'{folder}': the index is corrupted ({what}); `kikimimi index --check {folder}` "
+                            f"checks it, `kikimimi index ROOT -m MODEL -o {folder} --rebuild` builds it again")
+
+
+def _sha256_file(path: Path) -> str:
+    """SHA-256 of a file, remembered by its path, size, mtime, ctime and inode (any write to it has it hashed
+    again; :func:`kikimimi.fileio.file_fingerprint`), so loading an unchanged index does not read it twice."""
+    return str(file_fingerprint(path, cache_file=fingerprint_cache_file())["sha256"])
+
+
+#: the names of the vector files an index writes
+_OWN_FILE = re.compile(r"(embeddings-[0-9a-f]+\.npy|vectors-[0-9a-f]+\.npz)")
+
+
+def _written(folder: Path) -> set[str]:
+    """The vector files this index wrote into ``folder`` (:data:`WRITTEN`; empty when unreadable)."""
+    try:
+        names = json.loads((folder / WRITTEN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {n for n in names if isinstance(n, str) and _OWN_FILE.fullmatch(n)} if isinstance(names, list) else set()
+
+
+def _note_written(folder: Path, names: set[str], *, replace: bool = False) -> None:
+    """Add ``names`` to :data:`WRITTEN` (``replace``: make it exactly ``names``)."""
+    atomic_write_json(folder / WRITTEN, sorted(names if replace else _written(folder) | names), indent=None)
+
+
+def _entries_digest(entries: list[dict[str, Any]]) -> str:
+    """SHA-256 of the entries (keys, paths, stats, segments) in order: a reordered or edited manifest differs."""
+    return settings_fingerprint(entries)
 
 
 @dataclass(frozen=True)
@@ -114,12 +175,15 @@ class SearchIndex:
     vectors_file: str | None = None
     folder: str | None = None
     format: str = FORMAT
+    checksums: dict[str, str] | None = None
+    model_identity: dict[str, Any] | None = None
     _vectors: VectorIndex | None = field(default=None, repr=False)
     _rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike) -> SearchIndex:
-        """Read an index folder; raises :class:`SearchIndexError` when it is missing or inconsistent."""
+    def load(cls, index_dir: str | os.PathLike, *, verify: bool = True) -> SearchIndex:
+        """Read an index folder; raises :class:`SearchIndexError` when it is missing or inconsistent, or (with
+        ``verify``) when a file or the entries do not match the checksums the manifest recorded."""
         folder = Path(index_dir)
         manifest = folder / MANIFEST
         if not manifest.is_file():
@@ -135,9 +199,15 @@ class SearchIndex:
                                    f"expected {' or '.join(READABLE_FORMATS)}); rebuild it with `kikimimi index "
                                    "--rebuild`")
         entries = data.get("entries", [])
-        dim = int(data.get("dim", 0))
-        emb_name = data.get("embeddings")
-        rows = sum(len(_entry_segments(e)) for e in entries)
+        try:
+            dim = int(data.get("dim", 0))
+            emb_name = data.get("embeddings")
+            rows = sum(len(_entry_segments(e)) for e in entries)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise _corrupted(folder, f"malformed {MANIFEST}: {exc}") from None
+        checksums = data.get("checksums") if isinstance(data.get("checksums"), dict) else None
+        if verify and checksums is not None and checksums.get("entries") != _entries_digest(entries):
+            raise _corrupted(folder, f"the entries of {MANIFEST} were changed or reordered after it was written")
         if entries:
             emb_path = folder / str(emb_name)
             if not emb_path.is_file():
@@ -147,8 +217,10 @@ class SearchIndex:
             except (OSError, ValueError) as exc:
                 raise SearchIndexError(f"'{emb_path}': unreadable embeddings ({exc})") from exc
             if emb.shape != (rows, dim) or emb.dtype != np.float32:
-                raise SearchIndexError(f"'{emb_path}': shape {emb.shape} does not match the manifest "
-                                       f"({rows} segments of {len(entries)} files × {dim})")
+                raise _corrupted(folder, f"{emb_name} has shape {emb.shape}, the manifest says {rows} segments of "
+                                 f"{len(entries)} files × {dim}")
+            if verify and checksums is not None and checksums.get(str(emb_name)) != _sha256_file(emb_path):
+                raise _corrupted(folder, f"{emb_name} does not match its checksum")
         else:
             emb = np.zeros((0, dim), dtype=np.float32)
         seg = data.get("segments") or {}
@@ -156,7 +228,8 @@ class SearchIndex:
                    dict(data.get("errors", {})), emb_name,
                    seg.get("window_s") if data["format"] == FORMAT else None,
                    seg.get("hop_s") if data["format"] == FORMAT else None,
-                   data.get("vectors"), (data.get("vectors") or {}).get("file"), str(folder), data["format"])
+                   data.get("vectors"), (data.get("vectors") or {}).get("file"), str(folder), data["format"],
+                   checksums, data.get("model_identity"))
 
     @property
     def segmenting(self) -> tuple[float | None, float | None]:
@@ -201,6 +274,9 @@ class SearchIndex:
             try:
                 if info and info.get("rows") == self.n_rows and (info.get("exact", True) or self.vectors_file):
                     path = Path(self.folder or ".") / str(self.vectors_file) if self.vectors_file else None
+                    if path is not None and self.checksums is not None and path.is_file() and \
+                            self.checksums.get(str(self.vectors_file)) != _sha256_file(path):
+                        raise _corrupted(self.folder or ".", f"{self.vectors_file} does not match its checksum")
                     self._vectors = VectorIndex.from_saved(info, path=path, vectors=np.asarray(self.embeddings))
                 else:
                     self._vectors = VectorIndex.build(np.asarray(self.embeddings).reshape(self.n_rows, self.dim))
@@ -217,23 +293,28 @@ class SearchIndex:
         old_files = {self.embeddings_file, self.vectors_file} - {None}
         token = secrets.token_hex(6)
         name = f"embeddings-{token}.npy"
+        vi = self.vector_index if vectors else None
+        vec_name = f"vectors-{token}.npz" if vi is not None and not vi.exact else None
+        _note_written(folder, {name, vec_name} - {None})  # before they exist: a kill leaves nothing unknown
         atomic_save_npy(folder / name, np.ascontiguousarray(self.embeddings, dtype=np.float32))
-        info, vec_name = None, None
-        if vectors:
-            vi = self.vector_index
+        checksums = {name: _sha256_file(folder / name), "entries": _entries_digest(self.entries)}
+        info = None
+        if vi is not None:
             info = vi.describe()
-            if not vi.exact:
-                vec_name = f"vectors-{token}.npz"
+            if vec_name is not None:
                 vi.save(folder / vec_name)
                 info["file"] = vec_name
+                checksums[vec_name] = _sha256_file(folder / vec_name)
         atomic_write_json(folder / MANIFEST, {
-            "format": FORMAT, "root": self.root, "model": self.model, "dim": self.dim, "embeddings": name,
-            "rows": self.n_rows, "segments": {"window_s": self.window_s, "hop_s": self.hop_s}, "vectors": info,
+            "format": FORMAT, "root": self.root, "model": self.model, "model_identity": self.model_identity,
+            "dim": self.dim, "embeddings": name, "rows": self.n_rows,
+            "segments": {"window_s": self.window_s, "hop_s": self.hop_s}, "vectors": info, "checksums": checksums,
             "entries": self.entries, "errors": self.errors})
         self.embeddings_file, self.vectors_file, self.vectors_info = name, vec_name, info
-        self.folder, self.format = str(folder), FORMAT
+        self.folder, self.format, self.checksums = str(folder), FORMAT, checksums
         for old in old_files - {name, vec_name}:
-            (folder / old).unlink(missing_ok=True)
+            if _OWN_FILE.fullmatch(old):  # named by the manifest it replaced; never a path elsewhere
+                (folder / old).unlink(missing_ok=True)
 
     def search(self, query: np.ndarray, top: int = 10) -> list[SearchHit]:
         """The ``top`` segments most similar (cosine) to one query embedding ``[dim]``, best first."""
@@ -251,25 +332,22 @@ class SearchIndex:
         return hits
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: Path) -> tuple[int, int, int, int] | None:
+    """``(size, mtime_ns, dev, ino)`` of ``path`` (links followed), ``None`` when it cannot be read."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return int(st.st_size), int(st.st_mtime_ns)
+    return int(st.st_size), int(st.st_mtime_ns), int(st.st_dev), int(st.st_ino)
 
 
-def segment_bounds(n_samples: int, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
-    """Segment sample ranges ``[(start, end), ...]`` of a clip of ``n_samples``: one ``(0, n)`` when it is no
-    longer than ``window_s`` (or ``window_s <= 0``), else windows every ``hop_s`` seconds and a last one that
-    ends at the end of the clip."""
-    win, hop = int(round(window_s * sample_rate)), max(1, int(round(hop_s * sample_rate)))
-    if window_s <= 0 or n_samples <= win:
-        return [(0, n_samples)]
-    bounds = [(s, s + win) for s in range(0, n_samples - win + 1, hop)]
-    if bounds[-1][1] < n_samples:
-        bounds.append((n_samples - win, n_samples))
-    return bounds
+def _same_file(prior: dict[str, Any], st: tuple[int, int, int, int]) -> bool:
+    """Whether a manifest entry (or error record) describes the file ``st`` (:func:`_stat`): size and mtime, and
+    device and inode when the record has them (a file replaced by a copy with the same mtime, or by a hard link to
+    another file, is a changed file; ``serve`` refuses to stream it until it is indexed again)."""
+    if (prior.get("size"), prior.get("mtime_ns")) != st[:2]:
+        return False
+    return all(prior.get(name) in (None, value) for name, value in (("dev", st[2]), ("ino", st[3])))
 
 
 def _iter_windows(path: Path, sample_rate: int, window_s: float, hop_s: float):
@@ -294,7 +372,7 @@ def _iter_windows(path: Path, sample_rate: int, window_s: float, hop_s: float):
         yield tail.copy(), total - tail.size
 
 
-def embed_segments(model: Any, path: str | os.PathLike, *, window_s: float = DEFAULT_WINDOW_S,
+def embed_segments(model: TextAudioModel, path: str | os.PathLike, *, window_s: float = DEFAULT_WINDOW_S,
                    hop_s: float = DEFAULT_HOP_S, batch_size: int = 8) -> tuple[np.ndarray, list[list[float]], float]:
     """Embed one file per segment (see the module docstring).
 
@@ -326,7 +404,7 @@ def embed_segments(model: Any, path: str | os.PathLike, *, window_s: float = DEF
     return np.concatenate(parts), segs, end / sr
 
 
-def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLike, *, model_id: str,
+def update_index(model: TextAudioModel, root: str | os.PathLike, index_dir: str | os.PathLike, *, model_id: str,
                  batch_size: int = 8, rebuild: bool = False, save_every_s: float = 60.0,
                  window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S, vector_kind: str = "auto",
                  exact_below: int = EXACT_BELOW, log: Callable[[str], None] | None = None) -> IndexUpdate:
@@ -359,25 +437,52 @@ def update_index(model: Any, root: str | os.PathLike, index_dir: str | os.PathLi
     if window_s > 0 and not 0 < hop_s <= window_s:
         raise SearchIndexError(f"segment hop must be in (0, window_s={window_s}] seconds, got {hop_s}")
     folder = Path(index_dir)
+    identity = model_identity(model, model_id)  # before the lock: hashing new weights may take a while
     with output_lock(folder, "index"):
         return _update_locked(model, root_path, folder, model_id, batch_size, rebuild, save_every_s,
                               (float(window_s), float(hop_s) if window_s > 0 else 0.0), vector_kind,
-                              int(exact_below), log)
+                              int(exact_below), log, identity)
 
 
-def _update_locked(model: Any, root_path: Path, folder: Path, model_id: str, batch_size: int, rebuild: bool,
+def model_identity(model: TextAudioModel, model_id: str) -> dict[str, Any] | None:
+    """The identity of a CLAP model's audio side (:func:`kikimimi.inference.jobs.job_record`: weights
+    fingerprint, config, front end, precision), ``None`` for a model without an audio encoder bundle."""
+    audio = getattr(model, "audio", None)
+    if audio is None or getattr(audio, "bundle", None) is None:
+        return None
+    return job_record(audio, "clip", model_id)
+
+
+def _weights(identity: dict[str, Any] | None) -> str:
+    return f" (weights {str(identity.get('weights_sha256'))[:12]})" if identity else ""
+
+
+def _update_locked(model: TextAudioModel, root_path: Path, folder: Path, model_id: str, batch_size: int, rebuild: bool,
                    save_every_s: float, segmenting: tuple[float, float], vector_kind: str, exact_below: int,
-                   log: Callable[[str], None] | None) -> IndexUpdate:
+                   log: Callable[[str], None] | None, identity: dict[str, Any] | None = None) -> IndexUpdate:
     """The body of :func:`update_index`, run while this process holds the index folder's lock."""
     old: SearchIndex | None = None
     if (folder / MANIFEST).is_file() and not rebuild:
         old = SearchIndex.load(folder)
-        if old.model != model_id:
+        old_identity = old.model_identity
+        if identity is not None and old_identity is not None:
+            if settings_fingerprint(identity) != settings_fingerprint(old_identity):
+                raise SearchIndexError(f"'{folder}': built with model '{old.model}'{_weights(old_identity)}, not "
+                                       f"'{model_id}'{_weights(identity)}; use a new index folder or rebuild it "
+                                       "(--rebuild)")
+        elif old.model != model_id:
             raise SearchIndexError(f"'{folder}': built with model '{old.model}', not '{model_id}'; use a new index "
                                    "folder or rebuild it (--rebuild)")
         if Path(old.root).resolve() != root_path.resolve():
             raise SearchIndexError(f"'{folder}': indexes '{old.root}', not '{root_path}'; use a new index folder "
                                    "or rebuild it (--rebuild)")
+    stamp = {"model": settings_fingerprint(identity) if identity is not None else model_id,
+             "root": str(root_path.resolve())}
+    try:
+        claim_folder(folder, "index", stamp, describe=f"model '{model_id}'{_weights(identity)}", overwrite=rebuild,
+                     overwrite_flag="--rebuild", legacy_ok=True, what="a search index")
+    except FolderOwnedError as exc:
+        raise SearchIndexError(str(exc)) from None
     reusable = old is not None and old.segmenting == segmenting
     old_rows: dict[str, np.ndarray] = {}
     if old is not None and reusable:
@@ -406,14 +511,15 @@ def _update_locked(model: Any, root_path: Path, folder: Path, model_id: str, bat
         if st is None:
             update.errors.append((key, "cannot stat the file"))
             continue
-        entry = {"key": key, "path": str(path.resolve()), "size": st[0], "mtime_ns": st[1]}
+        entry = {"key": key, "path": str(path.resolve()), "size": st[0], "mtime_ns": st[1], "dev": st[2],
+                 "ino": st[3]}
         prior = previous.get(key)
-        if prior is not None and reusable and (prior["size"], prior["mtime_ns"]) == st:
-            keep_rows.append((prior, old_rows[key]))
+        if prior is not None and reusable and _same_file(prior, st):
+            keep_rows.append(({**prior, "dev": st[2], "ino": st[3]}, old_rows[key]))
             update.unchanged.append(key)
             continue
         err = old_errors.get(key)
-        if err is not None and (err.get("size"), err.get("mtime_ns")) == st:
+        if err is not None and _same_file(err, st):
             errors[key] = err
             update.errors.append((key, str(err.get("reason", "unreadable"))))
             continue
@@ -439,6 +545,11 @@ def _update_locked(model: Any, root_path: Path, folder: Path, model_id: str, bat
                 update.errors.append((entry["key"], exc.reason))
                 failed.add(slot)
                 continue
+            if not np.isfinite(emb).all():  # never indexed: it would never be found, or be found for everything
+                errors[entry["key"]] = {"size": entry["size"], "mtime_ns": entry["mtime_ns"], "reason": NON_FINITE}
+                update.errors.append((entry["key"], NON_FINITE))
+                failed.add(slot)
+                continue
             keep_rows[slot] = ({**entry, "duration_s": round(duration, 6), "segments": segs}, emb)
         pending.difference_update(slot for slot, _ in batch)
         if log:
@@ -454,7 +565,7 @@ def _update_locked(model: Any, root_path: Path, folder: Path, model_id: str, bat
                 elif i not in failed and vec is not None:
                     partial.append((entry, vec))
             saved_as = _save_rows(folder, root_path, model_id, partial, errors, old, saved_as, segmenting,
-                                  None).embeddings_file
+                                  None, identity=identity).embeddings_file
             last_save = time.monotonic()
     for key in (k for k, _ in update.errors):
         for lst in (update.added, update.changed):
@@ -462,25 +573,25 @@ def _update_locked(model: Any, root_path: Path, folder: Path, model_id: str, bat
                 lst.remove(key)
     rows = [(e, v) for i, (e, v) in enumerate(keep_rows) if i not in failed and v is not None]
     current = _save_rows(folder, root_path, model_id, rows, errors, old, saved_as, segmenting,
-                         (vector_kind, exact_below), trained)
+                         (vector_kind, exact_below), trained, identity=identity)
     _remove_leftovers(folder, current)
     return update
 
 
 def _remove_leftovers(folder: Path, current: SearchIndex) -> None:
-    """Delete what a killed run can leave behind (under the lock, so no writer is using them): embeddings and
-    vector files the manifest does not name and half-written temporary files."""
-    stale = [*folder.glob("embeddings-*.npy"), *folder.glob("vectors-*.npz"), *folder.glob(".embeddings-*.tmp"),
-             *folder.glob(".vectors-*.tmp"), *folder.glob(f".{MANIFEST}.*.tmp")]
-    for path in stale:
-        if path.name not in (current.embeddings_file, current.vectors_file):
-            path.unlink(missing_ok=True)
+    """Delete the vector files a killed run of this index left behind (under the lock, so no writer is using
+    them): those it listed in :data:`WRITTEN` that the manifest does not name. Never any other file, whatever
+    its name (half-written temporaries are removed by the lock's sweep when their writer is dead)."""
+    keep = {current.embeddings_file, current.vectors_file} - {None}
+    for name in _written(folder) - keep:
+        (folder / name).unlink(missing_ok=True)
+    _note_written(folder, keep, replace=True)
 
 
 def _save_rows(folder: Path, root_path: Path, model_id: str, rows: list[tuple[dict[str, Any], np.ndarray]],
                errors: dict[str, dict[str, Any]], old: SearchIndex | None, previous_file: str | None,
                segmenting: tuple[float, float], vectors: tuple[str, int] | None,
-               trained: VectorIndex | None = None) -> SearchIndex:
+               trained: VectorIndex | None = None, *, identity: dict[str, Any] | None = None) -> SearchIndex:
     """Write ``rows`` (entry, segment embeddings ``[S, dim]``) as the index in ``folder``; with ``vectors``
     (kind, exact_below) also build and save the vector index (an IVF one reuses ``trained``'s coarse
     quantiser when it fits). Returns the index written."""
@@ -491,7 +602,8 @@ def _save_rows(folder: Path, root_path: Path, model_id: str, rows: list[tuple[di
     index = SearchIndex(str(root_path.resolve()), model_id, dim, [e for e, _ in rows],
                         np.concatenate([v.reshape(-1, dim) for _, v in rows]).astype(np.float32) if rows
                         else np.zeros((0, dim), dtype=np.float32),
-                        errors, previous_file, segmenting[0], segmenting[1], folder=str(folder))
+                        errors, previous_file, segmenting[0], segmenting[1], folder=str(folder),
+                        model_identity=identity)
     if old is not None:
         index.vectors_file = old.vectors_file if previous_file == old.embeddings_file else None
     if vectors is not None:
@@ -504,17 +616,148 @@ def _save_rows(folder: Path, root_path: Path, model_id: str, rows: list[tuple[di
     return index
 
 
-def search(index: SearchIndex | str | os.PathLike, query: str | Sequence[str] | np.ndarray, model: Any = None,
-           top: int = 10) -> list[SearchHit]:
-    """Rank indexed segments for a text query (needs ``model.encode_text``) or a query embedding ``[dim]``."""
-    idx = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
-    if isinstance(query, np.ndarray):
-        emb = query
+def check_index(index_dir: str | os.PathLike) -> str | None:
+    """Check an index folder end to end: manifest, entries and vector files against their recorded checksums,
+    row counts, the vector index, finite values. Returns ``None`` when it is sound, else one line saying what is
+    wrong (``kikimimi index --check``)."""
+    folder = Path(index_dir)
+    try:
+        index = SearchIndex.load(folder)
+        if index.checksums is None:
+            return f"'{folder}': written by an older kikimimi without checksums; rebuild it with --rebuild to check it"
+        if index.n_rows and not np.isfinite(np.asarray(index.embeddings)).all():
+            return str(_corrupted(folder, f"{index.embeddings_file} holds NaN or infinite values"))
+        if index.n_rows:
+            vi = index.vector_index
+            if vi.size != index.n_rows:
+                return str(_corrupted(folder, f"the vector index holds {vi.size} rows, the manifest {index.n_rows}"))
+    except SearchIndexError as exc:
+        return str(exc)
+    return None
+
+
+class SearchQueryError(ValueError):
+    """A text query that cannot be searched (empty or blank); the message says so in one line."""
+
+
+@dataclass(frozen=True)
+class FileHit(SearchHit):
+    """One file of a per-file search result (:func:`group_hits_by_file`).
+
+    ``key``, ``path``, ``score``, ``start_s``, ``end_s`` and ``row`` are those of the file's best segment (the
+    same fields as :class:`SearchHit`, so code that reads segment hits reads file hits too; times in seconds);
+    ``matched`` is how many of the file's segments are among the ranked segments that were grouped (every
+    segment scoring at least as high as the best segment of the last file returned); ``segments`` is how many
+    segments the file has in the index (None when not known).
+    """
+
+    matched: int = 1
+    segments: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return dict(vars(self))
+
+
+def check_query(text: str) -> str:
+    """``text`` stripped of surrounding white space; raises :class:`SearchQueryError` when nothing is left."""
+    if not isinstance(text, str) or not text.strip():
+        raise SearchQueryError("empty search query: give some words, e.g. 'a dog barking'")
+    return text.strip()
+
+
+def group_hits_by_file(hits: Sequence[SearchHit], top: int = 10,
+                       segments_of: dict[str, int] | None = None) -> list[FileHit]:
+    """Group ranked segment ``hits`` per file: the ``top`` files with the best segments, best first.
+
+    Each file is represented by its best segment; ``matched`` counts its segments among ``hits`` that score at
+    least the best score of the ``top``-th file (so a long recording with many similar windows is one result
+    saying how many of its windows match, not ``top`` results). Hits after that cut-off are not counted.
+
+    Args:
+        hits: segment hits (:class:`SearchHit`), in any order (sorted here by score, equal scores by row: the
+            earlier segment of a file represents it).
+        top: most files returned (``<= 0``: none).
+        segments_of: ``{key: number of segments}`` to fill :attr:`FileHit.segments` (optional).
+    """
+    if top <= 0:
+        return []
+    ranked = sorted(hits, key=lambda h: (-h.score, h.row))
+    best: dict[str, SearchHit] = {}
+    counts: dict[str, int] = {}
+    cutoff = None
+    for h in ranked:
+        if cutoff is not None and (h.score < cutoff or h.key not in best):
+            break
+        if h.key not in best:
+            best[h.key] = h
+            if len(best) == top:
+                cutoff = h.score
+        counts[h.key] = counts.get(h.key, 0) + 1
+    return [FileHit(h.key, h.path, h.score, h.start_s, h.end_s, h.row, counts[k],
+                    None if segments_of is None else segments_of.get(k)) for k, h in best.items()]
+
+
+def search_files(index: SearchIndex, query: np.ndarray, top: int = 10) -> list[FileHit]:
+    """The ``top`` files of ``index`` most similar to one query embedding ``[dim]`` (see
+    :func:`group_hits_by_file`). Searches more segments than ``top`` — growing the search until it holds more
+    than ``top`` distinct files or every segment — so that one long file cannot crowd the others out."""
+    n_rows, n_files = index.n_rows, len(index.entries)
+    if top <= 0 or n_rows == 0:
+        return []
+    owner = index.row_table()[0]
+    per_entry = np.bincount(owner, minlength=n_files)
+    segments_of = {e["key"]: int(per_entry[i]) for i, e in enumerate(index.entries)}
+    k = min(n_rows, max(4 * top, top + 32))
+    while True:
+        hits = index.search(query, k)
+        if k >= n_rows or len({h.key for h in hits}) > min(top, n_files):
+            break
+        k = min(n_rows, 4 * k)
+    return group_hits_by_file(hits, top, segments_of)
+
+
+def _query_embeddings(idx: SearchIndex, queries: Sequence[str] | np.ndarray, model: TextAudioModel) -> np.ndarray:
+    """Query embeddings ``[Q, dim]`` of texts (one ``model.encode_text`` call) or of given vectors."""
+    if isinstance(queries, np.ndarray):
+        emb = queries.reshape(1, -1) if queries.ndim == 1 else queries
     else:
+        texts = [check_query(q) for q in queries]
         if model is None:
             raise ValueError("a text query needs a model with encode_text")
-        emb = np.asarray(model.encode_text([query] if isinstance(query, str) else list(query)))[0]
+        emb = np.asarray(model.encode_text(texts)).reshape(len(texts), -1) if texts else np.zeros((0, idx.dim))
     if idx.entries and emb.shape[-1] != idx.dim:
         raise SearchIndexError(f"query embedding has {emb.shape[-1]} dims but the index holds {idx.dim}-d "
                                "embeddings; search with the model that built the index")
-    return idx.search(emb, top)
+    return emb
+
+
+def search_many(index: SearchIndex | str | os.PathLike, queries: Sequence[str] | np.ndarray,
+                model: TextAudioModel | None = None,
+                top: int = 10, *, segments: bool = False) -> list[list[FileHit]] | list[list[SearchHit]]:
+    """:func:`search` for several text queries (embedded in one call, so the model is loaded and run once) or
+    query embeddings ``[Q, dim]``; one result list per query, in order. Raises :class:`SearchQueryError` when a
+    text query is empty or blank."""
+    idx = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
+    emb = _query_embeddings(idx, queries, model)
+    if segments:
+        return [idx.search(e, top) for e in emb]
+    return [search_files(idx, e, top) for e in emb]
+
+
+def search(index: SearchIndex | str | os.PathLike, query: str | Sequence[str] | np.ndarray,
+           model: TextAudioModel | None = None,
+           top: int = 10, *, segments: bool = False) -> list[FileHit] | list[SearchHit]:
+    """Rank the indexed files for a text query (needs ``model.encode_text``) or a query embedding ``[dim]``.
+
+    By default the result is per file (:class:`FileHit`: the best segment of each of the ``top`` best files
+    and how many of its segments matched, see :func:`group_hits_by_file`); ``segments=True`` gives the flat
+    list of the ``top`` best segments (:class:`SearchHit`). A sequence of texts: the first one is searched
+    (:func:`search_many` searches each). Raises :class:`SearchQueryError` for an empty or blank text.
+    """
+    if isinstance(query, np.ndarray):
+        return search_many(index, query.reshape(1, -1), model, top, segments=segments)[0]
+    texts = [query] if isinstance(query, str) else list(query)[:1]
+    if not texts:
+        raise SearchQueryError("empty search query: give some words, e.g. 'a dog barking'")
+    return search_many(index, texts, model, top, segments=segments)[0]

@@ -2,9 +2,11 @@
 
 A method is an ``nn.Module`` with ``forward(batch) -> {"loss", ...}``, ``on_after_step(step, total_steps)``,
 ``param_groups(weight_decay)``, ``export_official_state_dict()``, ``config_dict()`` and an ``encoder``
-attribute (see ``docs/architecture.md``). :data:`METHODS` maps each name to its class;
-:func:`build_method` constructs one by name. Each method's training recipe (defaults, run-length rules) is
-in :mod:`kikimimi.methods.recipes`.
+attribute (see ``docs/architecture.md``), and it builds itself for a pre-training run:
+``METHODS[name].from_settings(settings, norm_stats=…, text_dim=…, epoch_samples=…)`` (the run's settings, read by
+attribute, and what the run measured). :data:`METHODS` maps each name to its class; :func:`build_method`
+constructs one by name from constructor arguments. Each method's training recipe (defaults, named recipes,
+run-length rules) is in :mod:`kikimimi.methods.recipes`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,23 @@ from kikimimi.methods.m2d_clap import M2DCLAP
 
 __all__ = ["METHODS", "METHOD_NAMES", "build_method"]
 
-#: method name → (class, constructor arguments fixed by the name)
-METHODS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "m2d": (M2D, {}),
-    "byola": (BYOLA, {"version": 1}),
-    "byola2": (BYOLA, {"version": 2}),
-    "m2d_clap": (M2DCLAP, {"method_name": "m2d_clap"}),
-    "m2d2_stage1": (M2DCLAP, {"method_name": "m2d2_stage1"}),  # M2D-CLAP against LLM caption embeddings
-    "m2d2_stage2": (M2D2Stage2, {}),
+#: method name → class; each has ``from_settings(settings, *, norm_stats, text_dim=None, epoch_samples=None)``
+METHODS: dict[str, type[nn.Module]] = {
+    "m2d": M2D,
+    "byola": BYOLA,
+    "byola2": BYOLA,
+    "m2d_clap": M2DCLAP,
+    "m2d2_stage1": M2DCLAP,  # M2D-CLAP against LLM caption embeddings
+    "m2d2_stage2": M2D2Stage2,
 }
 METHOD_NAMES = tuple(METHODS)
+#: constructor arguments fixed by a name that shares its class with another (:func:`build_method`)
+_FIXED: dict[str, dict[str, Any]] = {
+    "byola": {"version": 1},
+    "byola2": {"version": 2},
+    "m2d_clap": {"method_name": "m2d_clap"},
+    "m2d2_stage1": {"method_name": "m2d2_stage1"},
+}
 #: spellings accepted by :func:`build_method`: case, ``-`` and ``_`` are ignored; ``byola1`` = ``byola``
 _ALIASES = {name.replace("_", ""): name for name in METHODS} | {"byola1": "byola"}
 
@@ -51,6 +60,6 @@ def build_method(name: str, **cfg: Any) -> nn.Module:
     key = _ALIASES.get(name.lower().replace("-", "").replace("_", ""))
     if key is None:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
-    cls, fixed = METHODS[key]
+    cls, fixed = METHODS[key], _FIXED.get(key, {})
     kwargs = {k: v for k, v in cfg.items() if k not in cls.config_only_keys}
     return cls(**{**kwargs, **fixed})

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,6 +99,16 @@ class BYOLA(nn.Module):
     """
 
     default_optimizer = "adam"
+    #: a pre-training run pairs items with no captions, starts from no stage-1 encoder and also writes the
+    #: encoder's official state dict alone (``AudioNTT2020-BYOLA-64x96d512.pth``, the release format)
+    caption_input: str | None = None
+    trains_on_stage1 = False
+    exports_encoder_state_dict = True
+
+    @staticmethod
+    def export_kwargs(settings: Any) -> dict[str, Any]:
+        """What reading the run's checkpoint back needs besides the file: nothing (the sizes are in the weights)."""
+        return {}
     #: keys of :meth:`config_dict` that are not constructor arguments (ignored by ``build_method``)
     config_only_keys = frozenset({"method", "version", "encoder", "default_optimizer", "weight_decay", "batch_size"})
 
@@ -163,6 +174,30 @@ class BYOLA(nn.Module):
         self.running_norm: RunningNorm | None = (
             RunningNorm(epoch_samples, max_update_epochs) if pre_norm == "running" else None
         )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, *, epoch_samples: int | None = None, **_run_facts: Any
+    ) -> BYOLA:
+        """The BYOL-A of a pre-training run: version 2 for ``settings.method == "byola2"``, else 1; 64 bins ×
+        ``input_frames``, ``byola_dim`` (``None`` = the version's d), ``lr``, ``pre_norm`` (``None`` =
+        ``precomputed``, what runs saved before the setting existed did) and ``mlp_lr_scale`` (``None`` = 1).
+
+        Args:
+            epoch_samples: the running pre-normalisation's epoch (v1 recipe: 2 × training files); needed with
+                ``pre_norm: "running"``.
+            **_run_facts: what the run measured that other methods need (``norm_stats``: BYOL-A normalises in
+                the data pipeline or with running statistics); unused here.
+        """
+        kw: dict[str, Any] = {"n_mels": 64, "input_frames": int(settings.input_frames), "lr": settings.lr}
+        kw["pre_norm"] = settings.pre_norm or "precomputed"
+        if kw["pre_norm"] == "running":
+            kw["epoch_samples"] = int(epoch_samples)
+        if settings.byola_dim:
+            kw["d"] = int(settings.byola_dim)
+        if settings.mlp_lr_scale is not None:  # absent from settings saved before the option existed
+            kw["mlp_lr_scale"] = float(settings.mlp_lr_scale)
+        return cls(2 if settings.method == "byola2" else 1, **kw)
 
     def set_generator(self, generator: torch.Generator | None) -> None:
         """Use ``generator`` (CPU) for the augmentations; ``None`` returns to the global torch RNG."""

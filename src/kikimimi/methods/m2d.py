@@ -22,6 +22,7 @@ done so far (1 after the first update); τ is :func:`kikimimi.methods.ema.ema_ta
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,6 +69,13 @@ class M2D(nn.Module):
         vit_config: a full :class:`ViTConfig` overriding ``size``/``input_size``/``patch_size``.
     """
 
+    #: what a pre-training run pairs each item with: ``None`` (nothing), ``"embeddings"`` (caption embeddings)
+    #: or ``"texts"`` (caption texts, for a method that trains its text encoder)
+    caption_input: str | None = None
+    #: whether the run starts from a stage-1 encoder (``init_from``) whose sizes and statistics it takes
+    trains_on_stage1 = False
+    #: whether the run also writes the encoder's official state dict alone (the BYOL-A release format)
+    exports_encoder_state_dict = False
     #: keys of :meth:`config_dict` that are not constructor arguments (ignored by ``build_method``)
     config_only_keys = frozenset(
         {
@@ -161,6 +169,39 @@ class M2D(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         for p in self.target_parameters():
             p.requires_grad_(False)
+
+    @staticmethod
+    def settings_kwargs(settings: Any, norm_stats: Sequence[float]) -> dict[str, Any]:
+        """Constructor arguments from a run's settings: ``size``, 80 bins × ``input_frames``, ``patch_size``,
+        ``sample_rate``, ``mask_ratio`` and the resolved ``ema_taus`` (a pair, not ``"auto"``)."""
+        return dict(
+            size=settings.size,
+            input_size=(80, int(settings.input_frames)),
+            patch_size=tuple(settings.patch_size),
+            sample_rate=int(settings.sample_rate),
+            mask_ratio=float(settings.mask_ratio),
+            ema_taus=tuple(float(t) for t in settings.ema_taus),
+            norm_stats=list(norm_stats),
+        )
+
+    @staticmethod
+    def export_kwargs(settings: Any) -> dict[str, Any]:
+        """What reading the run's checkpoint back needs besides the file (:func:`kikimimi.checkpoints.load_encoder`
+        keywords): the ViT sizes and sample rate of the settings."""
+        return dict(size=settings.size, input_size=(80, int(settings.input_frames)),
+                    patch_size=tuple(settings.patch_size), sample_rate=int(settings.sample_rate))
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, norm_stats: Sequence[float], **_run_facts: Any) -> M2D:
+        """The M2D of a pre-training run.
+
+        Args:
+            settings: the run's :class:`~kikimimi.training.settings.PretrainSettings` (read by attribute; see
+                :meth:`settings_kwargs`). norm_stats: the run's log-mel ``(mean, std)``.
+            **_run_facts: what the run measured that other methods need (``text_dim``, ``epoch_samples``);
+                unused here.
+        """
+        return cls(**cls.settings_kwargs(settings, norm_stats))
 
     # ------------------------------------------------------------------ helpers
     def set_generator(self, generator: torch.Generator | None) -> None:

@@ -112,6 +112,12 @@ class M2D2Stage2(nn.Module):
     config_only_keys = frozenset(
         {"method", "size", "default_optimizer", "betas", "weight_decay", "lr", "grad_clip", "text_dim"}
     )
+    #: a pre-training run pairs each item with caption texts (the text encoder trains) and starts from the
+    #: stage-1 encoder of ``init_from`` (:class:`~kikimimi.methods.m2d.M2D` has the same attributes)
+    caption_input = "texts"
+    trains_on_stage1 = True
+    exports_encoder_state_dict = False
+    export_kwargs = staticmethod(M2DCLAP.export_kwargs)
 
     def __init__(
         self,
@@ -185,6 +191,14 @@ class M2D2Stage2(nn.Module):
                 value.copy_(encoder_state[key].to(value.dtype))
             if norm_stats is not None:
                 self.backbone.norm_stats.copy_(torch.as_tensor(list(norm_stats), dtype=torch.float32))
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, norm_stats: Sequence[float], **_run_facts: Any) -> M2D2Stage2:
+        """Stage 2 of a pre-training run: ``vit_config`` (the stage-1 encoder's, set by the run), the
+        ``text_encoder`` spec to train, ``sem_mode`` (``None`` = 1), ``unfreeze_audio``; the stage-1 weights are
+        loaded afterwards (:meth:`load_stage1_encoder`)."""
+        return cls(settings.vit_config, settings.text_encoder, sem_mode=int(settings.sem_mode or 1),
+                   unfreeze_audio=bool(settings.unfreeze_audio), norm_stats=list(norm_stats))
 
     @classmethod
     def from_stage1(cls, path: str | Path, text_encoder: nn.Module | str, **kwargs: Any) -> M2D2Stage2:

@@ -19,6 +19,7 @@ State-dict keys are the official 2024 ones: the M2D keys plus ``logit_scale`` (0
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -47,6 +48,7 @@ class M2DCLAP(M2D):
     """
 
     config_only_keys = M2D.config_only_keys
+    caption_input = "embeddings"
 
     def __init__(
         self,
@@ -73,6 +75,17 @@ class M2DCLAP(M2D):
         self.audio_proj = MLPAudioProjector(dim)
         self.text_proj = linear_text_projection(self.text_dim, dim) if self.text_dim != dim else None
         self.logit_scale = new_logit_scale()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, *, norm_stats: Sequence[float], text_dim: int | None = None, **_run_facts: Any
+    ) -> M2DCLAP:
+        """The M2D-CLAP (or M2D2 stage 1: ``settings.method``) of a pre-training run: the M2D settings
+        (:meth:`M2D.settings_kwargs`), ``clap_weight`` (``None`` = the official 0.01) and ``text_encoder``;
+        ``text_dim`` = the width of the run's caption embeddings (``None`` = the encoder width)."""
+        weight = settings.clap_weight if settings.clap_weight is not None else 0.01
+        return cls(**cls.settings_kwargs(settings, norm_stats), text_dim=text_dim, clap_weight=float(weight),
+                   text_encoder=settings.text_encoder, method_name=settings.method)
 
     # ------------------------------------------------------------------ embeddings
     def audio_embedding(self, tokens: torch.Tensor) -> torch.Tensor:

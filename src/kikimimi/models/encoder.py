@@ -13,12 +13,23 @@ together: :meth:`FrameEncoder.split_chunks` cuts one log-mel into the chunks the
 (M2D: the official training-length chunks; BYOL-A: the whole clip is one chunk), and
 :meth:`FrameEncoder.encode_chunks` encodes a batch of equal-width chunks. Concatenating a clip's chunk
 outputs along time gives exactly :meth:`FrameEncoder.encode_lms` of that clip.
+
+:class:`TextAudioModel` is the face of an audio–text (CLAP-like) model one level up: audio and text in,
+embeddings of one joint space out (:class:`kikimimi.inference.clap.CLAPModel`; the zero-shot, retrieval and
+search functions take any object that offers it).
+
+One input in, one output out: ``encode_audio`` (like ``AudioEncoder.embed`` and ``Captioner.caption``) returns
+one result without the batch dimension for one input — a path or a 1-D waveform → ``[D]`` — and a batch for a
+list of inputs or a ``[B, samples]`` array → ``[B, D]``. ``encode_text`` always returns ``[N, D]`` (a string is a
+list of one, as the scoring functions use it).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 
@@ -61,4 +72,32 @@ class FrameEncoder(Protocol):
     def fresh_like(self) -> FrameEncoder:
         """A new encoder of the same architecture with freshly initialised weights (on the CPU), drawn from
         the global torch generator: seed it first for a reproducible copy."""
+        ...
+
+
+@runtime_checkable
+class TextAudioModel(Protocol):
+    """Audio and text into one embedding space (CLAP-like): what zero-shot scoring, retrieval and search use.
+
+    Units: ``D`` = :attr:`embedding_dim`; audio at :attr:`sample_rate` Hz (other rates are resampled).
+    Embeddings are float32 and not normalised; :meth:`similarity` gives cosines.
+    """
+
+    sample_rate: int
+    embedding_dim: int
+
+    def encode_audio(self, audio: Any, sample_rate: int | None = None, batch_size: int = 8) -> np.ndarray:
+        """One path / 1-D waveform → ``[D]``; a list of them or a ``[B, samples]`` array → ``[B, D]``."""
+        ...
+
+    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 64) -> np.ndarray:
+        """``N`` strings (one string: ``N = 1``) → ``[N, D]``."""
+        ...
+
+    def similarity(self, audio_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """Cosine similarity ``[A, T]`` of audio ``[A, D]`` and text ``[T, D]`` embeddings."""
+        ...
+
+    def __call__(self, waves: list[np.ndarray], sample_rate: int) -> np.ndarray:
+        """Embedding-function form: a list of waveforms at ``sample_rate`` → ``[B, D]``."""
         ...

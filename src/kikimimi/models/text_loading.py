@@ -30,6 +30,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import pickle
 import re
 import site
 import sys
@@ -53,6 +54,7 @@ __all__ = [
     "find_minilm_folder",
     "find_smollm2_gguf",
     "load_text_encoder",
+    "quiet_huggingface",
 ]
 
 
@@ -86,7 +88,7 @@ def _require(module: str, what: str) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_hf() -> Iterator[None]:
+def quiet_huggingface() -> Iterator[None]:
     """Silence transformers / huggingface_hub progress bars and info logs while loading (library calls are quiet)."""
     restore: list[Any] = []
     try:
@@ -119,6 +121,9 @@ def _quiet_hf() -> Iterator[None]:
     finally:
         for fn in reversed(restore):
             fn()
+
+
+_quiet_hf = quiet_huggingface  # the old private name, still imported by inference/captioner.py
 
 
 def _local_dir(path: str, spec: str) -> Path:
@@ -191,11 +196,28 @@ def _split_pooling(spec: str, rest: str) -> tuple[str, str]:
     return path, "last" if suffix == "eos" else "mean"
 
 
+#: what loading a damaged or hostile weight file raises inside transformers / torch.load
+_UNREADABLE_WEIGHTS = (pickle.UnpicklingError, EOFError, RuntimeError)
+
+
+def _unreadable_weights(folder: Path, exc: BaseException) -> TextEncoderError:
+    """One line for weights that torch refused to unpickle (a pickle holding more than tensors) or that are cut."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if isinstance(exc, pickle.UnpicklingError):
+        why = ("its weights are a pickle holding more than tensors, refused (loading it could run code); use a "
+               "folder with model.safetensors, or convert the file with a tool you trust")
+    else:
+        why = "its weights cannot be read (damaged or cut?)"
+    return TextEncoderError(f"'{folder}': {why} ({type(exc).__name__}: {first})")
+
+
 def _load_sentence_transformer(folder: Path, name: str, device: str) -> SentenceTransformerEncoder:
     st = _require("sentence_transformers", f"text encoder {name!r}")
     try:
-        with _quiet_hf():
+        with quiet_huggingface():
             model = st.SentenceTransformer(str(folder), device=device, local_files_only=True)
+    except _UNREADABLE_WEIGHTS as exc:
+        raise _unreadable_weights(folder, exc) from None
     except (OSError, ValueError) as exc:
         raise TextEncoderError(
             f"'{folder}': not a loadable sentence-transformers folder ({exc}); pass a folder saved with "
@@ -223,7 +245,7 @@ def _load_hf(
         for mod in ("gguf", "accelerate"):
             _require(mod, f"text encoder {name!r} (GGUF file)")
     try:
-        with _quiet_hf():
+        with quiet_huggingface():
             tokenizer = tr.AutoTokenizer.from_pretrained(str(folder), **kw)
             model = None
             if causal:
@@ -233,6 +255,8 @@ def _load_hf(
                     model = None
             if model is None:
                 model = tr.AutoModel.from_pretrained(str(folder), **kw)
+    except _UNREADABLE_WEIGHTS as exc:
+        raise _unreadable_weights(folder, exc) from None
     except (OSError, ValueError, KeyError) as exc:
         raise TextEncoderError(
             f"'{folder}': cannot load a Hugging Face model offline ({type(exc).__name__}: {exc}); pass a folder "
@@ -333,7 +357,7 @@ def bert_tokenizer_from_vocab(vocab_path: str | os.PathLike | None = None, *, ma
         raise TextEncoderError(f"'{path}': empty BERT vocabulary")
     cls = tr.BertTokenizerFast
     params = inspect.signature(cls.__init__).parameters
-    with _quiet_hf():
+    with quiet_huggingface():
         if "vocab_file" in params:  # transformers 4.x
             tok = cls(vocab_file=str(path), do_lower_case=True)
         else:  # transformers 5.x takes the vocabulary itself
@@ -407,7 +431,7 @@ def bert_from_state_dict(
         type_vocab_size=shape0("embeddings.token_type_embeddings.weight", 2),
     )
     with_pooler = any(k.startswith("pooler.") for k in items)
-    with _quiet_hf():
+    with quiet_huggingface():
         model = tr.BertModel(config, add_pooling_layer=with_pooler)
     expected = set(model.state_dict())
     missing = sorted(expected - set(items))

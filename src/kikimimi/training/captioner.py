@@ -4,19 +4,26 @@
 tensor per clip key), the (clip, question, answer) examples and the settings; it builds the
 :class:`~kikimimi.methods.captioner.CaptionerMethod`, runs the trainer in ``run_dir`` (``checkpoint-<step>.pth``,
 ``log.jsonl`` with ``samples_per_s``, a progress bar; resumable) and returns the trained method. Writing the
-captioner folder is the caller's job (:mod:`kikimimi.apps.captioning`).
+captioner folder is the caller's job (:mod:`kikimimi.training.captioner_run`).
 
-Settings (a JSON dict stored in every checkpoint's ``args``): ``lm`` (spec), ``train_lm``, ``lora`` (``None`` or
-:class:`~kikimimi.models.captioning.LoraSettings` fields: ``rank``, ``alpha``, ``targets``), ``mapper``
-(:class:`~kikimimi.models.captioning.MapperConfig` fields but ``in_dim``/``lm_dim``), ``steps``, ``batch_size``,
+Settings: :class:`CaptionerSettings` (validated; their ``asdict`` is stored in every checkpoint's ``args`` and in
+``config.json`` as ``captioner``): ``lm`` (spec), ``train_lm``, ``lora`` (``None`` or
+:class:`~kikimimi.models.lora.LoraSettings` fields: ``rank``, ``alpha``, ``targets``), ``mapper``
+(:class:`~kikimimi.models.prefix_mapper.MapperConfig` fields but ``in_dim``/``lm_dim``), ``steps``, ``batch_size``,
 ``lr``, ``weight_decay``, ``warmup_steps``, ``seed``, ``device``, ``amp``, ``save_every``, ``max_tokens``,
-``progress``, ``workers``.
+``progress``, ``workers``, ``prefix_norm``, ``divergence_patience``.
+
+The recipe (issue 33: the documented SmolLM2 command diverged): prefix vectors scaled to the language model's
+own token-embedding RMS (``prefix_norm``; :func:`~kikimimi.models.prefix_mapper.embedding_rms`), a linear
+warm-up over a tenth of the run, gradient clipping at norm 1, a learning rate measured per training path
+(:data:`DEFAULT_LR`) and a stop with one line naming ``--lr`` when the loss diverges
+(:class:`~kikimimi.methods.captioner.DivergenceGuard`, or a NaN/Inf loss).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +31,111 @@ import torch
 
 from kikimimi.data.caption_qa import Example, PrefixCaptionDataset
 from kikimimi.fileio import atomic_write_json
-from kikimimi.methods.captioner import CaptionerMethod
-from kikimimi.models.captioning import LoraSettings, MapperConfig, load_causal_lm
-from kikimimi.training.trainer import TrainConfig, Trainer, TrainResult
+from kikimimi.methods.captioner import CaptionerDivergedError, CaptionerMethod
+from kikimimi.models.causal_lm import load_causal_lm
+from kikimimi.models.lora import LoraSettings
+from kikimimi.models.prefix_mapper import MapperConfig, embedding_rms
+from kikimimi.training.settings import check_types
+from kikimimi.training.trainer import TrainConfig, Trainer, TrainingDivergedError, TrainResult
 
-__all__ = ["CAPTIONER_DEFAULTS", "CaptionerFit", "fit_captioner"]
+__all__ = ["CAPTIONER_DEFAULTS", "DEFAULT_LR", "MAPPER_DEFAULTS", "CaptionerFit", "CaptionerSettings", "default_lr",
+           "fit_captioner"]
 
-#: default training settings of a captioner
-CAPTIONER_DEFAULTS: dict[str, Any] = {
-    "lm": "smollm2",
-    "train_lm": False,
-    "lm_lr_scale": 1.0,
-    "lora": None,
-    "mapper": {"prefix_len": 8, "width": 256, "depth": 2, "heads": 4, "max_frames": 512},
-    "steps": 1000,
-    "batch_size": 16,
-    "lr": 1e-3,
-    "weight_decay": 0.01,
-    "warmup_steps": None,
-    "grad_clip": 1.0,
-    "seed": 0,
-    "device": "auto",
-    "amp": "auto",
-    "save_every": None,
-    "keep_checkpoints": 2,
-    "log_every": 10,
-    "max_tokens": 128,
-    "progress": True,
-    "workers": 0,
-}
+#: the prefix mapper's default sizes (:class:`~kikimimi.models.prefix_mapper.MapperConfig` fields but the widths
+#: of its input and of the language model)
+MAPPER_DEFAULTS: dict[str, int] = {"prefix_len": 8, "width": 256, "depth": 2, "heads": 4, "max_frames": 512}
+
+#: the learning rate when the setting ``lr`` is ``None`` (the default), per training path: the mapper alone on a
+#: frozen language model, the mapper + LoRA adapters, the mapper + a small language model trained whole
+#: (``train_lm``, ``--llm tiny``). Measured (issue 33, helper J): PLACEHOLDER
+DEFAULT_LR: dict[str, float] = {"frozen": 1e-3, "lora": 1e-3, "train_lm": 1e-3}
+
+
+@dataclass
+class CaptionerSettings:
+    """The training settings of a captioner, stored as ``args["captioner"]`` (their ``asdict``) in every checkpoint.
+
+    Attributes:
+        lm: the language model spec; train_lm: train all of it (else frozen); lm_lr_scale: its lr multiplier.
+        lr: peak learning rate; ``None`` = :data:`DEFAULT_LR` of the training path (:func:`default_lr`).
+        lora: ``None`` or :class:`~kikimimi.models.lora.LoraSettings` fields (``rank``, ``alpha``, ``targets``).
+        mapper: :data:`MAPPER_DEFAULTS` keys (``prefix_len``, ``width``, ``depth``, ``heads``, ``max_frames``).
+        steps, batch_size, weight_decay, warmup_steps (``None`` = a tenth of the run), grad_clip, seed,
+        device, amp, save_every, keep_checkpoints, log_every, progress, workers: as in
+        :class:`~kikimimi.training.trainer.TrainConfig`. max_tokens: longest target text in tokens.
+        prefix_norm: scale the prefix vectors to the language model's token-embedding RMS (``False``: the plain
+            linear output of captioners trained before issue 33).
+        divergence_patience: stop when the smoothed loss stays above 1.5× its best (and ≥ 1 above it) for this
+            many steps (:class:`~kikimimi.methods.captioner.DivergenceGuard`); ``None`` = never.
+
+    Raises (on construction):
+        ValueError: one line naming the setting: a wrong type, a value out of range, an unknown mapper key.
+    """
+
+    lm: str = "smollm2"
+    train_lm: bool = False
+    lm_lr_scale: float = 1.0
+    lora: dict[str, Any] | None = None
+    mapper: dict[str, int] = field(default_factory=lambda: dict(MAPPER_DEFAULTS))
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    save_every: int | None = None
+    keep_checkpoints: int | None = 2
+    log_every: int = 10
+    max_tokens: int = 128
+    progress: bool = True
+    workers: int = 0
+    prefix_norm: bool = True
+    divergence_patience: int | None = 20
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("steps", "batch_size", "log_every", "max_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name!r} must be > 0, got {getattr(self, name)!r}")
+        for name in ("lr", "lm_lr_scale", "weight_decay", "workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"setting {name!r} must be >= 0, got {getattr(self, name)!r}")
+        unknown = sorted(set(self.mapper) - set(MAPPER_DEFAULTS))
+        if self.divergence_patience is not None and self.divergence_patience <= 0:
+            raise ValueError(f"setting 'divergence_patience' must be > 0 or None, got {self.divergence_patience!r}")
+        if unknown:
+            raise ValueError(f"setting 'mapper': unknown key {unknown[0]!r} (known: {', '.join(MAPPER_DEFAULTS)})")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> CaptionerSettings:
+        """Settings over the defaults: ``mapper`` over :data:`MAPPER_DEFAULTS`, ``lora`` with its defaults filled in.
+
+        Raises:
+            ValueError: an unknown setting (naming it) or an invalid value.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in values if k not in known)
+        if unknown:
+            raise ValueError(f"captioner settings: unknown setting {unknown[0]!r}")
+        given = dict(values)
+        given["mapper"] = {**MAPPER_DEFAULTS, **dict(values.get("mapper") or {})}
+        given["lora"] = LoraSettings.from_dict(values["lora"]).to_dict() if values.get("lora") else None
+        return cls(**given)
+
+
+#: default training settings of a captioner, as a dict (:class:`CaptionerSettings`)
+CAPTIONER_DEFAULTS: dict[str, Any] = asdict(CaptionerSettings())
+
+
+def default_lr(settings: CaptionerSettings) -> float:
+    """The learning rate a run uses: ``settings.lr``, else :data:`DEFAULT_LR` of its path (``train_lm``,
+    ``lora`` or the frozen language model)."""
+    if settings.lr is not None:
+        return float(settings.lr)
+    return DEFAULT_LR["train_lm" if settings.train_lm else "lora" if settings.lora else "frozen"]
 
 
 @dataclass
@@ -62,14 +145,14 @@ class CaptionerFit:
     method: CaptionerMethod
     tokenizer: Any
     result: TrainResult
-    settings: dict[str, Any]
+    settings: CaptionerSettings
     dataset: PrefixCaptionDataset
 
 
 def fit_captioner(
     features: Mapping[str, torch.Tensor],
     examples: Sequence[Example],
-    settings: Mapping[str, Any],
+    settings: Mapping[str, Any] | CaptionerSettings,
     run_dir: str | Path,
     *,
     resume: str | Path | None = None,
@@ -81,44 +164,57 @@ def fit_captioner(
     Args:
         features: clip key → frame features ``[T, D]`` (float32) of the frozen audio encoder.
         examples: (key, question, answer) examples; those without features are dropped.
-        settings: over :data:`CAPTIONER_DEFAULTS` (``lm`` spec, sizes, run length…); written to
-            ``run_dir/config.json``.
+        settings: a :class:`CaptionerSettings` or a dict over its defaults (``lm`` spec, sizes, run length…);
+            written to ``run_dir/config.json``.
         run_dir: the run folder (created). resume: a run folder or checkpoint to continue from (the
             settings must be those of the run).
-        lm: an already loaded ``(language model, tokenizer)`` for ``settings["lm"]`` (else loaded here).
+        lm: an already loaded ``(language model, tokenizer)`` for the settings' ``lm`` (else loaded here).
 
     Raises:
-        ValueError: no usable example; invalid run settings (:class:`TrainConfig`).
+        ValueError: no usable example; an unknown or invalid setting (one line naming it).
+        kikimimi.training.trainer.TrainingDivergedError: the loss became NaN/Inf or diverged (one line naming
+            the learning rate to lower, ``--lr``).
     """
-    s: dict[str, Any] = {**CAPTIONER_DEFAULTS, **dict(settings)}
-    s["mapper"] = {**CAPTIONER_DEFAULTS["mapper"], **dict(settings.get("mapper") or {})}
-    lora = LoraSettings.from_dict(s["lora"]) if s.get("lora") else None
-    s["lora"] = lora.to_dict() if lora is not None else None
-    model, tokenizer = lm if lm is not None else load_causal_lm(str(s["lm"]))
-    dataset = PrefixCaptionDataset(examples, features, tokenizer, max_frames=int(s["mapper"]["max_frames"]),
-                                   max_tokens=int(s["max_tokens"]))
+    cs = settings if isinstance(settings, CaptionerSettings) else CaptionerSettings.from_dict(settings)
+    lora = LoraSettings.from_dict(cs.lora) if cs.lora else None
+    model, tokenizer = lm if lm is not None else load_causal_lm(cs.lm)
+    dataset = PrefixCaptionDataset(examples, features, tokenizer, max_frames=int(cs.mapper["max_frames"]),
+                                   max_tokens=int(cs.max_tokens))
     lm_dim = int(model.get_input_embeddings().weight.shape[1])
-    mapper_cfg = MapperConfig(in_dim=dataset.dim, lm_dim=lm_dim, **{k: int(v) for k, v in s["mapper"].items()})
-    torch.manual_seed(int(s["seed"]))
-    method = CaptionerMethod(mapper_cfg, model, train_lm=bool(s["train_lm"]), lm_lr_scale=float(s["lm_lr_scale"]),
-                             lora=lora)
+    out_scale = embedding_rms(model) if cs.prefix_norm else 0.0  # before LoRA or training touch the model
+    mapper_cfg = MapperConfig(in_dim=dataset.dim, lm_dim=lm_dim, out_scale=out_scale,
+                              **{k: int(v) for k, v in cs.mapper.items()})
+    torch.manual_seed(int(cs.seed))
+    method = CaptionerMethod(mapper_cfg, model, train_lm=bool(cs.train_lm), lm_lr_scale=float(cs.lm_lr_scale),
+                             lora=lora, divergence_patience=cs.divergence_patience)
     run_dir = Path(run_dir)
-    steps = int(s["steps"])
-    warmup = s["warmup_steps"] if s["warmup_steps"] is not None else max(1, steps // 20)
+    steps = int(cs.steps)
+    warmup = cs.warmup_steps if cs.warmup_steps is not None else max(1, steps // 10)
+    lr = default_lr(cs)
     size = f"K{mapper_cfg.prefix_len}-w{mapper_cfg.width}-d{mapper_cfg.depth}" + (f"-lora{lora.rank}" if lora else "")
     cfg = TrainConfig(
         method="captioner", size=size, steps=steps,
-        batch_size=min(int(s["batch_size"]), len(dataset)), lr=float(s["lr"]), optimizer="adamw",
-        betas=(0.9, 0.999), weight_decay=float(s["weight_decay"]), schedule="cosine", warmup_steps=int(warmup),
-        grad_clip=s["grad_clip"], amp=str(s["amp"]), device=str(s["device"]), seed=int(s["seed"]),
-        num_workers=int(s["workers"]), save_every=s["save_every"], keep_checkpoints=s["keep_checkpoints"],
-        log_every=int(s["log_every"]), out_dir=str(run_dir), resume=str(resume) if resume else None,
-        progress=bool(s["progress"]),
+        batch_size=min(int(cs.batch_size), len(dataset)), lr=lr, optimizer="adamw",
+        betas=(0.9, 0.999), weight_decay=float(cs.weight_decay), schedule="cosine", warmup_steps=int(warmup),
+        grad_clip=cs.grad_clip, amp=str(cs.amp), device=str(cs.device), seed=int(cs.seed),
+        num_workers=int(cs.workers), save_every=cs.save_every, keep_checkpoints=cs.keep_checkpoints,
+        log_every=int(cs.log_every), out_dir=str(run_dir), resume=str(resume) if resume else None,
+        progress=bool(cs.progress),
     )  # fmt: skip
-    args = {"captioner": s, "mapper_config": mapper_cfg.to_dict(), "n_examples": len(dataset),
+    args = {"captioner": asdict(cs), "mapper_config": mapper_cfg.to_dict(), "n_examples": len(dataset),
             "n_clips": len(dataset.features)}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", {**args, **cfg.to_dict()})
-    result = Trainer(method, dataset, cfg, args=args, notice=notice).fit()
+    try:
+        result = Trainer(method, dataset, cfg, args=args, notice=notice).fit()
+    except (CaptionerDivergedError, TrainingDivergedError) as exc:
+        raise TrainingDivergedError(diverged_message(exc, lr, run_dir)) from exc
     method.to("cpu").eval()
-    return CaptionerFit(method, tokenizer, result, s, dataset)
+    return CaptionerFit(method, tokenizer, result, cs, dataset)
+
+
+def diverged_message(exc: BaseException, lr: float, run_dir: str | Path) -> str:
+    """One line for a diverged captioner run: what happened, and the learning rate to lower (``--lr``)."""
+    what = str(exc).split(";")[0].removeprefix("the captioner's training loss diverged: ")
+    return (f"captioner training in '{run_dir}' diverged ({what}); lower the learning rate: --lr (setting 'lr') "
+            f"was {lr:g}, try {lr / 3:.2g}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from kikimimi.data.caption_cache import CaptionEmbeddingCache, read_cache_info, write_cache_info
 from kikimimi.data.captions import CaptionTable
@@ -42,13 +41,13 @@ def _spec_key(spec: str) -> str:
 
 
 def prepare_embedding_cache(
-    settings: dict[str, Any], run_dir: Path, dist: DistInfo, log: Callable[[str], None] | None = None
-) -> tuple[CaptionEmbeddingCache, str]:
-    """Open (or first build, on rank 0, resumably) the caption-embedding cache; ``(cache, path)``.
+    captions: str, text_encoder: str | None, run_dir: Path, dist: DistInfo, log: Callable[[str], None] | None = None
+) -> tuple[CaptionEmbeddingCache, str, str | None]:
+    """Open (or first build, on rank 0, resumably) the caption-embedding cache; ``(cache, path, text encoder)``.
 
-    A given cache is checked against ``settings["text_encoder"]`` when its side-car records one, and its
-    encoder becomes the setting when none is given. A caption table is embedded into the run folder
-    (``settings["caption_cache"]`` records where); an existing cache there is reused.
+    ``captions`` is a cache (checked against ``text_encoder`` when its side-car records one; the encoder that
+    made it is returned when none is given) or a caption table, embedded with ``text_encoder`` into
+    ``run_dir`` (an existing cache there is reused; ``path`` says where).
 
     Args:
         log: called with a line when a table is embedded (``None`` = quiet).
@@ -56,8 +55,7 @@ def prepare_embedding_cache(
     Raises:
         ValueError: the given cache was made with another text encoder.
     """
-    captions = str(settings["captions"])
-    spec = settings.get("text_encoder")
+    captions, spec = str(captions), text_encoder
     if is_embedding_cache(captions):
         cache = CaptionEmbeddingCache.load(captions)
         info = read_cache_info(captions) or {}
@@ -66,8 +64,7 @@ def prepare_embedding_cache(
             raise ValueError(
                 f"--captions '{captions}' was made with text encoder {made_by!r}, not --text-encoder {spec!r}"
             )
-        settings["text_encoder"] = spec or made_by
-        return cache, captions
+        return cache, captions, spec or made_by
     cache_path = _caption_cache_path(run_dir, str(spec))
     if dist.is_main and not cache_path.exists():
         encoder = load_text_encoder(str(spec), device=dist.device)
@@ -76,5 +73,4 @@ def prepare_embedding_cache(
         if log is not None:
             log(f"embedded captions of {captions} with {spec} into {cache_path}")
     barrier()
-    settings["caption_cache"] = str(cache_path)
-    return CaptionEmbeddingCache.load(cache_path), str(cache_path)
+    return CaptionEmbeddingCache.load(cache_path), str(cache_path), spec

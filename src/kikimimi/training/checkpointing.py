@@ -17,19 +17,32 @@ Everything in it is a tensor, number, string, list, tuple, dict or ``None`` so i
   its ``*._extra_state`` entries (e.g. the BYOL-A mixup memory bank, which differs per rank);
 - schedule/data position (``step``, ``micro_step``, ``data_epoch``, ``data_position``) and the
   method's last EMA τ.
+
+:func:`save_checkpoint_file` writes one atomically and turns a full disk into :class:`CheckpointDiskFullError`
+("disk full while writing …"), checked before writing and recognised while writing (``torch.save`` reports a
+failed write as an obscure ``RuntimeError``); the previous checkpoint is never touched.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from kikimimi.fileio import atomic_torch_save
+
 __all__ = [
+    "CheckpointDiskFullError",
+    "checkpoint_nbytes",
+    "save_checkpoint_file",
     "capture_rng_state",
     "restore_rng_state",
     "split_method_state",
@@ -37,6 +50,66 @@ __all__ = [
 ]
 
 _EXTRA = "_extra_state"
+#: room kept beyond the tensors' bytes when checking free space before a checkpoint (pickle overhead, metadata)
+DISK_MARGIN_BYTES = 16 * 2**20
+
+
+class CheckpointDiskFullError(OSError):
+    """The disk is (or would be) full while writing a training checkpoint; ``str()`` is one line."""
+
+    def __init__(self, path: Path, free: int, needed: int) -> None:
+        self.message = (f"disk full while writing {path} ({free / 1e6:.0f} MB free, about {needed / 1e6:.0f} MB "
+                        "needed); the previous checkpoint is intact: free some space, then continue with --resume")
+        super().__init__(errno.ENOSPC, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def checkpoint_nbytes(obj: Any) -> int:
+    """Bytes of every tensor / array in a (nested dict / list / tuple) checkpoint object."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, Mapping):
+        return sum(checkpoint_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(checkpoint_nbytes(v) for v in obj)
+    return 0
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return -1  # unknown
+
+
+def save_checkpoint_file(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (temporary file + rename).
+
+    Raises:
+        CheckpointDiskFullError: less free space than the checkpoint's tensors (checked first, nothing written),
+            or ``ENOSPC`` / a failed ``torch.save`` write with the disk nearly full; ``path`` and every earlier
+            checkpoint are left as they were.
+    """
+    path = Path(path)
+    needed = checkpoint_nbytes(obj) + DISK_MARGIN_BYTES
+    free = _free_bytes(path.parent)
+    if 0 <= free < needed:
+        raise CheckpointDiskFullError(path, free, needed)
+    try:
+        atomic_torch_save(obj, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointDiskFullError(path, _free_bytes(path.parent), needed) from exc
+        raise
+    except RuntimeError as exc:  # torch.save reports a failed write as "unexpected pos …" / "file write failed"
+        free = _free_bytes(path.parent)
+        if 0 <= free < needed or "No space left" in str(exc):
+            raise CheckpointDiskFullError(path, free, needed) from exc
+        raise
 
 
 def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:

@@ -5,23 +5,30 @@ of the demo.
 run) or :func:`~kikimimi.training.settings.resume_settings` (a resumed one) and
 
 1. finds the run folder (a new one from :func:`~kikimimi.training.run_folder.claim_run_dir`, or the
-   folder of the checkpoint it resumes); M2D2 stage 2 first reads its stage-1 encoder, whose sizes and
-   statistics become the run's settings;
+   folder of the checkpoint it resumes); a method trained on a stage-1 encoder (M2D2 stage 2) first reads it,
+   and its sizes and statistics become the run's settings;
 2. reads the corpus and, for the caption methods, pairs each file with its captions
-   (:mod:`kikimimi.training.captions`);
+   (:mod:`kikimimi.training.captions`); with ``auto_cache`` (``kikimimi pretrain``) audio ``--data`` that the
+   run would decode many times is first converted once into a log-mel cache beside the runs, or an earlier one
+   is reused (:func:`data_cache_rule`);
 3. estimates the log-mel normalisation statistics (rank 0) unless given. BYOL-A ``pre_norm: "running"``
    feeds raw log-mel crops to the method, which normalises them with running statistics (update budget
    10 × 2 × files); the corpus statistics are still recorded, they go with the exported encoder;
-4. builds the method from its recipe (:mod:`kikimimi.methods.recipes` fills in the ``auto`` settings),
-   loads ``init_from`` weights, writes ``config.json`` and runs the :class:`~kikimimi.training.trainer.Trainer`;
+4. fills in the ``auto`` settings (:func:`kikimimi.methods.recipes.resolve_auto_settings`), lets the method
+   build itself (``METHODS[method].from_settings``: no method is named here), loads ``init_from`` weights,
+   writes ``config.json`` (the settings' ``asdict`` and the run's
+   :class:`~kikimimi.training.settings.RunDecisions`) and runs the :class:`~kikimimi.training.trainer.Trainer`;
 5. exports the encoder: BYOL-A's state dict ``<AudioNTT2020-BYOLA-…>.pth`` beside the checkpoints, and the
    kikimimi format in ``<run folder>/kikimimi``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,55 +44,119 @@ from kikimimi.data.caption_cache import CaptionEmbeddingCache
 from kikimimi.data.caption_pairs import CaptionCropDataset, caption_lists, filter_captioned
 from kikimimi.data.corpus import Corpus, CropDataset, DeviceLogMel, estimate_norm_stats, resolve_corpus
 from kikimimi.features.normstats import NormStats
+from kikimimi.features.prep_cache import prep_cache
 from kikimimi.fileio import atomic_torch_save, atomic_write_json
-from kikimimi.methods import build_method
-from kikimimi.methods.recipes import (
-    BYOLA_METHODS,
-    CAPTION_METHODS,
-    M2D_METHODS,
-    frontend_preset,
-    resolve_auto_settings,
-)
+from kikimimi.methods import METHODS
+from kikimimi.methods.recipes import frontend_preset, resolve_auto_settings
 from kikimimi.models.vit import AudioViT, ViTConfig
 from kikimimi.training.captions import load_caption_table, prepare_embedding_cache
 from kikimimi.training.distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed
 from kikimimi.training.run_folder import byola_encoder_stem, claim_run_dir
+from kikimimi.training.settings import PretrainSettings
 from kikimimi.training.trainer import TrainConfig, Trainer, TrainResult
 
-__all__ = ["build_method_from_settings", "run_pretraining"]
+__all__ = ["CACHE_MIN_READS", "data_cache_rule", "expected_reads", "run_pretraining"]
 
 Log = Callable[[str], None]
 
+#: ``auto_cache``: train from a log-mel cache when the run would decode its audio files at least this many times in
+#: all, and each at least ``CACHE_MIN_READS[1]`` times on average (preparing a cache decodes each file once).
+CACHE_MIN_READS = (1000, 2)
 
-def run_pretraining(settings: dict[str, Any], log: Log | None = None) -> TrainResult:
+
+def expected_reads(settings: PretrainSettings, n_files: int) -> int:
+    """How many audio crops a run from audio files decodes (each decodes its whole file): the normalisation
+    statistics' ``norm_samples`` (unless ``norm_stats`` are given) plus ``steps × batch_size × accum_iter`` or
+    ``epochs`` × the epoch's items (files repeated up to ``min_epoch_size``; BYOL-A ``running``: 2 × files)."""
+    reads = 0 if settings.norm_stats else int(settings.norm_samples or 0)
+    batch = int(settings.batch_size or 0) * max(1, int(settings.accum_iter or 1))
+    if settings.steps:
+        reads += int(settings.steps) * batch
+    elif settings.epochs:
+        epoch = max(n_files, int(settings.min_epoch_size or 0))
+        if settings.pre_norm == "running":
+            epoch = 2 * n_files
+        reads += int(math.ceil(float(settings.epochs) * epoch))
+    return reads
+
+
+def data_cache_rule(settings: PretrainSettings, corpus: Corpus, world_size: int = 1) -> str | None:
+    """Why a run from audio ``corpus`` should train from a log-mel cache (``None``: it should not): audio files
+    (not a cache), the front end in the data pipeline (not ``frontend_on_device``), a pad mode a cache can
+    reproduce (not ``wave_zero`` given explicitly), no captions to pair by file, one process, and at least
+    :data:`CACHE_MIN_READS` decodes (:func:`expected_reads`)."""
+    if corpus.kind != "audio" or settings.frontend_on_device or settings.pad_mode == "wave_zero":
+        return None
+    if METHODS[settings.method].caption_input is not None or world_size > 1:
+        return None
+    n, reads = len(corpus), expected_reads(settings, len(corpus))
+    if reads < CACHE_MIN_READS[0] or reads < CACHE_MIN_READS[1] * n:
+        return None
+    return (f"the run decodes its {n} audio files about {reads} times ({reads / n:.0f} each); "
+            "a log-mel cache computes each once")
+
+
+def _use_data_cache(settings: PretrainSettings, corpus: Corpus, preset: str, run_dir: Path, dist: DistInfo,
+                    log: Log) -> Corpus:
+    """The corpus to train from: ``corpus``, or the log-mel cache that :func:`data_cache_rule` (a new run) or the
+    run being resumed (its ``config.json``) asks for, prepared or completed now. The cache folder,
+    ``<runs>/logmel-cache-<preset>-<hash of the --data paths>``, is shared by the runs on the same data."""
+    if settings.resume:
+        try:
+            saved = json.loads((run_dir / "config.json").read_text())["decisions"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return corpus
+        cache, rule = saved.get("data_cache"), saved.get("data_cache_rule")
+        if not cache:
+            return corpus
+        cache = Path(cache)
+    else:
+        rule = data_cache_rule(settings, corpus, dist.world_size)
+        if rule is None:
+            return corpus
+        key = json.dumps([preset, sorted(str(Path(s).resolve()) for s in corpus.sources)])
+        cache = run_dir.parent / f"logmel-cache-{preset}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    result = prep_cache(corpus.sources, cache, preset, workers=max(1, int(settings.workers or 0)))
+    failed = f", {len(result.failed)} unreadable (listed in errors.csv)" if result.failed else ""
+    log(f"training from the log-mel cache {cache} ({result.converted} files converted now, {result.skipped} "
+        f"reused{failed}): {rule}")
+    settings.decisions.data_cache, settings.decisions.data_cache_rule = str(cache), rule
+    return resolve_corpus([cache])
+
+
+def run_pretraining(settings: PretrainSettings, log: Log | None = None, *, auto_cache: bool = False) -> TrainResult:
     """Run (or continue) the pre-training run that ``settings`` describe; see the module docstring.
 
-    ``settings`` is completed in place with what the run decides (``norm_stats``, ``run_dir``, the values of
-    ``auto`` settings and why…), as written to ``config.json``. ``log`` receives a few lines on rank 0
-    (caption embedding, the final loss, the files written); ``None`` = quiet.
+    The run's settings, with the values it decides (``norm_stats``, the ``auto`` settings, a stage-1 encoder's
+    sizes), and its :class:`~kikimimi.training.settings.RunDecisions` (why, the statistics, the epoch size…) are
+    written to ``config.json``; ``settings`` itself is not changed. ``log`` receives a few lines on rank 0
+    (caption embedding, the final loss, the files written); ``None`` = quiet. ``auto_cache`` (``kikimimi
+    pretrain``): train from a log-mel cache when :func:`data_cache_rule` says it is faster (one line says so).
 
     Raises:
         ValueError: data that do not fit the settings (prep-cache preset, captions, stage-1 encoder).
     """
     log = log or (lambda _line: None)
-    dist = init_distributed(settings.get("device") or "auto")
+    dist = init_distributed(settings.device or "auto")
     try:
-        resume = settings.get("resume")
-        if settings["method"] in BYOLA_METHODS and not settings.get("pre_norm"):
-            settings["pre_norm"] = "precomputed"  # runs saved before --pre-norm existed normalised in the pipeline
-        stage1 = _stage1_setup(settings) if settings["method"] == "m2d2_stage2" and not resume else None
-        corpus = resolve_corpus(settings["data"])
-        preset = frontend_preset(settings["method"], settings["sample_rate"])
+        resume = settings.resume
+        stage1 = None
+        if METHODS[settings.method].trains_on_stage1 and not resume:
+            settings, stage1 = _stage1_setup(settings)
+        corpus = resolve_corpus(settings.data)
+        preset = frontend_preset(settings.method, settings.sample_rate)
         if corpus.kind == "cache" and corpus.preset and corpus.preset != preset:
             raise ValueError(
-                f"prep cache was made with preset {corpus.preset!r} but --method {settings['method']} "
+                f"prep cache was made with preset {corpus.preset!r} but --method {settings.method} "
                 f"needs {preset!r}; re-run kikimimi prep with that preset"
             )
         run_dir = Path(resume).resolve().parent if resume else claim_run_dir(settings, dist)
         if dist.is_main:
             log(f"resuming {run_dir} from {Path(resume).name}" if resume else f"run folder: {run_dir}")
-            if settings.get("recipe_rule"):
-                log(f"recipe {settings['recipe']} ({settings['recipe_rule']})")
+            if settings.decisions.recipe_rule:
+                log(f"recipe {settings.recipe} ({settings.decisions.recipe_rule})")
+        if auto_cache and dist.world_size == 1:
+            corpus = _use_data_cache(settings, corpus, preset, run_dir, dist, log)
         try:
             return _assemble_and_train(settings, dist, corpus, preset, run_dir, stage1, log)
         except BaseException:
@@ -97,7 +168,7 @@ def run_pretraining(settings: dict[str, Any], log: Log | None = None) -> TrainRe
 
 
 def _assemble_and_train(
-    settings: dict[str, Any],
+    settings: PretrainSettings,
     dist: DistInfo,
     corpus: Corpus,
     preset: str,
@@ -106,25 +177,27 @@ def _assemble_and_train(
     log: Log,
 ) -> TrainResult:
     """Steps 2–5 of the module docstring, in ``run_dir`` (which exists on rank 0)."""
-    method_name = settings["method"]
+    method_cls = METHODS[settings.method]
+    decisions = settings.decisions
     captions = None
-    if method_name in CAPTION_METHODS:
-        corpus, captions = _pair_with_captions(settings, corpus, run_dir, dist, log)
-    frames = int(settings["input_frames"])
+    if method_cls.caption_input is not None:
+        corpus, captions, settings = _pair_with_captions(settings, corpus, run_dir, dist, log)
+    frames = int(settings.input_frames)
     crop_kw = dict(
         frontend=preset,
-        seed=int(settings["seed"]),
-        min_epoch_size=int(settings.get("min_epoch_size") or 0),
-        pad_mode=settings.get("pad_mode"),
+        seed=int(settings.seed),
+        min_epoch_size=int(settings.min_epoch_size or 0),
+        pad_mode=settings.pad_mode,
     )
     stats = _norm_stats(settings, corpus, frames, crop_kw, dist, log)
-    settings["norm_stats"] = stats.to_list()
-    running_norm = method_name in BYOLA_METHODS and settings.get("pre_norm") == "running"
+    settings = settings.updated(norm_stats=stats.to_list())
+    decisions.norm_stats = stats.to_list()
+    running_norm = settings.pre_norm == "running"
     if running_norm:
-        settings["epoch_samples"] = 2 * len(corpus)  # the v1 recipe's epoch: 2 × files
+        decisions.epoch_samples = 2 * len(corpus)  # the v1 recipe's epoch: 2 × files
     pipeline_stats = None if running_norm else stats
 
-    on_device = bool(settings.get("frontend_on_device")) and corpus.kind == "audio"
+    on_device = bool(settings.frontend_on_device) and corpus.kind == "audio"
     dataset = CropDataset(
         corpus,
         frames,
@@ -139,38 +212,42 @@ def _assemble_and_train(
             source=captions.source,
         )  # fmt: skip
         if dataset.text_dim is not None:
-            settings["text_dim"] = int(dataset.text_dim)
+            decisions.text_dim = int(dataset.text_dim)
+    decisions.epoch_items = len(dataset)
 
-    resolve_auto_settings(settings, len(dataset), dist.world_size)
-    method = build_method_from_settings(settings, stats)
+    changes, rules = resolve_auto_settings(settings, len(dataset), dist.world_size)
+    settings = settings.updated(**changes)
+    for name, why in rules.items():
+        setattr(decisions, name, why)
+    torch.manual_seed(int(settings.seed))  # the method's initial weights
+    method = method_cls.from_settings(settings, norm_stats=stats.to_list(), text_dim=decisions.text_dim,
+                                      epoch_samples=decisions.epoch_samples)
     method_cfg = method.config_dict()
-    if method_name == "m2d2_stage2":
+    if method_cls.caption_input == "texts":
         method.set_captions(dataset.caption_texts)
-        if stage1 is not None:
-            method.load_stage1_encoder(stage1.encoder.state_dict(), norm_stats=stats.to_list())
-    elif settings.get("init_from") and not settings.get("resume"):
+    if stage1 is not None:
+        method.load_stage1_encoder(stage1.encoder.state_dict(), norm_stats=stats.to_list())
+    elif settings.init_from and not settings.resume and not method_cls.trains_on_stage1:
         # a registered name (kikimimi models list) is fetched; the licence is accepted by KIKIMIMI_ACCEPT_LICENCE=1
-        source = resolve_model_source(settings["init_from"], accept_licence=bool(settings.get("accept_licence")))
-        settings["init_from"] = str(source)
+        source = resolve_model_source(settings.init_from, accept_licence=bool(settings.accept_licence))
+        settings = settings.updated(init_from=str(source))
         ignored = method.load_official_state_dict(safe_torch_load(source))
-        settings["init_from_ignored_keys"] = len(ignored)
-    settings["run_dir"] = str(run_dir)
+        decisions.init_from_ignored_keys = len(ignored)
+    decisions.run_dir = str(run_dir)
 
     cfg = _train_config(settings, run_dir)
-    extra = {k: v for k, v in settings.items() if k not in cfg.to_dict()}
-    extra["method_config"] = method_cfg
-    extra["frontend_preset"] = preset
-    extra["data"] = [str(d) for d in settings["data"]]
+    record = {**settings.to_dict(), "decisions": asdict(decisions), "method_config": method_cfg,
+              "frontend_preset": preset}
     if dist.is_main:
-        atomic_write_json(run_dir / "config.json", {**extra, **cfg.to_dict()})
+        atomic_write_json(run_dir / "config.json", {**record, "train_config": cfg.to_dict()})
     if dist.is_main:
         length = f"{cfg.steps} steps" if cfg.steps is not None else f"{cfg.epochs:g} epochs"
-        log(f"{method_name}: {length} of batch {cfg.batch_size} × {frames} frames on {dist.device}, "
+        log(f"{settings.method}: {length} of batch {cfg.batch_size} × {frames} frames on {dist.device}, "
             f"{len(dataset)} items per epoch")
         if corpus.kind == "audio" and not on_device and cfg.num_workers == 0:
             log(f"note: every crop's log-mel is computed from the audio during training; `kikimimi prep … -o CACHE "
                 f"--preset {preset}` once and --data CACHE (or --workers N) is several times faster")
-    result = Trainer(method, dataset, cfg, args=extra, batch_transform=transform, dist=dist, notice=log).fit()
+    result = Trainer(method, dataset, cfg, args=record, batch_transform=transform, dist=dist, notice=log).fit()
     if dist.is_main:
         written = _export(settings, method, result, run_dir, stats, log)
         last = result.losses.get(result.step)
@@ -185,16 +262,18 @@ def _assemble_and_train(
 
 
 # ---------------------------------------------------------------------------------------------- parts
-def _stage1_setup(settings: dict[str, Any]) -> EncoderBundle:
-    """M2D2 stage 2: read the stage-1 encoder; its sizes and statistics become the run's settings."""
-    ckpt = resolve_run_checkpoint(settings["init_from"])
+def _stage1_setup(settings: PretrainSettings) -> tuple[PretrainSettings, EncoderBundle]:
+    """A method trained on a stage-1 encoder (M2D2 stage 2): read it; its sizes and statistics become the
+    run's settings."""
+    ckpt = resolve_run_checkpoint(settings.init_from)
     bundle = load_encoder(ckpt)
     if not isinstance(bundle.encoder, AudioViT):
         raise ValueError(
-            f"--init-from '{ckpt}': m2d2_stage2 needs an M2D / M2D-CLAP encoder, got {type(bundle.encoder).__name__}"
+            f"--init-from '{ckpt}': {settings.method} needs an M2D / M2D-CLAP encoder, "
+            f"got {type(bundle.encoder).__name__}"
         )
     vit = ViTConfig.from_dict(bundle.config["vit"])
-    settings.update(
+    settings = settings.updated(
         init_from=str(ckpt),
         vit_config=vit.to_dict(),
         size=vit_size_name(vit),
@@ -203,7 +282,8 @@ def _stage1_setup(settings: dict[str, Any]) -> EncoderBundle:
         sample_rate=int(vit.sample_rate),
         norm_stats=bundle.norm_stats.to_list(),
     )
-    return bundle
+    settings.decisions.norm_stats_from = f"the stage-1 encoder {ckpt}"
+    return settings, bundle
 
 
 @dataclass
@@ -217,131 +297,93 @@ class _Captions:
 
 
 def _pair_with_captions(
-    settings: dict[str, Any], corpus: Corpus, run_dir: Path, dist: DistInfo, log: Log
-) -> tuple[Corpus, _Captions]:
-    """The corpus files that have captions (the others raise or are skipped, ``missing_captions``)."""
-    if settings["method"] == "m2d2_stage2":
-        texts = caption_lists(load_caption_table(str(settings["captions"])))
-        captions = _Captions([], str(settings["captions"]), texts=texts)
+    settings: PretrainSettings, corpus: Corpus, run_dir: Path, dist: DistInfo, log: Log
+) -> tuple[Corpus, _Captions, PretrainSettings]:
+    """The corpus files that have captions (the others raise or are skipped, ``missing_captions``): caption
+    texts for a method that trains its text encoder, else embeddings; the settings, with the text encoder that
+    made a given embedding cache."""
+    if METHODS[settings.method].caption_input == "texts":
+        texts = caption_lists(load_caption_table(str(settings.captions)))
+        captions = _Captions([], str(settings.captions), texts=texts)
         available = list(texts)
     else:
-        cache, source = prepare_embedding_cache(settings, run_dir, dist, log)
+        cache, source, spec = prepare_embedding_cache(settings.captions, settings.text_encoder, run_dir, dist, log)
+        settings = settings.updated(text_encoder=spec)
+        if source != str(settings.captions):  # a caption table embedded into the run folder
+            settings.decisions.caption_cache = source
         captions = _Captions([], source, embeddings=cache)
         available = list(cache.keys())
     corpus, captions.keys = filter_captioned(
-        corpus, available, settings.get("missing_captions") or "error", source=captions.source
+        corpus, available, settings.missing_captions or "error", source=captions.source
     )
-    return corpus, captions
+    return corpus, captions, settings
 
 
 def _norm_stats(
-    settings: dict[str, Any], corpus: Corpus, frames: int, crop_kw: dict[str, Any], dist: DistInfo, log: Log
+    settings: PretrainSettings, corpus: Corpus, frames: int, crop_kw: dict[str, Any], dist: DistInfo, log: Log
 ) -> NormStats:
     """The given ``norm_stats``, or the corpus mean/std of ``norm_samples`` crops (rank 0, shared)."""
-    if settings.get("norm_stats"):
-        return NormStats.from_list(settings["norm_stats"])
+    if settings.norm_stats:
+        given = f"the checkpoint {settings.resume}" if settings.resume else "given (--norm-stats)"
+        settings.decisions.norm_stats_from = settings.decisions.norm_stats_from or given
+        return NormStats.from_list(settings.norm_stats)
     stats = None
     if dist.is_main:
-        log(f"normalisation statistics from {int(settings['norm_samples'])} random crops of the corpus "
+        log(f"normalisation statistics from {int(settings.norm_samples)} random crops of the corpus "
             "(--norm-stats MEAN STD skips this)")
         probe = CropDataset(corpus, frames, **crop_kw)
         stats = estimate_norm_stats(
-            probe, int(settings["norm_samples"]), int(settings["seed"]), num_workers=int(settings.get("workers") or 0)
+            probe, int(settings.norm_samples), int(settings.seed), num_workers=int(settings.workers or 0)
         )
+    settings.decisions.norm_stats_from = f"{int(settings.norm_samples)} random crops of the corpus"
     return broadcast_object(stats)
 
 
-def build_method_from_settings(s: dict[str, Any], norm_stats: NormStats) -> nn.Module:
-    """The run's method (:func:`kikimimi.methods.build_method`) with its weights initialised from ``seed``."""
-    torch.manual_seed(int(s["seed"]))
-    if s["method"] == "m2d2_stage2":
-        return build_method(
-            "m2d2_stage2",
-            vit_config=s["vit_config"],
-            text_encoder=s["text_encoder"],
-            sem_mode=int(s.get("sem_mode") or 1),
-            unfreeze_audio=bool(s.get("unfreeze_audio")),
-            norm_stats=norm_stats.to_list(),
-        )
-    if s["method"] in ("m2d", "m2d_clap", "m2d2_stage1"):
-        m2d_kw: dict[str, Any] = dict(
-            size=s["size"],
-            input_size=(80, int(s["input_frames"])),
-            patch_size=tuple(s["patch_size"]),
-            sample_rate=int(s["sample_rate"]),
-            mask_ratio=float(s["mask_ratio"]),
-            ema_taus=tuple(float(t) for t in s["ema_taus"]),
-            norm_stats=norm_stats.to_list(),
-        )
-        if s["method"] != "m2d":
-            m2d_kw.update(
-                text_dim=s.get("text_dim"),
-                clap_weight=float(s["clap_weight"] if s.get("clap_weight") is not None else 0.01),
-                text_encoder=s.get("text_encoder"),
-            )
-        return build_method(s["method"], **m2d_kw)
-    kw: dict[str, Any] = {"n_mels": 64, "input_frames": int(s["input_frames"]), "lr": s.get("lr")}
-    kw["pre_norm"] = s.get("pre_norm") or "precomputed"
-    if kw["pre_norm"] == "running":
-        kw["epoch_samples"] = int(s["epoch_samples"])
-    if s.get("byola_dim"):
-        kw["d"] = int(s["byola_dim"])
-    if s.get("mlp_lr_scale") is not None:  # absent from settings saved before the option existed
-        kw["mlp_lr_scale"] = float(s["mlp_lr_scale"])
-    return build_method(s["method"], **kw)
-
-
-def _train_config(settings: dict[str, Any], run_dir: Path) -> TrainConfig:
+def _train_config(settings: PretrainSettings, run_dir: Path) -> TrainConfig:
     return TrainConfig(
-        method=settings["method"],
-        size=str(settings.get("size")),
-        steps=settings.get("steps"),
-        epochs=settings.get("epochs"),
-        batch_size=int(settings["batch_size"]),
-        accum_iter=int(settings["accum_iter"]),
-        lr=settings.get("lr"),
-        blr=float(settings.get("blr") or 3e-4),
-        optimizer=settings["optimizer"],
-        betas=tuple(settings["betas"]),
-        weight_decay=float(settings["weight_decay"]),
-        schedule=settings["schedule"],
-        warmup_steps=settings.get("warmup_steps"),
-        warmup_epochs=settings.get("warmup_epochs"),
-        min_lr=float(settings["min_lr"]),
-        grad_clip=settings.get("grad_clip"),
-        amp=settings["amp"],
-        device=settings["device"],
-        seed=int(settings["seed"]),
-        num_workers=int(settings.get("workers") or 0),
-        save_every=settings.get("save_every"),
-        keep_checkpoints=settings.get("keep_checkpoints"),
-        log_every=int(settings["log_every"]),
+        method=settings.method,
+        size=str(settings.size),
+        steps=settings.steps,
+        epochs=settings.epochs,
+        batch_size=int(settings.batch_size),
+        accum_iter=int(settings.accum_iter),
+        lr=settings.lr,
+        blr=float(settings.blr or 3e-4),
+        optimizer=settings.optimizer,
+        betas=tuple(settings.betas),
+        weight_decay=float(settings.weight_decay),
+        schedule=settings.schedule,
+        warmup_steps=settings.warmup_steps,
+        warmup_epochs=settings.warmup_epochs,
+        min_lr=float(settings.min_lr),
+        grad_clip=settings.grad_clip,
+        amp=settings.amp,
+        device=settings.device,
+        seed=int(settings.seed),
+        num_workers=int(settings.workers or 0),
+        save_every=settings.save_every,
+        keep_checkpoints=settings.keep_checkpoints,
+        log_every=int(settings.log_every),
         out_dir=str(run_dir),
-        resume=settings.get("resume"),
-        progress=bool(settings.get("progress", True)),
+        resume=settings.resume,
+        progress=bool(settings.progress if settings.progress is not None else True),
     )
 
 
 def _export(
-    settings: dict[str, Any], method: nn.Module, result: TrainResult, run_dir: Path, stats: NormStats, log: Log
+    settings: PretrainSettings, method: nn.Module, result: TrainResult, run_dir: Path, stats: NormStats, log: Log
 ) -> list[str]:
     """Write the exported encoders; returns every file written at the end of the run (checkpoint first)."""
     written = [str(result.checkpoint)]
-    if settings["method"] in BYOLA_METHODS:
+    method_cls = METHODS[settings.method]
+    if method_cls.exports_encoder_state_dict:
         enc = run_dir / f"{byola_encoder_stem(settings)}.pth"
         atomic_torch_save(method.export_official_state_dict(), enc)
         written.append(str(enc))
     out = run_dir / "kikimimi"
-    kw: dict[str, Any] = {"norm_stats": stats.to_list()}
-    if settings["method"] in M2D_METHODS:
-        kw.update(
-            size=settings["size"],
-            input_size=(80, int(settings["input_frames"])),
-            patch_size=tuple(settings["patch_size"]),
-            sample_rate=int(settings["sample_rate"]),
-        )
     try:
-        save_kikimimi(load_encoder(Path(written[-1]), **kw), out)
+        save_kikimimi(load_encoder(Path(written[-1]), norm_stats=stats.to_list(),
+                                   **method_cls.export_kwargs(settings)), out)
     except Exception as err:  # the kikimimi-format copy must not fail a finished run
         log(f"note: kikimimi-format export skipped: {err}")
     else:

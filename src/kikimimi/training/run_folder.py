@@ -39,25 +39,26 @@ def stage2_folder_name(vit: ViTConfig, text_encoder: str | None, date: str) -> s
     return format_m2d_name(cls, vit.input_size, vit.patch_size, int(vit.sample_rate), extras, date)
 
 
-def byola_encoder_stem(settings: dict[str, Any]) -> str:
-    """``AudioNTT2020-BYOLA-<F>x<T>d<d>`` (v2 ``AudioNTT2022-…``) of a BYOL-A run's settings."""
-    version = 1 if settings["method"] == "byola" else 2
-    n_mels = get_preset(frontend_preset(settings["method"], settings["sample_rate"])).n_mels
-    d = int(settings.get("byola_dim") or DEFAULT_D[version])
-    return format_byola_name(version, (n_mels, int(settings["input_frames"])), d)
+def byola_encoder_stem(settings: Any) -> str:
+    """``AudioNTT2020-BYOLA-<F>x<T>d<d>`` (v2 ``AudioNTT2022-…``) of a BYOL-A run's settings
+    (a :class:`~kikimimi.training.settings.PretrainSettings`)."""
+    version = 1 if settings.method == "byola" else 2
+    n_mels = get_preset(frontend_preset(settings.method, settings.sample_rate)).n_mels
+    d = int(settings.byola_dim or DEFAULT_D[version])
+    return format_byola_name(version, (n_mels, int(settings.input_frames)), d)
 
 
-def run_folder_name(settings: dict[str, Any]) -> str:
+def run_folder_name(settings: Any) -> str:
     """The official-style name of a new run's folder (see the module docstring), dated today."""
-    method, date = settings["method"], _today()
+    method, date = settings.method, _today()
     if method == "m2d2_stage2":
-        return stage2_folder_name(ViTConfig.from_dict(settings["vit_config"]), settings.get("text_encoder"), date)
+        return stage2_folder_name(ViTConfig.from_dict(settings.vit_config), settings.text_encoder, date)
     if method in ("byola", "byola2"):
         return f"{byola_encoder_stem(settings)}-{date}"
-    cls = f"m2d_clap_vit_{settings['size']}" if method in ("m2d_clap", "m2d2_stage1") else f"m2d_vit_{settings['size']}"
-    n_mels = get_preset(frontend_preset(method, settings["sample_rate"])).n_mels
-    input_size = (n_mels, int(settings["input_frames"]))
-    return format_m2d_name(cls, input_size, settings["patch_size"], int(settings["sample_rate"]), (), date)
+    cls = f"m2d_clap_vit_{settings.size}" if method in ("m2d_clap", "m2d2_stage1") else f"m2d_vit_{settings.size}"
+    n_mels = get_preset(frontend_preset(method, settings.sample_rate)).n_mels
+    input_size = (n_mels, int(settings.input_frames))
+    return format_m2d_name(cls, input_size, settings.patch_size, int(settings.sample_rate), (), date)
 
 
 def _unique_dir(parent: Path, name: str) -> Path:
@@ -67,12 +68,12 @@ def _unique_dir(parent: Path, name: str) -> Path:
     return candidate
 
 
-def claim_run_dir(settings: dict[str, Any], dist: DistInfo) -> Path:
+def claim_run_dir(settings: Any, dist: DistInfo) -> Path:
     """Create the folder of a new run on rank 0 (``<out>/<run_name or run_folder_name>[-<n>]``); every rank
     gets its path."""
     run_dir = None
     if dist.is_main:
-        parent = Path(settings.get("out") or "runs")
-        run_dir = _unique_dir(parent, settings.get("run_name") or run_folder_name(settings))
+        parent = Path(settings.out or "runs")
+        run_dir = _unique_dir(parent, settings.run_name or run_folder_name(settings))
         run_dir.mkdir(parents=True)
     return Path(broadcast_object(str(run_dir) if run_dir else None))

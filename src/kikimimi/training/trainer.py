@@ -40,12 +40,13 @@ from tqdm import tqdm
 from kikimimi.checkpoints.runs import CHECKPOINT_PREFIX, find_resume_checkpoint, list_checkpoints, point_last
 from kikimimi.data.corpus import CropDataset, make_loader
 from kikimimi.device import AMP_MODES, resolve_amp
-from kikimimi.fileio import atomic_torch_save, atomic_write_text
+from kikimimi.fileio import atomic_write_text
 from kikimimi.optim import SCHEDULES, lr_at_step, scaled_lr, set_lr
 from kikimimi.training.checkpointing import (
     capture_rng_state,
     restore_method_state,
     restore_rng_state,
+    save_checkpoint_file,
     split_method_state,
 )
 from kikimimi.training.distributed import (
@@ -335,7 +336,7 @@ class Trainer:
                 },
             }
             path = self.run_dir / f"{CHECKPOINT_PREFIX}{step}.pth"
-            atomic_torch_save(ckpt, path)
+            save_checkpoint_file(ckpt, path)  # a full disk: one line, earlier checkpoints intact
             point_last(self.run_dir, path)
             self._prune(path)
         barrier()

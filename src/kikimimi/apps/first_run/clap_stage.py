@@ -27,6 +27,7 @@ from kikimimi.fileio import AUDIO_EXTENSIONS, atomic_write_json, atomic_write_te
 from kikimimi.inference.clap import load_clap
 from kikimimi.inference.search import search, update_index
 from kikimimi.models.text_loading import load_text_encoder
+from kikimimi.training.settings import recipe_values
 
 #: Caption templates for the training clips (``{labels}`` = the class name with ``_`` → space).
 CLAP_TEMPLATES = ("The sound of {labels}.", "a recording of {labels}", "{labels} can be heard")
@@ -39,13 +40,14 @@ CLAP_QUERIES: tuple[tuple[str, str], ...] = (
     ("clicks", "clicks"),
 )
 CLAP_RUN_NAME = "m2d_clap_vit_tiny-80x64p16x16-demo"
-CLAP_TEXT_ENCODER = "minilm"
-#: Short-run CLAP weight (tests/test_m2d_clap.py recipe): with ~100 steps the CLAP term must dominate. The
-#: official M2D-CLAP recipe (docs/reference.md §7.3) and the `kikimimi pretrain` default is 0.01.
-DEMO_CLAP_WEIGHT = 1.0
-#: The rest of that recipe: 80x64 crops, batch 16, absolute lr 1e-3, 5 warm-up steps, EMA 0.99 → 0.999.
-CLAP_PRETRAIN_SETTINGS: dict[str, Any] = {"size": "tiny", "input_frames": 64, "batch_size": 16, "lr": 1e-3,
-                                          "warmup_steps": 5, "ema_taus": [0.99, 0.999]}
+#: The pre-training recipe, by name (kikimimi.methods.recipes, which says where its values come from; `kikimimi
+#: pretrain --recipe first-run-clap --data CACHE --captions CSV --steps N` reproduces the run): a tiny M2D-CLAP on
+#: 80x64 crops, batch 16, lr 1e-3, EMA 0.99 → 0.999, captions embedded with the frozen minilm.
+CLAP_RECIPE = "first-run-clap"
+CLAP_TEXT_ENCODER: str = recipe_values(CLAP_RECIPE)["text_encoder"]
+#: Short-run CLAP weight (the recipe's): with ~100 steps the CLAP term must dominate. The official M2D-CLAP
+#: recipe (docs/reference.md §7.3) and the `kikimimi pretrain` default is 0.01.
+DEMO_CLAP_WEIGHT: float = recipe_values(CLAP_RECIPE)["clap_weight"]
 _SECTION_BEGIN = "<!-- kikimimi-demo: {} -->"
 _SECTION_END = "<!-- /kikimimi-demo: {} -->"
 _REPORT_BEGIN = _SECTION_BEGIN.format("audio-language")
@@ -117,13 +119,12 @@ def link_clips(labels_csv: Path, keys: Sequence[str], dest: Path) -> None:
 
 def _pretrain_clap(out: Path, cache: Path, captions_csv: Path, steps: int, clap_weight: float,
                    more: dict[str, Any], log: Callable[[str], None]) -> Path:
-    """`kikimimi pretrain --method m2d_clap` on the captioned clips of ``cache`` (the others are skipped)."""
-    extra = {**CLAP_PRETRAIN_SETTINGS, **more, "captions": str(captions_csv), "text_encoder": CLAP_TEXT_ENCODER,
-             "clap_weight": float(clap_weight), "missing_captions": "skip"}
+    """`kikimimi pretrain --recipe first-run-clap` on the captioned clips of ``cache`` (the others are skipped)."""
+    extra = {**more, "captions": str(captions_csv), "clap_weight": float(clap_weight)}
     with warnings.catch_warnings():  # the skipped valid/test clips are announced by the caller
         warnings.filterwarnings("ignore", message=r".*skipping \d+ of \d+ training files without a caption",
                                 category=UserWarning)
-        return pretrain(out, cache, "m2d_clap", CLAP_RUN_NAME, steps, extra, log=log)
+        return pretrain(out, cache, CLAP_RECIPE, CLAP_RUN_NAME, steps, extra, log=log)
 
 
 def _zero_shot(clap: Any, labels_csv: Path, duration_s: float, out_dir: Path, meta: dict[str, Any],

@@ -1,7 +1,9 @@
 """The first run (``kikimimi demo``): every stage of kikimimi on real recordings, in about ten CPU minutes.
 
-Stages (each prints what it did, its time and an estimate of the time left; each reuses what an earlier run
-left, so an interrupted demo resumes):
+The run first prints the machine (CPU, cores, AVX2/AVX-512/AMX, load; :mod:`kikimimi.apps.first_run.figures`).
+Stages (each prints what it did, its time and the time left as a range from the pace it measured,
+:class:`Progress`; each reuses what an earlier run left, so an interrupted demo resumes); ``summary.json`` ends
+with ``figures``, every figure the README states, measured by this run:
 
 1. **data**: a small real-audio set from Debian packages (:mod:`kikimimi.apps.first_run.real_data`, cached in
    ``$KIKIMIMI_HOME/datasets``), or generated sounds with ``offline`` / when the packages cannot be fetched
@@ -13,8 +15,8 @@ left, so an interrupted demo resumes):
    where it did not, why (run length);
 5. **audio–language**: a tiny M2D-CLAP on label captions, zero-shot classification and text search of
    held-out clips (:mod:`kikimimi.apps.first_run.clap_stage`);
-6. **captions**: a captioner on the CLAP encoder and one question answered, when
-   ``kikimimi.apps.captioning.demo_stage`` is installed (skipped with a note otherwise);
+6. **captions**: a captioner on the CLAP encoder and one question answered
+   (:mod:`kikimimi.apps.first_run.caption_stage`; a failure is reported and the run goes on);
 7. **report**: ``report/report.md`` and a self-contained ``report/report.html``
    (:mod:`kikimimi.apps.first_run.report_html`); intermediate checkpoints are removed unless
    ``keep_intermediate``.
@@ -23,8 +25,6 @@ left, so an interrupted demo resumes):
 from __future__ import annotations
 
 import csv
-import importlib
-import importlib.util
 import io
 import json
 import shutil
@@ -34,27 +34,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kikimimi.apps.first_run import clap_stage
+from kikimimi.apps.first_run import caption_stage, clap_stage
+from kikimimi.apps.first_run.figures import describe_machine, load_factor, machine_line, run_figures
 from kikimimi.apps.first_run.pretraining import intermediate_settings, pretrain
 from kikimimi.apps.first_run.real_data import RealSet, TaskFile, build_real_set
 from kikimimi.apps.first_run.report_html import write_report_html
 from kikimimi.audio.synthetic import make_dataset
 from kikimimi.data.debian_sources import SourceError
-from kikimimi.evaluation.report import model_specs, run_evaluation
+from kikimimi.evaluation.run import model_specs, run_evaluation
 from kikimimi.evaluation.tasks import Task
+from kikimimi.evaluation.verdicts import compare, verdict_text
 from kikimimi.features.prep_cache import prep_cache
 from kikimimi.fileio import atomic_write_json, atomic_write_text
+from kikimimi.training.settings import recipe_values
 
 __all__ = ["FirstRunOptions", "DemoData", "Progress", "run_first_run", "verdicts", "M2D_RECIPE", "BYOLA_RECIPE"]
 
 Log = Callable[[str], None]
 
-#: The short M2D recipe of the first run: tiny ViT on 1.6-s crops (the drum clips are 1 s, the prompts ≤ 3 s),
-#: batch 32, absolute lr 1e-3 — the compute of the earlier demo's 150 steps × 208 frames, spent on more steps.
-M2D_RECIPE: dict[str, Any] = {"size": "tiny", "input_frames": 160, "batch_size": 32, "lr": 1e-3,
-                              "warmup_steps": 20}
-#: The short BYOL-A recipe (v1, 512-d, batch 32; lr and the MLP rule from the method's short-run defaults).
-BYOLA_RECIPE: dict[str, Any] = {"batch_size": 32, "byola_dim": 512}
+#: The first run's pre-training recipes, by name (kikimimi.methods.recipes, which says where their values come from;
+#: `kikimimi pretrain --recipe NAME --data POOL --steps N` reproduces each run): a tiny M2D on 1.6-s crops and
+#: BYOL-A v1 512-d, both batch 32.
+M2D_RECIPE = "first-run-m2d"
+BYOLA_RECIPE = "first-run-byola"
+_M2D, _BYOLA = recipe_values(M2D_RECIPE), recipe_values(BYOLA_RECIPE)
 #: Official run lengths, for the "why" of a short run: samples seen = epochs × clips.
 OFFICIAL_SAMPLES = {"M2D": 300 * 2_000_000, "BYOL-A": 100 * 2_000_000}
 
@@ -117,11 +120,25 @@ class DemoData:
     fallback_reason: str = ""
 
 
-class Progress:
-    """Stage timer: prints a heading, then the stage time and the estimated time left (scaled plan)."""
+#: Stages whose time says nothing about the CPU's pace (network and disk); the others predict each other.
+NOT_PACED = ("data",)
+#: A stage far faster than planned reused its caches: its pace says nothing about the CPU either.
+MIN_PACE = 0.25
 
-    def __init__(self, stages: Sequence[str], log: Log, planned: dict[str, float] = PLANNED_S) -> None:
-        self.stages, self.log, self.planned = list(stages), log, planned
+
+class Progress:
+    """Stage timer: prints a heading, then the stage time and the time left as a range.
+
+    The range is the plan (:data:`PLANNED_S`, measured on a quiet 2-core machine) times the pace this machine
+    showed: each finished CPU-bound stage's measured time over its planned time. Before any such stage has
+    finished, the pace is between 1 (a quiet machine like the reference) and ``load_factor`` (how loaded this
+    machine was at the start, :func:`kikimimi.apps.first_run.figures.load_factor`). The upper end is widened by
+    50 % while fewer than two paces are measured, 25 % after.
+    """
+
+    def __init__(self, stages: Sequence[str], log: Log, planned: dict[str, float] = PLANNED_S,
+                 load_factor: float = 1.0) -> None:
+        self.stages, self.log, self.planned, self.load_factor = list(stages), log, planned, load_factor
         self.times: dict[str, float] = {}
         self.start = time.perf_counter()
         self._t0 = self.start
@@ -138,18 +155,33 @@ class Progress:
         self.log(f"   {what + '; ' if what else ''}stage time {_fmt_s(seconds)}; {self.eta_text()}")
         return seconds
 
-    def eta_s(self) -> float:
-        done = [s for s in self.stages if s in self.times]
-        rest = [s for s in self.stages if s not in self.times]
-        plan_done = sum(self.planned.get(s, 30.0) for s in done)
-        scale = (sum(self.times.values()) / plan_done) if plan_done > 0 else 1.0
-        return max(0.5, min(3.0, scale)) * sum(self.planned.get(s, 30.0) for s in rest)
+    def paces(self) -> list[float]:
+        """Measured time over planned time of the finished CPU-bound stages (reused ones left out)."""
+        paces = [self.times[s] / self.planned[s] for s in self.stages
+                 if s in self.times and s not in NOT_PACED and self.planned.get(s)]
+        return [p for p in paces if p >= MIN_PACE]
+
+    def eta_range_s(self) -> tuple[float, float]:
+        """(low, high) seconds left: the rest of the plan at the slowest and fastest pace seen (class docstring)."""
+        rest = sum(self.planned.get(s, 30.0) for s in self.stages if s not in self.times)
+        paces = self.paces()
+        low, high = (min(paces), max(paces)) if paces else (1.0, max(1.0, self.load_factor))
+        return 0.9 * low * rest, high * rest * (1.5 if len(paces) < 2 else 1.25)
 
     def eta_text(self) -> str:
         rest = [s for s in self.stages if s not in self.times]
         if not rest:
             return f"all done in {_fmt_s(time.perf_counter() - self.start)}"
-        return f"about {_fmt_s(self.eta_s())} left ({', '.join(rest)})"
+        low, high = self.eta_range_s()
+        return f"about {_fmt_range(low, high)} left ({', '.join(rest)})"
+
+
+def _fmt_range(low: float, high: float) -> str:
+    """``20–40 s`` under 90 s, else whole minutes: ``4–9 min``."""
+    if high < 90:
+        return f"{low:.0f}–{max(high, low):.0f} s"
+    lo, hi = int(low // 60), int(-(-high // 60))
+    return f"{lo}–{max(hi, lo + 1)} min"
 
 
 def _fmt_s(seconds: float) -> str:
@@ -269,8 +301,9 @@ class EncoderRun:
 
 
 def verdicts(results: dict[str, dict[str, dict[str, Any]]], runs: Sequence[EncoderRun],
-             probes: Sequence[str]) -> list[dict[str, Any]]:
-    """Per task × encoder × probe: did pre-training beat the random-init twin, by how much, and why not.
+             probes: Sequence[str], baseline: str = "log-mel statistics") -> list[dict[str, Any]]:
+    """Per task × encoder × probe: did pre-training beat the random-init twin *and* the ``baseline`` (log-mel
+    statistics), by how much, and why not (:func:`kikimimi.evaluation.verdicts.compare`).
 
     ``results``: ``{task: {model name: {probe: ProbeResult}}}`` (:class:`~kikimimi.evaluation.report.EvalOutcome`).
     """
@@ -281,25 +314,17 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]], runs: Sequence[Encod
             if run.name not in models or twin not in models:
                 continue
             for probe in probes:
-                pre, rnd = models[run.name][probe], models[twin][probe]
-                diff = pre.score - rnd.score
-                noise = max(pre.std, rnd.std)
-                beats = diff > 0
-                entry = {"task": task, "model": run.name, "family": run.family, "probe": probe,
-                         "pretrained": pre.score, "random_init": rnd.score, "difference": diff,
-                         "noise": noise, "beats": beats, "clear": diff > noise}
-                entry["text"] = _verdict_text(entry, run)
+                base = models.get(baseline, {}).get(probe)
+                entry = compare(task, run.name, probe, models[run.name][probe], models[twin][probe],
+                                baseline if base is not None else None, base)
+                entry["family"] = run.family
+                entry["text"] = verdict_text(entry, why_short(run), BASELINE_WINS_SHORT_RUN)
                 out.append(entry)
     return out
 
 
-def _verdict_text(v: dict[str, Any], run: EncoderRun) -> str:
-    head = (f"{v['task']}, {v['probe']} probe: {run.name} {100 * v['pretrained']:.1f} % vs random init "
-            f"{100 * v['random_init']:.1f} %")
-    if v["beats"]:
-        strength = "beats" if v["clear"] else "edges out (within the seed spread)"
-        return f"{head} — pre-training {strength} random init by {100 * v['difference']:.1f} points."
-    return f"{head} — pre-training does **not** beat random init here (run length: {why_short(run)})."
+#: What a baseline win means in the first run (its runs are minutes long).
+BASELINE_WINS_SHORT_RUN = "the run was too short to learn more than hand-made statistics"
 
 
 def why_short(run: EncoderRun) -> str:
@@ -309,11 +334,11 @@ def why_short(run: EncoderRun) -> str:
             "recipe's samples")
 
 
-WHY_TEXT = ("Why pre-training can lose to random init here: these runs are minutes long on a CPU, a tiny "
-            "fraction of the official recipes (M2D: 300 epochs of AudioSet, batch 2048; BYOL-A: 100 epochs), and a "
-            "randomly initialised network under a trained probe is a strong baseline at that length; the gap "
-            "opens with longer runs (docs/usage.md, \"Short runs on a CPU\"). Differences within the seed spread "
-            "(±) are noise.")
+WHY_TEXT = ("Why pre-training can lose to random init and to log-mel statistics here: these runs are minutes long "
+            "on a CPU, a tiny fraction of the official recipes (M2D: 300 epochs of AudioSet, batch 2048; BYOL-A: 100 "
+            "epochs), and a randomly initialised network under a trained probe, like hand-made log-mel statistics, "
+            "is a strong baseline at that length; the gap opens with longer runs (docs/usage.md, \"Short runs on a "
+            "CPU\"). Differences within the seed spread (±) are noise.")
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -323,13 +348,15 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     """Run every stage (module docstring); returns the summary written to ``<out>/summary.json``."""
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    caption_mod = None if opts.skip_captions or opts.skip_clap else _captioning_module()
+    caption_mod = None if opts.skip_captions or opts.skip_clap else caption_stage
     stages = ["data", "log-mel", "pre-training", "evaluation"]
     stages += [] if opts.skip_clap else ["audio-language"]
     stages += ["captions"] if caption_mod is not None else []
     stages += ["report"]
-    progress = Progress(stages, log)
-    summary: dict[str, Any] = {"out": str(out), "options": _jsonable(asdict(opts)), "stages": {}}
+    machine = describe_machine()
+    log(machine_line(machine))
+    progress = Progress(stages, log, load_factor=load_factor(machine))
+    summary: dict[str, Any] = {"out": str(out), "options": _jsonable(asdict(opts)), "stages": {}, "machine": machine}
 
     progress.begin("data", "Data: real recordings (Debian packages), generated sounds as the fallback")
     data = prepare_data(opts, log)
@@ -353,20 +380,19 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     progress.begin("pre-training", "Pre-train a tiny M2D and BYOL-A on the unlabelled pool (short CPU recipes)")
     keep = intermediate_settings
     runs = []
-    m2d_name = f"m2d_vit_tiny-80x{M2D_RECIPE['input_frames']}p16x16-firstrun"
+    m2d_name = f"m2d_vit_tiny-80x{_M2D['input_frames']}p16x16-firstrun"
     t0 = time.perf_counter()
-    log(f"   M2D ViT-tiny: {_steps_text(opts.m2d_steps, M2D_RECIPE['batch_size'], n_pool)}")
-    m2d_recipe = {**M2D_RECIPE, "warmup_steps": max(1, min(M2D_RECIPE["warmup_steps"], opts.m2d_steps // 10))}
-    m2d_dir = pretrain(out, m2d_pool, "m2d", m2d_name, opts.m2d_steps,
-                       {**m2d_recipe, **keep(opts.m2d_steps, opts.keep_intermediate)}, log=log)
+    log(f"   M2D ViT-tiny: {_steps_text(opts.m2d_steps, _M2D['batch_size'], n_pool)}")
+    m2d_dir = pretrain(out, m2d_pool, M2D_RECIPE, m2d_name, opts.m2d_steps,
+                       keep(opts.m2d_steps, opts.keep_intermediate), log=log)
     runs.append(EncoderRun("M2D", f"M2D ViT-tiny, {opts.m2d_steps} steps", m2d_dir, opts.m2d_steps,
-                           M2D_RECIPE["batch_size"], n_pool, time.perf_counter() - t0))
+                           _M2D["batch_size"], n_pool, time.perf_counter() - t0))
     t0 = time.perf_counter()
-    log(f"   BYOL-A (AudioNTT2020, 512-d): {_steps_text(opts.byola_steps, BYOLA_RECIPE['batch_size'], n_pool)}")
-    byola_dir = pretrain(out, byola_pool, "byola", "AudioNTT2020-BYOLA-64x96d512-firstrun", opts.byola_steps,
-                         {**BYOLA_RECIPE, **keep(opts.byola_steps, opts.keep_intermediate)}, log=log)
+    log(f"   BYOL-A (AudioNTT2020, 512-d): {_steps_text(opts.byola_steps, _BYOLA['batch_size'], n_pool)}")
+    byola_dir = pretrain(out, byola_pool, BYOLA_RECIPE, "AudioNTT2020-BYOLA-64x96d512-firstrun", opts.byola_steps,
+                         keep(opts.byola_steps, opts.keep_intermediate), log=log)
     runs.append(EncoderRun("BYOL-A", f"BYOL-A d512, {opts.byola_steps} steps", byola_dir, opts.byola_steps,
-                           BYOLA_RECIPE["batch_size"], n_pool, time.perf_counter() - t0))
+                           _BYOLA["batch_size"], n_pool, time.perf_counter() - t0))
     summary["pretraining"] = [{**_jsonable(asdict(r)), "samples": r.samples} for r in runs]
     progress.end(f"M2D {_fmt_s(runs[0].seconds)}, BYOL-A {_fmt_s(runs[1].seconds)}")
 
@@ -382,11 +408,11 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     report_dir = out / "report"
     probes = ("linear", "logistic")
     outcome = run_evaluation(specs, tasks, report_dir, seeds=opts.probe_seeds, probes=probes,
-                             log=lambda line: log("   " + line))
+                             log=lambda line: log("   " + line), verdicts=False)  # its own, with the run length
     found = verdicts(outcome.results, runs, probes)
     for v in found:
         log("   " + v["text"].replace("**", ""))
-    if any(not v["beats"] for v in found):
+    if any(v["verdict"] != "helped" for v in found):
         log("   " + WHY_TEXT)
     summary["verdicts"] = [dict(e) for e in found]
     summary["why"] = WHY_TEXT
@@ -421,7 +447,7 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     if caption_mod is not None and clap_run is None and "captions" in stages:
         progress.times["captions"] = 0.0  # nothing to caption with: the audio-language stage failed
     if caption_mod is not None and clap_run is not None:
-        progress.begin("captions", "Captions and one question (kikimimi.apps.captioning)")
+        progress.begin("captions", "Captions and one question (kikimimi.apps.first_run.caption_stage)")
         try:
             cap = caption_mod.run_caption_stage(out / "caption", clap_run / "kikimimi", data.clap_csv,
                                                 steps=opts.caption_steps, seed=opts.seed,
@@ -434,11 +460,6 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
             log(f"   NOTE: caption stage failed ({type(exc).__name__}: {exc}); the report leaves it out")
             summary["captions"] = {"error": f"{type(exc).__name__}: {exc}"}
             progress.end("failed")
-    elif not opts.skip_captions and not opts.skip_clap:
-        note = ("captions skipped: kikimimi.apps.captioning is not installed in this version "
-                "(pip install \"kikimimi[caption]\" and a version that has it)")
-        log(f"\n   {note}")
-        summary["captions"] = {"skipped": note}
 
     progress.begin("report", "Report: report.md and a self-contained report.html")
     removed = 0 if opts.keep_intermediate else _remove_intermediate(out, data)
@@ -452,25 +473,12 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
                     if removed else ""))
     summary["stages"] = dict(progress.times)
     summary["seconds"] = time.perf_counter() - progress.start
+    summary["figures"] = run_figures(out, summary, dataset_cache=data.work.parent if data.kind == "real" else None)
     atomic_write_json(out / "summary.json", _jsonable(summary))
     failed = summary.get("failed", [])
     log(f"\nDemo finished in {_fmt_s(summary['seconds'])} on {data.kind} data"
         + (f" with failed stage(s) {', '.join(failed)}" if failed else "") + f"; open {html}")
     return summary
-
-
-def _captioning_module() -> Any | None:
-    """``kikimimi.apps.captioning.demo_stage`` when installed (optional stage), else ``None``."""
-    name = "kikimimi.apps.captioning.demo_stage"
-    try:
-        if importlib.util.find_spec(name) is None:
-            return None
-    except ModuleNotFoundError:
-        return None
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
 
 
 def _remove_intermediate(out: Path, data: DemoData) -> int:
@@ -505,7 +513,7 @@ def _append_verdicts(report_md: Path, data: DemoData, runs: Sequence[EncoderRun]
         f"**{r.name}** (`{r.run_dir.name}`, {r.steps} steps of batch {r.batch_size} on {r.pool_clips} unlabelled "
         f"clips, {_fmt_s(r.seconds)})" for r in runs) + "; their random-init twins; log-mel statistics.", ""]
     lines += [f"- {v['text']}" for v in found]
-    if any(not v["beats"] for v in found):
+    if any(v["verdict"] != "helped" for v in found):
         lines += ["", WHY_TEXT]
     clap_stage.append_report_section(report_md, "\n".join(lines), key="first-run")
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kikimimi.apps.first_run.figures import machine_line
+from kikimimi.evaluation.report import confusion_name, slug
 from kikimimi.fileio import atomic_write_text
 
 __all__ = ["write_report_html", "MAX_INLINE_AUDIO_BYTES"]
@@ -59,10 +61,6 @@ def _audio(path: Path | None) -> str:
     return f'<audio controls preload="none" src="data:{mime};base64,{data}"></audio>'
 
 
-def _slug(name: str) -> str:  # the file-name rule of kikimimi.evaluation.report for confusion matrices
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
 def _pct(x: Any) -> str:
     return "–" if x is None else f"{100 * float(x):.1f}"
 
@@ -97,26 +95,38 @@ def _results_table(report: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -
     return out
 
 
+def _verdict_html(text: str) -> str:
+    """A verdict sentence as HTML: escaped, Markdown ``**bold**`` as ``<b>``."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", _e(text))
+
+
 def _verdict_list(verdicts: Sequence[dict[str, Any]], why: str = "") -> list[str]:
+    """Each trained model against random init and the strongest baseline; ✔ only where pre-training beat both."""
     if not verdicts:
         return []
-    items = []
+    items, all_helped = [], True
     for v in verdicts:
-        text = _e(v["text"]).replace("**not**", "<b>not</b>")
-        mark = "<span class=good>✔</span>" if v["beats"] else "<span class=bad>✘</span>"
-        items.append(f"<li>{mark} {text}</li>")
-    tail = [f"<p class=note>{_e(why)}</p>"] if why and any(not v["beats"] for v in verdicts) else []
-    return ["<h3>Did pre-training beat random init?</h3><ul>"] + items + ["</ul>"] + tail
+        helped = v.get("verdict", "helped" if v["beats"] else "no gain over random init") == "helped"
+        all_helped = all_helped and helped
+        mark = "<span class=good>✔</span>" if helped else "<span class=bad>✘</span>"
+        items.append(f"<li>{mark} {_verdict_html(v['text'])}</li>")
+    lost = [v for v in verdicts if v.get("beats_baseline") is False]
+    head = "<h3>Did pre-training help? (against random init and against log-mel statistics)</h3>"
+    summary = ([f"<p class=note><b>The log-mel statistics baseline beat or tied {len(lost)} of {len(verdicts)} "
+                "trained model × task × probe results</b>: on these, the short pre-training learned nothing that "
+                "hand-made statistics do not already give.</p>"] if lost else [])
+    tail = [f"<p class=note>{_e(why)}</p>"] if why and not all_helped else []
+    return [head] + summary + ["<ul>"] + items + ["</ul>"] + tail
 
 
 def _task_figures(report_dir: Path, task: str, models: Sequence[str], probes: Sequence[str]) -> list[str]:
-    folder = report_dir / _slug(task)
+    folder = report_dir / slug(task)
     out = []
     if (folder / "clusters.png").is_file():
         out += [f"<h3>{_e(task)}: cluster map of the test embeddings</h3>", _png(folder / "clusters.png", "wide")]
     figs = []
     for m in models:
-        png = folder / f"confusion-{_slug(m)}-{probes[0]}.png"
+        png = folder / confusion_name(m, probes[0])
         if png.is_file():
             figs.append(f"<figure>{_png(png)}<figcaption>{_e(m)}, {_e(probes[0])} probe</figcaption></figure>")
     if figs:
@@ -233,6 +243,9 @@ def write_report_html(path: Path, out_dir: Path, summary: dict[str, Any]) -> Pat
         body.append(f"<p class=note>Generated sounds were used: {_e(data['fallback_reason'])}</p>")
     body.append("<ul>" + "".join(f"<li><b>{_e(t['name'])}</b>: {_e(t['description'])}</li>"
                                  for t in data.get("tasks", [])) + "</ul>")
+    machine = summary.get("machine")
+    if machine:
+        body.append(f"<p>Machine: {_e(machine_line(machine))}.</p>")
     stages = summary.get("stages", {})
     if stages:
         body.append("<p>Stages: " + ", ".join(f"{_e(k)} {float(v):.0f} s" for k, v in stages.items())

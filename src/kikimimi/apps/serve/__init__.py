@@ -1,8 +1,13 @@
 """`kikimimi serve`: a local sound-search and tagging service with a web page.
 
-:func:`kikimimi.apps.serve.app.create_app` builds the FastAPI application (needs ``pip install
-"kikimimi[serve]"``); :mod:`~kikimimi.apps.serve.security` holds the safety rules (loopback binding,
-token, bounded bodies), :mod:`~kikimimi.apps.serve.workers` the bounded embedding pool and
+:func:`kikimimi.apps.serve.app.create_app` assembles the FastAPI application (needs ``pip install
+"kikimimi[serve]"``) from :mod:`~kikimimi.apps.serve.state` (settings and the shared state),
+:mod:`~kikimimi.apps.serve.deps` (shared dependencies), :mod:`~kikimimi.apps.serve.errors` (one-line JSON
+refusals) and one router per concern in :mod:`~kikimimi.apps.serve.routers`.
+:mod:`~kikimimi.apps.serve.security` holds the request guard (loopback binding, host, token and its rate
+limit, origin, bounded and timed bodies), :mod:`~kikimimi.apps.serve.server` the connection limits (header
+deadline, idle-first eviction), :mod:`~kikimimi.apps.serve.files` the checks on every served file (inside the
+indexed folder, the file that was indexed), :mod:`~kikimimi.apps.serve.workers` the bounded embedding pool and
 :mod:`~kikimimi.apps.serve.spectrogram` the small PNG pictures of the result rows. The page itself is in
 ``static/`` and the default label list in ``labels.txt``.
 """

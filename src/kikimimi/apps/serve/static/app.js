@@ -38,7 +38,8 @@ function resultRow(hit) {
   name.title = hit.key;
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = `score ${hit.score.toFixed(3)} · ${segment}`;
+  const matched = hit.matched > 1 ? ` · ${hit.matched} matching segments` : "";
+  meta.textContent = `score ${hit.score.toFixed(3)} · ${segment}${matched}`;
   const img = document.createElement("img");
   img.src = hit.spectrogram_url;
   img.alt = `Spectrogram of ${hit.name}, ${segment}`;

@@ -3,8 +3,8 @@ question about one of them.
 
 :func:`run_caption_stage` reads the demo's ``labels.csv`` (``file_name,label,split``), writes label captions
 (:data:`CAPTION_TEMPLATES`) and label question–answer pairs for the ``train`` clips, builds a tiny word-level
-language model (:mod:`kikimimi.apps.captioning.tiny_lm`), trains it with the mapper on the frozen frame
-features of the given audio encoder (:func:`kikimimi.apps.captioning.train.train_captioner`), captions the
+language model (:mod:`kikimimi.models.tiny_lm`), trains it with the mapper on the frozen frame
+features of the given audio encoder (:func:`kikimimi.training.captioner_run.train_captioner`), captions the
 ``test`` clips (never trained on) and scores them against label captions, next to the nearest-neighbour
 baseline. Everything it writes is under ``out_dir``.
 """
@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from kikimimi.apps.captioning.model import load_captioner
-from kikimimi.apps.captioning.tiny_lm import write_tiny_lm
-from kikimimi.apps.captioning.train import train_captioner
 from kikimimi.data.caption_qa import LABEL_QUESTIONS, label_answer
 from kikimimi.evaluation.caption_metrics import caption_scores, metrics_table, named_class
 from kikimimi.fileio import atomic_write_json, atomic_write_text, csv_text
+from kikimimi.inference.captioner import load_captioner
+from kikimimi.models.tiny_lm import write_tiny_lm
+from kikimimi.training.captioner_run import train_captioner
 
 __all__ = ["CAPTION_TEMPLATES", "CaptionStageError", "run_caption_stage"]
 

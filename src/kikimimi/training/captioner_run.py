@@ -7,7 +7,7 @@
 3. train the mapper (and a small language model when ``train_lm``, or LoRA adapters on the frozen one with
    ``lora``) with the pre-training loop
    (:func:`kikimimi.training.captioner.fit_captioner`; resumable from the run folder);
-4. write the captioner folder ``<run>/captioner`` (:func:`~kikimimi.apps.captioning.model.save_captioner`)
+4. write the captioner folder ``<run>/captioner`` (:func:`~kikimimi.inference.captioner.save_captioner`)
    with the nearest-neighbour bank of the training clips.
 """
 
@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kikimimi.apps.captioning.model import load_audio_model, save_captioner
 from kikimimi.audio.decode import AudioDecodeError, audio_info
 from kikimimi.checkpoints.runs import find_resume_checkpoint
 from kikimimi.data.caption_qa import caption_examples, read_qa_csv
 from kikimimi.data.captions import CaptionTable
+from kikimimi.inference.captioner import load_audio_model, save_captioner
 from kikimimi.inference.encoder import AudioEncoder
-from kikimimi.models.captioning import LoraSettings, load_causal_lm, require_peft
+from kikimimi.models.causal_lm import load_causal_lm
+from kikimimi.models.lora import LoraSettings, require_peft
 from kikimimi.training.captioner import CAPTIONER_DEFAULTS, fit_captioner
 from kikimimi.training.trainer import load_training_checkpoint
 
@@ -109,7 +110,8 @@ def train_captioner(
     Raises:
         kikimimi.data.captions.CaptionError: unreadable caption/QA lists; ValueError: no usable clip, LoRA
             together with ``train_lm``; kikimimi.models.text.TextEncoderError: ``lora`` without ``peft`` (the
-            message names ``pip install "kikimimi[lora]"``).
+            message names ``pip install "kikimimi[lora]"``);
+            kikimimi.training.trainer.TrainingDivergedError: the loss diverged (one line naming ``--lr``).
     """
     log = log or (lambda _line: None)
     run_dir = Path(run_dir)
@@ -118,6 +120,7 @@ def train_captioner(
     if resume:
         resume_from = find_resume_checkpoint(run_dir)
         saved = load_training_checkpoint(resume_from)["args"]["captioner"]
+        saved.setdefault("prefix_norm", False)  # a run started before the prefix was scaled (issue 33) stays as it was
         keep = {k: s[k] for k in ("steps", "progress", "device", "save_every") if settings and k in settings}
         s = {**saved, **keep}
         log(f"resuming {run_dir} from {Path(resume_from).name}")

@@ -22,7 +22,6 @@ reads); :func:`load_captioner` takes ``audio_model=`` to point elsewhere.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,20 +37,12 @@ from kikimimi.audio.decode import AudioDecodeError, load_audio, resample
 from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json, collect_audio_files
 from kikimimi.inference.encoder import AudioEncoder, AudioInput, load
-from kikimimi.models.captioning import (
-    CAPTION_EXTRA_HINT,
-    CAPTION_QUESTION,
-    LoraSettings,
-    MapperConfig,
-    PrefixMapper,
-    add_lora,
-    clean_decoded,
-    generate,
-    load_causal_lm,
-    load_lora_state_dict,
-    lora_state_dict,
-    prompt_ids,
-)
+from kikimimi.inference.windows import window_bounds
+from kikimimi.models.caption_decoding import generate
+from kikimimi.models.caption_prompts import CAPTION_QUESTION, clean_decoded, prompt_ids
+from kikimimi.models.causal_lm import CAPTION_EXTRA_HINT, load_causal_lm
+from kikimimi.models.lora import LoraSettings, add_lora, load_lora_state_dict, lora_state_dict
+from kikimimi.models.prefix_mapper import MapperConfig, PrefixMapper
 from kikimimi.models.text import TextEncoderError
 from kikimimi.models.text_loading import _quiet_hf
 
@@ -239,7 +230,9 @@ class Captioner:
     def caption_windows(self, path: str | os.PathLike, *, window_s: float | None = None, question: str | None = None,
                         beam_size: int | None = None, max_new_tokens: int | None = None) -> CaptionedFile:
         """Caption a file per window of ``window_s`` seconds (default: the training clip length, in the
-        config); a file shorter than 1.5 windows is one window. Each segment: ``start_s``, ``end_s``, ``caption``.
+        config), cut by :func:`kikimimi.inference.windows.window_bounds` with ``tail="merge"``: non-overlapping
+        windows, a file shorter than 1.5 windows is one window, a last remainder up to a quarter window joins the
+        window before it. Each segment: ``start_s``, ``end_s``, ``caption``, ``logprob``.
 
         Raises:
             kikimimi.audio.decode.AudioDecodeError: an unreadable file.
@@ -249,15 +242,13 @@ class Captioner:
         if rate != self.encoder.sample_rate:
             wave = resample(wave, rate, self.encoder.sample_rate)
         sr = self.encoder.sample_rate
-        total_s = wave.size / sr
-        n = 1 if total_s < 1.5 * window_s else int(math.ceil(total_s / window_s - 0.25))
-        bounds = [(i * window_s, min(total_s, (i + 1) * window_s) if i < n - 1 else total_s) for i in range(n)]
-        pieces = [wave[int(a * sr): int(b * sr)] for a, b in bounds]
+        bounds = window_bounds(wave.size, sr, window_s, tail="merge")
+        pieces = [wave[a:b] for a, b in bounds]
         q = question or str(self.config.get("caption_question") or CAPTION_QUESTION)
         segments = []
         for (a, b), frames in zip(bounds, self.frames(pieces, sr), strict=True):
             text, score = self.answer_frames(frames, q, beam_size=beam_size, max_new_tokens=max_new_tokens)
-            segments.append({"start_s": round(a, 3), "end_s": round(b, 3), "caption": text,
+            segments.append({"start_s": round(a / sr, 3), "end_s": round(b / sr, 3), "caption": text,
                              "logprob": round(float(score), 4)})
         return CaptionedFile(str(path), segments[0]["caption"], segments)
 

@@ -3,7 +3,7 @@
 :func:`write_tiny_lm` collects the words of the given texts (lower-cased; punctuation as separate tokens),
 builds a ``tokenizers`` word-level tokenizer (``<pad>``, ``<unk>``, ``<bos>``, ``<eos>``) and a small
 ``LlamaForCausalLM`` with random weights, and saves both with ``save_pretrained`` — a folder that
-:func:`kikimimi.models.captioning.load_causal_lm` reads. Such a model knows no language: it is trained
+:func:`kikimimi.models.causal_lm.load_causal_lm` reads. Such a model knows no language: it is trained
 together with the mapper (``train_lm=True``), which takes seconds on a CPU for templated captions.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from kikimimi.models.captioning import CAPTION_EXTRA_HINT, CAPTION_QUESTION
+from kikimimi.models.caption_prompts import CAPTION_QUESTION
+from kikimimi.models.causal_lm import CAPTION_EXTRA_HINT
 from kikimimi.models.text import TextEncoderError
-from kikimimi.models.text_loading import _quiet_hf
+from kikimimi.models.text_loading import quiet_huggingface
 
 __all__ = ["PROMPT_WORDS", "write_tiny_lm", "words_of"]
 
@@ -61,7 +62,7 @@ def write_tiny_lm(texts: Iterable[str], folder: str | os.PathLike, *, dim: int =
     model = LlamaForCausalLM(config)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet_hf():
+    with quiet_huggingface():
         model.save_pretrained(out)
         hf_tok.save_pretrained(out)
     return out

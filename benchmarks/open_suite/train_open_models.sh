@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Start or resume the final training of the open encoder (`kikimimi pretrain --recipe open-m2d-tiny`) on the
+# open corpus: one thread, `nice -n 15`, in the background; every stage is skipped when its output exists.
+#
+#   bash benchmarks/open_suite/train_open_models.sh              # start, or resume after a reboot / kill
+#   bash benchmarks/open_suite/train_open_models.sh --foreground # the same, in this terminal
+#   bash benchmarks/open_suite/train_open_models.sh status       # is it running; loss curve so far
+#   kill -- -$(cat /root/.cache/kikimimi/open-train/final/pid)   # stop it (a rerun resumes from the newest checkpoint)
+#
+# Stages (benchmarks/open_suite/README.md, "Open models: recipe search"):
+#   1. the corpus: `kikimimi data open-corpus $CORPUS` (cached; skipped when its manifest exists);
+#   2. log-mel cache: `kikimimi prep $CORPUS/corpus.csv -o $ROOT/prep-m2d-16k --preset m2d-16k --dtype float16`;
+#   3. the training view: every non-music file plus music up to 10 % of the items
+#      (`recipe_search.py view --music-share 0.1 --seed 0` → $ROOT/view-music10, a prep cache listing a subset);
+#   4. training: a new run `kikimimi pretrain --recipe open-m2d-tiny --data $ROOT/view-music10 --out $ROOT/final
+#      --run-name open-m2d-tiny`, or `--resume` of that folder when it holds a checkpoint (exact resume).
+# Output: $ROOT/final/open-m2d-tiny/ (config.json, log.jsonl, checkpoints, kikimimi/ at the end) and the
+# console log $ROOT/final/log.txt. Paths: KIKIMIMI_OPEN_TRAIN (default /root/.cache/kikimimi/open-train) and
+# KIKIMIMI_OPEN_CORPUS (default /root/.cache/kikimimi/open-corpus/corpus-all).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+ROOT=${KIKIMIMI_OPEN_TRAIN:-/root/.cache/kikimimi/open-train}
+CORPUS=${KIKIMIMI_OPEN_CORPUS:-/root/.cache/kikimimi/open-corpus/corpus-all}
+KIKIMIMI=${KIKIMIMI:-$REPO/.venv/bin/kikimimi}
+PREP=$ROOT/prep-m2d-16k
+VIEW=$ROOT/view-music10
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+FINAL=$ROOT/final
+RUN=$FINAL/open-m2d-tiny
+LOG=$FINAL/log.txt
+PIDFILE=$FINAL/pid
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+if [ "${1:-}" = status ]; then
+  if running; then echo "running (pid $(cat "$PIDFILE"))"; else echo "not running"; fi
+  [ -f "$RUN/kikimimi/config.json" ] && echo "finished: $RUN/kikimimi"
+  if [ -f "$RUN/log.jsonl" ]; then
+    python3 - "$RUN/log.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print("step   loss     lr        elapsed")
+for r in rows[:: max(1, len(rows) // 20)] + rows[-1:]:
+    print(f"{r['step']:6d} {r['loss']:.4f} {r['lr']:.2e} {r['elapsed_s'] / 60:7.1f} min")
+EOF
+  fi
+  exit 0
+fi
+
+mkdir -p "$FINAL"
+if running; then
+  echo "already running (pid $(cat "$PIDFILE")); log: $LOG"
+  exit 0
+fi
+if [ -f "$RUN/kikimimi/config.json" ]; then
+  echo "finished: $RUN/kikimimi"
+  exit 0
+fi
+
+train() {
+  {
+    echo "== $(date -u +%FT%TZ) $(uptime)"
+    if [ ! -f "$CORPUS/manifest.jsonl" ]; then
+      nice -n 15 "$KIKIMIMI" data open-corpus "$CORPUS"
+    fi
+    if [ ! -f "$PREP/manifest.csv" ]; then  # prep skips files it has converted already
+      nice -n 15 "$KIKIMIMI" prep "$CORPUS/corpus.csv" -o "$PREP" --preset m2d-16k --dtype float16 --workers 1 --quiet
+    fi
+    if [ ! -f "$VIEW/manifest.csv" ]; then
+      "$PYTHON" "$REPO/benchmarks/open_suite/recipe_search.py" view --cache "$PREP" \
+        --manifest "$CORPUS/manifest.jsonl" --music-share 0.1 --seed 0 --out "$VIEW"
+    fi
+    if ls "$RUN"/checkpoint-*.pth >/dev/null 2>&1; then
+      echo "resuming $RUN"
+      nice -n 15 "$KIKIMIMI" pretrain --resume "$RUN" --no-progress
+    else
+      rm -rf "$RUN"  # killed before its first checkpoint: start again
+      nice -n 15 "$KIKIMIMI" pretrain --recipe open-m2d-tiny --data "$VIEW" --out "$FINAL" \
+        --run-name open-m2d-tiny --no-progress
+    fi
+    echo "== $(date -u +%FT%TZ) ended"
+  } >>"$LOG" 2>&1
+}
+
+if [ "${1:-}" = --foreground ]; then
+  echo $$ >"$PIDFILE"
+  train
+else  # detached: its own session (stop it with `kill -- -$(cat $PIDFILE)`), survives the terminal
+  setsid nohup bash "$0" --foreground </dev/null >/dev/null 2>&1 &
+  sleep 2
+  echo "started (pid $(cat "$PIDFILE")); log: $LOG; curve: bash $0 status; stop: kill -- -\$(cat $PIDFILE)"
+fi
