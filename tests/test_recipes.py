@@ -123,7 +123,7 @@ def test_open_m2d_tiny_recipe_resolves_from_the_command_line_to_its_documented_v
     args = parser.parse_args(["--recipe", "open-m2d-tiny", "--data", str(tmp_path / "cache"), "--device", "cpu"])
     s = resolve_settings({k: v for k, v in vars(args).items() if k in PretrainSettings.names()})
     assert (s.recipe, s.method, s.size, s.input_frames, s.batch_size, s.lr, s.blr) == (
-        "open-m2d-tiny", "m2d", "tiny", 160, 64, 5e-4, None)
-    assert (s.mask_ratio, s.steps, s.epochs, s.warmup_steps) == (0.7, 10_000, None, round(20 / 300 * 10_000))
+        "open-m2d-tiny", "m2d", "tiny", 208, 64, 5e-4, None)
+    assert (s.mask_ratio, s.steps, s.epochs, s.warmup_steps) == (0.7, 7_500, None, round(20 / 300 * 7_500))
     assert (s.norm_samples, s.save_every, s.keep_checkpoints, s.ema_taus) == (10_000, 250, None, "auto")
     assert "recipe search" in RECIPES["open-m2d-tiny"].source

@@ -32,7 +32,8 @@ LOG=$FINAL/log.txt
 PIDFILE=$FINAL/pid
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+# the pid file names a live process that is this script (not a later process given the same pid)
+running() { [ -f "$PIDFILE" ] && grep -qs train_open_models "/proc/$(cat "$PIDFILE")/cmdline"; }
 
 if [ "${1:-}" = status ]; then
   if running; then echo "running (pid $(cat "$PIDFILE"))"; else echo "not running"; fi
@@ -42,7 +43,8 @@ if [ "${1:-}" = status ]; then
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 print("step   loss     lr        elapsed")
-for r in rows[:: max(1, len(rows) // 20)] + rows[-1:]:
+shown = rows[:: max(1, len(rows) // 20)]
+for r in shown + ([rows[-1]] if rows and shown[-1] is not rows[-1] else []):
     print(f"{r['step']:6d} {r['loss']:.4f} {r['lr']:.2e} {r['elapsed_s'] / 60:7.1f} min")
 EOF
   fi

@@ -37,8 +37,15 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args.inputs)  # a missing path or no audio file: a usage error (exit 2) before OUT is created
     import kikimimi
     from kikimimi.checkpoints import CheckpointError
+    from kikimimi.commands._exit import UsageError
+    from kikimimi.fileio import OutputInUseError, refuse_if_in_use
     from kikimimi.inference.jobs import run_embed_job, shard_of_environment
 
+    if shard_of_environment()[1] == 1:  # the ranks of a torchrun job share the folder
+        try:
+            refuse_if_in_use(args.out)  # at once, not after loading the model
+        except OutputInUseError as exc:
+            raise UsageError(str(exc)) from None
     try:
         model = kikimimi.load(args.model, device=args.device, norm_stats=args.norm_stats,
                               trust_pickle=args.trust_pickle, accept_licence=args.accept_licence,

@@ -103,7 +103,7 @@ def _memory_fingerprint(bundle: Any) -> str:
         for name, value in module.state_dict().items():
             if isinstance(value, torch.Tensor):
                 h.update(f"{part}.{name}:{tuple(value.shape)}:{value.dtype}\n".encode())
-                h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

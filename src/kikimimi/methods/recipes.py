@@ -234,14 +234,15 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(
         "open-m2d-tiny",
         "the open encoder's final run (benchmarks/open_suite/README.md, \"Open models: recipe search\"): a tiny "
-        "M2D on the open corpus (`kikimimi data open-corpus`, music capped at 10 % of the items), 1.6-s crops, "
-        "batch 64, absolute lr 5e-4, mask ratio 0.7, 10,000 steps (about 3 CPU-hours on one core of the team's "
-        "Xeon; warm-up: the official 1/15 of the run), a checkpoint every 250 steps, all kept (a probe curve). "
-        "Chosen by 300-step runs probed on the open suite's validation splits: lr 1e-3 lost on every task, "
-        "160 frames tied 208 at 70 % of the step time, a 10 % music share beat the full 25 % on language and "
-        "instrument validation. Started with benchmarks/open_suite/train_open_models.sh.",
-        {"m2d": {"size": "tiny", "input_frames": 160, "batch_size": 64, "lr": 5e-4, "mask_ratio": 0.7,
-                 "steps": 10_000, "norm_samples": 10_000, "save_every": 250, "log_every": 50}},
+        "M2D on the open corpus (`kikimimi data open-corpus`) with music capped at 10 % of the items, 2.08-s crops, "
+        "batch 64, absolute lr 5e-4, mask ratio 0.7, 7,500 steps (about 3 CPU-hours on one core of the team's "
+        "2-core Xeon; warm-up: the official 1/15 of the run), a checkpoint every 250 steps, all kept (for a "
+        "probe curve). Chosen by six 300-step runs probed on the open suite's validation splits: lr 1e-3 lost on "
+        "every task, 2.5e-4 and 160-frame crops tied the base, the 10 % music share scored best on the language "
+        "and instrument validation clips, and 160 frames with 10 % music did not add up. Started with "
+        "benchmarks/open_suite/train_open_models.sh.",
+        {"m2d": {"size": "tiny", "input_frames": 208, "batch_size": 64, "lr": 5e-4, "mask_ratio": 0.7,
+                 "steps": 7_500, "norm_samples": 10_000, "save_every": 250, "log_every": 50}},
         methods=("m2d",),
     ),
 )}  # fmt: skip
