@@ -10,7 +10,7 @@ import torch
 
 import kikimimi
 from kikimimi.inference.jobs import output_shape, run_embed_job
-from kikimimi.inference.long_files import iter_frame_features, write_frame_embeddings_streamed
+from kikimimi.inference.long_files import clip_embedding_streamed, iter_frame_features, write_frame_embeddings_streamed
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,18 @@ def test_whole_clip_encoders_are_not_streamed(tmp_path):
         next(iter_frame_features(byola, wav))
     result = run_embed_job(byola, [wav], tmp_path / "o", level="frame", stream_over_s=1.0)
     assert result.embedded == 1  # the in-memory path still serves it
+
+
+def test_clip_level_embedding_of_a_long_file_is_streamed_and_equals_the_in_memory_one(m2d, tmp_path):
+    # issue 25 (weak finding): clip-level `embed` of a 3-hour file held the whole file in memory (1.8 GB)
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise_wav(src / "long.wav", 20.0)
+    _noise_wav(src / "short.wav", 2.0, seed=1)
+    ref = m2d.embed([str(src / "long.wav"), str(src / "short.wav")])
+    np.testing.assert_allclose(clip_embedding_streamed(m2d, src / "long.wav", block_s=1.7, batch_size=2), ref[0],
+                               rtol=0, atol=1e-5 * np.abs(ref).max())
+    streamed = run_embed_job(m2d, [src], tmp_path / "a", level="clip", batch_size=3, stream_over_s=10.0)
+    assert streamed.embedded == 2 and not streamed.failed
+    for i, name in enumerate(("long.npy", "short.npy")):
+        np.testing.assert_allclose(np.load(tmp_path / "a" / name), ref[i], rtol=0, atol=1e-5 * np.abs(ref).max())

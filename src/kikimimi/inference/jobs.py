@@ -59,7 +59,12 @@ from kikimimi.fileio import (
 )
 from kikimimi.inference.embed_outputs import MANIFEST_COLUMNS
 from kikimimi.inference.encoder import AudioEncoder
-from kikimimi.inference.long_files import can_stream, write_frame_embeddings_streamed
+from kikimimi.inference.long_files import (
+    can_stream,
+    can_stream_clip,
+    clip_embedding_streamed,
+    write_frame_embeddings_streamed,
+)
 
 
 @dataclass
@@ -291,7 +296,7 @@ def _run_locked(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out: P
             if not (keep_existing and (out / key).exists() and _trusted(out / key, level, dim, recorded.get(key)))]
     result.skipped = len(plan) - len(todo)
 
-    streamable = level == "frame" and can_stream(model)
+    streamable = can_stream(model) if level == "frame" else can_stream_clip(model)
     bar = None
     if progress:
         bar = tqdm(total=len(todo), desc="embed", unit="file")
@@ -300,6 +305,10 @@ def _run_locked(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out: P
         waves, keys = [], []
         for src, key in batch:
             try:
+                if streamable and level == "clip" and audio_info(src).duration_s > stream_over_s:
+                    waves.append(None)  # embedded streamed below, in bounded memory
+                    keys.append(key)
+                    continue
                 if streamable and audio_info(src).duration_s > stream_over_s:
                     write_frame_embeddings_streamed(model, src, out / key, batch_size=batch_size)
                     if not all_finite(out / key, level):
@@ -314,6 +323,24 @@ def _run_locked(model: AudioEncoder, inputs: Sequence[str | os.PathLike], out: P
                 result.failed.append((str(src), exc.reason))
             except ValueError as exc:  # streamed file too short for the front end
                 result.failed.append((str(src), f"cannot embed: {exc}"))
+        streamed = {key for wave, key in zip(waves, keys, strict=True) if wave is None}
+        for key in streamed:
+            src = next(s for s, k in batch if k == key)
+            try:
+                emb = clip_embedding_streamed(model, src, batch_size=batch_size)
+            except AudioDecodeError as exc:
+                result.failed.append((str(src), exc.reason))
+                continue
+            except ValueError as exc:
+                result.failed.append((str(src), f"cannot embed: {exc}"))
+                continue
+            if not np.isfinite(emb).all():
+                result.failed.append((str(src), NON_FINITE))
+                (out / key).unlink(missing_ok=True)
+                continue
+            _save(out / key, level, emb, None)
+            result.embedded += 1
+        waves, keys = ([w for w in waves if w is not None], [k for k in keys if k not in streamed])
         if waves:
             sources = {key: src for src, key in batch}
             try:

@@ -29,6 +29,7 @@ from kikimimi.audio.decode import stream_audio
 from kikimimi.features.streaming import iter_log_mel
 from kikimimi.fileio import atomic_open
 from kikimimi.inference.encoder import AudioEncoder
+from kikimimi.models.vit import AudioViT
 
 __all__ = ["can_stream", "iter_frame_features", "write_frame_embeddings_streamed"]
 
@@ -38,6 +39,12 @@ _COPY_BYTES = 8 << 20
 def can_stream(model: AudioEncoder) -> bool:
     """Whether ``model``'s encoder cuts inputs into fixed chunks (M2D), so long files can be streamed."""
     return model.encoder.chunk_frames is not None
+
+
+def can_stream_clip(model: AudioEncoder) -> bool:
+    """Whether ``model``'s clip embeddings can be computed streamed (:func:`clip_embedding_streamed`): a chunked
+    encoder that pools a clip by the mean of its frames (the M2D ViT)."""
+    return can_stream(model) and isinstance(model.encoder, AudioViT)
 
 
 def _counted(blocks: Iterable[np.ndarray], counter: list[int]) -> Iterator[np.ndarray]:
@@ -126,3 +133,28 @@ def write_frame_embeddings_streamed(model: AudioEncoder, path: str | os.PathLike
             with zf.open("timestamps_ms.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, stamps)
     return n_frames, dim
+
+
+def clip_embedding_streamed(model: AudioEncoder, path: str | os.PathLike, *, block_s: float = 60.0,
+                            batch_size: int = 8) -> np.ndarray:
+    """The clip embedding ``[D]`` float32 of a long file, streamed: the running mean of its frame features.
+
+    Equals ``model.embed(path)`` (the M2D ViT pools a clip by the mean of its frames) up to float rounding (the sum
+    is kept in float64), with memory bounded by one block instead of the whole file's waveform and frames (a
+    3-hour file embedded in memory peaked at 1.8 GB).
+
+    Raises:
+        ValueError: the encoder takes whole clips or does not pool by the mean; the file is too short.
+        kikimimi.audio.decode.AudioDecodeError: an unreadable file.
+    """
+    if not can_stream_clip(model):
+        raise ValueError(f"'{path}': only mean-pooled chunked encoders (M2D) are embedded streamed")
+    total: np.ndarray | None = None
+    count = 0
+    for piece in iter_frame_features(model, path, block_s=block_s, batch_size=batch_size):
+        part = piece.astype(np.float64).sum(axis=0)
+        total = part if total is None else total + part
+        count += piece.shape[0]
+    if total is None or count == 0:
+        raise ValueError(f"'{path}': no frames")
+    return (total / count).astype(np.float32)
