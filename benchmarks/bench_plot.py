@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,16 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from _common import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def clusters(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import resource
 import socket
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import uvicorn
+from _common import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 from kikimimi.apps.serve.app import ServeSettings, create_app
 from kikimimi.apps.serve.server import ConnectionLimits, server_config
@@ -67,14 +67,6 @@ class StandIn:
         return np.stack([r.standard_normal(32).astype(np.float32) for r in rng])
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def peak_rss_mb() -> float:
