@@ -34,7 +34,7 @@ PROBES = {
 
 def gaussian_task(n_classes=5, dim=32, n_train=300, n_valid=60, n_test=1000, sep=0.45, seed=0):
     """Class means N(0, sep²) per dimension, unit noise, then a fixed random mixing (correlated features);
-    ``((x, y) train, valid, test)``. Also the generator of tests/test_probe_fit.py."""
+    ``((x, y) train, valid, test)``. Also the generator of tests/evaluation/test_probe_fit.py."""
     rng = np.random.default_rng(seed)
     means = rng.normal(0, sep, (n_classes, dim))
     mix = rng.normal(0, 1, (dim, dim)) / np.sqrt(dim)

@@ -12,7 +12,7 @@ On a machine with a GPU (default mode, < 5 minutes on one modern GPU):
    embeddings of 10-s clips (2-s clips in the dry run), cosine to float32 (asserted ≥ ``--cos-min``), clips/s.
 
 ``--dry-run`` (automatic without CUDA) runs the same code paths tiny on the CPU — gloo instead of NCCL, CPU
-autocast for bf16/fp16 — so CI exercises the script (``tests/test_check_cuda.py``). Exit status 0 when every
+autocast for bf16/fp16 — so CI exercises the script (``tests/benchmarks/test_check_cuda.py``). Exit status 0 when every
 check passed, 1 otherwise; the last line is a JSON summary.
 
 Usage: python benchmarks/check_cuda.py [--dry-run] [--steps 5]

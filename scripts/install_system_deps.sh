@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages some extras and tests need, from Debian's registry (apt), installed only when missing:
-#   chromium + chromium-driver  the browser test of `kikimimi serve` (tests/test_serve_browser.py)
+#   chromium + chromium-driver  the browser test of `kikimimi serve` (tests/apps/test_serve_browser.py)
 #   default-jre-headless        METEOR and the PTB tokenizer of the caption metrics (extra "caption")
 # Arguments choose the groups: `browser`, `java` (default: both).
 # Never fails the set-up: without root or apt, the tests that need these skip and say why.

@@ -140,10 +140,10 @@ def train_one(name: str, encoder: Path, lists: dict[str, Path], data: Path, args
         lm = run_dir / "tiny-lm"
         if not (lm / "config.json").is_file():
             write_tiny_lm(texts, lm, dim=128, layers=2, seed=args.seed)
-        settings.update(lm=str(lm), train_lm=True, lr=2e-3,
+        settings.update(lm=str(lm), train_lm=True,  # the learning rate: DEFAULT_LR of its path
                         mapper={"prefix_len": 8, "width": 128, "depth": 2, "heads": 4})
     else:
-        settings.update(lm=args.llm, train_lm=False, lr=1e-3)
+        settings.update(lm=args.llm, train_lm=False)
         if args.lora_rank:
             settings["lora"] = {"rank": args.lora_rank}
     t = time.perf_counter()

@@ -5,7 +5,7 @@ Modules are imported lazily so `kikimimi --help` stays fast and a missing option
 affects the command that needs it. Only the modules of :data:`COMMAND_MODULES` are commands;
 ``kikimimi.commands._options`` holds flags and helpers that several of them share, ``kikimimi.commands._exit``
 the one exit-code rule (0 done, 1 nothing could be done, 2 usage error) and its usage checks. Command modules
-import nothing heavy at their top, so building the parser (``--help``) stays fast (tests/test_cli_speed.py).
+import nothing heavy at their top, so building the parser (``--help``) stays fast (tests/commands/test_cli_speed.py).
 ``-v``/``--verbose`` (global, before or after the sub-command) also shows other libraries' warnings.
 """
 

@@ -9,7 +9,7 @@ BYOL-A: ``AudioNTT2020-BYOLA-64x96d512`` (v1, d from ``d\\d+``) and ``AudioNTT20
 (v2; the 2048 is the MLP width, the frame feature is 3072-d).
 
 :func:`format_m2d_name` and :func:`format_byola_name` write names in the same grammar; parsing what they
-write gives back the facts they were given (``tests/test_names.py``).
+write gives back the facts they were given (``tests/checkpoints/test_official_names.py``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ HELP = ("Convert audio files, folders or CSV lists into log-mel .npy files plus 
 
 
 #: the front-end presets (``kikimimi.features.frontend.PRESETS``; named here so that --help imports no torch;
-#: tests/test_cli_speed.py checks that the two agree)
+#: tests/commands/test_cli_speed.py checks that the two agree)
 PRESET_NAMES = ("byola", "m2d-16k", "m2d-32k")
 
 

@@ -102,7 +102,7 @@ LICENCE_MODES = ("all", "permissive")
 CORPUS_VERSION = 1
 
 #: language-ID tasks whose valid/test prompts are held out: name → (prompt names, clip length s). Mirrors
-#: ``build_real_set``'s defaults (first run) and the open suite's ``SCALES`` (tests/test_open_corpus.py checks).
+#: ``build_real_set``'s defaults (first run) and the open suite's ``SCALES`` (tests/data/test_open_corpus.py checks).
 LANGUAGE_TASKS: dict[str, tuple[int, float]] = {"first-run": (40, 3.0), "open-suite-full": (240, 4.0),
                                                 "open-suite-small": (60, 4.0), "open-suite-smoke": (10, 4.0)}
 #: the drum task's clip length (s); its kit split does not depend on the per-class cap

@@ -223,7 +223,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "16, absolute lr 1e-3, 5 warm-up steps, EMA 0.99 → 0.999, CLAP weight 1 (with ~100 steps the CLAP term "
         "must dominate; the official 0.01 is for long runs), captions embedded with the frozen minilm; files "
         "without a caption (the valid/test clips) are skipped. These are the values of the 100-step run of "
-        "tests/test_m2d_clap.py (zero-shot above chance on generated sounds); on the real recordings of a "
+        "tests/methods/test_m2d_clap.py (zero-shot above chance on generated sounds); on the real recordings of a "
         "fresh-clone first run: zero-shot 21.2 % on held-out clips (chance 9.1 %).",
         {"m2d_clap": {"size": "tiny", "input_frames": 64, "batch_size": 16, "lr": 1e-3, "ema_taus": [0.99, 0.999],
                       "steps": 100, "clap_weight": 1.0, "text_encoder": "minilm", "missing_captions": "skip",

@@ -152,10 +152,10 @@ def run_caption_stage(
             with _step("build the tiny language model"):
                 texts = [c for _, c in cap_rows] + [a for *_, a in qa_rows] + list(LABEL_QUESTIONS) + [question]
                 lm_dir = write_tiny_lm(texts, out / "tiny-lm", seed=seed)
-            settings.update(lm=str(lm_dir), train_lm=True, lr=3e-3,
+            settings.update(lm=str(lm_dir), train_lm=True,  # the learning rate: DEFAULT_LR of its path
                             mapper={"prefix_len": 4, "width": 128, "depth": 2, "heads": 4})
         else:
-            settings.update(lm=llm, train_lm=False, lr=1e-3)
+            settings.update(lm=llm, train_lm=False)
         with _step(f"train the captioner ({steps} steps)"):
             run_dir = out / "run"
             trained = train_captioner(audio_model, out / "train_captions.csv", run_dir, qa=out / "train_qa.csv",

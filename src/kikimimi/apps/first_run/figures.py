@@ -4,7 +4,7 @@
 (AVX2, AVX-512, AMX) and the 1-minute load average; :func:`machine_line` prints it at the start of the run and
 :func:`load_factor` turns the load into how much slower than a quiet machine the stages will probably run.
 :func:`run_figures` collects, at the end, every figure the README quotes into ``summary.json``'s ``figures``
-(its keys are :data:`FIGURE_KEYS`; ``tests/test_first_run_summary.py`` checks the README's figure table against
+(its keys are :data:`FIGURE_KEYS`; ``tests/apps/test_first_run_summary.py`` checks the README's figure table against
 them, so the two cannot drift apart).
 """
 

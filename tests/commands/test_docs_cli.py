@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kikimimi.cli import COMMAND_MODULES, _load_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _section(text: str, heading: str) -> str:

@@ -24,8 +24,8 @@ from kikimimi.data.midi import FAMILY_RANGE, family_of, split_programs
 from kikimimi.data.open_captions import TEMPLATES, caption_file, check_templates_disjoint, heldout_templates, words_of
 from kikimimi.data.splits import LeakageError
 
-SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "open_suite"
-SRC = Path(__file__).resolve().parents[1] / "src" / "kikimimi"
+SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "open_suite"
+SRC = Path(__file__).resolve().parents[2] / "src" / "kikimimi"
 
 COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: fake

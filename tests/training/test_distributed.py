@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parent  # test_trainer.py lives beside this file
 
 WORKER = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {tests!r})
-    from test_train import ToyMethod, make_cache_corpus
+    from test_trainer import ToyMethod, make_cache_corpus
     from kikimimi.data.corpus import CropDataset
     from kikimimi.features.normstats import NormStats
     from kikimimi.training.trainer import TrainConfig, Trainer
@@ -50,7 +50,7 @@ def _hashes(tmp_path: Path) -> list[str]:
 def test_two_rank_gloo_run_keeps_ranks_identical(tmp_path):
     # the cache is written once before launch (both ranks then re-write identical bytes harmlessly)
     sys.path.insert(0, str(TESTS))
-    from test_train import make_cache_corpus
+    from test_trainer import make_cache_corpus
 
     make_cache_corpus(tmp_path / "cache", n_files=12)
     script = tmp_path / "worker.py"

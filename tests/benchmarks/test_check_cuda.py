@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "check_cuda.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "check_cuda.py"
 
 
 def test_dry_run_passes_every_check():

@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from kikimimi.evaluation import probe as P
 from kikimimi.evaluation.probe import ProbeConfig, train_probe
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_probe_fit import gaussian_task  # noqa: E402 — the benchmark's generator of Gaussian class clusters
 
 

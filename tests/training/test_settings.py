@@ -108,7 +108,7 @@ def test_every_method_builds_itself_from_settings() -> None:
     facts = {"norm_stats": [-7.0, 4.0], "text_dim": 24, "epoch_samples": 8}
     for name, cls in METHODS.items():
         if cls.trains_on_stage1:
-            continue  # needs a stage-1 encoder: tests/test_m2d2.py
+            continue  # needs a stage-1 encoder: tests/methods/test_m2d2.py
         given = {"method": name, "data": ["x"], "device": "cpu", "size": "tiny", "input_frames": 64,
                  "byola_dim": 1088 if name == "byola2" else 64}
         if cls.caption_input is not None:
@@ -121,7 +121,7 @@ def test_every_method_builds_itself_from_settings() -> None:
 
 def test_training_names_no_method() -> None:
     """Methods build themselves (``METHODS[name].from_settings``): the run assembly tests no method name."""
-    src = Path(__file__).resolve().parents[1] / "src" / "kikimimi" / "training" / "pretrain.py"
+    src = Path(__file__).resolve().parents[2] / "src" / "kikimimi" / "training" / "pretrain.py"
     names = "|".join(re.escape(n) for n in METHODS)
     assert not re.findall(rf"""["']({names})["']""", src.read_text())
 

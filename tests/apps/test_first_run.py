@@ -249,7 +249,7 @@ def test_tiny_offline_demo_end_to_end(tmp_path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["kind"] == "generated" and summary["data"]["fallback_reason"] == "chosen with --offline"
     assert set(summary["stages"]) == {"data", "log-mel", "pre-training", "evaluation", "report"}
-    # the figures the README states, measured by the run itself (tests/test_first_run_summary.py: README keys)
+    # the figures the README states, measured by the run itself (tests/apps/test_first_run_summary.py: README keys)
     from kikimimi.apps.first_run.figures import FIGURE_KEYS
 
     figures = summary["figures"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "open_suite"
+SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "open_suite"
 sys.path.insert(0, str(SUITE))
 
 import build_data  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 from kikimimi.apps.first_run import figures as F
 from kikimimi.apps.first_run.pipeline import PLANNED_S, Progress
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Processor
