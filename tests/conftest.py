@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+# The default precision, "auto", measures the CPU paths once per model and may pick an int8 one; tests compare
+# embeddings exactly, so the whole run (subprocesses too) defaults to fp32. Tests of "auto" ask for it by name.
+os.environ["KIKIMIMI_PRECISION"] = "fp32"
 
 
 def sine(freq_hz: float, duration_s: float, sample_rate: int, amplitude: float = 0.5) -> np.ndarray:

@@ -5,6 +5,7 @@
 #   bash benchmarks/open_suite/train_open_models.sh              # start, or resume after a reboot / kill
 #   bash benchmarks/open_suite/train_open_models.sh --foreground # the same, in this terminal
 #   bash benchmarks/open_suite/train_open_models.sh status       # is it running; loss curve so far
+#   bash benchmarks/open_suite/train_open_models.sh clap         # the open CLAP from the encoder run (see train_clap)
 #   kill -- -$(cat /root/.cache/kikimimi/open-train/final/pid)   # stop it (a rerun resumes from the newest checkpoint)
 #
 # Stages (benchmarks/open_suite/README.md, "Open models: recipe search"):
@@ -29,6 +30,8 @@ PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 FINAL=$ROOT/final
 RUN=$FINAL/open-m2d-tiny
 LOG=$FINAL/log.txt
+CLAP=$ROOT/clap
+CLAP_RUN=$CLAP/open-clap-tiny
 PIDFILE=$FINAL/pid
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -85,6 +88,39 @@ train() {
     echo "== $(date -u +%FT%TZ) ended"
   } >>"$LOG" 2>&1
 }
+
+# The open CLAP (`--recipe open-clap-tiny`): M2D-CLAP further pre-training from one checkpoint of the encoder run
+# (OPEN_ENCODER_STEP, default: its newest), with that run's normalisation statistics; the caption embeddings of
+# the corpus's captions.csv are computed once (minilm) into $CLAP/caption-embeddings-minilm.safetensors.
+train_clap() {
+  local step=${OPEN_ENCODER_STEP:-$(ls "$RUN"/checkpoint-*.pth | sed 's/.*checkpoint-\([0-9]*\).pth/\1/' | sort -n | tail -1)}
+  local init=$RUN/checkpoint-$step.pth stats
+  stats=$("$PYTHON" -c "import json,sys; print(*json.load(open(sys.argv[1]))['norm_stats'])" "$RUN/config.json")
+  local captions=$CLAP/caption-embeddings-minilm.safetensors
+  [ -f "$captions" ] || captions=$CORPUS/captions.csv
+  {
+    echo "== $(date -u +%FT%TZ) open CLAP from $init $(uptime)"
+    if ls "$CLAP_RUN"/checkpoint-*.pth >/dev/null 2>&1; then
+      nice -n 15 "$KIKIMIMI" pretrain --resume "$CLAP_RUN" --no-progress
+    else
+      rm -rf "$CLAP_RUN"
+      nice -n 15 "$KIKIMIMI" pretrain --recipe open-clap-tiny --init-from "$init" --norm-stats $stats \
+        --data "$VIEW" --captions "$captions" --out "$CLAP" --run-name open-clap-tiny --no-progress
+    fi
+    echo "== $(date -u +%FT%TZ) ended"
+  } >>"$CLAP/log.txt" 2>&1
+}
+
+if [ "${1:-}" = clap ]; then
+  mkdir -p "$CLAP"
+  setsid nohup bash "$0" --foreground-clap </dev/null >/dev/null 2>&1 &
+  echo "started the open CLAP; log: $CLAP/log.txt"
+  exit 0
+fi
+if [ "${1:-}" = --foreground-clap ]; then
+  train_clap
+  exit 0
+fi
 
 if [ "${1:-}" = --foreground ]; then
   echo $$ >"$PIDFILE"

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tag",
     "convert",
     "export",
+    "card",
     "models",
     "pretrain",
     "eval",
@@ -41,6 +42,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train_captioner",
     "caption",
     "ask",
+    "evidence",
+    "chat",
+    "describe",
     "eval_captions",
 )
 

@@ -23,7 +23,7 @@ from kikimimi.checkpoints import (
     registry,
     resolve_model_source,
 )
-from kikimimi.checkpoints.registry import ALIASES, LICENCES, OFFICIAL_MODELS, ModelEntry
+from kikimimi.checkpoints.registry import ALIASES, LICENCES, OFFICIAL_MODELS, PACKAGED_MODELS, ModelEntry
 
 D, DEPTH = 32, 1
 
@@ -45,8 +45,9 @@ def test_the_table_holds_every_official_release():
     assert all(e.url.startswith("https://github.com/nttcslab/m2d/releases/download/") for e in zips)
     assert all(e.url.startswith("https://github.com/nttcslab/byol-a/raw/master/") for e in files)
     assert all(e.licence_info.gated for e in OFFICIAL_MODELS)
-    assert all(target in names for target in ALIASES.values())
-    assert [e.name for e in list_models()] == names
+    packaged = [e.name for e in PACKAGED_MODELS]  # kikimimi's own (tests/checkpoints/test_packaged_models.py)
+    assert all(target in names + packaged for target in ALIASES.values())
+    assert [e.name for e in list_models()] == names + packaged
 
 
 @pytest.mark.parametrize("entry", OFFICIAL_MODELS, ids=lambda e: e.name)

@@ -62,6 +62,7 @@ def _argv(name, x, out, m):
         "serve": ["serve", x, "-m", str(m["clap"]), "--port", "8765"],
         "plot": ["plot", x, "--labels", str(m["labels"]), "-o", f"{out}/map.png"],
         "convert": ["convert", x, out],
+        "card": ["card", x, "-o", f"{out}/README.md"],
         "export": ["export", "onnx", x, f"{out}/m.onnx"],
         "eval": ["eval", str(m["m2d"]), "--task", x, "-o", out],
         "finetune": ["finetune", str(m["m2d"]), x, "--out", out],
@@ -70,6 +71,9 @@ def _argv(name, x, out, m):
         "train-captioner": ["train-captioner", "--audio-model", str(m["m2d"]), "--captions", x, "--out", out],
         "caption": ["caption", x, str(m["m2d"])],
         "ask": ["ask", x, str(m["m2d"]), "what is it?"],
+        "evidence": ["evidence", x, "--clap", str(m["clap"]), "-o", out, "--device", "cpu", "--quiet"],
+        "chat": ["chat", x, "--clap", str(m["clap"])],
+        "describe": ["describe", x, "--clap", str(m["clap"])],
         "eval-captions": ["eval-captions", x, x],
     }[name]
 
@@ -77,8 +81,9 @@ def _argv(name, x, out, m):
 #: sub-commands with inputs, and whether case (c) (one good + one broken audio file) is quick enough to run
 WITH_INPUTS = {"info": True, "prep": True, "embed": True, "tag": True, "zeroshot": True, "index": True,
                "search": False, "serve": False, "plot": False, "convert": False, "export": False, "eval": False,
-               "finetune": False, "retrieval": False, "pretrain": False, "train-captioner": False,
-               "caption": False, "ask": False, "eval-captions": False}
+               "card": False, "finetune": False, "retrieval": False, "pretrain": False, "train-captioner": False,
+               "caption": False, "ask": False, "eval-captions": False, "evidence": True, "chat": False,
+               "describe": False}
 #: sub-commands without input paths (nothing to test here)
 NO_INPUTS = {"demo", "models", "data"}
 

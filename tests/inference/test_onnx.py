@@ -107,3 +107,29 @@ def test_missing_extra_names_the_pip_command(m2d_onnx, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r'pip install "kikimimi\[onnx\]"'):
         kikimimi.load(m2d_onnx)
+
+
+def test_static_int8_and_every_onnx_path_of_auto_stay_close_to_torch(m2d, tmp_path):
+    from kikimimi.inference.cpu_paths import ORT_PATHS, calibration_chunks, prepare_path, probe_clips
+    from kikimimi.inference.encoder import AudioEncoder
+
+    fp32 = kikimimi.load(m2d, device="cpu", precision="fp32")
+    chunks = calibration_chunks(fp32.bundle, probe_clips(2.0, 16000, n=2, seed=1))
+    assert chunks and all(c.shape[:2] == (1, 80) and c.dtype == np.float32 for c in chunks)
+    ref = fp32.embed(_clips(), 16000)
+    for path in ORT_PATHS:
+        bundle, precision = prepare_path(fp32.bundle, path, tmp_path, calibration=lambda: chunks)
+        assert isinstance(bundle.encoder, OnnxFrameEncoder) and bundle.config["precision"] == precision
+        assert fp32.bundle.encoder is not bundle.encoder and not isinstance(fp32.encoder, OnnxFrameEncoder)
+        out = AudioEncoder(bundle, device="cpu", precision=precision).embed(_clips(), 16000)
+        cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() > 0.99, (path, cos)
+    assert {p.name for p in tmp_path.iterdir()} == {"fp32.onnx", "int8.onnx", "int8-static.onnx"}
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8-static.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ: static activation scales in the graph
+    with pytest.raises(ValueError, match="calibration"):
+        from kikimimi.inference.onnx_runtime import quantize_onnx_int8_static
+
+        quantize_onnx_int8_static(tmp_path / "fp32.onnx", tmp_path / "x.onnx", [])

@@ -87,8 +87,9 @@ def test_precision_flag_on_every_embedding_command():
     for argv in (["embed", "a.wav", "-m", "m", "-o", "o"], ["tag", "a.wav", "-m", "m", "--labels", "l.csv"],
                  ["index", "d", "-m", "m", "-o", "o"], ["search", "i", "q"],
                  ["zeroshot", "m", "a.wav", "--labels", "a,b"], ["retrieval", "m", "c.csv"]):
-        assert parser.parse_args(argv).precision == "fp32"
+        assert parser.parse_args(argv).precision is None  # the default: $KIKIMIMI_PRECISION, else auto
         assert parser.parse_args([*argv, "--precision", "int8"]).precision == "int8"
+        assert parser.parse_args([*argv, "--precision", "auto"]).precision == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["embed", "a.wav", "-m", "m", "-o", "o", "--precision", "fp16"])
 
@@ -146,3 +147,15 @@ def test_bf16_non_finite_output_is_recomputed_in_float32(caplog):
     nan_input = x.clone()
     nan_input[0, 0, 0] = float("nan")  # a non-finite input is not hidden by a recomputation
     assert not torch.isfinite(model.encode_lms(nan_input)).all()
+
+
+def test_native_bf16_is_read_from_the_cpu_flags_too(monkeypatch):
+    from kikimimi.inference import precision
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ["avx2", "avx512f", "amx_bf16"])
+    assert precision.cpu_has_native_bf16() is torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ["avx2", "avx512f"])
+    assert precision.cpu_has_native_bf16() is False
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert precision.cpu_has_native_bf16() is True

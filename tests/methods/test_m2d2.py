@@ -89,8 +89,12 @@ def test_stage2_forward_checks_and_semantic_modes() -> None:
         model({"lms": torch.randn(2, *TINY_INPUT)})
     with pytest.raises(IndexError, match="outside"):
         model({"lms": torch.randn(2, *TINY_INPUT), "caption_index": torch.tensor([0, 99])})
-    with pytest.raises(ValueError, match="stage-1 input size"):
-        model({"lms": torch.randn(2, 80, 32), "caption_index": torch.tensor([0, 1])})
+    with pytest.raises(ValueError, match="mel bins"):
+        model({"lms": torch.randn(2, 64, 64), "caption_index": torch.tensor([0, 1])})
+    with pytest.raises(ValueError, match="T ≥ 16"):
+        model({"lms": torch.randn(2, 80, 8), "caption_index": torch.tensor([0, 1])})
+    # any crop length: a 1001-frame crop padded to 1008 frames = 15 chunks of 64 + one of 48 (63 time patches)
+    assert model.audio_tokens(torch.randn(2, 80, 1001)).shape == (2, 5 * 63, 192)
 
 
 def test_stage2_checkpoint_layout_loads_back_and_resumes(tmp_path) -> None:
@@ -212,7 +216,7 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
     (run2,) = [p for p in (tmp_path / "runs").iterdir() if "p16kpBpTI-" in p.name]
     assert run2.name.startswith("m2d_clap_vit_tiny-80x64p16x16p16kpBpTI-")
     sd = torch.load(run2 / "checkpoint-2.pth", map_location="cpu", weights_only=True)["model"]
-    assert any(k.startswith("text_encoder.") for k in sd) and "backbone.audio_proj.sem_token" in sd
+    assert any(k.startswith("text_encoder.text_encoder.") for k in sd) and "backbone.audio_proj.sem_token" in sd
     assert torch.equal(sd["backbone.blocks.0.attn.qkv.weight"], again["blocks.0.attn.qkv.weight"])
     assert torch.allclose(sd["backbone.norm_stats"], again["norm_stats"])
     cfg2 = json.loads((run2 / "config.json").read_text())
@@ -231,7 +235,10 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
     model = load_clap(run3 / "checkpoint-2.pth")
     assert model.text_encoder.name.startswith("gte:")  # mean pooling as trained, not BERT's [CLS]
     loaded = model.text_encoder.state_dict()
-    stored = {k.removeprefix("text_encoder."): v for k, v in sd3.items() if k.startswith("text_encoder.")}
+    # official layout: text_encoder.text_encoder.<HF keys> (kikimimi's wrapper keeps the network as .model)
+    assert not any(k.startswith("text_encoder.model.") for k in sd3)
+    stored = {"model." + k.removeprefix("text_encoder.text_encoder."): v for k, v in sd3.items()
+              if k.startswith("text_encoder.text_encoder.")}  # fmt: skip
     assert stored and all(torch.equal(loaded[k], v) for k, v in stored.items())
     original = load_text_encoder(gte).state_dict()
     assert any(not torch.equal(original[k], v) for k, v in stored.items())

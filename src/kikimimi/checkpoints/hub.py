@@ -64,6 +64,7 @@ from tqdm import tqdm
 
 from kikimimi.checkpoints.digest import sha256_file, sha256_file_cached
 from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.checkpoints.hf_hub import download_hf, is_hf_uri
 from kikimimi.checkpoints.home import cache_root
 from kikimimi.checkpoints.registry import ModelEntry, UnknownModelError, find_entry, get_entry
 from kikimimi.fileio import atomic_write_json, pid_alive
@@ -718,6 +719,8 @@ def fetch(entry: ModelEntry | str, *, accept_licence: bool = False, progress: bo
         entry = get_entry(entry)
     if entry.is_local:
         path = Path(entry.url)
+        if entry.packaged:
+            return _check_packaged(entry, path)
         if not path.exists():
             raise FetchError(path, f"registered as '{entry.name}' but missing")
         return path
@@ -738,6 +741,28 @@ def fetch(entry: ModelEntry | str, *, accept_licence: bool = False, progress: bo
             raise full from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_packaged(entry: ModelEntry, folder: Path) -> Path:
+    """A packaged model's folder, once its ``model.safetensors`` matches the SHA-256 of its ``SHA256SUMS``.
+
+    Raises:
+        FetchError: the folder is not in this installation, or has no ``SHA256SUMS``.
+        HashMismatchError: the weights differ from the recorded SHA-256 (a damaged or replaced file).
+    """
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FetchError(folder, f"the packaged model '{entry.name}' is not in this installation (no "
+                                 "model.safetensors); reinstall kikimimi, or build the folder with "
+                                 "benchmarks/open_suite/ship_open_model.py")
+    if entry.sha256 is None:
+        raise FetchError(folder, f"the packaged model '{entry.name}' has no SHA256SUMS (or a malformed one); "
+                                 "reinstall kikimimi")
+    seen = sha256_file_cached(weights)
+    if seen != entry.sha256:
+        raise HashMismatchError(weights, f"SHA-256 {seen}, but SHA256SUMS of the packaged model '{entry.name}' "
+                                         f"records {entry.sha256}; the file is damaged: reinstall kikimimi")
+    return folder
 
 
 def _fetch_into(entry: ModelEntry, staging: Path, accept_licence: bool, progress: bool) -> Path:
@@ -806,13 +831,17 @@ def _looks_like_name(text: str) -> bool:
 
 
 def resolve_model_source(source: str | os.PathLike, *, accept_licence: bool = False, progress: bool = True) -> Path:
-    """A path to load from: an existing path as it is; a registered name (or alias) fetched into the cache.
+    """A path to load from: an existing path as it is; a registered name (or alias) fetched into the cache;
+    ``hf://owner/name[@revision]`` downloaded into the Hugging Face cache (:func:`~kikimimi.checkpoints.hf_hub.
+    download_hf`).
 
     Raises:
         UnknownModelError: ``source`` is neither an existing path nor a registered name but looks like a name
             (no folder separator, no weight-file suffix); the message lists close matches.
         FetchError (and subclasses): see :func:`fetch`.
     """
+    if is_hf_uri(source):
+        return download_hf(str(source), progress=progress)
     path = Path(source)
     if path.exists():
         return path

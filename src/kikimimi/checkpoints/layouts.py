@@ -6,7 +6,9 @@ Layouts handled (docs/reference.md §5):
 - M2D encoder-only state dict (``*_enconly``), with or without ``norm_stats`` / CLAP projector keys;
 - EVAR fine-tuned: ``module.ar.runtime.backbone.`` encoder, ``module.ar.runtime.to_spec.*`` front-end
   buffers (dropped), optional ``module.head.norm.*`` + ``module.head.mlp.mlp.0.*`` tagging head;
-- M2D-CLAP 2025 ``backbone.``-prefixed encoder + projector, with ``text_encoder.*`` kept aside;
+- M2D-CLAP 2025 / M2D2 stage-2 ``backbone.``-prefixed encoder + projector, with the text encoder kept aside
+  (official ``text_encoder.text_encoder.*``, old kikimimi ``text_encoder.model.*``; both become the wrapper keys
+  ``model.*`` of :mod:`kikimimi.checkpoints.text_state`);
 - BYOL-A plain or prefixed state dicts, optionally wrapped in ``state_dict`` / ``model``.
 
 The prefix in front of ``patch_embed.proj.weight`` (M2D) or ``features.0.weight`` (BYOL-A) is found from
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from kikimimi.checkpoints.errors import CheckpointError
+from kikimimi.checkpoints.text_state import TEXT_ENCODER_PREFIX, wrapper_keys_from_file
 
 __all__ = ["SplitState", "split_official", "unwrap_checkpoint", "missing_unexpected_message"]
 
@@ -58,7 +61,8 @@ class SplitState:
         head: EVAR tagging head tensors renamed to ``norm.*`` / ``linear.*``.
         audio_proj / text_proj: CLAP projector tensors with their prefix stripped.
         logit_scale: CLAP temperature (log scale) if stored.
-        text_encoder_state: 2025 ``text_encoder.*`` tensors (prefix stripped), kept as-is.
+        text_encoder_state: 2025 text-encoder tensors under kikimimi's wrapper keys (``model.<HF keys>``, see
+            :mod:`kikimimi.checkpoints.text_state`; other names with ``text_encoder.`` stripped).
         args: the training ``args`` object of full training files (``argparse.Namespace``) or ``None``.
         dropped: keys intentionally ignored (predictor, target network, front-end buffers…).
         unknown: keys that match no known layout part.
@@ -126,9 +130,12 @@ def _find_prefix(keys: list[str], suffix: str) -> str | None:
 
 def _split_m2d(state: dict[str, Tensor], prefix: str) -> SplitState:
     out = SplitState("m2d", {}, prefix=prefix)
+    # 2025 files: text_encoder.* beside backbone.*, under the same wrapper (e.g. module.ar.runtime.) if any
+    wrapper = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else ""
+    text_prefix = wrapper + TEXT_ENCODER_PREFIX
     for key, value in state.items():
-        if key.startswith("text_encoder."):
-            out.text_encoder_state[key[len("text_encoder.") :]] = value
+        if key.startswith(text_prefix):
+            out.text_encoder_state[key[len(text_prefix) :]] = value
             continue
         if key.startswith(_HEAD_NORM):
             out.head["norm." + key[len(_HEAD_NORM) :]] = value
@@ -136,7 +143,7 @@ def _split_m2d(state: dict[str, Tensor], prefix: str) -> SplitState:
         if key.startswith(_HEAD_LINEAR):
             out.head["linear." + key[len(_HEAD_LINEAR) :]] = value
             continue
-        if key == "logit_scale" and prefix and out.logit_scale is None:
+        if key in ("logit_scale", wrapper + "logit_scale") and prefix and out.logit_scale is None:
             out.logit_scale = value  # 2025 wrapper: the CLAP temperature sits beside backbone./text_encoder.
             continue
         if not key.startswith(prefix):
@@ -200,4 +207,5 @@ def split_official(obj: Any, path: str | Path) -> SplitState:
             + missing_unexpected_message(_EXAMPLE_M2D + ["…"] + _EXAMPLE_BYOLA, sorted(keys)),
         )
     split.args = args
+    split.text_encoder_state = wrapper_keys_from_file(split.text_encoder_state)
     return split

@@ -34,6 +34,7 @@ from kikimimi.checkpoints.bundle import EncoderBundle, assemble_bundle, check_be
 from kikimimi.checkpoints.digest import sha256_file_cached
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.names import format_byola_name, format_m2d_name
+from kikimimi.checkpoints.text_state import file_keys_from_wrapper, wrapper_keys_from_file
 from kikimimi.checkpoints.validate import check_frontend
 from kikimimi.features.frontend import FrontendConfig
 from kikimimi.features.normstats import NormStats
@@ -92,10 +93,11 @@ def _tensors(bundle: EncoderBundle) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}
 
 
-def save_kikimimi(bundle: EncoderBundle, out_dir: str | Path) -> Path:
+def save_kikimimi(bundle: EncoderBundle, out_dir: str | Path, *, licence_note: str = LICENCE_NOTE) -> Path:
     """Write ``bundle`` as ``out_dir/model.safetensors`` + ``out_dir/config.json``; returns ``out_dir``.
 
-    Both files are written atomically (temporary file + rename).
+    Both files are written atomically (temporary file + rename). ``licence_note``: the ``config.json`` field
+    (default: the note for converted official weights; kikimimi's own released models state their licence).
     """
     if not isinstance(bundle, EncoderBundle):
         raise TypeError(f"save_kikimimi expects an EncoderBundle, got {type(bundle).__name__}")
@@ -121,7 +123,7 @@ def save_kikimimi(bundle: EncoderBundle, out_dir: str | Path) -> Path:
             "logit_scale": bundle.logit_scale is not None,
         },
         "source": bundle.config.get("source"),
-        "licence_note": LICENCE_NOTE,
+        "licence_note": licence_note,
         "weights_sha256": hashlib.sha256(data).hexdigest(),
         "weights_size": len(data),
     }
@@ -225,6 +227,7 @@ def load_kikimimi(
         frontend = FrontendConfig.from_dict(meta["frontend"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(config_path, f"field frontend is invalid ({exc})") from None
+    text_encoder = wrapper_keys_from_file(text_encoder)  # folders written from an official file before 2026-12
     return assemble_bundle(config, frontend, stats, parts, weights, text_encoder_state=text_encoder or None)
 
 
@@ -314,7 +317,8 @@ def to_official_state_dict(
 
     M2D: portable-ViT keys + ``audio_proj.*``/``text_proj.*``/``logit_scale`` when present (the
     ``*_enconly`` layout); with a bundled text encoder, every key is prefixed ``backbone.`` and the text
-    encoder is stored under ``text_encoder.`` (the M2D-CLAP 2025 layout). BYOL-A: ``features.*``/``fc.*``
+    encoder is stored under ``text_encoder.text_encoder.`` (the M2D-CLAP 2025 layout, :mod:`~kikimimi.checkpoints.
+    text_state`). BYOL-A: ``features.*``/``fc.*``
     plus ``norm_stats`` (ignored by the official BYOL-A loaders). A tagging head is written with the EVAR
     names ``module.head.norm.*`` / ``module.head.mlp.mlp.0.*`` (dropped by official encoder loaders).
     """
@@ -331,8 +335,8 @@ def to_official_state_dict(
         out["logit_scale"] = torch.tensor(float(bundle.logit_scale))
     if bundle.text_encoder_state:
         out = OrderedDict((f"backbone.{k}", v) for k, v in out.items())
-        for key, value in bundle.text_encoder_state.items():
-            out[f"text_encoder.{key}"] = value.detach().clone()
+        for key, value in file_keys_from_wrapper(bundle.text_encoder_state).items():
+            out[key] = value.detach().clone()
     if include_head and bundle.head is not None:
         for key, value in bundle.head.state_dict().items():
             part, _, rest = key.partition(".")

@@ -7,6 +7,10 @@ Every official BYOL-A / M2D / M2D-CLAP release (the project's list of official r
 :func:`register_model`, in the running process or (``persist=True``) in ``$KIKIMIMI_HOME/registry.json``
 for later sessions and the CLI.
 
+kikimimi's own models trained on openly licensed audio (issue 27) are *packaged*: their folders ship inside the
+package (``kikimimi/weights/<name>/``, :data:`PACKAGED_MODELS`), load with no download, and are verified against
+the SHA-256 in the folder's ``SHA256SUMS`` on every load (and against ``config.json``'s ``weights_sha256``).
+
 Sizes of the M2D-family zips and most SHA-256 values are not published; :mod:`kikimimi.checkpoints.hub`
 records them on first download (trust on first use) and verifies them on every later load. A user can pin a
 hash by registering the entry again with ``sha256=`` (``register_model(..., replace=True)``).
@@ -30,11 +34,16 @@ __all__ = [
     "ALIASES",
     "LICENCES",
     "Licence",
+    "PACKAGED_DIR",
+    "PACKAGED_MODELS",
     "ModelEntry",
     "UnknownModelError",
     "find_entry",
     "get_entry",
     "list_models",
+    "packaged_sha256",
+    "DEFAULT_PACKAGED",
+    "default_packaged_model",
     "register_model",
     "unregister_model",
     "user_registry_path",
@@ -50,6 +59,7 @@ class Licence:
     summary: str
     url: str
     gated: bool
+    spdx: str = ""  # the SPDX identifier, where the licence has one (``models list`` prints it)
 
 
 #: Licences by key. The official weights carry their authors' evaluation-only licence (read the full text in
@@ -75,7 +85,7 @@ LICENCES: dict[str, Licence] = {
     ),
     "apache-2.0": Licence(
         "apache-2.0", "Apache License 2.0", "Weights trained with kikimimi and released under Apache-2.0.",
-        "https://www.apache.org/licenses/LICENSE-2.0", False,
+        "https://www.apache.org/licenses/LICENSE-2.0", False, "Apache-2.0",
     ),
     "unknown": Licence(
         "unknown", "licence not stated", "No licence was stated when this model was registered; check with "
@@ -120,6 +130,7 @@ class ModelEntry:
         inner: weight file inside the zip when the release notes name it (else found: the single ``.pth``,
             or the highest ``checkpoint-N.pth``).
         approx_size: the documented approximate size of the weight file, for display.
+        packaged: shipped inside the kikimimi package (``url`` is its folder under :data:`PACKAGED_DIR`).
     """
 
     name: str
@@ -139,6 +150,7 @@ class ModelEntry:
     sha256: str | None = None
     inner: str | None = None
     approx_size: str | None = None
+    packaged: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -256,8 +268,59 @@ OFFICIAL_MODELS: tuple[ModelEntry, ...] = (
            "byola-v2"),
 )
 
+#: The folder of the packaged models inside the installed package (``pyproject.toml`` package data).
+PACKAGED_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: The name of a packaged folder's checksum file (``sha256sum`` format: ``<hex>  model.safetensors``).
+PACKAGED_SUMS = "SHA256SUMS"
+
+#: kikimimi's own models, shipped inside the package (written by benchmarks/open_suite/ship_open_model.py; the
+#: SHA-256 is read from the folder's ``SHA256SUMS`` when the folder is there).
+PACKAGED_MODELS: tuple[ModelEntry, ...] = (
+    ModelEntry("open-m2d-tiny", str(PACKAGED_DIR / "open-m2d-tiny"), "folder", "m2d",
+               "kikimimi's own M2D ViT-tiny (16 kHz, 2.08-s chunks), trained on openly licensed audio; packaged",
+               16000, (80, 208), (16, 16), 5 * 192, None, "kikimimi", "M2D", "apache-2.0", packaged=True),
+    ModelEntry("open-clap-tiny", str(PACKAGED_DIR / "open-clap-tiny"), "folder", "m2d-clap",
+               "kikimimi's own M2D-CLAP ViT-tiny (text side: minilm), trained on openly licensed audio and "
+               "metadata captions; packaged (benchmarks/open_suite/ship_open_clap.py)",
+               16000, (80, 208), (16, 16), 5 * 192, "clap", "kikimimi", "M2D-CLAP", "apache-2.0", packaged=True),
+)
+
+
+#: The packaged model each kind of command uses when no ``-m`` is given (issue 27: used out of the box).
+DEFAULT_PACKAGED: dict[str, str] = {"encoder": "open-m2d-tiny", "clap": "open-clap-tiny"}
+
+
+def default_packaged_model(kind: str) -> str | None:
+    """The packaged model for ``kind`` (``"encoder"`` or ``"clap"``) when its weights are installed, else ``None``."""
+    name = DEFAULT_PACKAGED[kind]
+    folder = PACKAGED_DIR / name
+    return name if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file() else None
+
+
+def packaged_sha256(folder: str | os.PathLike) -> str | None:
+    """The SHA-256 of ``model.safetensors`` recorded in ``folder/SHA256SUMS``, or ``None`` (absent, malformed)."""
+    try:
+        lines = (Path(folder) / PACKAGED_SUMS).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        digest, _, name = line.strip().partition("  ")
+        if name.lstrip("*") == "model.safetensors" and len(digest) == 64 and all(c in "0123456789abcdef"
+                                                                                  for c in digest):
+            return digest
+    return None
+
+
+def _pinned(entry: ModelEntry) -> ModelEntry:
+    """A packaged entry with the SHA-256 of its folder's ``SHA256SUMS`` (unchanged when there is none)."""
+    digest = packaged_sha256(entry.url)
+    return dataclasses.replace(entry, sha256=digest) if digest else entry
+
+
 #: Short aliases → canonical names.
 ALIASES: dict[str, str] = {
+    "kikimimi-open-m2d-tiny": "open-m2d-tiny",
+    "kikimimi-open-clap-tiny": "open-clap-tiny",
     "m2d": "m2d-vit-base-mr7",
     "m2d2": "m2d-clap-2025",
     "m2d-clap": "m2d-clap-2025",
@@ -293,13 +356,15 @@ def _user_entries() -> dict[str, ModelEntry]:
 
 def _table() -> dict[str, ModelEntry]:
     table = {e.name: e for e in OFFICIAL_MODELS}
+    table.update((e.name, _pinned(e)) for e in PACKAGED_MODELS)
     table.update(_user_entries())
     table.update(_registered)
     return table
 
 
 def list_models() -> list[ModelEntry]:
-    """Every known model: official releases, then user-registered ones (later registrations win)."""
+    """Every known model: official releases, packaged models, then user-registered ones (later registrations
+    win)."""
     return list(_table().values())
 
 

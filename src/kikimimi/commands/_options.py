@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -42,10 +43,29 @@ def open_results_log(args: argparse.Namespace, command: str, settings: dict, abo
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
-    """``--precision fp32|bf16|int8`` of the audio encoder (:mod:`kikimimi.inference.precision`)."""
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                        help="audio encoder arithmetic: fp32 (default), bf16 (autocast; GPUs and CPUs with native "
-                             "bfloat16) or int8 (dynamic quantisation of the Linear layers; CPU)")
+    """``--precision auto|fp32|bf16|int8`` of the audio encoder (:mod:`kikimimi.inference.cpu_paths`,
+    :mod:`kikimimi.inference.precision`); unset = ``$KIKIMIMI_PRECISION`` or ``auto``."""
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default=None,
+                        help="audio encoder arithmetic: auto (default; on a CPU the fastest path measured to keep "
+                             "cosine >= 0.999 to fp32 for this model, measured once and cached, `-v` says which), "
+                             "fp32 (exact), bf16 (autocast; GPUs and CPUs with native bfloat16) or int8 (dynamic "
+                             "quantisation of the Linear layers; CPU). $KIKIMIMI_PRECISION replaces the default")
+
+
+def index_precision(args: argparse.Namespace, index_dir: str | Path) -> str | None:
+    """``--precision`` when given, else the precision recorded in the search index at ``index_dir`` (its vectors'
+    embedding space), else ``None`` (the default): adding to or searching an index keeps its arithmetic."""
+    import json
+
+    from kikimimi.inference.search import MANIFEST
+
+    if getattr(args, "precision", None):
+        return args.precision
+    try:
+        identity = json.loads((Path(index_dir) / MANIFEST).read_text(encoding="utf-8")).get("model_identity")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return identity.get("precision") if isinstance(identity, dict) else None
 
 
 #: Appended to the help of model arguments: they accept registered names too.
@@ -57,6 +77,20 @@ def add_accept_licence_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept-licence", action="store_true",
                         help="accept the licence of an official model given by name on its first download "
                              "(also KIKIMIMI_ACCEPT_LICENCE=1); `kikimimi models info NAME` shows it")
+
+
+def model_or_packaged(value: str | None, kind: str = "clap") -> str | None:
+    """``value`` (the user's ``-m``), else kikimimi's packaged model of ``kind`` with one line on stderr saying so;
+    ``None`` when neither is there."""
+    if value:
+        return value
+    from kikimimi.checkpoints.registry import default_packaged_model
+
+    name = default_packaged_model(kind)
+    if name:
+        print(f"no -m given: using kikimimi's packaged open model '{name}' (Apache-2.0, no download; "
+              f"`kikimimi models info {name}`)", file=sys.stderr)
+    return name
 
 
 def resolve_model(value: str, args: argparse.Namespace) -> str:

@@ -1,5 +1,6 @@
 """`kikimimi index DIR -m MODEL -o INDEX`: build or update a text-searchable index of a folder's audio;
-`kikimimi index --check INDEX`: verify an index (exit 0 sound, 1 corrupted)."""
+`kikimimi index --check INDEX`: verify an index (exit 0 sound, 1 corrupted); `kikimimi index --compact INDEX`:
+drop the tombstones of its HNSW graph now."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from kikimimi.commands._options import MODEL_NAME_HELP, add_clap_arguments, resolve_model
+from kikimimi.commands._options import (
+    MODEL_NAME_HELP,
+    add_clap_arguments,
+    index_precision,
+    model_or_packaged,
+    resolve_model,
+)
 
 NAME = "index"
 HELP = "Index a folder's audio in CLAP space for `kikimimi search` (incremental: only new/changed files)."
@@ -15,10 +22,14 @@ HELP = "Index a folder's audio in CLAP space for `kikimimi search` (incremental:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", nargs="?", help="folder of audio files (searched recursively)")
-    parser.add_argument("-m", "--model", help="M2D-CLAP checkpoint (required to build)" + MODEL_NAME_HELP)
+    parser.add_argument("-m", "--model", help="M2D-CLAP checkpoint" + MODEL_NAME_HELP +
+                        " (default: kikimimi's packaged open-clap-tiny)")
     parser.add_argument("-o", "--out", help="index folder (created or updated; required to build)")
     parser.add_argument("--check", metavar="INDEX", help="only verify the index folder INDEX (checksums, row counts, "
                         "vector index): exit 0 when sound, 1 with a one-line reason when corrupted")
+    parser.add_argument("--compact", metavar="INDEX", help="only compact the index folder INDEX: rebuild its HNSW "
+                        "graph without the removed segments it still holds (updates do it when they pass a quarter "
+                        "of the graph)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rebuild", action="store_true", help="discard the existing index and embed everything")
     parser.add_argument("--save-every-s", type=float, default=60.0, metavar="SECONDS",
@@ -35,10 +46,13 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                              "files)")
     parser.add_argument("--hop-s", type=float, default=5.0, metavar="SECONDS",
                         help="step between windows of a long file (default: 5)")
-    parser.add_argument("--vector-index", choices=("auto", "numpy", "flat", "ivf", "hnsw"), default="auto",
+    parser.add_argument("--vector-index", choices=("auto", "numpy", "flat", "hnsw", "hnsw_sq", "ivf"),
+                        default="auto",
                         help="vector search: auto = exact (faiss flat, or numpy without faiss) below --exact-below "
-                             "segments, faiss IVF above (calibrated to recall@10 >= 0.95); the choice is recorded "
-                             "in the manifest")
+                             "segments, faiss HNSW above (8-bit scalar-quantised, hnsw_sq, when the float32 graph "
+                             "would take over a quarter of the RAM or KIKIMIMI_VECTOR_MEMORY_MB), efSearch "
+                             "calibrated to recall@10 >= 0.95; the choice and the measured recall are recorded in "
+                             "the manifest")
     parser.add_argument("--exact-below", type=int, default=100_000, metavar="ROWS",
                         help="segments from which --vector-index auto switches to approximate search")
 
@@ -55,6 +69,19 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"'{args.check}': the index is sound")
         return 0
+    if args.compact:
+        from kikimimi.fileio import OutputInUseError
+        from kikimimi.inference.search import SearchIndexError, compact_index
+
+        try:
+            done = compact_index(args.compact)
+        except (SearchIndexError, OutputInUseError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"'{args.compact}': {done['rows']} segments, {done['dropped']} removed segments dropped from the graph")
+        return 0
+    if args.folder and args.out:
+        args.model = model_or_packaged(args.model, "clap")
     missing = [flag for flag, value in (("FOLDER", args.folder), ("-m/--model", args.model), ("-o/--out", args.out))
                if not value]
     if missing:
@@ -75,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model_id = str(Path(resolve_model(args.model, args)).resolve())
-        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device, precision=args.precision,
-                          trust_pickle=args.trust_pickle)
+        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device,
+                          precision=index_precision(args, args.out), trust_pickle=args.trust_pickle)
         update = update_index(model, args.folder, args.out, model_id=model_id, batch_size=args.batch_size,
                               rebuild=args.rebuild, save_every_s=args.save_every_s, window_s=args.window_s,
                               hop_s=args.hop_s, vector_kind=args.vector_index, exact_below=args.exact_below)

@@ -48,13 +48,26 @@ def _row(entry) -> dict:
     from kikimimi.checkpoints.hub import cached_weights, read_record
 
     record = None if entry.is_local else read_record(entry)
+    weights = cached_weights(entry)
+    if entry.packaged:  # the folder ships with kikimimi: present when its weight file is
+        weights = weights / "model.safetensors" if weights is not None else None
+        weights = weights if weights is not None and weights.is_file() else None
+        record = {"source_size": weights.stat().st_size} if weights is not None else None
     return {"name": entry.name, "family": entry.family, "sample_rate": entry.sample_rate,
             "embedding_dim": entry.embedding_dim, "head": entry.head, "size": _size(entry, record),
-            "licence": entry.licence, "cached": cached_weights(entry) is not None}
+            "licence": entry.licence, "cached": weights is not None, "packaged": entry.packaged}
+
+
+def _where(row: dict) -> str:
+    """The ``cached`` cell: yes / no, or for a model shipped inside kikimimi ``packaged`` (``missing`` when this
+    installation lacks its folder)."""
+    if row["packaged"]:
+        return "packaged" if row["cached"] else "missing"
+    return "yes" if row["cached"] else "no"
 
 
 def _list(args: argparse.Namespace) -> int:
-    from kikimimi.checkpoints.registry import list_models
+    from kikimimi.checkpoints.registry import LICENCES, list_models
 
     rows = [_row(e) for e in list_models()]
     if args.json:
@@ -63,8 +76,8 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     header = ("name", "family", "rate", "dims", "head", "size", "licence", "cached")
     table = [header] + [(r["name"], r["family"], f"{r['sample_rate'] // 1000} kHz" if r["sample_rate"] else "?",
-                         str(r["embedding_dim"] or "?"), r["head"] or "-", r["size"], r["licence"],
-                         "yes" if r["cached"] else "no") for r in rows]
+                         str(r["embedding_dim"] or "?"), r["head"] or "-", r["size"],
+                         LICENCES[r["licence"]].spdx or r["licence"], _where(r)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -77,6 +90,7 @@ def _info(args: argparse.Namespace) -> int:
 
     entry = get_entry(args.name)
     record = None if entry.is_local else read_record(entry)
+    size = _row(entry)["size"] if entry.packaged else ""
     lic = entry.licence_info
     lines = [
         ("name", entry.name),
@@ -91,13 +105,17 @@ def _info(args: argparse.Namespace) -> int:
         ("paper", PAPERS.get(entry.paper, entry.paper) or "-"),
         ("url", entry.url if entry.is_local else download_url(entry)),
         ("kind", entry.kind + (f" (weight file inside: {entry.inner})" if entry.inner else "")),
-        ("size", _size(entry, record) + (f" ({entry.approx_size}, documented)" if entry.approx_size else "")),
+        ("size", size if entry.packaged else
+         _size(entry, record) + (f" ({entry.approx_size}, documented)" if entry.approx_size else "")),
         ("sha256", entry.sha256 or (f"{record['source_sha256']} (recorded on first download)" if record
+                                    else "no SHA256SUMS in this installation" if entry.packaged
                                     else "not published; recorded on first download")),
         ("licence", f"{lic.title} [{entry.licence}]{' — acceptance needed' if lic.gated else ''}"),
         ("licence summary", lic.summary),
         ("licence text", lic.url or "-"),
-        ("cached", str(cached_weights(entry) or "no")),
+        ("cached", str(cached_weights(entry) or "no")) if not entry.packaged else
+        ("packaged", f"yes, {entry.url} (no download)" if _row(entry)["cached"]
+                     else "missing from this installation"),
     ]
     if not entry.is_local and entry.kind != "folder":
         lines.append(("manual download", f"put the file at {manual_path(entry)}"))

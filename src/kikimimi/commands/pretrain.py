@@ -50,11 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recipe",
         choices=("auto", "official", "cpu-small", "first-run-m2d", "first-run-byola", "first-run-clap",
-                 "open-m2d-tiny"),
+                 "open-m2d-tiny", "open-clap-tiny", "m2d2-stage2.1"),
         default=S,
         help="starting settings: official (the papers'), cpu-small (measured short CPU runs: tiny M2D, batch 64, "
         "2000 steps; BYOL-A batch 64, 640 steps), first-run-m2d / first-run-byola / first-run-clap (the first "
-        "run's, `kikimimi demo`; they imply --method), open-m2d-tiny (the open encoder's final run) or auto "
+        "run's, `kikimimi demo`; they imply --method), open-m2d-tiny / open-clap-tiny (the open encoder's "
+        "and CLAP's final runs), "
+        "m2d2-stage2.1 (M2D2 stage 2 from a stage-2 file, no training mask; implies --method m2d2_stage2) or auto "
         "(default: official on CUDA, cpu-small otherwise); "
         "flags below override it",
     )
@@ -80,7 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-frames", type=int, default=S, help="crop length in frames (M2D 608, BYOL-A 96)")
     p.add_argument("--patch-size", default=S, help="M2D patch FxT in (bins x frames), e.g. 16x16")
     p.add_argument("--sample-rate", type=int, choices=(16000, 32000), default=S, help="M2D rate in Hz")
-    p.add_argument("--mask-ratio", type=float, default=S, help="M2D mask ratio (0.7)")
+    p.add_argument("--mask-ratio", type=float, default=S,
+                   help="M2D mask ratio (0.7); m2d2_stage2: training mask of the encoder input (0.3; 0 = stage 2.1)")
+    p.add_argument("--mask-strategy", choices=("structured", "random", "structured-masked"), default=S,
+                   help="m2d2_stage2 training mask: structured (official code: marked rows/columns stay visible), "
+                   "random (official --random_mask) or structured-masked (marked rows/columns masked, as described)")
     p.add_argument("--ema-taus", type=float, nargs=2, default=S, metavar=("START", "END"),
                    help="M2D target EMA decay, linear over the run (default auto: the official 0.99995 0.99999 for "
                    "runs of >= 100k steps, 0.999 0.9999 for shorter ones, whose target would otherwise stay random)")
@@ -167,7 +173,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=S,
         help="m2d2_stage2: also train the stage-1 audio encoder (frozen by default)",
     )
-    p.add_argument("--sem-mode", type=int, choices=(1, 2, 3, 4), default=S, help="m2d2_stage2 projector mode (1)")
+    p.add_argument("--sem-mode", type=int, choices=(0, 1, 2, 3, 4), default=S,
+                   help="audio projector: 0 = the 2024 MLP on the mean of the visible tokens (m2d_clap default), 1-4 = "
+                   "the semantic-token projector of depth 1-4 (m2d2_stage1 and m2d2_stage2: 1)")
     p.add_argument("--config", default=S, metavar="FILE.json", help="settings file (keys = option names)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="no progress bar")
 

@@ -12,7 +12,7 @@ import json
 import sys
 
 from kikimimi.commands._exit import DONE, UsageError, check_paths
-from kikimimi.commands._options import add_clap_arguments
+from kikimimi.commands._options import add_clap_arguments, index_precision
 
 NAME = "search"
 HELP = "Search an audio index (built by `kikimimi index`) with a text query; results per file by default."
@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         index = SearchIndex.load(args.index)
         model = load_clap(args.model or index.model, text_encoder=args.text_encoder, device=args.device,
-                          precision=args.precision, trust_pickle=args.trust_pickle, accept_licence=args.accept_licence)
-        results = search_many(index, queries, model, top=args.top, segments=args.segments)
+                          precision=index_precision(args, args.index), trust_pickle=args.trust_pickle,
+                          accept_licence=args.accept_licence)
+        results = search_many(index, queries, model, top=args.top, segments=args.segments,
+                              model_id=args.model or index.model)
     except (SearchIndexError, CheckpointError, CLAPError, ImportError, OSError) as exc:
         raise UsageError(str(exc)) from exc
     several = len(queries) > 1

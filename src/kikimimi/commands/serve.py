@@ -7,7 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from kikimimi.commands._options import MODEL_NAME_HELP, add_clap_arguments, resolve_model
+from kikimimi.commands._options import (
+    MODEL_NAME_HELP,
+    add_clap_arguments,
+    index_precision,
+    model_or_packaged,
+    resolve_model,
+)
 
 NAME = "serve"
 HELP = ("Serve a folder of sounds (or an index) on a local web page: search by text or by example, zero-shot "
@@ -21,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a folder of audio files (indexed first, incrementally) or an index folder written by "
                              "`kikimimi index`")
     parser.add_argument("-m", "--model", help="M2D-CLAP checkpoint" + MODEL_NAME_HELP +
-                        " (default for an index: the model that built it)")
+                        " (default for an index: the model that built it; for a folder: kikimimi's packaged "
+                        "open-clap-tiny)")
     parser.add_argument("--index", metavar="DIR",
                         help="where the index of a FOLDER lives (default: FOLDER/.kikimimi-index)")
     parser.add_argument("--no-update", action="store_true",
@@ -53,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-s", type=float, default=10.0, metavar="SECONDS",
                         help="files longer than this are indexed per window (default 10; 0 = whole files)")
     parser.add_argument("--hop-s", type=float, default=5.0, metavar="SECONDS", help="window step (default 5)")
-    parser.add_argument("--vector-index", choices=("auto", "numpy", "flat", "ivf", "hnsw"), default="auto",
-                        help="vector search kind (auto: exact below --exact-below segments, faiss IVF above)")
+    parser.add_argument("--vector-index", choices=("auto", "numpy", "flat", "hnsw", "hnsw_sq", "ivf"), default="auto",
+                        help="vector search kind (auto: exact below --exact-below segments, faiss HNSW above)")
     parser.add_argument("--exact-below", type=int, default=100_000, metavar="ROWS")
     add_clap_arguments(parser)
 
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.fileio import OutputInUseError
     from kikimimi.inference.clap import CLAPError, load_clap
-    from kikimimi.inference.search import MANIFEST, SearchIndex, SearchIndexError, update_index
+    from kikimimi.inference.search import MANIFEST, SearchIndex, SearchIndexError, check_model_space, update_index
 
     if not 1 <= args.port <= 65535:
         print(f"error: --port {args.port}: not a port number (1-65535)", file=sys.stderr)
@@ -102,14 +109,15 @@ def run(args: argparse.Namespace) -> int:
             model_arg = args.model or SearchIndex.load(index_dir).model
         elif target.is_dir():
             index_dir, folder = Path(args.index) if args.index else target / ".kikimimi-index", target
-            if not args.model:
+            model_arg = model_or_packaged(args.model, "clap")
+            if not model_arg:
                 raise ValueError(f"'{target}' is a folder of audio: say which model indexes it (-m MODEL)")
-            model_arg = args.model
         else:
             raise ValueError(f"'{target}': no such folder or index")
         model_id = str(Path(resolve_model(model_arg, args)).resolve())
-        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device, precision=args.precision,
-                          trust_pickle=args.trust_pickle, accept_licence=args.accept_licence)
+        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device,
+                          precision=index_precision(args, index_dir), trust_pickle=args.trust_pickle,
+                          accept_licence=args.accept_licence)
         if folder is not None and not args.no_update:
             print(f"indexing '{folder}' into '{index_dir}' (only new or changed files are embedded)…", flush=True)
             update = update_index(model, folder, index_dir, model_id=model_id, batch_size=args.batch_size,
@@ -120,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"skipped '{key}': {reason}", file=sys.stderr)
             print(f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
                   f"unchanged {len(update.unchanged)}, unreadable {len(update.errors)}")
+        if (index_dir / MANIFEST).is_file():  # text queries from another model would return nonsense
+            check_model_space(index_dir, model, model_id)
         captioner = _load_captioner(args.captioner) if args.captioner else None
         labels = None
         if args.labels:

@@ -10,6 +10,7 @@ from kikimimi.commands._options import (
     MODEL_NAME_HELP,
     add_clap_arguments,
     add_results_arguments,
+    model_or_packaged,
     open_results_log,
     print_missing,
 )
@@ -19,9 +20,11 @@ HELP = "Zero-shot classify audio files against free-text labels with an M2D-CLAP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model",
-                        help="M2D-CLAP checkpoint (official 2024/2025 file or kikimimi folder)" + MODEL_NAME_HELP)
-    parser.add_argument("audio", nargs="+", help="audio files, folders or CSV lists")
+    parser.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO",
+                        help="the M2D-CLAP model (official 2024/2025 file or kikimimi folder" + MODEL_NAME_HELP +
+                        "; leave it out, or give it with -m, and kikimimi's packaged open-clap-tiny is used), then "
+                        "audio files, folders or CSV lists")
+    parser.add_argument("-m", "--model", help="the M2D-CLAP model, instead of the first positional argument")
     parser.add_argument("--labels", required=True, help="comma-separated class names, e.g. 'dog barking,rain'")
     parser.add_argument("--template", default="{} can be heard", help="caption template ({} = class name)")
     parser.add_argument("--top", type=int, default=5, help="labels shown per file")
@@ -30,6 +33,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="files decoded and classified together (bounds memory; default: %(default)s)")
     add_results_arguments(parser)
     add_clap_arguments(parser)
+
+
+def split_model_and_audio(model: str | None, inputs: list[str]) -> tuple[str | None, list[str]]:
+    """``(model, audio)`` from ``-m`` and the positional arguments: with ``-m`` every positional is audio; else the
+    first positional is the model when more follow and it names one (a registered name, a kikimimi folder with a
+    ``config.json``, or a weight file); else the packaged open CLAP (``None`` when it is not installed)."""
+    if model:
+        return model, inputs
+    if len(inputs) > 1 and _names_a_model(inputs[0]):
+        return inputs[0], inputs[1:]
+    return model_or_packaged(None, "clap"), inputs
+
+
+def _names_a_model(value: str) -> bool:
+    from pathlib import Path
+
+    from kikimimi.checkpoints.registry import find_entry
+
+    path = Path(value)
+    if path.is_dir():
+        return (path / "config.json").is_file()
+    if path.suffix.lower() in (".pth", ".pt", ".ckpt", ".safetensors", ".bin"):
+        return True
+    return find_entry(value) is not None
 
 
 def _load_clap_model(args: argparse.Namespace):
@@ -42,8 +69,12 @@ def _load_clap_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one file is classified, 1 when every file failed, 2 on a bad setting, input
     list or model."""
-    from kikimimi.commands._exit import check_inputs
+    from kikimimi.commands._exit import UsageError, check_inputs
 
+    args.model, args.audio = split_model_and_audio(args.model, args.inputs)
+    if not args.model:
+        raise UsageError("no model: pass one (-m MODEL, or MODEL before the audio); kikimimi's packaged "
+                         "open-clap-tiny is not installed")
     check_inputs(args.audio)  # a missing path or no audio file: a usage error (exit 2), nothing written
     from kikimimi.audio.decode import AudioDecodeError, load_audio
     from kikimimi.checkpoints import CheckpointError

@@ -25,6 +25,7 @@ still belongs to the indexed file; remove broken files from caption-paired corpo
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,20 @@ def match_caption_keys(corpus: Corpus, available: Iterable[str]) -> list[str | N
     """For each corpus file, its caption key among ``available`` (``None`` when none matches).
 
     A caption key also matches with its suffix removed, so ``sub/dog.npy`` (a prep cache) finds
-    ``sub/dog.wav`` (captions keyed by the audio file); exact matches win.
+    ``sub/dog.wav`` (captions keyed by the audio file), and by its file name or stem alone when no other caption
+    key shares it (``/elsewhere/cache/sub/dog.npy`` finds ``audio/sub/dog.wav``); exact matches win.
     """
     keys = [str(k) for k in available]
     lookup = {k: k for k in keys}
     for k in keys:
         lookup.setdefault(Path(k).with_suffix("").as_posix(), k)
+    # a file whose folder is not below the caption table's (a prep cache, or a view listing another cache's
+    # files) still finds a key by its name or stem, when exactly one caption key has that name or stem
+    for short in (lambda k: Path(k).name, lambda k: Path(k).stem):
+        counts = Counter(short(k) for k in keys)
+        for k in keys:
+            if counts[short(k)] == 1:
+                lookup.setdefault(short(k), k)
     roots = _source_roots(corpus)
     found: list[str | None] = []
     for f in corpus.files:

@@ -99,7 +99,8 @@ def model_specs(models: Sequence[str], *, baselines: bool = True, device: str = 
             specs.append(ModelSpec("log-mel stats", lambda task: LogMelStats("m2d-16k"), 16000, lr,
                                    "logmel-m2d-16k"))
             continue
-        encoder = load(name, device=device, norm_stats=norm_stats, trust_pickle=trust_pickle)
+        encoder = load(name, device=device, norm_stats=norm_stats, trust_pickle=trust_pickle,
+                       precision="fp32")  # scores compare encoders: exact features, not the fastest path
         label = model_label(name)
         while label in {s.name for s in specs}:
             label += "'"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import warnings
 from collections import defaultdict
@@ -25,13 +26,16 @@ import numpy as np
 import torch
 
 from kikimimi.audio.decode import AudioDecodeError, load_audio, resample
-from kikimimi.checkpoints import EncoderBundle, load_encoder
+from kikimimi.checkpoints import EncoderBundle, load_encoder, resolve_model_source
 from kikimimi.device import resolve_device
 from kikimimi.features.frontend import LogMelSpectrogram, empty_mel_bins, get_preset, log_mel
 from kikimimi.features.normstats import NormStats, compute_norm_stats
+from kikimimi.inference.cpu_paths import AUTO, PathCache, PathChoice, choose_cpu_path, default_precision, prepare_path
 from kikimimi.inference.onnx_runtime import is_onnx_path, load_onnx_bundle
 from kikimimi.inference.precision import apply_precision, check_precision
 from kikimimi.models.encoder import FrameEncoder
+
+_log = logging.getLogger(__name__)
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor | Sequence[Any]
 
@@ -222,7 +226,7 @@ def _as_float_pcm(wave: np.ndarray) -> np.ndarray:
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None, *,
          norm_stats: Sequence[float] | NormStats | None = None, trust_pickle: bool = False,
-         accept_licence: bool = False, precision: str = "fp32", **overrides: Any) -> AudioEncoder:
+         accept_licence: bool = False, precision: str | None = None, **overrides: Any) -> AudioEncoder:
     """Load an official or kikimimi checkpoint, or a registered model by name, as an :class:`AudioEncoder`.
 
     Args:
@@ -234,22 +238,51 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, *,
         trust_pickle: allow arbitrary pickled objects (only for files you trust).
         accept_licence: accept the licence of an official file on its first download by name (also
             ``KIKIMIMI_ACCEPT_LICENCE=1``).
-        precision: ``"fp32"`` (default), ``"bf16"`` (autocast; fast on GPUs and CPUs with native bfloat16)
-            or ``"int8"`` (dynamic quantisation of the Linear layers, CPU); see
-            :mod:`kikimimi.inference.precision`. A ``.onnx`` file (``kikimimi export onnx``) runs on ONNX
-            Runtime (:mod:`kikimimi.inference.onnx_runtime`; ``"int8"`` quantises it at load unless the file
-            is already int8).
+        precision: ``"auto"`` (the default, unless ``$KIKIMIMI_PRECISION`` names another): on a CPU, the fastest
+            path measured to keep cosine >= 0.999 to float32 for this model on this CPU (measured once, cached;
+            :mod:`kikimimi.inference.cpu_paths`; ``model.precision_choice`` says which and why), float32 elsewhere;
+            ``"fp32"`` (exact), ``"bf16"`` (autocast; fast on GPUs and CPUs with native bfloat16) or ``"int8"``
+            (dynamic quantisation of the Linear layers, CPU); see :mod:`kikimimi.inference.precision`. A ``.onnx``
+            file (``kikimimi export onnx``) runs on ONNX Runtime (:mod:`kikimimi.inference.onnx_runtime`;
+            ``"int8"`` quantises it at load unless the file is already int8; ``"auto"`` runs it as it is).
         **overrides: ``size``, ``input_size``, ``patch_size``, ``sample_rate`` when the file name does not
             follow the official grammar.
     """
     if norm_stats is not None and not isinstance(norm_stats, NormStats):
         norm_stats = tuple(float(v) for v in norm_stats)
+    precision = default_precision() if precision is None else str(precision).lower()
     if is_onnx_path(path):  # ONNX Runtime on the CPU; the file's metadata holds front end and statistics
-        onnx_bundle = load_onnx_bundle(path, precision=precision, norm_stats=norm_stats)
+        onnx_bundle = load_onnx_bundle(path, precision="fp32" if precision == AUTO else precision,
+                                       norm_stats=norm_stats)
         return AudioEncoder(onnx_bundle, device="cpu", precision=onnx_bundle.config["precision"])
     bundle = load_encoder(path, norm_stats=norm_stats, trust_pickle=trust_pickle, accept_licence=accept_licence,
                           **overrides)
-    return AudioEncoder(bundle, device=device, precision=precision)
+    if precision != AUTO:
+        return AudioEncoder(bundle, device=device, precision=precision)
+    return _load_auto(bundle, path, device, accept_licence)
+
+
+def _load_auto(bundle: EncoderBundle, path: str | os.PathLike, device: str | torch.device | None,
+               accept_licence: bool = False) -> AudioEncoder:
+    """``precision="auto"``: the path :func:`~kikimimi.inference.cpu_paths.choose_cpu_path` picks (logged at INFO,
+    shown by ``kikimimi -v``), fp32 when the chosen path cannot be prepared now."""
+    device = resolve_device(device)
+    try:
+        source = resolve_model_source(path, accept_licence=accept_licence, progress=False)  # fetched already
+    except Exception:  # noqa: BLE001 - loaded already; without a file the choice is fp32
+        source = None
+    choice = choose_cpu_path(bundle, source, lambda b, p: AudioEncoder(b, device="cpu", precision=p), device=device)
+    try:
+        onnx_dir = PathCache().artifacts(choice.key) if choice.key else None
+        prepared, precision = prepare_path(bundle, choice.path, onnx_dir)
+    except Exception as exc:  # noqa: BLE001 - e.g. the onnx extra removed since the choice was cached
+        _log.warning("precision auto: %s could not be prepared (%s); running fp32", choice.path, exc)
+        choice = PathChoice("fp32", f"{choice.path} could not be prepared ({type(exc).__name__})")
+        prepared, precision = bundle, "fp32"
+    model = AudioEncoder(prepared, device=device, precision=precision)
+    model.precision_choice = choice
+    _log.info("%s", choice.line())
+    return model
 
 
 def random_init_like(model: AudioEncoder, seed: int = 0) -> AudioEncoder:

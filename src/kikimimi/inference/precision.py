@@ -18,11 +18,13 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "Bf16Autocast", "apply_precision", "check_precision", "cpu_has_native_bf16"]
+__all__ = ["PRECISIONS", "Bf16Autocast", "apply_precision", "check_precision", "cpu_flags", "cpu_has_int8_dot",
+           "cpu_has_native_bf16"]
 
 #: Accepted ``precision`` values.
 _log = logging.getLogger(__name__)
@@ -46,9 +48,36 @@ def check_precision(precision: str, device: torch.device) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether PyTorch's CPU kernels can use native bfloat16 instructions (AVX-512 BF16 or AMX) here."""
+    """Whether PyTorch's CPU kernels can use native bfloat16 instructions (AVX-512 BF16 or AMX) here.
+
+    PyTorch's own capability string names AVX-512 without its BF16 subset on many such CPUs, while its oneDNN
+    matmuls do use them; so the CPU's flags (``/proc/cpuinfo``: ``avx512_bf16``, ``amx_bf16``) count too."""
     capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    return "BF16" in capability or "AMX" in capability
+    if "BF16" in capability or "AMX" in capability:
+        return True
+    return bool(_BF16_FLAGS & set(cpu_flags())) and torch.backends.mkldnn.is_available()
+
+
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+#: int8 dot-product instructions: x86 VNNI (AVX-512 / AVX), AMX int8, Arm dot product
+_INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether the CPU multiplies int8 with 32-bit accumulation in one instruction (VNNI, AMX, Arm dot product):
+    then u8×s8 products cannot saturate, and int8 weights can use the full 8-bit range."""
+    return bool(_INT8_DOT_FLAGS & set(cpu_flags()))
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags (``/proc/cpuinfo`` "flags", or "Features" on ARM), sorted; empty where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return sorted(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return []
 
 
 def _quantize_linear_int8(module: nn.Module) -> nn.Module:

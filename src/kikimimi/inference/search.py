@@ -17,8 +17,14 @@ a second one stops at once with :class:`kikimimi.fileio.OutputInUseError`. The f
 (:func:`kikimimi.fileio.claim_folder`), and ``index`` deletes only files it wrote itself (listed in
 ``.kikimimi-index-files.json`` before they are created), never other ``embeddings-*.npy`` / ``vectors-*.npz``.
 
+The vector index is brought up to date in place: rows of unchanged files are kept, new rows added, removed
+ones dropped (tombstones in an HNSW graph, compacted when they pass a quarter of it), and the search effort
+re-calibrated (:meth:`kikimimi.inference.vector_index.VectorIndex.rearrange`); nothing is re-added.
+
 The manifest records the identity of the model (:func:`kikimimi.inference.jobs.job_record`: a content
-fingerprint of the weights, config, front end, precision) — an update with another model is refused — and the
+fingerprint of the weights, config, front end, normalisation statistics, precision, dimension): its embedding
+space. Adding vectors of another space is refused, and so is searching with another model's text queries
+(:func:`check_space`, :class:`EmbeddingSpaceError`: one line naming both models) — and the
 SHA-256 of every vector file and of the entries; :meth:`SearchIndex.load` verifies them, so flipped bytes or
 edited entries are refused with a message naming ``kikimimi index --check`` and ``--rebuild``
 (:func:`check_index`). A file whose embedding has NaN or infinite values is listed under ``errors``, never
@@ -60,12 +66,13 @@ from kikimimi.fileio import (
     settings_fingerprint,
 )
 from kikimimi.inference.jobs import NON_FINITE, fingerprint_cache_file, job_record
-from kikimimi.inference.vector_index import EXACT_BELOW, VectorIndex, VectorIndexError
+from kikimimi.inference.vector_index import COMPACT_ABOVE, EXACT_BELOW, VectorIndex, VectorIndexError
 from kikimimi.models.encoder import TextAudioModel
 
-__all__ = ["DEFAULT_HOP_S", "DEFAULT_WINDOW_S", "FORMAT", "FileHit", "IndexUpdate", "SearchHit", "SearchIndex",
-           "SearchIndexError", "SearchQueryError", "check_query", "embed_segments", "group_hits_by_file", "search",
-           "search_files", "search_many", "update_index"]
+__all__ = ["DEFAULT_HOP_S", "DEFAULT_WINDOW_S", "FORMAT", "SPACE_FIELDS", "EmbeddingSpaceError", "FileHit",
+           "IndexUpdate", "SearchHit", "SearchIndex", "SearchIndexError", "SearchQueryError", "check_model_space",
+           "check_query", "check_space", "compact_index", "embed_segments", "embedding_space", "group_hits_by_file",
+           "model_identity", "search", "search_files", "search_many", "update_index"]
 
 FORMAT = "kikimimi-search-index/2"
 #: formats :meth:`SearchIndex.load` reads (``/1``: one whole-file row per entry, no segments)
@@ -80,6 +87,60 @@ DEFAULT_HOP_S = 5.0
 
 class SearchIndexError(ValueError):
     """The index folder is unusable or belongs to another model; the message names the folder and the fix."""
+
+
+class EmbeddingSpaceError(SearchIndexError):
+    """Vectors of one embedding space added to, or searched in, an index of another; the message names both."""
+
+
+#: the fields of a model identity (:func:`kikimimi.inference.jobs.job_record`) that decide what a vector means:
+#: the weights' content, the model's family and config, its front end and normalisation statistics, precision,
+#: level, sample rate and dimension
+SPACE_FIELDS = ("weights_sha256", "family", "config_sha256", "frontend", "norm_stats", "precision", "level",
+                "sample_rate", "dim")
+
+
+def embedding_space(identity: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`SPACE_FIELDS` of a model identity, as JSON values (tuples become lists, as in a manifest)."""
+    return json.loads(json.dumps({k: identity[k] for k in SPACE_FIELDS if k in identity}, sort_keys=True,
+                                 default=str))
+
+
+def _space_name(model_id: str, identity: dict[str, Any]) -> str:
+    name = Path(str(model_id)).name or str(model_id)
+    return (f"'{name}' (weights {str(identity.get('weights_sha256'))[:12]}, {identity.get('precision')}, "
+            f"{identity.get('dim')}-d)")
+
+
+def check_space(index: SearchIndex, identity: dict[str, Any] | None, model_id: str, *, doing: str = "search") -> None:
+    """Refuse to ``doing`` (``"search"`` or ``"add"``) with vectors of the model ``identity`` in ``index`` when
+    the index's vectors come from another embedding space (:data:`SPACE_FIELDS`; fields one of the two
+    identities lacks are not compared). Nothing is checked when either identity is unknown (``None``).
+
+    Raises:
+        EmbeddingSpaceError: one line naming the index, both models and the fields that differ.
+    """
+    recorded = index.model_identity
+    if identity is None or not isinstance(recorded, dict):
+        return
+    ours, theirs = embedding_space(identity), embedding_space(recorded)
+    differ = [k for k in SPACE_FIELDS if k in ours and k in theirs and ours[k] != theirs[k]]
+    if not differ:
+        return
+    fix = ("use a new index folder or rebuild it (--rebuild)" if doing == "add" else
+           "search with the model that built it, or rebuild the index with this one (--rebuild)")
+    verb = "adding vectors of" if doing == "add" else "searching with"
+    raise EmbeddingSpaceError(f"'{index.folder}': its vectors are in the embedding space of model "
+                              f"{_space_name(index.model, recorded)}; {verb} model {_space_name(model_id, identity)} "
+                              f"would mix spaces (different {', '.join(differ)}); {fix}")
+
+
+def check_model_space(index: SearchIndex | str | os.PathLike, model: Any, model_id: str, *,
+                      doing: str = "search") -> None:
+    """:func:`check_space` for a loaded ``model`` named ``model_id`` (the path or name it was loaded from: its
+    weights are fingerprinted by file, as when the index was built)."""
+    idx = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
+    check_space(idx, model_identity(model, model_id), model_id, doing=doing)
 
 
 def _corrupted(folder: Path | str, what: str) -> SearchIndexError:
@@ -179,6 +240,7 @@ class SearchIndex:
     model_identity: dict[str, Any] | None = None
     _vectors: VectorIndex | None = field(default=None, repr=False)
     _rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _keys: tuple[dict[str, int], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike, *, verify: bool = True) -> SearchIndex:
@@ -253,17 +315,28 @@ class SearchIndex:
             self._rows = (np.asarray(owner, np.int64), np.asarray(start, np.float64), np.asarray(end, np.float64))
         return self._rows
 
+    def _key_table(self) -> tuple[dict[str, int], np.ndarray]:
+        """``{key: entry number}`` (the first entry of a key) and the entries' row bounds ``[E + 1]`` (a file's
+        rows are consecutive), computed once like :meth:`row_table`: a look-up by key costs O(1), not O(files)."""
+        if self._keys is None:
+            owner = self.row_table()[0]
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(self.entries)))])
+            keys: dict[str, int] = {}
+            for i, e in enumerate(self.entries):
+                keys.setdefault(e["key"], i)
+            self._keys = (keys, bounds.astype(np.int64))
+        return self._keys
+
     def rows_of(self, key: str) -> np.ndarray:
         """Row numbers of the segments of file ``key`` (empty when not indexed)."""
-        owner = self.row_table()[0]
-        for i, e in enumerate(self.entries):
-            if e["key"] == key:
-                return np.flatnonzero(owner == i)
-        return np.zeros(0, np.int64)
+        keys, bounds = self._key_table()
+        i = keys.get(key)
+        return np.zeros(0, np.int64) if i is None else np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
 
     def entry(self, key: str) -> dict[str, Any] | None:
         """The manifest entry of file ``key``, or None."""
-        return next((e for e in self.entries if e["key"] == key), None)
+        i = self._key_table()[0].get(key)
+        return None if i is None else self.entries[i]
 
     @property
     def vector_index(self) -> VectorIndex:
@@ -466,10 +539,7 @@ def _update_locked(model: TextAudioModel, root_path: Path, folder: Path, model_i
         old = SearchIndex.load(folder)
         old_identity = old.model_identity
         if identity is not None and old_identity is not None:
-            if settings_fingerprint(identity) != settings_fingerprint(old_identity):
-                raise SearchIndexError(f"'{folder}': built with model '{old.model}'{_weights(old_identity)}, not "
-                                       f"'{model_id}'{_weights(identity)}; use a new index folder or rebuild it "
-                                       "(--rebuild)")
+            check_space(old, identity, model_id, doing="add")
         elif old.model != model_id:
             raise SearchIndexError(f"'{folder}': built with model '{old.model}', not '{model_id}'; use a new index "
                                    "folder or rebuild it (--rebuild)")
@@ -485,13 +555,18 @@ def _update_locked(model: TextAudioModel, root_path: Path, folder: Path, model_i
         raise SearchIndexError(str(exc)) from None
     reusable = old is not None and old.segmenting == segmenting
     old_rows: dict[str, np.ndarray] = {}
+    old_first: dict[str, int] = {}  # key → its first row in the old index (a file's rows are consecutive)
     if old is not None and reusable:
         owner = old.row_table()[0]
         emb = np.asarray(old.embeddings)
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(old.entries)))]).astype(np.int64)
         for i, e in enumerate(old.entries):
-            old_rows[e["key"]] = np.array(emb[owner == i], dtype=np.float32)
+            old_rows[e["key"]] = np.array(emb[bounds[i]:bounds[i + 1]], dtype=np.float32)
+            old_first[e["key"]] = int(bounds[i])
     previous = {e["key"]: e for e in old.entries} if old else {}
-    trained = None  # a saved IVF index: its trained quantiser is reused (read now: progress saves drop the file)
+    # a saved approximate index: updated in place (rows kept, added, removed) or, when it cannot be, an IVF one
+    # lends its trained quantiser (read now: progress saves drop the file)
+    trained = None
     if old is not None and old.vectors_file and old.vectors_info and not old.vectors_info.get("exact", True):
         try:
             trained = old.vector_index
@@ -572,8 +647,14 @@ def _update_locked(model: TextAudioModel, root_path: Path, folder: Path, model_i
             if key in lst:
                 lst.remove(key)
     rows = [(e, v) for i, (e, v) in enumerate(keep_rows) if i not in failed and v is not None]
+    sources = None  # per new row: its row in the old index, -1 when embedded now
+    if trained is not None and reusable:
+        unchanged = set(update.unchanged)
+        sources = np.concatenate([np.zeros(0, np.int64)] + [
+            np.arange(old_first[e["key"]], old_first[e["key"]] + len(v), dtype=np.int64) if e["key"] in unchanged
+            else np.full(len(v), -1, dtype=np.int64) for e, v in rows])
     current = _save_rows(folder, root_path, model_id, rows, errors, old, saved_as, segmenting,
-                         (vector_kind, exact_below), trained, identity=identity)
+                         (vector_kind, exact_below), trained, identity=identity, sources=sources)
     _remove_leftovers(folder, current)
     return update
 
@@ -591,10 +672,13 @@ def _remove_leftovers(folder: Path, current: SearchIndex) -> None:
 def _save_rows(folder: Path, root_path: Path, model_id: str, rows: list[tuple[dict[str, Any], np.ndarray]],
                errors: dict[str, dict[str, Any]], old: SearchIndex | None, previous_file: str | None,
                segmenting: tuple[float, float], vectors: tuple[str, int] | None,
-               trained: VectorIndex | None = None, *, identity: dict[str, Any] | None = None) -> SearchIndex:
+               trained: VectorIndex | None = None, *, identity: dict[str, Any] | None = None,
+               sources: np.ndarray | None = None) -> SearchIndex:
     """Write ``rows`` (entry, segment embeddings ``[S, dim]``) as the index in ``folder``; with ``vectors``
-    (kind, exact_below) also build and save the vector index (an IVF one reuses ``trained``'s coarse
-    quantiser when it fits). Returns the index written."""
+    (kind, exact_below) also the vector index: ``trained`` (the previous one) updated in place when
+    ``sources`` (per row its previous row or -1, :meth:`VectorIndex.rearrange`) allows it
+    (:func:`_incremental`), else built anew (an IVF one reuses ``trained``'s coarse quantiser when it fits).
+    Returns the index written."""
     dims = {int(v.shape[-1]) for _, v in rows}
     if len(dims) > 1:
         raise SearchIndexError(f"'{folder}': embeddings of different sizes {sorted(dims)}; rebuild the index")
@@ -608,12 +692,62 @@ def _save_rows(folder: Path, root_path: Path, model_id: str, rows: list[tuple[di
         index.vectors_file = old.vectors_file if previous_file == old.embeddings_file else None
     if vectors is not None:
         try:
-            index._vectors = VectorIndex.build(index.embeddings, kind=vectors[0], exact_below=vectors[1],
-                                               trained_from=trained)
+            index._vectors = _incremental(trained, sources, index.embeddings, vectors[0], vectors[1]) or \
+                VectorIndex.build(index.embeddings, kind=vectors[0], exact_below=vectors[1], trained_from=trained)
         except VectorIndexError as exc:
             raise SearchIndexError(f"'{folder}': {exc}") from exc
     index.save(folder, vectors=vectors is not None)
     return index
+
+
+def _incremental(previous: VectorIndex | None, sources: np.ndarray | None, embeddings: np.ndarray, kind: str,
+                 exact_below: int) -> VectorIndex | None:
+    """``previous`` (an approximate index) brought to the rows ``embeddings`` ``[R, D]`` without a rebuild —
+    rows kept, new ones added, removed ones dropped (tombstones in a graph, compacted above
+    :data:`~kikimimi.inference.vector_index.COMPACT_ABOVE`), then re-calibrated — or ``None`` when a fresh build
+    is due: no previous index or ``sources``, another kind asked for (``"auto"`` keeps a graph of either kind
+    while the rows stay above ``exact_below``, and replaces an IVF index by a graph), or the target recall no
+    longer reached."""
+    if previous is None or sources is None or previous.exact or previous.dim != embeddings.shape[-1]:
+        return None
+    if kind == "auto":
+        auto = VectorIndex.choose_kind(embeddings.shape[0], "auto", exact_below, dim=previous.dim)
+        if auto in ("numpy", "flat") or previous.kind == "ivf":
+            return None
+    elif kind != previous.kind:
+        return None
+    target = float((previous.params.get("calibration") or {}).get("target_recall", 0.95))
+    try:
+        counts = previous.rearrange(sources, embeddings)
+        if counts["added"] == 0 and counts["removed"] == 0:
+            return previous
+        graph = previous.size + previous.tombstones
+        counts["compacted"] = previous.compact(embeddings) if previous.tombstones > COMPACT_ABOVE * graph else 0
+        if previous.calibrate(target, reference=embeddings) < target:
+            return None
+    except VectorIndexError:
+        return None
+    previous.params["last_update"] = counts
+    return previous
+
+
+def compact_index(index_dir: str | os.PathLike) -> dict[str, int]:
+    """Drop the tombstones of an index's HNSW graph now (updates do it when they pass a quarter of the graph):
+    the graph is rebuilt from the live rows' embeddings, re-calibrated and saved, under the folder's lock.
+    Returns ``{"rows", "dropped"}`` (``dropped`` 0: nothing to drop, or the vector index is not a graph)."""
+    folder = Path(index_dir)
+    if not (folder / MANIFEST).is_file():  # before the lock, which would create the folder
+        raise SearchIndexError(f"'{folder}': no {MANIFEST}: not a search index")
+    with output_lock(folder, "index"):
+        index = SearchIndex.load(folder)
+        vectors = index.vector_index
+        dropped = vectors.compact(np.asarray(index.embeddings)) if vectors.tombstones else 0
+        if dropped:
+            target = float((vectors.params.get("calibration") or {}).get("target_recall", 0.95))
+            vectors.calibrate(target, reference=index.embeddings)
+            index.save(folder)
+            _remove_leftovers(folder, index)
+    return {"rows": vectors.size, "dropped": int(dropped)}
 
 
 def check_index(index_dir: str | os.PathLike) -> str | None:
@@ -734,11 +868,15 @@ def _query_embeddings(idx: SearchIndex, queries: Sequence[str] | np.ndarray, mod
 
 def search_many(index: SearchIndex | str | os.PathLike, queries: Sequence[str] | np.ndarray,
                 model: TextAudioModel | None = None,
-                top: int = 10, *, segments: bool = False) -> list[list[FileHit]] | list[list[SearchHit]]:
+                top: int = 10, *, segments: bool = False,
+                model_id: str | None = None) -> list[list[FileHit]] | list[list[SearchHit]]:
     """:func:`search` for several text queries (embedded in one call, so the model is loaded and run once) or
     query embeddings ``[Q, dim]``; one result list per query, in order. Raises :class:`SearchQueryError` when a
-    text query is empty or blank."""
+    text query is empty or blank, :class:`EmbeddingSpaceError` when ``model_id`` (the path or name ``model``
+    was loaded from) is given and the model's embedding space is not the index's (:func:`check_space`)."""
     idx = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
+    if model is not None and model_id is not None and not isinstance(queries, np.ndarray):
+        check_model_space(idx, model, model_id)
     emb = _query_embeddings(idx, queries, model)
     if segments:
         return [idx.search(e, top) for e in emb]

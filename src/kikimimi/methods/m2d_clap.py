@@ -1,9 +1,14 @@
 """M2D-CLAP (2024) pre-training objective: M2D plus CLAP on the same forward pass ([M2D-CLAP], Interspeech
 2024; docs/reference.md §7.3).
 
-Audio side: mean over the online encoder outputs of the *visible* patches (CLS dropped; returned by
-:meth:`M2D.forward` as ``visible_tokens``) → ``audio_proj`` (:class:`~kikimimi.models.projectors.
-MLPAudioProjector`, D→D→D; 768 for ViT-Base, the encoder width for other sizes).
+Audio side (``sem_mode``, ../shared/docs/fact-sheet-m2d2-2026.md §2): the online encoder outputs of the *visible*
+patches (CLS dropped; returned by :meth:`M2D.forward` as ``visible_tokens``) →
+
+- ``sem_mode`` 0 (the 2024 M2D-CLAP): their mean → ``audio_proj`` (:class:`~kikimimi.models.projectors.
+  MLPAudioProjector`, D→D→D; 768 for ViT-Base, the encoder width for other sizes);
+- ``sem_mode`` 1–4 (M2D2 stage 1, official default 1): the **unpooled** visible-token sequence (57 of 190 tokens at
+  mask 0.7) → the semantic-token projector (:class:`~kikimimi.models.projectors.SemanticProjector`, depth/MLP ratio
+  1/1, 2/1, 3/2, 4/2), keys ``audio_proj.sem_token``, ``audio_proj.sem_blocks.N.*``, ``audio_proj.norm.*``.
 Text side: frozen pre-computed caption embeddings ``batch["text_emb"]`` ``[B, Dt]`` (e.g. GTE-base
 mean-pooled, or LLM-based sentence embeddings for M2D2 stage 1) → ``text_proj`` (``nn.Linear(Dt, D)``)
 only when ``Dt ≠ D`` (identity otherwise, as the official 2024 file).
@@ -12,8 +17,8 @@ Loss = ``L_M2D + clap_weight · InfoNCE`` (``clap_weight`` 0.01 by default) with
 under DDP (:func:`kikimimi.methods.clap.clip_infonce`). After every optimiser step: the M2D EMA update
 and the clamp of ``logit_scale`` to ``[0, ln 100]``.
 
-State-dict keys are the official 2024 ones: the M2D keys plus ``logit_scale`` (0-d), ``audio_proj.0.*``,
-``audio_proj.2.*`` and ``text_proj.*`` when present.
+State-dict keys are the official ones: the M2D keys plus ``logit_scale`` (0-d), ``audio_proj.0.*``,
+``audio_proj.2.*`` (mode 0) or the semantic projector's keys (modes 1–4), and ``text_proj.*`` when present.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from kikimimi.methods.clap import clamp_logit_scale_, clip_infonce, new_logit_scale
 from kikimimi.methods.m2d import M2D
-from kikimimi.models.projectors import MLPAudioProjector, linear_text_projection
+from kikimimi.models.projectors import SEMANTIC_MODES, MLPAudioProjector, SemanticProjector, linear_text_projection
 
 __all__ = ["M2DCLAP", "CLAP_KEYS_PREFIXES"]
 
@@ -44,6 +50,8 @@ class M2DCLAP(M2D):
         method_name: label written to :meth:`config_dict` (``"m2d_clap"``, or ``"m2d2_stage1"``).
         text_encoder: informational spec of the text encoder that produced the embeddings (recorded in
             :meth:`config_dict`, e.g. ``"gte:/models/gte-base"`` or ``"llm:/models/nv-embed#eos"``).
+        sem_mode: audio projector: 0 = the 2024 MLP on the mean of the visible tokens (default), 1–4 = the
+            semantic-token projector on the unpooled visible tokens (M2D2 stage 1: 1).
         **m2d_kwargs: the remaining :class:`M2D` arguments.
     """
 
@@ -60,8 +68,11 @@ class M2DCLAP(M2D):
         clap_weight: float = 0.01,
         method_name: str = "m2d_clap",
         text_encoder: str | None = None,
+        sem_mode: int = 0,
         **m2d_kwargs,
     ) -> None:
+        if int(sem_mode) != 0 and int(sem_mode) not in SEMANTIC_MODES:
+            raise ValueError(f"sem_mode must be 0 (2024 MLP) or one of {sorted(SEMANTIC_MODES)}, got {sem_mode}")
         super().__init__(size, input_size, patch_size, **m2d_kwargs)
         dim = self.vit_config.embed_dim
         self.text_dim = int(text_dim) if text_dim is not None else dim
@@ -72,7 +83,12 @@ class M2DCLAP(M2D):
         self.clap_weight = float(clap_weight)
         self.method_name = str(method_name)
         self.text_encoder_spec = text_encoder
-        self.audio_proj = MLPAudioProjector(dim)
+        self.sem_mode = int(sem_mode)
+        if self.sem_mode == 0:
+            self.audio_proj: nn.Module = MLPAudioProjector(dim)
+        else:
+            depth, ratio = SEMANTIC_MODES[self.sem_mode]
+            self.audio_proj = SemanticProjector(dim, depth=depth, mlp_ratio=ratio)
         self.text_proj = linear_text_projection(self.text_dim, dim) if self.text_dim != dim else None
         self.logit_scale = new_logit_scale()
 
@@ -85,12 +101,16 @@ class M2DCLAP(M2D):
         ``text_dim`` = the width of the run's caption embeddings (``None`` = the encoder width)."""
         weight = settings.clap_weight if settings.clap_weight is not None else 0.01
         return cls(**cls.settings_kwargs(settings, norm_stats), text_dim=text_dim, clap_weight=float(weight),
-                   text_encoder=settings.text_encoder, method_name=settings.method)
+                   text_encoder=settings.text_encoder, method_name=settings.method,
+                   sem_mode=int(settings.sem_mode or 0))
 
     # ------------------------------------------------------------------ embeddings
     def audio_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``audio_proj`` of the token mean: tokens ``[B, N, D]`` → ``[B, D]`` (training: visible tokens)."""
-        return self.audio_proj(tokens.mean(dim=1))
+        """Tokens ``[B, N, D]`` (training: the visible ones) → ``[B, D]``: ``audio_proj`` of their mean
+        (``sem_mode`` 0) or of the whole sequence (the semantic projector)."""
+        if self.sem_mode == 0:
+            return self.audio_proj(tokens.mean(dim=1))
+        return self.audio_proj(tokens)
 
     def text_embedding(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Caption embeddings ``[B, Dt]`` → ``[B, D]`` (``text_proj`` when ``Dt ≠ D``)."""
@@ -104,7 +124,7 @@ class M2DCLAP(M2D):
 
     @torch.no_grad()
     def zero_shot_audio(self, lms: torch.Tensor) -> torch.Tensor:
-        """Inference audio embedding: ``audio_proj(mean of all patch tokens)`` for ``lms [B, F, T]`` → ``[B, D]``."""
+        """Inference audio embedding: :meth:`audio_embedding` of all patch tokens for ``lms [B, F, T]`` → ``[B, D]``."""
         tokens = self.encoder.encode_lms(lms, flat=True)
         return self.audio_embedding(tokens)
 
@@ -152,6 +172,7 @@ class M2DCLAP(M2D):
             clap_weight=self.clap_weight,
             text_encoder=self.text_encoder_spec,
             method_name=self.method_name,
+            sem_mode=self.sem_mode,
         )
         return cfg
 

@@ -8,7 +8,9 @@ the long option names of ``kikimimi pretrain`` with ``_``, the fields of
 
 The named recipes (each :class:`Recipe` says where its values come from):
 
-- ``official``: the papers' settings, tuned for AudioSet-scale runs on GPUs (hundreds of thousands of steps);
+- ``official``: the papers' settings, tuned for AudioSet-scale runs on GPUs (hundreds of thousands of steps); for
+  M2D2 stage 2 the published ``clap_only`` settings (``../shared/docs/fact-sheet-m2d2-2026.md``);
+- ``m2d2-stage2.1``: M2D2 stage 2.1 (stage 2 from a stage-2 file, no training mask);
 - ``cpu-small``: :data:`CPU_SMALL_OVERRIDES`, the measured short CPU runs of docs/usage.md, "Short runs on a CPU";
 - ``first-run-m2d``, ``first-run-byola``, ``first-run-clap``: the three pre-training runs of the first run
   (``kikimimi demo``, :mod:`kikimimi.apps.first_run`), which uses them by name; ``kikimimi pretrain --recipe
@@ -46,6 +48,7 @@ __all__ = [
     "Recipe",
     "SHORT_RUN_BYOLA_MLP_LR_SCALE",
     "SHORT_RUN_EMA_TAUS",
+    "STAGE2_1_OVERRIDES",
     "auto_byola",
     "auto_ema_taus",
     "auto_save_every",
@@ -85,6 +88,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "missing_captions": "error",
     "unfreeze_audio": False,
     "sem_mode": None,
+    "mask_strategy": None,
     "vit_config": None,
 }
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -134,19 +138,34 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 METHOD_DEFAULTS["byola2"] = {**METHOD_DEFAULTS["byola"], "pre_norm": "precomputed"}
 # M2D-CLAP 2024: the M2D recipe + CLAP weight 0.01 (docs/reference.md §7.3); M2D2 stage 1 is the same objective
 METHOD_DEFAULTS["m2d_clap"] = {**METHOD_DEFAULTS["m2d"], "clap_weight": 0.01}
-METHOD_DEFAULTS["m2d2_stage1"] = {**METHOD_DEFAULTS["m2d_clap"]}
-# M2D2 stage 2: training hyper-parameters are not public (docs/reference.md §7.3); kikimimi's choice: 30 epochs
-# (the release is checkpoint-30.pth), a text-encoder fine-tuning lr, sizes come from the stage-1 file
+#: M2D2 stage 1 as published (``clap.train_clap``, fact-sheet-m2d2-2026.md §1–2): that objective with the
+#: semantic-token projector (``--sem_mode 1``) and seed 7; caption embeddings from an LLM embedder (NV-Embed-v2)
+METHOD_DEFAULTS["m2d2_stage1"] = {**METHOD_DEFAULTS["m2d_clap"], "sem_mode": 1, "seed": 7}
+#: M2D2 stage 2 as published (``clap/clap_only.py``, NTT's 2026-02-23 release; ../shared/docs/fact-sheet-m2d2-2026.md
+#: §1, §4): 30 epochs, base lr 3e-6 × effective batch / 256 (2.4e-5 at 512 × 4 GPUs), 5 warm-up epochs, half-cosine
+#: to 0, AdamW (0.9, 0.95) wd 0.05, clip 3.0, seed 7; a training mask of 0.3 of the frozen encoder's input patches,
+#: structured (the official code's variant); 1001-frame crops whatever the model input, short items padded with 0 in
+#: the raw log domain; a fresh semantic projector (mode 1); the logit scale reset to ln 100 (in the method). The ViT
+#: sizes and statistics come from the --init-from file. No EMA target.
 METHOD_DEFAULTS["m2d2_stage2"] = {
-    **{k: v for k, v in METHOD_DEFAULTS["m2d"].items() if k not in ("mask_ratio", "ema_taus")},  # no masking/EMA
+    **{k: v for k, v in METHOD_DEFAULTS["m2d"].items() if k != "ema_taus"},
     "epochs": 30,
-    "warmup_epochs": 1,
-    "batch_size": 128,
-    "lr": 5e-5,
-    "blr": None,
+    "warmup_epochs": 5,
+    "batch_size": 512,
+    "lr": None,
+    "blr": 3e-6,
+    "min_lr": 0.0,
+    "seed": 7,
+    "mask_ratio": 0.3,
+    "mask_strategy": "structured",
+    "input_frames": 1001,
+    "pad_mode": "log_zero",
     "min_epoch_size": 0,
     "sem_mode": 1,
 }
+#: M2D2 stage 2.1 (``--recipe m2d2-stage2.1``): stage 2 continued from a stage-2 file with no training mask and the
+#: script's default seed 0 (fact sheet §1, §4)
+STAGE2_1_OVERRIDES = {"mask_ratio": 0.0, "seed": 0}
 #: ``cpu-small``: what each method changes from its official recipe for a short run on a CPU (docs/usage.md,
 #: "Short runs on a CPU": tiny M2D, 208 frames, batch 64, lr 5e-4, 2000 steps ≈ 20 CPU-minutes; BYOL-A v1
 #: batch 64, 640 steps ≈ 22 CPU-minutes; v2 480 steps). M2D-CLAP and M2D2 stage 1 also weight the CLAP loss 1:
@@ -158,7 +177,8 @@ CPU_SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
     "m2d": _CPU_SMALL_M2D,
     "m2d_clap": {**_CPU_SMALL_M2D, "clap_weight": 1.0},
     "m2d2_stage1": {**_CPU_SMALL_M2D, "clap_weight": 1.0},
-    "m2d2_stage2": {"batch_size": 32, "steps": 300},
+    # stage 2 on a CPU: crops of the stage-1 input (not 1001 frames), kikimimi's earlier absolute lr 5e-5
+    "m2d2_stage2": {"batch_size": 32, "steps": 300, "lr": 5e-5, "input_frames": None},
     "byola": {"batch_size": 64, "steps": 640, "norm_samples": 2000},
     "byola2": {"batch_size": 64, "steps": 480, "norm_samples": 2000},
 }
@@ -195,7 +215,8 @@ class Recipe:
 #: (500 crops) and the epoch floor (1000 items: the pools hold a few hundred clips).
 _FIRST_RUN_COMMON = {"min_epoch_size": 1000, "norm_samples": 500}
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("official", "the papers' settings: docs/reference.md §7.1 (M2D), §7.2 (BYOL-A), §7.3 (M2D-CLAP, M2D2)"),
+    Recipe("official", "the papers' settings: docs/reference.md §7.1 (M2D), §7.2 (BYOL-A), §7.3 (M2D-CLAP, M2D2); "
+           "M2D2 stage 2 as NTT's published clap_only (../shared/docs/fact-sheet-m2d2-2026.md §1, §4)"),
     Recipe("cpu-small", "the measured short CPU runs of docs/usage.md, section \"Short runs on a CPU\"",
            CPU_SMALL_OVERRIDES),
     Recipe(
@@ -245,6 +266,23 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                  "steps": 7_500, "norm_samples": 10_000, "save_every": 250, "log_every": 50}},
         methods=("m2d",),
     ),
+    Recipe(
+        "open-clap-tiny",
+        "the open audio–language model (issue 27): M2D-CLAP further pre-training of the open encoder "
+        "(`--init-from` a checkpoint of the open-m2d-tiny run; its normalisation statistics via --norm-stats) on "
+        "the same corpus view with the open corpus's metadata captions embedded by the frozen minilm "
+        "(all-MiniLM-L6-v2, Apache-2.0); tiny ViT, 2.08-s crops, batch 64, half the encoder's lr (2.5e-4), "
+        "CLAP weight 1 (a short run: at the official 0.01 the CLAP term barely moves), 1,000 steps, a checkpoint "
+        "every 250. Not tuned by a search (no budget left in the session that trained it); started with "
+        "benchmarks/open_suite/train_open_models.sh clap.",
+        {"m2d_clap": {"size": "tiny", "input_frames": 208, "batch_size": 64, "lr": 2.5e-4, "mask_ratio": 0.7,
+                      "steps": 1_000, "clap_weight": 1.0, "text_encoder": "minilm", "missing_captions": "skip",
+                      "save_every": 250, "log_every": 50}},
+        methods=("m2d_clap",),
+    ),
+    Recipe("m2d2-stage2.1", "M2D2 stage 2.1 as published (../shared/docs/fact-sheet-m2d2-2026.md §1, §4): the official "
+           "stage 2 continued from a stage-2 file (--init-from; its projector, text encoder and logit scale carry on) "
+           "with training mask 0 and seed 0", {"m2d2_stage2": STAGE2_1_OVERRIDES}, methods=("m2d2_stage2",)),
 )}  # fmt: skip
 #: BYOL-A methods (64-bin front end, ``pre_norm``)
 BYOLA_METHODS = ("byola", "byola2")

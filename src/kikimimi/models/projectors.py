@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kikimimi.models.vit import Block
+from kikimimi.models.vit import Block, init_vit_weights
 
 
 class MLPAudioProjector(nn.Sequential):
@@ -22,6 +22,9 @@ class SemanticProjector(nn.Module):
     """2025 ``audio_proj`` ("AudioToSemantic"): a learnable semantic token is prepended (no positional
     embedding) to the token sequence ``[B, N, D]``, ``depth`` blocks run (1 head, LayerNorm eps 1e-5),
     and the normed token 0 is the output ``[B, D]``.
+
+    A fresh projector is initialised as the official one (fact-sheet-m2d2-2026.md §4): ``sem_token`` zeros,
+    Linear xavier-uniform with bias 0, LayerNorm 1/0.
     """
 
     def __init__(self, dim: int = 768, depth: int = 1, mlp_ratio: float = 1.0, num_heads: int = 1) -> None:
@@ -29,7 +32,7 @@ class SemanticProjector(nn.Module):
         self.sem_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.sem_blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, norm_eps=1e-5) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-5)
-        nn.init.normal_(self.sem_token, std=0.02)
+        self.apply(init_vit_weights)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.sem_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)

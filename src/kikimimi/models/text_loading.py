@@ -368,11 +368,29 @@ def bert_tokenizer_from_vocab(vocab_path: str | os.PathLike | None = None, *, ma
     return tok
 
 
-def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keep the ``text_encoder.`` entries (if any) without the prefix, then drop a common ``bert.``/``model.``."""
-    items = dict(state)
+#: wrappers of whole files in front of ``text_encoder.`` (EVAR's fine-tuning wrapper, DDP)
+_FILE_WRAPPERS = ("module.ar.runtime.", "module.")
+
+
+def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The text encoder's own tensors from a state dict, a raw stage-2 file's ``model`` dict or the file's dict.
+
+    A ``{"model": {...}}`` file is unwrapped; ``module.ar.runtime.`` / ``module.`` wrappers are removed; when
+    ``text_encoder.`` keys exist only they are kept, and the prefix is removed as often as every key carries it
+    (official stage-2 files: ``text_encoder.text_encoder.<HF keys>``); then a common ``bert.``/``model.`` goes.
+    """
+    inner = state.get("model") if isinstance(state, Mapping) else None
+    if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+        state = inner
+    items = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for wrapper in _FILE_WRAPPERS:
+        if any(k.startswith(wrapper + "text_encoder.") for k in items):
+            items = {k[len(wrapper) :] if k.startswith(wrapper) else k: v for k, v in items.items()}
+            break
     if any(k.startswith("text_encoder.") for k in items):
         items = {k[len("text_encoder.") :]: v for k, v in items.items() if k.startswith("text_encoder.")}
+        while items and all(k.startswith("text_encoder.") for k in items):
+            items = {k[len("text_encoder.") :]: v for k, v in items.items()}
     for prefix in ("model.", "bert."):
         if items and all(k.startswith(prefix) or k.startswith("cls.") for k in items) and any(
             k.startswith(prefix) for k in items
@@ -391,10 +409,12 @@ def bert_from_state_dict(
 ) -> HFTextEncoder:
     """Build a BERT ``[CLS]`` text encoder (max length 512) from tensors such as an M2D-CLAP 2025 ``text_encoder.*``.
 
-    Keys may carry the ``text_encoder.`` prefix (only those entries are used then) and a ``bert.``/``model.``
-    prefix; ``embeddings.position_ids`` buffers and ``cls.*`` (MLM head) tensors are ignored. Sizes come from
-    the tensors (vocabulary, width, layers, positions, token types, FFN width; BERT-base-uncased: 30522, 768,
-    12, 512, 2, 3072); the head count is ``num_heads`` or ``width // 64`` (12 for BERT-base). Nothing is
+    ``state`` may be a whole stage-2 file as loaded (``{"model": ...}``, official keys
+    ``text_encoder.text_encoder.*``, old kikimimi keys ``text_encoder.model.*``, an EVAR ``module.ar.runtime.``
+    wrapper): only the text-encoder entries are used then. Keys may also carry a ``bert.``/``model.`` prefix;
+    ``embeddings.position_ids`` buffers and ``cls.*`` (MLM head) tensors are ignored. Sizes come from the tensors
+    (vocabulary, width, layers, positions, token types, FFN width; BERT-base-uncased: 30522, 768, 12, 512, 2,
+    3072); the head count is ``num_heads`` or ``width // 64`` (12 for BERT-base). Nothing is
     downloaded: the config is built locally and the tokenizer comes from :func:`bert_tokenizer_from_vocab`.
 
     Raises:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kikimimi.checkpoints.text_state import text_keys_to_wrapper
 from kikimimi.fileio import atomic_torch_save
 
 __all__ = [
@@ -155,12 +156,16 @@ def restore_rng_state(state: Mapping[str, Any], generator: torch.Generator | Non
 
 
 def _official_key(key: str, official: Mapping[str, torch.Tensor]) -> str | None:
-    """The key of ``official`` that stores method key ``key`` (same name or ``encoder.`` stripped)."""
+    """The key of ``official`` that stores method key ``key`` (same name, ``encoder.`` stripped, or a stage-2 text
+    encoder tensor under the pre-2026-12 name ``text_encoder.model.*``, :mod:`kikimimi.checkpoints.text_state`)."""
     if key in official:
         return key
     stripped = key.removeprefix("encoder.")
     if stripped != key and stripped in official:
         return stripped
+    old_name = next(iter(text_keys_to_wrapper({key: None})))
+    if old_name != key and old_name in official:
+        return old_name
     return None
 
 

@@ -39,6 +39,7 @@ from kikimimi.checkpoints import load_encoder, safe_torch_load, save_kikimimi
 from kikimimi.checkpoints.bundle import EncoderBundle
 from kikimimi.checkpoints.hub import resolve_model_source
 from kikimimi.checkpoints.names import vit_size_name
+from kikimimi.checkpoints.ours import LICENCE_NOTE
 from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.data.caption_cache import CaptionEmbeddingCache
 from kikimimi.data.caption_pairs import CaptionCropDataset, caption_lists, filter_captioned
@@ -222,11 +223,10 @@ def _assemble_and_train(
     torch.manual_seed(int(settings.seed))  # the method's initial weights
     method = method_cls.from_settings(settings, norm_stats=stats.to_list(), text_dim=decisions.text_dim,
                                       epoch_samples=decisions.epoch_samples)
-    method_cfg = method.config_dict()
     if method_cls.caption_input == "texts":
         method.set_captions(dataset.caption_texts)
-    if stage1 is not None:
-        method.load_stage1_encoder(stage1.encoder.state_dict(), norm_stats=stats.to_list())
+    if stage1 is not None:  # M2D2 stage 2: the encoder; from a stage-2 file (2.1) also the projector, text side
+        method.load_stage1(stage1, norm_stats=stats.to_list())
     elif settings.init_from and not settings.resume and not method_cls.trains_on_stage1:
         # a registered name (kikimimi models list) is fetched; the licence is accepted by KIKIMIMI_ACCEPT_LICENCE=1
         source = resolve_model_source(settings.init_from, accept_licence=bool(settings.accept_licence))
@@ -234,6 +234,7 @@ def _assemble_and_train(
         ignored = method.load_official_state_dict(safe_torch_load(source))
         decisions.init_from_ignored_keys = len(ignored)
     decisions.run_dir = str(run_dir)
+    method_cfg = method.config_dict()
 
     cfg = _train_config(settings, run_dir)
     record = {**settings.to_dict(), "decisions": asdict(decisions), "method_config": method_cfg,
@@ -277,7 +278,7 @@ def _stage1_setup(settings: PretrainSettings) -> tuple[PretrainSettings, Encoder
         init_from=str(ckpt),
         vit_config=vit.to_dict(),
         size=vit_size_name(vit),
-        input_frames=int(vit.input_size[1]),
+        input_frames=int(settings.input_frames or vit.input_size[1]),  # crop length (official stage 2: 1001)
         patch_size=list(vit.patch_size),
         sample_rate=int(vit.sample_rate),
         norm_stats=bundle.norm_stats.to_list(),
@@ -370,6 +371,17 @@ def _train_config(settings: PretrainSettings, run_dir: Path) -> TrainConfig:
     )
 
 
+def run_licence_note(settings: PretrainSettings) -> str:
+    """The ``licence_note`` of a run's exported folder: the converted-weights note when the run started from other
+    weights (``init_from`` / a stage-1 file: their terms carry over), else a note that no third-party weights were
+    used (the weights' terms are then the trainer's and the training data's)."""
+    if settings.init_from:
+        return (f"Further pre-trained by `kikimimi pretrain` from {settings.init_from}; the terms of those weights "
+                f"carry over to this file. {LICENCE_NOTE}")
+    return ("Trained from random initialisation by `kikimimi pretrain`; no third-party weights were used. The "
+            "terms of these weights are the trainer's, subject to the licences of the training data.")
+
+
 def _export(
     settings: PretrainSettings, method: nn.Module, result: TrainResult, run_dir: Path, stats: NormStats, log: Log
 ) -> list[str]:
@@ -382,8 +394,10 @@ def _export(
         written.append(str(enc))
     out = run_dir / "kikimimi"
     try:
-        save_kikimimi(load_encoder(Path(written[-1]), norm_stats=stats.to_list(),
-                                   **method_cls.export_kwargs(settings)), out)
+        bundle = load_encoder(Path(written[-1]), norm_stats=stats.to_list(), **method_cls.export_kwargs(settings))
+        if bundle.text_proj is not None and settings.text_encoder and not bundle.text_encoder_state:
+            bundle.config["text_encoder"] = settings.text_encoder  # the frozen text side, for load_clap anywhere
+        save_kikimimi(bundle, out, licence_note=run_licence_note(settings))
     except Exception as err:  # the kikimimi-format copy must not fail a finished run
         log(f"note: kikimimi-format export skipped: {err}")
     else:

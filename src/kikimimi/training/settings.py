@@ -29,6 +29,7 @@ from typing import Any, Literal
 from kikimimi.checkpoints.runs import find_resume_checkpoint
 from kikimimi.device import AMP_MODES, resolve_device
 from kikimimi.methods import METHODS
+from kikimimi.methods.m2d2 import MASK_STRATEGIES
 from kikimimi.methods.recipes import (
     BYOLA_METHODS,
     METHOD_DEFAULTS,
@@ -141,6 +142,7 @@ class PretrainSettings:
     size: str | None = None
     patch_size: list[int] | None = None
     mask_ratio: float | None = None
+    mask_strategy: str | None = None
     ema_taus: list[float] | Literal["auto"] | None = None
     vit_config: dict[str, Any] | None = None
     # BYOL-A
@@ -298,7 +300,10 @@ class PretrainSettings:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ValueError(f"setting {name!r} must be one of {', '.join(map(str, choices))}; got {value!r}")
-        if self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:
+        if self.method == "m2d2_stage2":  # a training mask of 0 is stage 2.1
+            if self.mask_ratio is not None and not 0.0 <= self.mask_ratio < 1.0:
+                raise ValueError(f"setting 'mask_ratio' must be in [0, 1), got {self.mask_ratio!r}")
+        elif self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"setting 'mask_ratio' must be in (0, 1), got {self.mask_ratio!r}")
         for name, size in (("betas", 2), ("norm_stats", 2), ("patch_size", 2), ("ema_taus", 2)):
             value = getattr(self, name)
@@ -321,7 +326,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "method": tuple(METHOD_DEFAULTS),
     "schedule": tuple(SCHEDULES),
     "amp": tuple(AMP_MODES),
-    "sem_mode": (1, 2, 3, 4),
+    "sem_mode": (0, 1, 2, 3, 4),
+    "mask_strategy": MASK_STRATEGIES,
 }
 #: sections a run writes into ``config.json`` beside its settings
 _RUN_SECTIONS = ("decisions", "method_config", "frontend_preset", "train_config")

@@ -11,7 +11,8 @@ with ``figures``, every figure the README states, measured by this run:
 2. **log-mel**: prep caches of the pre-training pool (M2D and BYOL-A front ends) and of the labelled clips;
 3. **pre-training**: a short CPU run of a tiny M2D and of BYOL-A on the unlabelled pool;
 4. **evaluation**: linear and logistic probes of both encoders against log-mel statistics, the same networks at
-   random initialisation and chance; the report says, per task, whether pre-training beat random init and,
+   random initialisation and chance (and kikimimi's packaged encoder ``open-m2d-tiny`` when installed); the
+   report says, per task, whether pre-training beat random init and,
    where it did not, why (run length);
 5. **audio–language**: a tiny M2D-CLAP on label captions, zero-shot classification and text search of
    held-out clips (:mod:`kikimimi.apps.first_run.clap_stage`);
@@ -40,8 +41,9 @@ from kikimimi.apps.first_run.pretraining import intermediate_settings, pretrain
 from kikimimi.apps.first_run.real_data import RealSet, TaskFile, build_real_set
 from kikimimi.apps.first_run.report_html import write_report_html
 from kikimimi.audio.synthetic import make_dataset
+from kikimimi.checkpoints.registry import find_entry
 from kikimimi.data.debian_sources import SourceError
-from kikimimi.evaluation.run import model_specs, run_evaluation
+from kikimimi.evaluation.run import ModelSpec, model_specs, run_evaluation
 from kikimimi.evaluation.tasks import Task
 from kikimimi.evaluation.verdicts import compare, verdict_text
 from kikimimi.features.prep_cache import prep_cache
@@ -344,6 +346,24 @@ WHY_TEXT = ("Why pre-training can lose to random init and to log-mel statistics 
 # ------------------------------------------------------------------------------------------------ the run
 
 
+#: kikimimi's packaged encoder (issue 27), probed beside log-mel statistics when this installation has it
+SHIPPED_ENCODER = "open-m2d-tiny"
+
+
+def shipped_encoder_specs(log: Log = print) -> list[ModelSpec]:
+    """The packaged encoder as one more row of the probe table (``open-m2d-tiny (shipped, Apache-2.0)``; no random
+    init twin: the from-scratch runs show that baseline), or ``[]`` with a line saying why when the installation
+    has no packaged folder. Loading it verifies its SHA-256 and needs no network."""
+    entry = find_entry(SHIPPED_ENCODER)
+    if entry is None or not entry.packaged or not (Path(entry.url) / "model.safetensors").is_file():
+        log(f"   the packaged encoder {SHIPPED_ENCODER} is not in this installation: its row is left out")
+        return []
+    specs = model_specs([SHIPPED_ENCODER], baselines=False)
+    for spec in specs:
+        spec.name = f"{SHIPPED_ENCODER} (shipped, Apache-2.0)"
+    return specs
+
+
 def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     """Run every stage (module docstring); returns the summary written to ``<out>/summary.json``."""
     out = Path(opts.out)
@@ -397,7 +417,7 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     progress.end(f"M2D {_fmt_s(runs[0].seconds)}, BYOL-A {_fmt_s(runs[1].seconds)}")
 
     progress.begin("evaluation", "Evaluate: linear + logistic probes vs log-mel, random init and chance")
-    specs = model_specs([str(r.run_dir / "kikimimi") for r in runs])
+    specs = model_specs([str(r.run_dir / "kikimimi") for r in runs]) + shipped_encoder_specs(log)
     names = {"log-mel stats": "log-mel statistics"}
     for r in runs:
         label = r.run_dir.name
@@ -417,7 +437,8 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     summary["verdicts"] = [dict(e) for e in found]
     summary["why"] = WHY_TEXT
     summary["models"] = {s.name: {"family": s.family, "fingerprint": s.fingerprint} for s in specs}
-    _append_verdicts(report_dir / "report.md", data, runs, found)
+    _append_verdicts(report_dir / "report.md", data, runs, found,
+                     [s.name for s in specs if s.name.startswith(SHIPPED_ENCODER)])
     progress.end(f"{len(specs)} models × {len(tasks)} task(s) × {len(probes)} probes")
 
     clap_run = None
@@ -505,13 +526,16 @@ def _remove_intermediate(out: Path, data: DemoData) -> int:
     return freed
 
 
-def _append_verdicts(report_md: Path, data: DemoData, runs: Sequence[EncoderRun], found: Sequence[dict]) -> None:
+def _append_verdicts(report_md: Path, data: DemoData, runs: Sequence[EncoderRun], found: Sequence[dict],
+                     shipped: Sequence[str] = ()) -> None:
     lines = ["## First run: data, models and what pre-training bought", "",
              f"Data: {data.summary}.", ""]
     lines += [f"- {t.name}: {t.description}" for t in data.tasks]
     lines += ["", "Models: " + "; ".join(
         f"**{r.name}** (`{r.run_dir.name}`, {r.steps} steps of batch {r.batch_size} on {r.pool_clips} unlabelled "
-        f"clips, {_fmt_s(r.seconds)})" for r in runs) + "; their random-init twins; log-mel statistics.", ""]
+        f"clips, {_fmt_s(r.seconds)})" for r in runs) + "; their random-init twins; log-mel statistics"
+        + "".join(f"; **{n}**: kikimimi's packaged encoder, trained for hours on openly licensed audio "
+                  "(`kikimimi models info open-m2d-tiny`), used as shipped" for n in shipped) + ".", ""]
     lines += [f"- {v['text']}" for v in found]
     if any(v["verdict"] != "helped" for v in found):
         lines += ["", WHY_TEXT]

@@ -1,0 +1,351 @@
+"""Every CPU path of an audio encoder, against this machine's matmul peaks, in one process and one run.
+
+Paths (:mod:`kikimimi.inference.cpu_paths`): float32 eager (the reference), bf16 autocast (where the CPU has
+native bfloat16), torch dynamic int8, ONNX Runtime float32, ONNX Runtime int8 dynamic, ONNX Runtime int8 static
+(QDQ, calibrated on real audio from ``--real`` when it has any, else on synthetic audio, which the output says),
+and with ``--attention-int8`` the static variant with the attention matrix products in int8 too.
+
+For each model (``--models``: ``vitb`` = M2D ViT-Base 80x608 p16x16 and ``tiny`` = the ``open-m2d-tiny`` shape,
+ViT-Tiny 80x208 p16x16, both random weights in the official layout, as tests/official_layouts.py builds them) and
+each thread count (``--threads``), it measures in the same process:
+
+- the float32, bfloat16 and int8 matrix-multiply peaks (``[2048, 2048]²``; int8: the better of torch ``_int_mm``
+  and ONNX Runtime ``MatMulInteger`` u8×s8);
+- per path: clips/s and audio-seconds per second on ``--clips`` 10-s clips at batch 8 (best of ``--repeats``
+  interleaved rounds after a warm-up, so a disturbance on a shared machine hits every path alike; front end
+  included), the ratio to float32 eager, the encoder's GOP/s (FLOPs counted from the ViT's shapes) and its share
+  of the matching peak (fp32 paths: fp32 peak; bf16: bf16 peak; int8 paths: int8 peak), its memory (load MB: the
+  resident memory its preparation added, fp32 = the model load; run MB: the peak during its first call above the
+  memory before it; the process peak is printed last) and the cosine (min / mean) of its clip embeddings to
+  float32's on real clips (``--real``; synthetic clips with a note otherwise).
+
+Output: a Markdown table per model and thread count, the CPU model and flags, and the whole run as JSON
+(``--json FILE``, else printed last). ``--quick``: the tiny model and ViT-B at 2 threads, 2 clips, one round.
+
+Usage: nice -n 10 python benchmarks/bench_cpu_paths.py [--quick] [--models vitb tiny] [--threads 1 2]
+           [--clips 2] [--repeats 2] [--real DIR] [--real-max 24] [--attention-int8] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import cpu_model, matmul_flops
+from bench_embed import best_times, cosines, vit_chunk_flops
+
+HERE = Path(__file__).resolve().parent
+SR = 16000
+CLIP_S = 10.0
+#: model name → (official-layout file name, embed_dim, depth, input frames); 80 mel bins, 16x16 patches.
+#: ``micro`` (2 blocks of 64) is for the script's own test.
+MODELS = {"vitb": ("m2d_vit_base-80x608p16x16-bench_enconly", 768, 12, 608),
+          "tiny": ("m2d_vit_tiny-80x208p16x16-bench_enconly", 192, 12, 208),
+          "micro": ("m2d_vit_base-80x208p16x16-micro_enconly", 64, 2, 208)}
+SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+               "amx_tile", "amx_bf16", "amx_int8")
+
+
+# ------------------------------------------------------------------------------------------------ peaks
+def _rate(fn, ops: float, repeats: int = 5) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return ops * repeats / (time.perf_counter() - start)
+
+
+def peaks(threads: int, n: int = 2048) -> dict[str, float]:
+    """Matmul rates (op/s) of ``[n, n] @ [n, n]`` in float32, bfloat16 and int8 at ``threads`` threads, now."""
+    torch.set_num_threads(threads)
+    ops = 2.0 * n**3
+    out = {"fp32": matmul_flops(n)}
+    a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
+    out["bf16"] = _rate(lambda: a @ b, ops)
+    ai = torch.randint(-127, 127, (n, n), dtype=torch.int8)
+    bi = torch.randint(-127, 127, (n, n), dtype=torch.int8)
+    try:
+        out["int8 torch _int_mm"] = _rate(lambda: torch._int_mm(ai, bi), ops)
+    except (RuntimeError, AttributeError):
+        pass
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        weight = numpy_helper.from_array(np.random.default_rng(0).integers(-127, 127, (n, n)).astype(np.int8), "B")
+        graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "peak",
+                                  [helper.make_tensor_value_info("A", TensorProto.UINT8, [None, n])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.INT32, [None, n])], [weight])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(1).integers(0, 255, (n, n)).astype(np.uint8)
+        out["int8 ORT MatMulInteger"] = _rate(lambda: session.run(None, {"A": x}), ops)
+    except ImportError:
+        pass
+    int8 = [v for k, v in out.items() if k.startswith("int8")]
+    out["int8"] = max(int8) if int8 else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ memory
+class RssPeak:
+    """Peak resident memory (bytes) of this process while the block runs, sampled every 5 ms."""
+
+    def __init__(self) -> None:
+        self.peak = self.start = self._rss()
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> RssPeak:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+# ------------------------------------------------------------------------------------------------ models
+def write_model(name: str, tmp: Path) -> Path:
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import official_layouts as ol
+
+    folder_name, dim, depth, frames = MODELS[name]
+    folder = tmp / folder_name
+    folder.mkdir()
+    torch.save(ol.m2d_encoder_state(embed_dim=dim, depth=depth, input_size=(80, frames)), folder / "w.pth")
+    return folder / "w.pth"
+
+
+def encoder_flops(model, waves: list[np.ndarray]) -> float:
+    """Forward FLOPs of the encoder (patch embedding and blocks) over the chunks of ``waves``."""
+    vit = model.bundle.config["vit"]
+    pf, pt = vit["patch_size"]
+    total = 0.0
+    for wave in waves:
+        for chunk in model.encoder.split_chunks(model._normalised_log_mel(wave)):
+            tokens = (chunk.shape[-2] // pf) * (chunk.shape[-1] // pt)
+            total += vit_chunk_flops(tokens, dim=vit["embed_dim"], depth=vit["depth"], patch_pixels=pf * pt)
+    return total
+
+
+def real_waves(root: str | None, limit: int) -> list[np.ndarray]:
+    """Up to ``2 · limit`` real recordings of at least 1 s under ``root`` (a fixed shuffle of the sorted list),
+    decoded at 16 kHz and cut to 10 s: half for calibration, half for the cosine."""
+    if not root or not Path(root).is_dir():
+        return []
+    from kikimimi.audio.decode import AudioDecodeError, audio_info, load_audio
+    from kikimimi.fileio import collect_audio_files
+
+    files = sorted(collect_audio_files([root]))
+    waves = []
+    for i in np.random.default_rng(0).permutation(len(files)):
+        try:
+            if audio_info(files[i]).duration_s < 1.0:
+                continue
+            waves.append(load_audio(files[i], SR)[0][: int(CLIP_S * SR)])
+        except AudioDecodeError:
+            continue
+        if len(waves) >= 2 * limit:
+            break
+    return waves
+
+
+def build_paths(model_path: Path, onnx_dir: Path, names: list[str], calibration, attention_int8: bool) -> dict:
+    """Every path as an AudioEncoder built now (ONNX sessions take the current torch thread count)."""
+    import dataclasses
+
+    from kikimimi.inference.cpu_paths import prepare_path
+    from kikimimi.inference.encoder import AudioEncoder, load
+    from kikimimi.inference.onnx_runtime import OnnxFrameEncoder, onnx_session, quantize_onnx_int8_static
+    from kikimimi.inference.precision import cpu_has_int8_dot
+
+    with RssPeak() as rss:
+        base = load(model_path, device="cpu", precision="fp32")
+    out, load_mb = {}, {"fp32": (rss.peak - rss.start) / 2**20}
+    for name in names:
+        with RssPeak() as rss, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bundle, precision = prepare_path(base.bundle, name, onnx_dir, calibration=calibration, copy_encoder=True)
+            out[name] = AudioEncoder(bundle, device="cpu", precision=precision)
+        load_mb.setdefault(name, (rss.peak - rss.start) / 2**20)
+    if attention_int8:
+        attn = onnx_dir / "int8-static-attn.onnx"
+        if not attn.is_file():
+            quantize_onnx_int8_static(onnx_dir / "fp32.onnx", attn, calibration(), attention_int8=True,
+                                      reduce_range=not cpu_has_int8_dot())
+        config = dict(base.bundle.config, precision="int8")
+        bundle = dataclasses.replace(base.bundle, encoder=OnnxFrameEncoder(onnx_session(attn), config), config=config)
+        out["ort-int8-static-attn"] = AudioEncoder(bundle, device="cpu", precision="int8")
+    return out, load_mb
+
+
+def bench_model(name: str, args, tmp: Path, real: list[np.ndarray]) -> dict:
+    from kikimimi.inference.cpu_paths import available_paths, calibration_chunks, prepare_path, probe_clips
+    from kikimimi.inference.encoder import load
+
+    model_path = write_model(name, tmp)
+    onnx_dir = tmp / f"{name}-onnx"
+    ref = load(model_path, device="cpu", precision="fp32")
+    names = list(available_paths(ref.bundle, "cpu", include_static=True))
+    half = len(real) // 2
+    if real:
+        calib_waves, cos_waves, note = real[half:], real[:half], f"real: {len(real[:half])} clips from {args.real}"
+    else:
+        calib_waves = probe_clips(2 * ref.encoder.chunk_frames / 100, SR, n=6, seed=1)
+        cos_waves, note = probe_clips(CLIP_S, SR, n=8, seed=0), "SYNTHETIC clips (no real audio found)"
+
+    def calibration() -> list[np.ndarray]:
+        return calibration_chunks(ref.bundle, calib_waves)
+
+    t0 = time.perf_counter()
+    for path in names:  # ONNX export and quantisation, once
+        if path.startswith("ort-"):
+            prepare_path(ref.bundle, path, onnx_dir, calibration=calibration)
+    prep_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    clips = [(rng.standard_normal(int(CLIP_S * SR)) * 0.1).astype(np.float32) for _ in range(args.clips)]
+    flops = encoder_flops(ref, clips)
+    result = {"model": name, "config": ref.bundle.config["vit"], "export_and_quantise_s": round(prep_s, 1),
+              "cosine_on": note, "calibration": "real" if real else "synthetic", "clips": len(clips),
+              "gflop_per_clip": flops / len(clips) / 1e9, "threads": []}
+    cos_table = None
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        peak = peaks(threads)
+        models, load_mb = build_paths(model_path, onnx_dir, names, calibration, args.attention_int8)
+        if cos_table is None:  # accuracy does not depend on the thread count: measured once
+            want = models["fp32"].embed(cos_waves, SR)
+            cos_table = {p: cosines(m.embed(cos_waves, SR), want) for p, m in models.items()}
+        fns = {p: (lambda m=m: m.embed(clips, SR, batch_size=8)) for p, m in models.items()}
+        memory = {}
+        for p, fn in fns.items():  # the warm-up call, alone, for each path's memory
+            with RssPeak() as rss:
+                fn()
+            memory[p] = rss.peak - rss.start
+        times = best_times(fns, dict.fromkeys(fns, args.repeats))
+        rows = []
+        for p in models:
+            kind = "bf16" if p == "bf16" else "int8" if "int8" in p else "fp32"
+            gops = flops / times[p]
+            rows.append({"path": p, "clips_per_s": len(clips) / times[p],
+                         "audio_s_per_s": len(clips) * CLIP_S / times[p], "x_fp32": times["fp32"] / times[p],
+                         "gops": gops / 1e9, "peak_kind": kind,
+                         "share_of_peak": gops / peak[kind], "load_rss_mb": load_mb.get(p, float("nan")),
+                         "work_rss_mb": memory[p] / 2**20,
+                         "cos_min": float(cos_table[p].min()), "cos_mean": float(cos_table[p].mean())})
+        result["threads"].append({"threads": threads, "peaks_gops": {k: v / 1e9 for k, v in peak.items()},
+                                  "rows": rows})
+        print_table(name, threads, peak, rows, len(clips), flops, note)
+    return result
+
+
+def print_table(name: str, threads: int, peak: dict, rows: list[dict], n_clips: int, flops: float, note: str) -> None:
+    shown = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items())
+    print(f"\n## {name}, {threads} thread(s): {n_clips} × {CLIP_S:.0f}-s clips, {flops / n_clips / 1e9:.1f} GFLOP "
+          f"per clip; matmul peaks (GOP/s): {shown}; cosine on {note}")
+    print("| path | clips/s | audio s/s | × fp32 | GOP/s | % of peak | load MB | run MB | cos min | cos mean |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['path']} | {r['clips_per_s']:.2f} | {r['audio_s_per_s']:.1f} | {r['x_fp32']:.2f} | "
+              f"{r['gops']:.0f} | {100 * r['share_of_peak']:.0f}% {r['peak_kind']} | {r.get('load_rss_mb', 0):.0f} | "
+              f"{r.get('work_rss_mb', r.get('peak_rss_mb', 0)):.0f} | "
+              f"{r['cos_min']:.5f} | {r['cos_mean']:.5f} |", flush=True)
+
+
+def print_from_json(run: dict) -> None:
+    """The tables of a run's JSON (``--json``), with the machine line: what the README's table is made from."""
+    m = run["machine"]
+    print(f"CPU: {m['cpu']} ({m['cores']} cores); flags: {' '.join(m['flags'])}; torch {m['torch']}; "
+          f"onnxruntime {m['onnxruntime']}; load average at start {m['load_avg'][0]:.1f}")
+    for model in run["models"]:
+        for t in model["threads"]:
+            peak = {k: v * 1e9 for k, v in t["peaks_gops"].items()}
+            n = model.get("clips", 1)
+            per_clip = model.get("gflop_per_clip", t["rows"][0]["gops"] / t["rows"][0]["clips_per_s"]) * 1e9
+            print_table(model["model"], t["threads"], peak, t["rows"], n, n * per_clip, model["cosine_on"])
+
+
+def main() -> None:
+    from kikimimi.checkpoints.home import cache_root
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=["tiny", "vitb"])
+    ap.add_argument("--threads", type=int, nargs="+", help="thread counts (default 1 2; --quick: 2)")
+    ap.add_argument("--clips", type=int, default=2, help="10-s clips per timed call (batch 8; the issue names 8)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path (best is kept)")
+    ap.add_argument("--real", default=str(cache_root() / "datasets"),
+                    help="folder of real recordings: calibration (half) and cosine (other half); default the "
+                         "open suite's dataset cache")
+    ap.add_argument("--real-max", type=int, default=24, help="real clips for the cosine (as many for calibration)")
+    ap.add_argument("--attention-int8", action="store_true",
+                    help="also the static int8 variant with attention matrix products in int8")
+    ap.add_argument("--quick", action="store_true", help="2 threads (unless --threads), 2 clips, 1 round, 8 real "
+                    "clips")
+    ap.add_argument("--json", help="write the results here (default: print them last)")
+    ap.add_argument("--from-json", metavar="FILE", help="print the Markdown tables of an earlier run's JSON (e.g. "
+                    "for the README) and measure nothing")
+    args = ap.parse_args()
+    if args.from_json:
+        print_from_json(json.loads(Path(args.from_json).read_text()))
+        return
+    if args.quick:
+        args.clips, args.repeats, args.real_max = 2, 1, 8
+    args.threads = args.threads or ([2] if args.quick else [1, 2])
+
+    from kikimimi.inference.precision import cpu_flags
+
+    flags = set(cpu_flags())
+    try:
+        from importlib.metadata import version
+
+        ort_version = version("onnxruntime")
+    except Exception:  # noqa: BLE001
+        ort_version = None
+    header = {"cpu": cpu_model(), "flags": [f for f in SHOWN_FLAGS if f in flags], "cores": os.cpu_count(),
+              "torch": torch.__version__, "capability": str(torch.backends.cpu.get_cpu_capability()),
+              "onnxruntime": ort_version, "load_avg": os.getloadavg()}
+    print(f"CPU: {header['cpu']} ({header['cores']} cores); flags: {' '.join(header['flags'])}; torch "
+          f"{header['torch']} ({header['capability']}); onnxruntime {ort_version}; load {header['load_avg']}")
+    real = real_waves(args.real, args.real_max)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        results = [bench_model(name, args, Path(tmp_name), real) for name in args.models]
+    header["wall_s"] = round(time.perf_counter() - start, 1)
+    header["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"machine": header, "models": results}
+    print(f"\nwall {header['wall_s']} s; process peak RSS {header['max_rss_mb']:.0f} MB")
+    text = json.dumps(out, indent=1, default=float)
+    if args.json:
+        Path(args.json).write_text(text)
+        print(f"JSON: {args.json}")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

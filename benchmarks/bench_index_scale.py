@@ -1,0 +1,181 @@
+"""Vector index at scale: exact vs IVF vs HNSW vs scalar-quantised HNSW on synthetic clustered vectors.
+
+For ``--rows`` unit vectors of ``--dim`` dimensions drawn around ``--centres`` random centres (cosine ≈ 0.86
+to their centre: closer to how embeddings of real sounds fill the space than uniform directions), each kind
+of :class:`kikimimi.inference.vector_index.VectorIndex` is built the way ``kikimimi index`` builds it
+(HNSW / IVF calibrated to recall@10 >= ``--target``; build time includes that calibration) and measured on
+``--queries`` held-out queries of two sorts, against exact search over the same vectors:
+
+- ``near``: a stored vector plus noise 1.5 times its norm (cosine ≈ 0.55 to it): a new sound among the others;
+- ``text``: a uniformly random direction: like a query from another modality, far from every stored row
+  (the hard case for a graph or inverted lists).
+
+Printed per kind: build seconds, search effort chosen, recall@10 (near / text), single-query latency p50 /
+p95 / p99 in ms and queries/s with one search thread (query embedding excluded), queries/s of a batch with
+all threads, and memory: the serialised index size (measured) per row and per million rows (extrapolated
+linearly from this size, said so), the estimate the manifest records, and the process's RSS growth while the
+index was built; for the approximate kinds, recall and p50 per sort of query at a quarter, half, one and two
+times the calibrated search effort. Every run prints the CPU model, its vector extensions and faiss' SIMD
+level. Ratios are against exact search measured in the same process.
+
+Usage: python benchmarks/bench_index_scale.py [--rows 100000] [--dim 768] [--kinds flat ivf hnsw hnsw_sq]
+           [--queries 200] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model  # noqa: E402
+
+from kikimimi.inference.vector_index import (  # noqa: E402
+    VectorIndex,
+    _exact_topk,
+    estimate_bytes,
+    normalise,
+    recall_at_k,
+)
+
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    """The vector extensions the CPU reports (``/proc/cpuinfo`` flags), in a fixed order."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in VECTOR_FLAGS if f in have) or "none of " + " ".join(VECTOR_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MB (NaN where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def clustered(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
+    """``[n, dim]`` unit float32 vectors around ``centres`` fixed random centres (drawn in chunks)."""
+    c = np.random.default_rng([seed, 1]).standard_normal((centres, dim), dtype=np.float32)
+    out = np.empty((n, dim), np.float32)
+    for i, start in enumerate(range(0, n, 50_000)):
+        rng = np.random.default_rng([seed, 2, i])
+        m = min(50_000, n - start)
+        out[start:start + m] = normalise(c[rng.integers(0, centres, m)] + 0.6 * rng.standard_normal((m, dim),
+                                                                                                    np.float32))
+    return out
+
+
+def latencies_ms(index: VectorIndex, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """Milliseconds of each single-query search, one after the other."""
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t = time.perf_counter()
+        index.search(q[None], k)
+        out[i] = 1000 * (time.perf_counter() - t)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--centres", type=int, default=1000)
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "hnsw_sq"],
+                        choices=("numpy", "flat", "ivf", "hnsw", "hnsw_sq"))
+    parser.add_argument("--queries", type=int, default=200, help="held-out queries of each sort")
+    parser.add_argument("--target", type=float, default=0.95, help="recall@10 the calibration aims at")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false",
+                        help="skip the recall/latency sweep around the calibrated search effort")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    import faiss
+
+    print(f"# bench_index_scale: {args.rows} × {args.dim} clustered ({args.centres} centres), "
+          f"{args.queries} + {args.queries} queries, target recall@10 {args.target}")
+    print(f"# CPU: {cpu_model()}; {os.cpu_count()} cores; vector extensions: {cpu_flags()}")
+    print(f"# faiss {faiss.__version__} ({faiss.get_compile_options().strip()}), "
+          f"{faiss.omp_get_max_threads()} OpenMP threads; load average {os.getloadavg()[0]:.2f}", flush=True)
+    base = clustered(args.rows, args.dim, args.centres, args.seed)
+    rng = np.random.default_rng([args.seed, 3])
+    picks = rng.choice(args.rows, args.queries, replace=False)
+    sets = {"near": normalise(base[picks] + 1.5 * normalise(rng.standard_normal((args.queries, args.dim),
+                                                                                np.float32))),
+            "text": normalise(rng.standard_normal((args.queries, args.dim), np.float32))}
+    truth = {name: _exact_topk(base, q, 10)[1] for name, q in sets.items()}
+    threads = faiss.omp_get_max_threads()
+    results, exact_p50 = [], None
+    for kind in args.kinds:
+        rss0 = rss_mb()
+        t = time.perf_counter()
+        index = VectorIndex.build(base, kind=kind, target_recall=args.target, seed=args.seed)
+        build_s = time.perf_counter() - t
+        rss_growth = rss_mb() - rss0
+        info = index.describe()
+        size = len(faiss.serialize_index(index._faiss)) if index._faiss is not None else base.nbytes
+        recall = {n: round(recall_at_k(index.search(q, 10)[1], truth[n]), 4) for n, q in sets.items()}
+        faiss.omp_set_num_threads(1)
+        lat = np.concatenate([latencies_ms(index, q) for q in sets.values()])
+        faiss.omp_set_num_threads(threads)
+        every = np.concatenate(list(sets.values()))
+        t = time.perf_counter()
+        index.search(every, 10)
+        batch_qps = len(every) / (time.perf_counter() - t)
+        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+        exact_p50 = p50 if kind in ("flat", "numpy") and exact_p50 is None else exact_p50
+        effort = {k: info[k] for k in ("efSearch", "nprobe", "nlist", "M", "efConstruction") if k in info}
+        row = {"kind": kind, "rows": args.rows, "dim": args.dim, "build_s": round(build_s, 1), **effort,
+               "calibrated_recall": (info.get("calibration") or {}).get("recall_at_10"),
+               "recall_at_10": recall, "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3),
+               "qps_1_thread": round(1000 / lat.mean(), 1), f"qps_batch_{threads}_threads": round(batch_qps, 1),
+               "index_bytes_per_row": round(size / args.rows, 1),
+               "mb_per_million_rows_extrapolated": round(size / args.rows * 1e6 / 2**20, 1),
+               "estimate_bytes_per_row": round(estimate_bytes(kind, args.rows, args.dim,
+                                                              m=int(info.get("M", 32)),
+                                                              nlist=int(info.get("nlist", 0))) / args.rows, 1),
+               "rss_growth_mb": round(rss_growth, 1)}
+        if exact_p50 is not None:
+            row["p50_speedup_vs_exact"] = round(exact_p50 / p50, 1)
+        if args.sweep and kind in ("hnsw", "hnsw_sq", "ivf"):  # the trade-off around the calibrated effort
+            name = "nprobe" if kind == "ivf" else "efSearch"
+            chosen, sweep = index.params[name], {}
+            faiss.omp_set_num_threads(1)
+            for value in sorted({max(1, chosen // 4), max(1, chosen // 2), chosen, chosen * 2}):
+                index.params[name] = value
+                index._apply_search_params()
+                sweep[value] = {s: {"recall_at_10": round(recall_at_k(index.search(q, 10)[1], truth[s]), 4),
+                                    "p50_ms": round(float(np.median(latencies_ms(index, q[:100]))), 3)}
+                                for s, q in sets.items()}
+            faiss.omp_set_num_threads(threads)
+            index.params[name] = chosen
+            index._apply_search_params()
+            row[f"sweep_{name}"] = sweep
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        del index
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

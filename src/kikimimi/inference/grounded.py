@@ -1,0 +1,595 @@
+"""Answers grounded in the evidence of :mod:`kikimimi.inference.evidence`, citing the segment times they rest on.
+
+Two answerers read the same :class:`~kikimimi.inference.evidence.Evidence`:
+
+- :func:`rule_answer` needs no language model: it finds the labels of the vocabulary a question names (content
+  words, crude stemming) and the times it gives (``1:30``, ``90 s``, ``2 minutes``), and answers "when does X
+  happen" (spans where X is the top tag, else among the top tags), "is there X", "how many times", "what happens
+  at T", "is it silent (at T)", "the loudest / quietest part" and "what sounds are in it". A question about a
+  sound the vocabulary has no label for is answered "I cannot tell" — never with a guess.
+- :func:`lm_answer` gives a local causal language model (:func:`kikimimi.models.causal_lm.load_causal_lm`) the
+  evidence as compact text (:func:`evidence_text`) and the rule answerer's findings, and asks it to answer citing
+  times; the times its answer names become its citations (the findings' when it names none).
+
+:func:`describe` turns the evidence into a timeline of at most a dozen parts and a short paragraph.
+
+:func:`choose` answers a multiple-choice question: with a language model, the choice of the highest mean token
+log-likelihood after the prompt; without one, the choice the findings name (else the best-scoring matched label).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kikimimi.inference.evidence import Evidence, Segment, TagSummary
+from kikimimi.models.caption_prompts import clean_decoded, prompt_ids
+
+__all__ = [
+    "CANNOT_TELL",
+    "Answer",
+    "Citation",
+    "Description",
+    "Part",
+    "choose",
+    "describe",
+    "evidence_text",
+    "format_time",
+    "lm_answer",
+    "match_labels",
+    "parse_times",
+    "rule_answer",
+    "timeline",
+]
+
+#: how an answer that the evidence cannot support begins
+CANNOT_TELL = "I cannot tell from the evidence"
+
+_STOP = set(
+    "a an the of is are was were be been can could heard hear hearing sound sounds noise some someone something there "
+    "it its this that these those in on at to and or does do did when what where which who how many much often time "
+    "times first last any anything recording file audio clip you i we me from with by for s please tell about "
+    "happen happens happening occur occurs present playing heard".split()
+)
+_SILENCE = re.compile(r"\b(silen(t|ce)|quiet|nothing)\b", re.I)
+_LOUD = re.compile(r"\b(loudest|quietest|softest|loud|loudness|level)\b", re.I)
+_WHEN = re.compile(r"\b(when|what time|at what point|where in|start|begin|first|last|end)\b", re.I)
+_COUNT = re.compile(r"\b(how many|how often|number of|count)\b", re.I)
+_YESNO = re.compile(r"^\s*(is|are|was|were|does|do|did|can|could|has|have)\b|\b(any|contain)\b", re.I)
+_OVERVIEW = re.compile(r"\b(what|which|describe|summar\w*|happen\w*|going on|kind|content)\b", re.I)
+_REFERS_BACK = re.compile(r"\b(it|its|that|they|them|this|those|these|he|she|one|again)\b", re.I)
+#: words of "what is going on" questions that name no sound
+_OVERVIEW_WORDS = {"describe", "summary", "summarise", "summarize", "kind", "content", "go", "going", "on", "type",
+                   "main", "overall", "give", "list", "whole", "thing", "label", "tag"}
+_CLOCK = re.compile(r"\b(\d+):(\d{1,2})(?::(\d{1,2}))?(\.\d+)?\b")
+_AMOUNT = re.compile(r"\b(\d+(?:\.\d+)?)\s*(h|hours?|min|mins|minutes?|s|secs?|seconds?)\b", re.I)
+
+
+@dataclass
+class Citation:
+    """A stretch of the recording an answer rests on (seconds) and what the evidence says there."""
+
+    start_s: float
+    end_s: float
+    what: str = ""
+
+
+@dataclass
+class Answer:
+    """An answer and its grounding.
+
+    Attributes:
+        question, text: the question and the answer. known: ``False`` when the evidence cannot answer.
+        citations: the stretches the answer rests on. answered_by: ``"rules"`` or ``"lm:SPEC"``.
+        labels: the vocabulary labels the question was matched to. grounding: the text the answer was made from
+            (the findings; with a language model, the whole prompt's evidence).
+        choice, choice_scores: for multiple-choice questions, the chosen option and each option's score.
+        model_reply: what the language model said (also when the findings replaced it), else ``None``.
+    """
+
+    question: str
+    text: str
+    known: bool
+    citations: list[Citation] = field(default_factory=list)
+    answered_by: str = "rules"
+    labels: list[str] = field(default_factory=list)
+    grounding: str = ""
+    choice: str | None = None
+    choice_scores: dict[str, float] | None = None
+    model_reply: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------- times
+def format_time(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour on), with one decimal when not a whole second: 75.5 → ``1:15.5``."""
+    s = max(0.0, float(seconds))
+    whole = math.floor(s + 1e-6)
+    frac = s - whole
+    h, rest = divmod(whole, 3600)
+    m, sec = divmod(rest, 60)
+    out = f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+    return out + (f".{round(frac * 10) % 10}" if frac >= 0.05 else "")
+
+
+def format_span(start_s: float, end_s: float) -> str:
+    return f"{format_time(start_s)}–{format_time(end_s)}"
+
+
+def parse_times(text: str) -> list[float]:
+    """Times (seconds) named in ``text``: ``m:ss``/``h:mm:ss`` clocks and amounts such as ``90 s``, ``2 minutes``."""
+    found: list[tuple[int, float]] = []
+    taken: list[tuple[int, int]] = []
+    for m in _CLOCK.finditer(text):
+        a, b, c = int(m.group(1)), int(m.group(2)), m.group(3)
+        value = a * 3600 + b * 60 + int(c) if c is not None else a * 60 + b
+        found.append((m.start(), value + (float(m.group(4)) if m.group(4) else 0.0)))
+        taken.append(m.span())
+    for m in _AMOUNT.finditer(text):
+        if any(a <= m.start() < b for a, b in taken):
+            continue
+        unit = m.group(2).lower()
+        factor = 3600.0 if unit.startswith("h") else 60.0 if unit.startswith("m") else 1.0
+        found.append((m.start(), float(m.group(1)) * factor))
+    return [t for _pos, t in sorted(found)]
+
+
+# ---------------------------------------------------------------------- labels in a question
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _content(text: str) -> set[str]:
+    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP}
+
+
+def match_labels(question: str, labels: Sequence[str]) -> list[str]:
+    """The labels a question names: those sharing the largest fraction (at least half) of their content words
+    with it (``"when does the dog bark"`` → ``"a dog barking"``), in vocabulary order."""
+    words = _content(question)
+    scored = []
+    for label in labels:
+        own = _content(label)
+        if own:
+            scored.append((len(own & words) / len(own), label))
+    best = max((s for s, _l in scored), default=0.0)
+    return [label for s, label in scored if s >= 0.5 and s == best]
+
+
+# ---------------------------------------------------------------------- evidence as text
+def timeline(evidence: Evidence) -> list[tuple[float, float, str, list[Segment]]]:
+    """Runs of consecutive segments with the same top tag (or all silent): ``(start_s, end_s, what, segments)``,
+    ``what`` = the top label or ``"silence"``."""
+    runs: list[tuple[float, float, str, list[Segment]]] = []
+    for seg in evidence.segments:
+        what = "silence" if seg.silent else (seg.tags[0].label if seg.tags else "?")
+        if runs and runs[-1][2] == what and seg.start_s <= runs[-1][1]:
+            a, _b, w, segs = runs[-1]
+            runs[-1] = (a, max(_b, seg.end_s), w, [*segs, seg])
+        else:
+            runs.append((seg.start_s, seg.end_s, what, [seg]))
+    return runs
+
+
+def _spans_text(spans: Sequence[Sequence[float]], limit: int = 6) -> str:
+    shown = ", ".join(format_span(a, b) for a, b in spans[:limit])
+    return shown + (f" and {len(spans) - limit} more" if len(spans) > limit else "")
+
+
+def _run_line(start_s: float, end_s: float, what: str, segs: list[Segment]) -> str:
+    level = max(s.rms_dbfs for s in segs)
+    if what == "silence":
+        return f"{format_span(start_s, end_s)} silent ({level:.0f} dBFS)"
+    others: dict[str, int] = {}
+    for s in segs:
+        for t in s.tags[1:]:
+            others[t.label] = others.get(t.label, 0) + 1
+    also = sorted(others, key=lambda k: -others[k])[:2]
+    line = f"{format_span(start_s, end_s)} {what}" + (f" (also {', '.join(also)})" if also else "")
+    line += f", {level:.0f} dBFS"
+    captions = [s.caption for s in segs if s.caption]
+    return line + (f'; caption: "{captions[0]}"' if captions else "")
+
+
+def evidence_text(evidence: Evidence, *, max_lines: int = 40, max_tags: int = 8) -> str:
+    """The evidence as compact text for a language model (or a person): the file, the most frequent sounds with
+    their spans, and the timeline (runs of segments with the same top tag; at most ``max_lines``)."""
+    seg_s = float(evidence.settings.get("segment_s") or 0.0)
+    lines = [f"Recording '{Path(evidence.file).name}', {format_time(evidence.duration_s)} long, "
+             f"{len(evidence.segments)} segments of {seg_s:g} s; level {evidence.mean_dbfs:.0f} dBFS; "
+             f"silent for {format_time(evidence.silent_s)} in total."]
+    if evidence.tags:
+        lines.append("Sounds detected (label: segments where it is among the top tags; times):")
+        for t in evidence.tags[:max_tags]:
+            lines.append(f"- {t.label}: {t.segments} segments (top tag in {t.top1}); {_spans_text(t.spans)}")
+    runs = timeline(evidence)
+    lines.append("Timeline:")
+    lines.extend(_run_line(*r) for r in runs[:max_lines])
+    if len(runs) > max_lines:
+        lines.append(f"... and {len(runs) - max_lines} more parts until {format_time(evidence.duration_s)}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the rule answerer
+def _cite_spans(spans: Sequence[Sequence[float]], what: str) -> list[Citation]:
+    return [Citation(float(a), float(b), what) for a, b in spans]
+
+
+def _cite_segment(seg: Segment) -> Citation:
+    what = "silent" if seg.silent else ", ".join(seg.labels())
+    return Citation(seg.start_s, seg.end_s, what)
+
+
+def _describe_segment(seg: Segment) -> str:
+    if seg.silent:
+        return f"{format_span(seg.start_s, seg.end_s)} is silent ({seg.rms_dbfs:.0f} dBFS)"
+    tags = ", ".join(f"{t.label} ({t.probability:.2f})" for t in seg.tags)
+    out = f"{format_span(seg.start_s, seg.end_s)}: {tags}; {seg.rms_dbfs:.0f} dBFS"
+    return out + (f'; caption: "{seg.caption}"' if seg.caption else "")
+
+
+def _strong_spans(t: TagSummary) -> tuple[list[list[float]], str]:
+    """Spans where the label is the top tag, else where it is among the top tags; and how to say which."""
+    if t.top1:
+        return t.top_spans, "as the top tag"
+    return t.spans, "among the top tags (never the top one)"
+
+
+def _unknown(question: str, evidence: Evidence, asked_words: set[str] | None = None) -> Answer:
+    asked = sorted(asked_words if asked_words is not None else _content(question))
+    about = f" about '{' '.join(asked)}'" if asked else ""
+    return Answer(question, f"{CANNOT_TELL}{about}: none of its {len(evidence.labels)} labels names it.", False)
+
+
+def rule_answer(evidence: Evidence, question: str, context: Sequence[str] = ()) -> Answer:
+    """Answer ``question`` from ``evidence`` alone (module docstring); ``known=False`` when it cannot.
+
+    ``context``: the labels of the conversation so far (the previous answer's), used when the question names no
+    label but refers back to one ("and when does *it* end?").
+    """
+    q = str(question).strip()
+    if not q:
+        raise ValueError("the question is empty")
+    labels = match_labels(q, evidence.labels)
+    if not labels and context and _REFERS_BACK.search(q):
+        labels = [label for label in context if label in evidence.labels]
+    sounds = [label for label in labels if not _SILENCE.search(label)]  # "silence" is read from the levels
+    times = parse_times(q)
+    if times:
+        segs = evidence.segments_at(times[0])
+        if not segs:
+            return Answer(q, f"{CANNOT_TELL}: {format_time(times[0])} is past the end "
+                             f"({format_time(evidence.duration_s)}).", False, labels=sounds)
+        body = "; ".join(_describe_segment(s) for s in segs)
+        cites = [_cite_segment(s) for s in segs]
+        at = format_time(times[0])
+        if _SILENCE.search(q) and not sounds:
+            verdict = "Yes, it is silent" if all(s.silent for s in segs) else "No, it is not silent"
+            return Answer(q, f"{verdict} at {at}: {body}.", True, cites)
+        if sounds:
+            hit = [s for s in segs if not s.silent and set(sounds) & set(s.labels())]
+            names = " / ".join(sounds)
+            verdict = f"Yes, {names} at {at}" if hit else f"No, not {names} at {at}"
+            return Answer(q, f"{verdict}: {body}.", True, cites, labels=sounds)
+        return Answer(q, f"At {at}: {body}.", True, cites)
+    if _LOUD.search(q) and not sounds:
+        loud = not re.search(r"quiet|soft", q, re.I)
+        seg = (max if loud else min)(evidence.segments, key=lambda s: s.rms_dbfs)
+        return Answer(q, f"The {'loudest' if loud else 'quietest'} part is {_describe_segment(seg)}.", True,
+                      [_cite_segment(seg)])
+    if _SILENCE.search(q) and not sounds:
+        return _silence(evidence, q)
+    if sounds:
+        return _about_labels(evidence, q, sounds)
+    residual = _content(q) - _content(" ".join(evidence.labels)) - _OVERVIEW_WORDS
+    if residual or not _OVERVIEW.search(q):
+        return _unknown(q, evidence, residual)
+    return _overview(evidence, q)
+
+
+def _silence(evidence: Evidence, q: str) -> Answer:
+    silent = [s for s in evidence.segments if s.silent]
+    if not silent:
+        return Answer(q, f"No segment is silent (below {evidence.settings.get('silence_dbfs')} dBFS).", True)
+    merged: list[list[float]] = []
+    for s in silent:
+        if merged and s.start_s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], s.end_s)
+        else:
+            merged.append([s.start_s, s.end_s])
+    return Answer(q, f"Silent ({format_time(evidence.silent_s)} in total): {_spans_text(merged, 10)}.", True,
+                  _cite_spans(merged, "silent"))
+
+
+def _about_labels(evidence: Evidence, q: str, labels: list[str]) -> Answer:
+    found = [(label, evidence.tag(label)) for label in labels]
+    present = [(label, t) for label, t in found if t is not None]
+    if not present:
+        names = " / ".join(labels)
+        return Answer(q, f"No: {names} is not among the top tags of any non-silent segment.", True, labels=labels)
+    parts, cites = [], []
+    for label, t in present:
+        spans, how = _strong_spans(t)
+        if _COUNT.search(q):
+            parts.append(f"{label}: {len(spans)} time{'s' if len(spans) != 1 else ''} ({how}): {_spans_text(spans)}")
+        elif re.search(r"\bfirst\b", q, re.I):
+            parts.append(f"{label} first occurs at {format_span(*spans[0])} ({how})")
+            spans = spans[:1]
+        elif re.search(r"\blast\b", q, re.I):
+            parts.append(f"{label} last occurs at {format_span(*spans[-1])} ({how})")
+            spans = spans[-1:]
+        elif _WHEN.search(q):
+            parts.append(f"{label} {how}: {_spans_text(spans)}")
+        else:
+            parts.append(f"Yes, {label} ({how}): {_spans_text(spans)}")
+        cites.extend(_cite_spans(spans, label))
+    missing = [label for label, t in found if t is None]
+    text = "; ".join(parts) + (f"; not detected: {', '.join(missing)}" if missing else "") + "."
+    return Answer(q, text[0].upper() + text[1:], True, cites, labels=labels)
+
+
+def _overview(evidence: Evidence, q: str) -> Answer:
+    if not evidence.tags:
+        return Answer(q, "Only silence: no segment is above the silence level.", True,
+                      [_cite_segment(s) for s in evidence.segments[:1]])
+    top = evidence.tags[:5]
+    parts = [f"{t.label} ({_spans_text(_strong_spans(t)[0], 3)})" for t in top]
+    cites = [c for t in top for c in _cite_spans(_strong_spans(t)[0][:3], t.label)]
+    silent = f"; silent for {format_time(evidence.silent_s)}" if evidence.silent_s else ""
+    return Answer(q, f"Sounds heard: {'; '.join(parts)}{silent}.", True, cites, labels=[t.label for t in top])
+
+
+# ---------------------------------------------------------------------- a language model
+_INSTRUCTIONS = ("Answer the question about an audio recording in one or two sentences, using only the evidence "
+                 "below, which audio models produced, and the findings. Cite the times (m:ss) your answer rests on. "
+                 f"If the evidence does not answer the question, say: {CANNOT_TELL}.")
+
+
+def _lm_prompt(evidence: Evidence, question: str, findings: Answer, max_lines: int,
+               history: Sequence[tuple[str, str]] = ()) -> str:
+    facts = findings.text if findings.known else f"{findings.text} (do not guess)"
+    facts = f"{facts} (computed from the evidence; they are right)"
+    earlier = "".join(f"Q: {q}\nA: {a}\n" for q, a in history[-3:])
+    earlier = f"Earlier in this conversation:\n{earlier}\n" if earlier else ""
+    return (f"{_INSTRUCTIONS}\n\nEvidence:\n{evidence_text(evidence, max_lines=max_lines)}\n\n{earlier}"
+            f"Findings for this question: {facts}\n\nQuestion: {question}")
+
+
+def _context_limit(lm: Any) -> int:
+    cfg = getattr(lm, "config", None)
+    return int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+
+
+def _fitting_prompt(evidence: Evidence, question: str, findings: Answer, tokenizer: Any, budget: int,
+                    history: Sequence[tuple[str, str]] = ()) -> tuple[str, list[int]]:
+    """The prompt and its ids, with the timeline shortened until it fits ``budget`` tokens (at least the header)."""
+    lines = 40
+    while True:
+        text = _lm_prompt(evidence, question, findings, lines, history)
+        ids = prompt_ids(tokenizer, text)
+        if len(ids) <= budget or lines == 0:
+            return text, ids[-budget:] if len(ids) > budget else ids
+        lines //= 2
+
+
+def _cite_times(evidence: Evidence, text: str) -> list[Citation]:
+    cites: list[Citation] = []
+    for t in parse_times(text):
+        for seg in evidence.segments_at(t):
+            c = _cite_segment(seg)
+            if all((c.start_s, c.end_s) != (d.start_s, d.end_s) for d in cites):
+                cites.append(c)
+    return cites
+
+
+@torch.inference_mode()
+def lm_answer(evidence: Evidence, question: str, lm: Any, tokenizer: Any, *, spec: str = "lm",
+              max_new_tokens: int = 64, history: Sequence[tuple[str, str]] = (),
+              context: Sequence[str] = ()) -> Answer:
+    """A language model's answer from the evidence text and the rule answerer's findings (greedy decoding).
+
+    When the findings cannot tell (the question names a sound the vocabulary lacks, or a time past the end), they
+    are the answer: the model is not asked, so it cannot invent one.
+
+    The prompt is cut to the model's context (``max_position_embeddings`` less ``max_new_tokens``) by shortening
+    the timeline. Citations: the segments at the times the answer names, else the findings' citations.
+    ``history``: the conversation so far (``(question, answer)`` pairs; the last three go in the prompt);
+    ``context``: as :func:`rule_answer`. A reply that says "yes" where the findings say "no" (or the reverse),
+    cites only times outside the findings' citations, or says nothing, is replaced by the findings
+    (``answered_by`` then says so).
+    """
+    findings = rule_answer(evidence, question, context)
+    if not findings.known:  # nothing in the evidence to rest on: say so, never let the model invent
+        return findings
+    budget = max(16, _context_limit(lm) - max_new_tokens)
+    text, ids = _fitting_prompt(evidence, question, findings, tokenizer, budget, history)
+    device = next(lm.parameters()).device
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = lm.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                      do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    reply = clean_decoded(tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True))
+    by = f"lm:{spec}"
+    cited = _cite_times(evidence, reply)
+    problem = ("said nothing" if not reply
+               else "contradicted the evidence" if _polarity(reply) not in (None, _polarity(findings.text))
+               else "cited times the evidence does not support" if cited and findings.citations
+               and not any(_overlap(c, d) for c in cited for d in findings.citations)
+               else None)  # a small model can contradict the findings or invent times
+    said = reply
+    if problem:
+        reply, by, cited = findings.text, f"rules (lm:{spec} {problem})", []
+    cites = cited or findings.citations
+    known = CANNOT_TELL.lower() not in reply.lower()
+    return Answer(question, reply, known, cites, by, findings.labels, text, model_reply=said)
+
+
+def _overlap(a: Citation, b: Citation) -> bool:
+    return a.start_s < b.end_s and b.start_s < a.end_s
+
+
+def _polarity(text: str) -> str | None:
+    """``"yes"`` / ``"no"`` when an answer starts with one, else ``None``."""
+    m = re.match(r"\W*(yes|no)\b", text, re.I)
+    return m.group(1).lower() if m else None
+
+
+@torch.inference_mode()
+def _choice_logprob(lm: Any, tokenizer: Any, prompt: list[int], choice: str) -> float:
+    """Mean log-probability per token of ``choice`` after the ``prompt`` ids."""
+    ids = list(tokenizer(" " + choice.strip() if not getattr(tokenizer, "chat_template", None) else choice.strip(),
+                         add_special_tokens=False)["input_ids"])
+    if not ids:
+        return -math.inf
+    device = next(lm.parameters()).device
+    x = torch.tensor([prompt + ids], dtype=torch.long, device=device)
+    logp = torch.log_softmax(lm(input_ids=x).logits[0, len(prompt) - 1:-1].float(), dim=-1)
+    return float(logp[torch.arange(len(ids)), torch.tensor(ids, device=device)].mean())
+
+
+def choose(evidence: Evidence, question: str, choices: Sequence[str], *, lm: Any = None, tokenizer: Any = None,
+           spec: str = "lm", context: Sequence[str] = ()) -> Answer:
+    """Pick one of ``choices`` (module docstring). ``choice_scores``: mean token log-likelihoods (language model)
+    or rule scores (above 1 for a choice the findings name, the earlier the higher; else the share of segments of
+    the labels it matches, weighted by their mean probability).
+
+    Raises:
+        ValueError: fewer than two distinct choices.
+    """
+    options = list(dict.fromkeys(c.strip() for c in choices if c.strip()))
+    if len(options) < 2:
+        raise ValueError("a multiple-choice question needs at least two different choices")
+    findings = rule_answer(evidence, question, context)
+    if lm is not None:
+        asked = f"{question}\nAnswer with one of: {', '.join(options)}."
+        budget = max(16, _context_limit(lm) - 16)
+        text, ids = _fitting_prompt(evidence, asked, findings, tokenizer, budget)
+        scores = {c: round(_choice_logprob(lm, tokenizer, ids, c), 4) for c in options}
+        by = f"lm:{spec}"
+    else:
+        text, scores, by = findings.text, {c: _rule_choice_score(evidence, findings, c) for c in options}, "rules"
+    best = max(options, key=lambda c: scores[c])
+    known = lm is not None or scores[best] > 0
+    reply = f"{best}." if known else f"{CANNOT_TELL} which of {', '.join(options)}."
+    return Answer(question, reply, known, findings.citations, by, findings.labels, text, best if known else None,
+                  scores)
+
+
+def _rule_choice_score(evidence: Evidence, findings: Answer, choice: str) -> float:
+    text = findings.text.lower()
+    named = re.search(rf"(?<![\w:.\-–]){re.escape(choice.lower())}(?![\w:\-–]|\.\d)", text)
+    if findings.known and named:  # named by the findings (not inside a time): the earlier, the better
+        return round(2.0 - named.start() / max(1, len(text)), 6)
+    total = 0.0
+    for label in match_labels(choice, evidence.labels):
+        t = evidence.tag(label)
+        if t is not None:
+            total += t.mean_probability * t.segments / max(1, len(evidence.segments))
+    return round(min(total, 0.999), 6)
+
+
+# ---------------------------------------------------------------------- descriptions
+@dataclass
+class Part:
+    """A stretch of the timeline: its sounds (top tags, longest first; ``["silence"]`` when silent), its loudest
+    segment's level and the captions of its segments."""
+
+    start_s: float
+    end_s: float
+    sounds: list[str]
+    rms_dbfs: float
+    captions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Description:
+    """A recording in a few parts and a paragraph (:func:`describe`)."""
+
+    file: str
+    duration_s: float
+    parts: list[Part]
+    paragraph: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        """The timeline, one part a line, then the paragraph."""
+        lines = [f"{format_span(p.start_s, p.end_s)}  {', '.join(p.sounds)}  ({p.rms_dbfs:.0f} dBFS)"
+                 + (f'  "{p.captions[0]}"' if p.captions else "") for p in self.parts]
+        return "\n".join([*lines, "", self.paragraph])
+
+
+def _part_sounds(weights: dict[str, float]) -> list[str]:
+    """Labels covering at least a quarter of the part's time (at least the longest), longest first."""
+    total = sum(weights.values()) or 1.0
+    ranked = sorted(weights, key=lambda k: -weights[k])
+    return [k for i, k in enumerate(ranked) if i == 0 or weights[k] >= 0.25 * total][:3]
+
+
+def describe(evidence: Evidence, max_parts: int = 12) -> Description:
+    """A timeline of at most ``max_parts`` parts — runs of segments with the same top tag, the shortest merged into
+    a neighbour until few enough are left — and a paragraph: what is heard most (share of the time as top tag), how
+    it begins and ends, silence and the loudest part."""
+    runs = timeline(evidence)
+    parts = [{"a": a, "b": b, "w": {what: b - a}, "db": max(s.rms_dbfs for s in segs),
+              "caps": [s.caption for s in segs if s.caption]} for a, b, what, segs in runs]
+    while len(parts) > max(1, max_parts):
+        i = min(range(len(parts)), key=lambda k: parts[k]["b"] - parts[k]["a"])
+        if i == 0:
+            j = 1
+        elif i == len(parts) - 1:
+            j = i - 1
+        else:
+            j = i - 1 if parts[i - 1]["b"] - parts[i - 1]["a"] <= parts[i + 1]["b"] - parts[i + 1]["a"] else i + 1
+        lo, hi = sorted((i, j))
+        x, y = parts[lo], parts[hi]
+        w = dict(x["w"])
+        for k, v in y["w"].items():
+            w[k] = w.get(k, 0.0) + v
+        parts[lo:hi + 1] = [{"a": x["a"], "b": max(x["b"], y["b"]), "w": w, "db": max(x["db"], y["db"]),
+                             "caps": x["caps"] + y["caps"]}]
+    out = [Part(p["a"], p["b"], _part_sounds(p["w"]), p["db"], p["caps"][:3]) for p in parts]
+    return Description(evidence.file, evidence.duration_s, out, _paragraph(evidence, runs, out))
+
+
+def _paragraph(evidence: Evidence, runs: list[tuple[float, float, str, list[Segment]]], parts: list[Part]) -> str:
+    name = Path(evidence.file).name
+    if not parts:
+        return f"'{name}' has no segments."
+    seconds: dict[str, float] = {}
+    for a, b, what, _segs in runs:
+        if what != "silence":
+            seconds[what] = seconds.get(what, 0.0) + (b - a)
+    total = max(evidence.duration_s, 1e-9)
+    shares = [(k, v / total) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1]) if v / total >= 0.05][:3]
+    out = [f"'{name}' lasts {format_time(evidence.duration_s)}."]
+    if shares:
+        first, *rest = shares
+        more = " and ".join(f"{k} ({v:.0%})" for k, v in rest)
+        out.append(f"Mostly {first[0]} ({first[1]:.0%} of the time as the top tag)" + (f", also {more}." if more
+                                                                                       else "."))
+    elif not seconds:
+        out.append("It is silent throughout.")
+    if len(parts) > 1:
+        out.append(f"It begins with {' and '.join(parts[0].sounds)} ({format_span(parts[0].start_s, parts[0].end_s)})"
+                   f" and ends with {' and '.join(parts[-1].sounds)} "
+                   f"({format_span(parts[-1].start_s, parts[-1].end_s)}).")
+    if evidence.silent_s and seconds:
+        out.append(f"Silent for {format_time(evidence.silent_s)} in all.")
+    loud = max(evidence.segments, key=lambda s: s.rms_dbfs)
+    if not loud.silent:
+        out.append(f"The loudest part is {format_span(loud.start_s, loud.end_s)} ({loud.rms_dbfs:.0f} dBFS, "
+                   f"{', '.join(loud.labels()[:2])}).")
+    return " ".join(out)

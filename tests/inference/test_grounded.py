@@ -1,0 +1,201 @@
+"""Issue 30, grounded answers: :mod:`kikimimi.inference.grounded` answers from the evidence alone, citing the
+segment times, and says "I cannot tell" instead of inventing; a language model reads the evidence as text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kikimimi.inference.evidence import Evidence, Segment, TagScore, summarise_tags
+from kikimimi.inference.grounded import (
+    CANNOT_TELL,
+    choose,
+    evidence_text,
+    format_time,
+    lm_answer,
+    match_labels,
+    parse_times,
+    rule_answer,
+)
+
+LABELS = ["a dog barking", "a man speaking", "a woman speaking", "rain", "church bells", "silence"]
+
+
+def make_evidence(plan: list[str | None], segment_s: float = 10.0) -> Evidence:
+    """Evidence with one segment of ``segment_s`` per entry: the label on top (second: "rain"), None = silent."""
+    segs = []
+    for i, top in enumerate(plan):
+        tags = [] if top is None else [TagScore(top, 0.7, 0.3), TagScore("rain" if top != "rain" else "silence",
+                                                                           0.2, 0.1)]
+        segs.append(Segment(i, i * segment_s, (i + 1) * segment_s, -100.0 if top is None else -20.0 - i,
+                            -90.0 if top is None else -6.0, top is None, tags))
+    return Evidence("walk.wav", len(plan) * segment_s, 16000, LABELS, {"segment_s": segment_s,
+                                                                       "silence_dbfs": -60.0},
+                    {"clap": "fake"}, segs, summarise_tags(segs), 10.0 * plan.count(None), -21.0)
+
+
+@pytest.fixture
+def walk() -> Evidence:
+    # 0:00–0:20 a man speaking, 0:20–0:30 silent, 0:30–0:50 a dog barking, 0:50–1:00 man, 1:00–1:10 dog
+    return make_evidence(["a man speaking", "a man speaking", None, "a dog barking", "a dog barking",
+                          "a man speaking", "a dog barking"])
+
+
+def test_times_are_written_and_read_back():
+    assert [format_time(t) for t in (0, 7, 75.5, 3725)] == ["0:00", "0:07", "1:15.5", "1:02:05"]
+    assert parse_times("what is at 1:30, at 12 s and after 2 minutes? and 1:02:05") == [90.0, 12.0, 120.0, 3725.0]
+    assert parse_times("a 440 Hz tone") == []
+
+
+def test_a_question_is_matched_to_the_labels_it_names():
+    assert match_labels("When does the dog bark?", LABELS) == ["a dog barking"]
+    assert match_labels("is there a man speaking", LABELS) == ["a man speaking"]
+    assert match_labels("is anyone speaking?", LABELS) == ["a man speaking", "a woman speaking"]
+    assert match_labels("when does the cymbal crash?", LABELS) == []
+
+
+def test_when_first_last_and_how_many_times_cite_the_segments(walk):
+    a = rule_answer(walk, "When does the dog bark?")
+    assert a.known and a.labels == ["a dog barking"]
+    assert [(c.start_s, c.end_s) for c in a.citations] == [(30.0, 50.0), (60.0, 70.0)]
+    assert "0:30–0:50" in a.text and "1:00–1:10" in a.text
+    first = rule_answer(walk, "When is the first dog barking?")
+    assert [(c.start_s, c.end_s) for c in first.citations] == [(30.0, 50.0)] and "first" in first.text
+    last = rule_answer(walk, "when does the man speak for the last time")
+    assert [(c.start_s, c.end_s) for c in last.citations] == [(50.0, 60.0)]
+    count = rule_answer(walk, "How many times does a dog bark?")
+    assert "2 times" in count.text
+    assert rule_answer(walk, "Is there a dog?").text.startswith("Yes")
+
+
+def test_what_happens_at_a_time_and_silence(walk):
+    at = rule_answer(walk, "What happens at 0:35?")
+    assert "a dog barking" in at.text and [(c.start_s, c.end_s) for c in at.citations] == [(30.0, 40.0)]
+    silent = rule_answer(walk, "Is it silent at 25 s?")
+    assert silent.text.startswith("Yes, it is silent") and silent.citations[0].start_s == 20.0
+    assert rule_answer(walk, "is it silent at 0:05").text.startswith("No")
+    quiet = rule_answer(walk, "Where is it silent?")
+    assert [(c.start_s, c.end_s) for c in quiet.citations] == [(20.0, 30.0)]
+    assert rule_answer(walk, "is the dog barking at 0:05?").text.startswith("No")
+    past = rule_answer(walk, "what happens at 5:00?")
+    assert not past.known and past.text.startswith(CANNOT_TELL)
+    assert "loudest" in rule_answer(walk, "Which part is the loudest?").text
+
+
+def test_what_sounds_are_in_it(walk):
+    a = rule_answer(walk, "What sounds are in it?")
+    assert a.known and a.labels[:2] == ["a man speaking", "a dog barking"]
+    assert "silent for 0:10" in a.text
+
+
+def test_cannot_tell_when_the_evidence_lacks_the_asked_for_thing(walk):
+    for q in ("When does the cymbal crash?", "Is there a trumpet?", "What time does the cymbal hit?",
+              "Which language is spoken?"):
+        a = rule_answer(walk, q)
+        assert not a.known and a.text.startswith(CANNOT_TELL) and a.citations == [], q
+    # in the vocabulary but never heard: a real answer ("no"), not a guess
+    no = rule_answer(walk, "Are there church bells?")
+    assert no.known and no.text.startswith("No")
+
+
+def test_multiple_choice_by_the_rules(walk):
+    a = choose(walk, "How many times does a dog bark?", ["1", "2", "3"])
+    assert a.choice == "2" and a.choice_scores["2"] > a.choice_scores["1"]
+    b = choose(walk, "Which sound is heard most?", ["church bells", "a man speaking"])
+    assert b.choice == "a man speaking"
+    with pytest.raises(ValueError, match="two"):
+        choose(walk, "?", ["a", " a "])
+
+
+def test_the_evidence_text_is_compact_and_bounded():
+    long = make_evidence(["a man speaking" if i % 2 else "rain" for i in range(400)])
+    text = evidence_text(long, max_lines=20)
+    assert "1:06:40 long" in text and "400 segments" in text
+    assert "... and 380 more parts until 1:06:40" in text and len(text.splitlines()) < 40
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from caption_fakes import write_tiny_llama
+
+    from kikimimi.models.causal_lm import load_causal_lm
+
+    folder = write_tiny_llama(tmp_path_factory.mktemp("lm"), ["a dog barking at 0:30", "yes no 1 2 3"])
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["max_position_embeddings"] = 4096
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return load_causal_lm(str(folder))
+
+
+def test_a_language_model_reads_the_evidence_and_cites(walk, tiny_lm):
+    lm, tok = tiny_lm
+    a = lm_answer(walk, "When does the dog bark?", lm, tok, spec="tiny", max_new_tokens=6)
+    assert a.answered_by == "lm:tiny" and a.text
+    assert "Timeline:" in a.grounding and "0:30–0:50 a dog barking" in a.grounding  # the evidence it read
+    assert "Findings for this question:" in a.grounding
+    assert a.citations  # times named in the answer, else the findings' (0:30–0:50, 1:00–1:10)
+    unknown = lm_answer(walk, "When does the cymbal crash?", lm, tok, max_new_tokens=6)
+    assert unknown.answered_by == "rules" and unknown.text.startswith(CANNOT_TELL)  # the model was not asked
+
+
+def test_multiple_choice_by_the_language_models_likelihood(walk, tiny_lm):
+    lm, tok = tiny_lm
+    a = choose(walk, "How many times does a dog bark?", ["1", "2", "3"], lm=lm, tokenizer=tok, spec="tiny")
+    assert set(a.choice_scores) == {"1", "2", "3"} and a.answered_by == "lm:tiny"
+    assert a.choice == max(a.choice_scores, key=a.choice_scores.get)
+    assert all(s < 0 for s in a.choice_scores.values())  # log-likelihoods
+
+
+def test_a_follow_up_question_refers_back_to_the_previous_sounds(walk):
+    first = rule_answer(walk, "When does the dog bark?")
+    follow = rule_answer(walk, "and when does it stop for the last time?", context=first.labels)
+    assert follow.labels == ["a dog barking"] and [(c.start_s, c.end_s) for c in follow.citations] == [(60.0, 70.0)]
+    assert not rule_answer(walk, "and when does it stop for the last time?").known  # no context: cannot tell
+
+
+def test_a_reply_that_contradicts_the_findings_is_replaced(walk, tiny_lm, monkeypatch):
+    import torch
+
+    lm, tok = tiny_lm
+    no = tok("no", add_special_tokens=False)["input_ids"]
+
+    def says_no(input_ids, **kw):
+        return torch.cat([input_ids, torch.tensor([no], dtype=input_ids.dtype)], dim=1)
+
+    monkeypatch.setattr(lm, "generate", says_no)
+    a = lm_answer(walk, "Is it silent at 25 s?", lm, tok, spec="tiny")
+    assert a.text.startswith("Yes, it is silent") and a.answered_by == "rules (lm:tiny contradicted the evidence)"
+    agrees = lm_answer(walk, "Is it silent at 0:05?", lm, tok, spec="tiny")
+    assert agrees.text == "no" and agrees.answered_by == "lm:tiny"
+
+
+def test_describe_gives_a_bounded_timeline_and_a_paragraph(walk):
+    from kikimimi.inference.grounded import describe
+
+    d = describe(walk)
+    assert [(p.start_s, p.end_s, p.sounds) for p in d.parts] == [
+        (0.0, 20.0, ["a man speaking"]), (20.0, 30.0, ["silence"]), (30.0, 50.0, ["a dog barking"]),
+        (50.0, 60.0, ["a man speaking"]), (60.0, 70.0, ["a dog barking"])]
+    assert d.paragraph.startswith("'walk.wav' lasts 1:10. Mostly a man speaking (43% of the time as the top tag), "
+                                  "also a dog barking (43%).")
+    assert "It begins with a man speaking (0:00–0:20) and ends with a dog barking (1:00–1:10)." in d.paragraph
+    assert "Silent for 0:10 in all." in d.paragraph and "0:00–0:20  a man speaking" in d.text()
+    long = make_evidence(["rain"] * 30 + ["a man speaking"] * 3 + ["rain"] * 2 + ["church bells"] * 20)
+    parts = describe(long, max_parts=3).parts
+    assert len(parts) == 3 and parts[0].sounds[0] == "rain" and parts[-1].sounds == ["church bells"]
+    assert parts[0].start_s == 0.0 and parts[-1].end_s == 550.0
+
+
+def test_a_reply_citing_unsupported_times_is_replaced(walk, tiny_lm, monkeypatch):
+    import kikimimi.inference.grounded as grounded
+
+    lm, tok = tiny_lm
+    monkeypatch.setattr(grounded, "clean_decoded", lambda text: "The dog barks at 0:05.")  # 0:00–0:10 is speech
+    a = lm_answer(walk, "When does the dog bark?", lm, tok, spec="tiny", max_new_tokens=2)
+    assert a.answered_by == "rules (lm:tiny cited times the evidence does not support)"
+    assert a.model_reply == "The dog barks at 0:05."
+    assert [(c.start_s, c.end_s) for c in a.citations] == [(30.0, 50.0), (60.0, 70.0)]
+    monkeypatch.setattr(grounded, "clean_decoded", lambda text: "It barks from 0:35 on.")
+    b = lm_answer(walk, "When does the dog bark?", lm, tok, spec="tiny", max_new_tokens=2)
+    assert b.answered_by == "lm:tiny" and [(c.start_s, c.end_s) for c in b.citations] == [(30.0, 40.0)]
