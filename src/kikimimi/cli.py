@@ -87,13 +87,31 @@ def _add_verbose_argument(parser: argparse.ArgumentParser, default) -> None:
                         help="also show library warnings and details (-vv: debug messages)")
 
 
+#: ``set_defaults(**{MORE_POSITIONALS: "dest"})`` in a sub-command: positional arguments given after its options
+#: (``CMD MODEL --labels x a.wav``, or after ``--``) join the list positional ``dest``, which argparse cannot split
+MORE_POSITIONALS = "_more_positionals"
+
+
+def _more_positionals(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]):
+    """``args`` with ``extras`` appended to the sub-command's list positional (see :data:`MORE_POSITIONALS`); an
+    option-like string before a ``--`` (an unknown flag) is the usual argparse error (exit 2)."""
+    dest = getattr(args, MORE_POSITIONALS, None)
+    before = extras[: extras.index("--")] if "--" in extras else extras
+    if dest is None or any(e.startswith("-") for e in before):
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    getattr(args, dest).extend(e for i, e in enumerate(extras) if not (e == "--" and i == len(before)))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command. A usage error (:class:`kikimimi.commands._exit.UsageError`) is
     printed as one line and returns 2; other errors propagate (see :func:`console_main`)."""
     from kikimimi.commands._exit import USAGE, UsageError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        args = _more_positionals(parser, args, extras)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0 if argv is not None or len(sys.argv) > 1 else 1

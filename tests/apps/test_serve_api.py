@@ -377,6 +377,10 @@ def test_serve_command_refusals(served, tmp_path, capsys, monkeypatch):
     assert "refusing to listen" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "nowhere"), "-m", "x"]) == 2
     assert "no such folder or index" in capsys.readouterr().err
+    # a folder with no -m uses the packaged open CLAP; without one installed, serve asks for a model
+    from kikimimi.checkpoints import registry
+
+    monkeypatch.setattr(registry, "default_packaged_model", lambda kind: None)
     assert main(["serve", str(served[0])]) == 2
     assert "-m MODEL" in capsys.readouterr().err
 

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "; leave it out, or give it with -m, and kikimimi's packaged open-clap-tiny is used), then "
                         "audio files, folders or CSV lists")
     parser.add_argument("-m", "--model", help="the M2D-CLAP model, instead of the first positional argument")
+    parser.set_defaults(_more_positionals="inputs")  # `zeroshot MODEL --labels x AUDIO…` (kikimimi.cli)
     parser.add_argument("--labels", required=True, help="comma-separated class names, e.g. 'dog barking,rain'")
     parser.add_argument("--template", default="{} can be heard", help="caption template ({} = class name)")
     parser.add_argument("--top", type=int, default=5, help="labels shown per file")
