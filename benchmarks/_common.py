@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -20,11 +18,7 @@ def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), for the header every benchmark prints."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The CPU's model name, for the header every benchmark prints (:func:`kikimimi.inference.precision.cpu_name`)."""
+    from kikimimi.inference.precision import cpu_name
+
+    return cpu_name()

@@ -59,7 +59,7 @@ from kikimimi.inference.onnx_runtime import (
     quantize_onnx_int8,
     quantize_onnx_int8_static,
 )
-from kikimimi.inference.precision import PRECISIONS, cpu_flags, cpu_has_int8_dot, cpu_has_native_bf16
+from kikimimi.inference.precision import PRECISIONS, cpu_flags, cpu_has_int8_dot, cpu_has_native_bf16, cpu_name
 
 __all__ = [
     "AUTO",
@@ -349,16 +349,6 @@ def prepare_path(bundle: EncoderBundle, path: str, onnx_dir: str | os.PathLike |
 
 
 # ----------------------------------------------------------------------------------------------------- cache
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_signature() -> dict[str, Any]:
     """What decides which path is fastest besides the model: CPU model and flags, PyTorch's CPU capability and
     quantised engine, thread count, torch and ONNX Runtime versions."""
@@ -368,7 +358,7 @@ def cpu_signature() -> dict[str, Any]:
         ort_version = version("onnxruntime") if _ort_available() else None
     except Exception:  # noqa: BLE001 - a broken install: no ONNX paths anyway
         ort_version = None
-    return {"cpu": _cpu_name(), "machine": platform.machine(), "flags": cpu_flags(),
+    return {"cpu": cpu_name(), "machine": platform.machine(), "flags": cpu_flags(),
             "capability": str(torch.backends.cpu.get_cpu_capability()),
             "quantized_engine": str(torch.backends.quantized.engine), "threads": int(torch.get_num_threads()),
             "torch": torch.__version__, "onnxruntime": ort_version}

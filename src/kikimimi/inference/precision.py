@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import platform
 import warnings
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` "model name"), else what :mod:`platform` says: the header of every
+    benchmark and part of the CPU-path cache key."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _quantize_linear_int8(module: nn.Module) -> nn.Module:
