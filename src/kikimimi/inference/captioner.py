@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kikimimi.audio.decode import AudioDecodeError, load_audio, resample
+from kikimimi.checkpoints.registry import find_entry
 from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json, collect_audio_files
 from kikimimi.inference.encoder import AudioEncoder, AudioInput, load
@@ -275,7 +276,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _load_encoder(folder: Path, config: dict[str, Any], audio_model: str | os.PathLike | None,
                   device: str | torch.device | None) -> AudioEncoder:
     source = audio_model or config["audio_model"]
-    if not Path(source).exists():
+    if not Path(source).exists() and find_entry(str(source)) is None:  # a path, or a registered name
         raise CaptionerError(f"'{folder}': its audio model '{source}' is not there; pass audio_model= "
                              "(--audio-model) with the encoder it was trained on")
     encoder = load_audio_model(source, device=device)
