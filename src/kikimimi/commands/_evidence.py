@@ -87,6 +87,21 @@ class EvidenceSources:
                               models=self.models, progress=show)
 
 
+def evidence_or_report(builder, item, quiet: bool):
+    """``item`` as :class:`~kikimimi.inference.evidence.Evidence` (already one, or built from audio by ``builder``);
+    ``None`` after one error line on stderr when the audio cannot be read (batch rule: report, skip, go on)."""
+    from kikimimi.audio.decode import AudioDecodeError
+    from kikimimi.inference.evidence import Evidence
+
+    if isinstance(item, Evidence):
+        return item
+    try:
+        return builder.evidence(item, progress=False if quiet else None)
+    except (AudioDecodeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def load_lm(args: argparse.Namespace):
     """``(model, tokenizer)`` of ``--lm`` (a usage error when it does not load), or ``(None, None)``."""
     if not args.lm:

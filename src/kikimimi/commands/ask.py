@@ -114,9 +114,8 @@ def _run_grounded(args: argparse.Namespace, sources: list[str], question: str) -
     if args.choices is not None and len({c.strip() for c in args.choices.split(",") if c.strip()}) < 2:
         raise UsageError(f"--choices {args.choices!r}: give at least two different options, separated by commas")
     saves = _save_paths(args, audio)  # refused before any model is loaded
-    from kikimimi.audio.decode import AudioDecodeError
     from kikimimi.checkpoints import CheckpointError
-    from kikimimi.commands._evidence import answer_question, load_lm, print_answer
+    from kikimimi.commands._evidence import answer_question, evidence_or_report, load_lm, print_answer
     from kikimimi.inference.evidence import Evidence, EvidenceError
     from kikimimi.models.text import TextEncoderError
 
@@ -138,15 +137,13 @@ def _run_grounded(args: argparse.Namespace, sources: list[str], question: str) -
     lm, tokenizer = load_lm(args)
     results, failed = [], 0
     for name, item in items:
-        if not isinstance(item, Evidence):
-            try:
-                item = builder.evidence(item, progress=False if args.json else None)
-            except (AudioDecodeError, ValueError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                failed += 1
-                continue
-            if saves:
-                item.save(saves[name])
+        built = evidence_or_report(builder, item, args.json)
+        if built is None:
+            failed += 1
+            continue
+        if saves and built is not item:
+            built.save(saves[name])
+        item = built
         answer = answer_question(item, question, args, lm, tokenizer, choices=args.choices)
         results.append({"file": name, "answer": answer.to_dict(),
                         **({"evidence": item.to_dict()} if args.evidence and args.json else {})})

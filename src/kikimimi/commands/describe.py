@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from kikimimi.commands._evidence import add_evidence_arguments
+from kikimimi.commands._evidence import add_evidence_arguments, evidence_or_report
 
 NAME = "describe"
 HELP = "Describe recordings of any length: a timeline and a short paragraph from their evidence (--clap, or JSON)."
@@ -33,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--parts must be at least 1, got {args.parts}")
     jsons = [f for f in args.files if f.lower().endswith(".json") and Path(f).is_file()]
     rest = [f for f in args.files if f not in jsons]
-    from kikimimi.audio.decode import AudioDecodeError
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.fileio import InputListError, collect_audio_files
     from kikimimi.inference.evidence import Evidence, EvidenceError
@@ -61,13 +59,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from exc
     results, failed = [], 0
     for item in [*items, *audio]:
-        if not isinstance(item, Evidence):
-            try:
-                item = sources.evidence(item, progress=False if args.json else None)
-            except (AudioDecodeError, ValueError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                failed += 1
-                continue
+        item = evidence_or_report(sources, item, args.json)
+        if item is None:
+            failed += 1
+            continue
         d = describe(item, args.parts)
         results.append(d.to_dict())
         if not args.json:
