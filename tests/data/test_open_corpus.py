@@ -272,6 +272,10 @@ def _fake_tasks_tree(root: Path) -> None:
             write_wav(folder / f"s{i}.wav", _tone(0.3, 90 + 50 * n + 300 * i))
             insts.append(INST.format(i=i, name=name, file=f"s{i}.wav"))
         (folder / "drumkit.xml").write_text(KIT_XML.format(name=f"Kit{n}", instruments="".join(insts)))
+    for package in ("asterisk-core-sounds-fr-wav", "hydrogen-drumkits"):  # a file with no licence is left out
+        doc = root / "usr/share/doc" / package
+        doc.mkdir(parents=True, exist_ok=True)
+        (doc / "copyright").write_text("These files are under the GNU General Public License.\n")
 
 
 def test_compute_held_out_remakes_the_task_splits_and_the_corpus_keeps_them_out(tmp_path, monkeypatch):
@@ -425,3 +429,24 @@ def test_cli_lists_the_sources(capsys):
     assert "klettres-data" in out and "kikimimi-synthetic" in out and "asterisk-moh-opsound-wav" in out
     assert data.run(parser.parse_args(["open-corpus"])) == 2
     assert "kikimimi data: error: open-corpus needs OUT" in capsys.readouterr().err
+
+
+def test_a_file_whose_copyright_names_no_licence_is_left_out(fake_tree, tmp_path):
+    """sound-theme-freedesktop's dialog-error.oga is in no stanza of a copyright file without ``Files: *``."""
+    doc = fake_tree / "usr/share/doc/fakepkg/copyright"
+    doc.write_text(COPYRIGHT.replace("Files: *\nCopyright: 2020 Someone\nLicense: GPL-2+\n\n", ""))
+    res = _build(fake_tree, tmp_path / "corpus")
+    rows = oc.read_manifest(res.manifest)
+    assert {r["licence"] for r in rows} == {"CC0-1.0", "CC-BY-SA-3.0"}  # the gpl/ files have no stanza now
+    assert res.skipped[oc.NO_LICENCE] == 2
+    # a build made before this rule kept such files: the manifest leaves them out all the same
+    part = tmp_path / "corpus/parts/fake.jsonl"
+    recs = [json.loads(line) for line in part.read_text().splitlines()]
+    for r in recs:
+        if r.get("skipped") == oc.NO_LICENCE:
+            r.pop("skipped")
+            r["segments"] = [{"file_name": "audio/fake/old.wav", "start_s": 0, "duration_s": 1.0, "sha256": "x",
+                              "onset_sha256": "y"}]
+            r["file_sha256"] = "z"
+    assert oc._manifest_rows([_spec()], {"fake": recs}, {}) == [r for r in oc._manifest_rows(
+        [_spec()], {"fake": [x for x in recs if x["licence"] != "unknown"]}, {})]
