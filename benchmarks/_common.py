@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,3 +24,13 @@ def cpu_model() -> str:
     from kikimimi.inference.precision import cpu_name
 
     return cpu_name()
+
+
+def emit_json(result: object, path: str | None) -> None:
+    """Write ``result`` as indented JSON to ``path`` (and say where), else print it."""
+    text = json.dumps(result, indent=1, default=float)
+    if path:
+        Path(path).write_text(text + "\n")
+        print(f"JSON: {path}")
+    else:
+        print(text)

@@ -22,16 +22,31 @@ each thread count (``--threads``), it measures in the same process:
 Output: a Markdown table per model and thread count, the CPU model and flags, and the whole run as JSON
 (``--json FILE``, else printed last). ``--quick``: the tiny model and ViT-B at 2 threads, 2 clips, one round.
 
+``--auto-cost``: how long ``precision="auto"``'s first load spends measuring (:func:`choose_cpu_path` from an
+empty cache, ONNX export and quantisation included), the measurement before its time bound
+(:data:`~kikimimi.inference.cpu_paths.THOROUGH`) and the bounded one, in the same process, per model and thread
+count, with the path each chose; the bounded one keeps one cache across thread counts, so from the second thread
+count on it reuses the ONNX files. ``--no-paths`` leaves the path table out.
+
+``--cap-avx2``: the whole run again in a child process with PyTorch capped to AVX2 (``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``, ``FBGEMM_ENABLE_INSTRUCTIONS``: no AVX-512, VNNI, bfloat16
+or AMX in torch's fp32, bf16 and int8 kernels), as an AVX2-only CPU would run it; its rows say "capped to AVX2".
+ONNX Runtime cannot be capped (its MLAS kernels are picked by CPUID; it reads no such setting), so its rows and
+its int8 peak still use this CPU's AVX-512 / VNNI / AMX and say "NOT capped".
+
 Usage: nice -n 10 python benchmarks/bench_cpu_paths.py [--quick] [--models vitb tiny] [--threads 1 2]
            [--clips 2] [--repeats 2] [--real DIR] [--real-max 24] [--attention-int8] [--json FILE]
+           [--auto-cost] [--no-paths] [--cap-avx2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import cpu_model, matmul_flops
+from _common import cpu_model, emit_json, matmul_flops
 from bench_embed import best_times, cosines, vit_chunk_flops
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +67,11 @@ CLIP_S = 10.0
 MODELS = {"vitb": ("m2d_vit_base-80x608p16x16-bench_enconly", 768, 12, 608),
           "tiny": ("m2d_vit_tiny-80x208p16x16-bench_enconly", 192, 12, 208),
           "micro": ("m2d_vit_base-80x208p16x16-micro_enconly", 64, 2, 208)}
+#: what ``--cap-avx2`` sets (:data:`kikimimi.inference.precision.ISA_CAP_ENV`): torch's own kernels, oneDNN, MKL, FBGEMM
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
+CAPPED_NOTE = ("capped to AVX2: torch (ATen, oneDNN, MKL, FBGEMM); ONNX Runtime NOT capped (MLAS picks its kernels "
+               "by CPUID and reads no setting for it)")
 SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
                "amx_tile", "amx_bf16", "amx_int8")
 
@@ -66,12 +86,16 @@ def _rate(fn, ops: float, repeats: int = 5) -> float:
 
 
 def peaks(threads: int, n: int = 2048) -> dict[str, float]:
-    """Matmul rates (op/s) of ``[n, n] @ [n, n]`` in float32, bfloat16 and int8 at ``threads`` threads, now."""
+    """Matmul rates (op/s) of ``[n, n] @ [n, n]`` in float32, bfloat16 (NaN where it is emulated) and int8 at
+    ``threads`` threads, now."""
+    from kikimimi.inference.precision import cpu_has_native_bf16
+
     torch.set_num_threads(threads)
     ops = 2.0 * n**3
     out = {"fp32": matmul_flops(n)}
     a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
-    out["bf16"] = _rate(lambda: a @ b, ops)
+    # emulated bfloat16 (no native kernels, or capped below them) is no peak of anything measured, and takes minutes
+    out["bf16"] = _rate(lambda: a @ b, ops) if cpu_has_native_bf16() else float("nan")
     ai = torch.randint(-127, 127, (n, n), dtype=torch.int8)
     bi = torch.randint(-127, 127, (n, n), dtype=torch.int8)
     try:
@@ -136,8 +160,10 @@ def write_model(name: str, tmp: Path) -> Path:
 
     folder_name, dim, depth, frames = MODELS[name]
     folder = tmp / folder_name
-    folder.mkdir()
-    torch.save(ol.m2d_encoder_state(embed_dim=dim, depth=depth, input_size=(80, frames)), folder / "w.pth")
+    folder.mkdir(exist_ok=True)
+    if not (folder / "w.pth").is_file():
+        torch.manual_seed(0)
+        torch.save(ol.m2d_encoder_state(embed_dim=dim, depth=depth, input_size=(80, frames)), folder / "w.pth")
     return folder / "w.pth"
 
 
@@ -207,6 +233,7 @@ def build_paths(model_path: Path, onnx_dir: Path, names: list[str], calibration,
 def bench_model(name: str, args, tmp: Path, real: list[np.ndarray]) -> dict:
     from kikimimi.inference.cpu_paths import available_paths, calibration_chunks, prepare_path, probe_clips
     from kikimimi.inference.encoder import load
+    from kikimimi.inference.precision import isa_caps
 
     model_path = write_model(name, tmp)
     onnx_dir = tmp / f"{name}-onnx"
@@ -249,10 +276,12 @@ def bench_model(name: str, args, tmp: Path, real: list[np.ndarray]) -> dict:
             memory[p] = rss.peak - rss.start
         times = best_times(fns, dict.fromkeys(fns, args.repeats))
         rows = []
+        capped = bool(isa_caps())
         for p in models:
             kind = "bf16" if p == "bf16" else "int8" if "int8" in p else "fp32"
             gops = flops / times[p]
-            rows.append({"path": p, "clips_per_s": len(clips) / times[p],
+            isa = ("NOT capped" if p.startswith("ort-") else "capped to AVX2") if capped else "native"
+            rows.append({"path": p, "isa": isa, "clips_per_s": len(clips) / times[p],
                          "audio_s_per_s": len(clips) * CLIP_S / times[p], "x_fp32": times["fp32"] / times[p],
                          "gops": gops / 1e9, "peak_kind": kind,
                          "share_of_peak": gops / peak[kind], "load_rss_mb": load_mb.get(p, float("nan")),
@@ -264,6 +293,58 @@ def bench_model(name: str, args, tmp: Path, real: list[np.ndarray]) -> dict:
     return result
 
 
+def auto_cost(name: str, args, tmp: Path) -> list[dict]:
+    """Seconds ``precision="auto"``'s first load spends choosing a path for model ``name`` at each thread count,
+    before the time bound (:data:`THOROUGH`, a fresh cache each time) and now (one cache for every thread count)."""
+    from functools import partial
+
+    from kikimimi.inference.cpu_paths import THOROUGH, PathCache, ProbeSettings, choose_cpu_path, measure_paths
+    from kikimimi.inference.encoder import AudioEncoder, load
+
+    model_path = write_model(name, tmp)
+    base = load(model_path, device="cpu", precision="fp32")
+    base.embed([np.zeros(SR, np.float32)], SR)  # the process's first torch call, outside both timings
+    shared = PathCache(tmp / f"{name}-auto-now")
+
+    def build(bundle, precision: str):
+        return AudioEncoder(bundle, device="cpu", precision=precision)
+
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        before = PathCache(tmp / f"{name}-auto-before-{threads}")
+        runs = (("before", THOROUGH, before), ("now", ProbeSettings(), shared))
+        for label, settings, cache in runs:
+            reused = label == "now" and threads != args.threads[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                start = time.perf_counter()
+                choice = choose_cpu_path(base.bundle, model_path, build, cache=cache,
+                                         measure=partial(measure_paths, settings=settings))
+                seconds = time.perf_counter() - start
+            rows.append({"model": name, "threads": threads, "measurement": label, "onnx_files_reused": reused,
+                         "seconds": round(seconds, 2), "chosen": choice.path, "reason": choice.reason,
+                         "paths": [dataclasses.asdict(m) for m in choice.measurements]})
+    print_auto_cost(rows)
+    return rows
+
+
+def print_auto_cost(rows: list[dict]) -> None:
+    print("\n## precision auto: time of the first load's measurement (empty cache; ONNX export included)")
+    print("| model | threads | measurement | seconds | × before | chosen | clips/s (timed rounds) per path |")
+    print("|---|---:|---|---:|---:|---|---|")
+    before = {}
+    for r in rows:
+        key = (r["model"], r["threads"])
+        before.setdefault(key, r["seconds"] if r["measurement"] == "before" else None)
+        ratio = f"{r['seconds'] / before[key]:.2f}" if before.get(key) else ""
+        label = r["measurement"] + (", ONNX files reused" if r.get("onnx_files_reused") else "")
+        paths = ", ".join(f"{m['path']} {m['clips_per_s']:.2f} ({m.get('rounds', '?')})" if m["clips_per_s"] else
+                          f"{m['path']} failed" for m in r["paths"])
+        print(f"| {r['model']} | {r['threads']} | {label} | {r['seconds']:.1f} | {ratio} | {r['chosen']} | {paths} |",
+              flush=True)
+
+
 def print_table(name: str, threads: int, peak: dict, rows: list[dict], n_clips: int, flops: float, note: str) -> None:
     shown = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items())
     print(f"\n## {name}, {threads} thread(s): {n_clips} × {CLIP_S:.0f}-s clips, {flops / n_clips / 1e9:.1f} GFLOP "
@@ -271,7 +352,8 @@ def print_table(name: str, threads: int, peak: dict, rows: list[dict], n_clips: 
     print("| path | clips/s | audio s/s | × fp32 | GOP/s | % of peak | load MB | run MB | cos min | cos mean |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['path']} | {r['clips_per_s']:.2f} | {r['audio_s_per_s']:.1f} | {r['x_fp32']:.2f} | "
+        label = r["path"] if r.get("isa", "native") == "native" else f"{r['path']} [{r['isa']}]"
+        print(f"| {label} | {r['clips_per_s']:.2f} | {r['audio_s_per_s']:.1f} | {r['x_fp32']:.2f} | "
               f"{r['gops']:.0f} | {100 * r['share_of_peak']:.0f}% {r['peak_kind']} | {r.get('load_rss_mb', 0):.0f} | "
               f"{r.get('work_rss_mb', r.get('peak_rss_mb', 0)):.0f} | "
               f"{r['cos_min']:.5f} | {r['cos_mean']:.5f} |", flush=True)
@@ -282,12 +364,16 @@ def print_from_json(run: dict) -> None:
     m = run["machine"]
     print(f"CPU: {m['cpu']} ({m['cores']} cores); flags: {' '.join(m['flags'])}; torch {m['torch']}; "
           f"onnxruntime {m['onnxruntime']}; load average at start {m['load_avg'][0]:.1f}")
+    if m.get("isa_caps"):
+        print(CAPPED_NOTE)
     for model in run["models"]:
         for t in model["threads"]:
             peak = {k: v * 1e9 for k, v in t["peaks_gops"].items()}
             n = model.get("clips", 1)
             per_clip = model.get("gflop_per_clip", t["rows"][0]["gops"] / t["rows"][0]["clips_per_s"]) * 1e9
             print_table(model["model"], t["threads"], peak, t["rows"], n, n * per_clip, model["cosine_on"])
+    if run.get("auto_cost"):
+        print_auto_cost(run["auto_cost"])
 
 
 def main() -> None:
@@ -307,17 +393,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 threads (unless --threads), 2 clips, 1 round, 8 real "
                     "clips")
     ap.add_argument("--json", help="write the results here (default: print them last)")
+    ap.add_argument("--auto-cost", action="store_true", help="also time precision auto's first measurement, before "
+                    "and after its time bound, per model and thread count")
+    ap.add_argument("--paths", action=argparse.BooleanOptionalAction, default=True,
+                    help="the table of every path (--no-paths: only --auto-cost)")
+    ap.add_argument("--cap-avx2", action="store_true", help="run it all with PyTorch capped to AVX2 (ONNX Runtime "
+                    "cannot be: its rows say so)")
     ap.add_argument("--from-json", metavar="FILE", help="print the Markdown tables of an earlier run's JSON (e.g. "
                     "for the README) and measure nothing")
     args = ap.parse_args()
     if args.from_json:
         print_from_json(json.loads(Path(args.from_json).read_text()))
         return
+    if args.cap_avx2 and not all(os.environ.get(k) == v for k, v in AVX2_CAPS.items()):
+        # the caps are read when the libraries start: the run goes on in a child process that has them from birth
+        sys.exit(subprocess.call([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
+                                 env={**os.environ, **AVX2_CAPS}))
     if args.quick:
         args.clips, args.repeats, args.real_max = 2, 1, 8
     args.threads = args.threads or ([2] if args.quick else [1, 2])
 
-    from kikimimi.inference.precision import cpu_flags
+    from kikimimi.inference.precision import cpu_flags, isa_caps
 
     flags = set(cpu_flags())
     try:
@@ -328,23 +424,21 @@ def main() -> None:
         ort_version = None
     header = {"cpu": cpu_model(), "flags": [f for f in SHOWN_FLAGS if f in flags], "cores": os.cpu_count(),
               "torch": torch.__version__, "capability": str(torch.backends.cpu.get_cpu_capability()),
-              "onnxruntime": ort_version, "load_avg": os.getloadavg()}
+              "onnxruntime": ort_version, "load_avg": os.getloadavg(), "isa_caps": isa_caps()}
     print(f"CPU: {header['cpu']} ({header['cores']} cores); flags: {' '.join(header['flags'])}; torch "
           f"{header['torch']} ({header['capability']}); onnxruntime {ort_version}; load {header['load_avg']}")
-    real = real_waves(args.real, args.real_max)
+    if header["isa_caps"]:
+        print(CAPPED_NOTE)
+    real = real_waves(args.real, args.real_max) if args.paths else []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
-        results = [bench_model(name, args, Path(tmp_name), real) for name in args.models]
+        results = [bench_model(name, args, Path(tmp_name), real) for name in args.models] if args.paths else []
+        costs = [r for name in args.models for r in auto_cost(name, args, Path(tmp_name))] if args.auto_cost else []
     header["wall_s"] = round(time.perf_counter() - start, 1)
     header["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"machine": header, "models": results}
+    out = {"machine": header, "models": results, "auto_cost": costs}
     print(f"\nwall {header['wall_s']} s; process peak RSS {header['max_rss_mb']:.0f} MB")
-    text = json.dumps(out, indent=1, default=float)
-    if args.json:
-        Path(args.json).write_text(text)
-        print(f"JSON: {args.json}")
-    else:
-        print(text)
+    emit_json(out, args.json)
 
 
 if __name__ == "__main__":

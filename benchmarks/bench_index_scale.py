@@ -18,7 +18,14 @@ index was built; for the approximate kinds, recall and p50 per sort of query at 
 times the calibrated search effort. Every run prints the CPU model, its vector extensions and faiss' SIMD
 level. Ratios are against exact search measured in the same process.
 
-Usage: python benchmarks/bench_index_scale.py [--rows 100000] [--dim 768] [--kinds flat ivf hnsw hnsw_sq]
+The Milvus backend (:class:`kikimimi.inference.milvus_index.MilvusIndex`, ``pip install "kikimimi[milvus]"``)
+is measured with ``--kinds milvus`` (its HNSW index, ``M`` 32, ``efConstruction`` 128, searched with ``ef``
+:data:`MILVUS_EF`, the backend's default, and swept around it) and ``milvus_flat`` (exact), in a Milvus Lite
+database in a temporary folder: build seconds (create + insert + flush + the background index build + the first
+search), recall@10, single-query latency through the client (the gRPC round trip included, as a caller sees
+it), batch queries/s, the database's size on disk per row, and the RSS growth of this process and its children.
+
+Usage: python benchmarks/bench_index_scale.py [--rows 100000] [--dim 768] [--kinds flat ivf hnsw hnsw_sq milvus]
            [--queries 200] [--json OUT]
 """
 
@@ -71,6 +78,103 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def tree_rss_mb() -> float:
+    """Resident memory of this process and its direct children (an embedded database may run as one), MB."""
+    total, me = rss_mb(), str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] == me:
+                for line in (stat.parent / "status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+#: the HNSW search breadth the Milvus rows are measured at (swept at a quarter, half, one and two times it)
+MILVUS_EF = 256
+
+
+def bench_milvus(kind: str, base: np.ndarray, sets: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+                 sweep: bool) -> dict:
+    """One row of results for the Milvus backend (``kind`` ``"milvus"``: HNSW, ``"milvus_flat"``: exact) on
+    ``base`` ``[N, D]``, in a Milvus Lite database in a temporary folder."""
+    import tempfile
+
+    from kikimimi.inference.milvus_index import MilvusIndex, MilvusSettings
+
+    n, dim = base.shape
+    settings = MilvusSettings(index_type="FLAT" if kind == "milvus_flat" else "HNSW", ef_search=MILVUS_EF)
+    with tempfile.TemporaryDirectory(prefix="bench_milvus_") as tmp:
+        db_path = Path(tmp) / "bench.db"
+        rss0 = tree_rss_mb()
+        t = time.perf_counter()
+        db = MilvusIndex.create(str(db_path), dim=dim, model="bench", identity=None, root="/bench",
+                                settings=settings)
+        ids: list[int] = []
+        for start in range(0, n, 8192):
+            part = base[start:start + 8192]
+            ids += db.add_files([({"key": f"f{start + i}.wav", "path": f"/bench/f{start + i}.wav",
+                                   "duration_s": 1.0}, part[i:i + 1], [[0.0, 1.0]], ()) for i in range(len(part))])
+        print(f"# {kind}: {n} rows inserted in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+        db.flush()  # seals the rows into segments, as `kikimimi index --db` does at the end
+        db.wait_for_index()  # the vector index is built in the background: until then searches are exact
+        db.search_vectors(base[:1], 10)
+        build_s = time.perf_counter() - t
+        print(f"# {kind}: first search after {build_s:.1f} s", file=sys.stderr, flush=True)
+        row_of = np.full(max(ids) + 1 if ids else 1, -1, np.int64) if max(ids) < 50 * n else None
+        lookup = {i: r for r, i in enumerate(ids)} if row_of is None else None
+        if row_of is not None:
+            row_of[np.asarray(ids)] = np.arange(n)
+
+        def rows(queries: np.ndarray) -> np.ndarray:
+            hits = db.search_vectors(queries, 10)
+            out = np.full((len(queries), 10), -1, np.int64)
+            for qi, hs in enumerate(hits):
+                got = [h.row for h in hs]
+                out[qi, :len(got)] = row_of[got] if row_of is not None else [lookup[g] for g in got]
+            return out
+
+        def single_ms(queries: np.ndarray) -> np.ndarray:
+            out = np.empty(len(queries))
+            for i, q in enumerate(queries):
+                t0 = time.perf_counter()
+                db.search_vectors(q[None], 10)
+                out[i] = 1000 * (time.perf_counter() - t0)
+            return out
+
+        recall = {name: round(recall_at_k(rows(q), truth[name]), 4) for name, q in sets.items()}
+        lat = np.concatenate([single_ms(q) for q in sets.values()])
+        every = np.concatenate(list(sets.values()))
+        t = time.perf_counter()
+        db.search_vectors(every, 10)
+        batch_qps = len(every) / (time.perf_counter() - t)
+        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+        disk = folder_bytes(db_path)
+        row = {"kind": kind, "rows": n, "dim": dim, "build_s": round(build_s, 1), "index_type": settings.index_type,
+               **({"ef": MILVUS_EF, "M": settings.hnsw_m, "efConstruction": settings.ef_construction}
+                  if kind == "milvus" else {}),
+               "recall_at_10": recall, "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3),
+               "qps_1_thread": round(1000 / lat.mean(), 1), "qps_batch": round(batch_qps, 1),
+               "disk_bytes_per_row": round(disk / n, 1), "rss_growth_mb": round(tree_rss_mb() - rss0, 1)}
+        if sweep and kind == "milvus":
+            out = {}
+            for ef in (MILVUS_EF // 4, MILVUS_EF // 2, MILVUS_EF, MILVUS_EF * 2):
+                db.settings = MilvusSettings(index_type="HNSW", ef_search=ef)
+                out[ef] = {s: {"recall_at_10": round(recall_at_k(rows(q), truth[s]), 4),
+                               "p50_ms": round(float(np.median(single_ms(q[:100]))), 3)} for s, q in sets.items()}
+            row["sweep_ef"] = out
+        db.close()
+    return row
+
+
 def clustered(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
     """``[n, dim]`` unit float32 vectors around ``centres`` fixed random centres (drawn in chunks)."""
     c = np.random.default_rng([seed, 1]).standard_normal((centres, dim), dtype=np.float32)
@@ -99,7 +203,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--centres", type=int, default=1000)
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "hnsw_sq"],
-                        choices=("numpy", "flat", "ivf", "hnsw", "hnsw_sq"))
+                        choices=("numpy", "flat", "ivf", "hnsw", "hnsw_sq", "milvus", "milvus_flat"))
     parser.add_argument("--queries", type=int, default=200, help="held-out queries of each sort")
     parser.add_argument("--target", type=float, default=0.95, help="recall@10 the calibration aims at")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,6 +219,11 @@ def main() -> int:
     print(f"# CPU: {cpu_model()}; {os.cpu_count()} cores; vector extensions: {cpu_flags()}")
     print(f"# faiss {faiss.__version__} ({faiss.get_compile_options().strip()}), "
           f"{faiss.omp_get_max_threads()} OpenMP threads; load average {os.getloadavg()[0]:.2f}", flush=True)
+    if any(k.startswith("milvus") for k in args.kinds):
+        from importlib import metadata
+
+        print(f"# pymilvus {metadata.version('pymilvus')}, milvus-lite {metadata.version('milvus-lite')} "
+              "(Milvus Lite, embedded)", flush=True)
     base = clustered(args.rows, args.dim, args.centres, args.seed)
     rng = np.random.default_rng([args.seed, 3])
     picks = rng.choice(args.rows, args.queries, replace=False)
@@ -125,6 +234,13 @@ def main() -> int:
     threads = faiss.omp_get_max_threads()
     results, exact_p50 = [], None
     for kind in args.kinds:
+        if kind.startswith("milvus"):
+            row = bench_milvus(kind, base, sets, truth, args.sweep)
+            if exact_p50 is not None:
+                row["p50_ratio_to_faiss_exact"] = round(row["p50_ms"] / exact_p50, 2)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            continue
         rss0 = rss_mb()
         t = time.perf_counter()
         index = VectorIndex.build(base, kind=kind, target_recall=args.target, seed=args.seed)

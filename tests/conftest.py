@@ -74,3 +74,15 @@ def home(tmp_path, monkeypatch, server):
     from model_server import isolated_home
 
     return isolated_home(tmp_path, monkeypatch, server)
+
+
+@pytest.fixture
+def offline_packaged(tmp_path, monkeypatch):
+    """An empty kikimimi home with no network, no user-registered models and float32 inference: how the tests of
+    kikimimi's packaged models (``kikimimi/weights/``) load them."""
+    from kikimimi.checkpoints import registry
+
+    monkeypatch.setenv("KIKIMIMI_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KIKIMIMI_OFFLINE", "1")
+    monkeypatch.setenv("KIKIMIMI_PRECISION", "fp32")
+    monkeypatch.setattr(registry, "_registered", {})

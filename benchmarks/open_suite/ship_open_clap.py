@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,17 @@ os.environ["KIKIMIMI_PRECISION"] = "fp32"  # the shipped numbers are float32 num
 
 import eval_open_clap  # noqa: E402
 from _common import cpu_model  # noqa: E402
-from ship_open_model import DEFAULT_CORPUS, DEFAULT_SUITE, compute_facts, data_facts, read_run  # noqa: E402
+from ship_open_model import (  # noqa: E402
+    DEFAULT_CORPUS,
+    DEFAULT_SUITE,
+    compute_facts,
+    data_facts,
+    install,
+    open_card,
+    read_run,
+    staging_for,
+    write_sums,
+)
 
 from kikimimi.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -61,54 +70,35 @@ def card(ev: dict, report: dict) -> str:
             rows.append(f"| {label} {k} | {pct(ours['retrieval'][d][k])} | {pct(chance['retrieval'][d][k])} |")
     c, d = ev["compute"], ev["data"]
     lic = ", ".join(f"{k} {v:.2f} h" for k, v in d["licences_train_hours"].items())
-    return "\n".join([
-        "---",
-        "library_name: kikimimi",
-        "license: apache-2.0",
-        "pipeline_tag: zero-shot-audio-classification",
-        "tags: [audio, clap, m2d, m2d-clap, zero-shot, audio-retrieval]",
-        "---",
-        f"# {NAME}",
-        "",
-        "kikimimi's own audio–language model: an M2D-CLAP (ViT-tiny audio encoder, 16 kHz, 2.08-s chunks) whose "
-        "audio embeddings share a space with all-MiniLM-L6-v2 sentence embeddings, so text finds sounds and labels "
-        "classify them zero-shot. Trained on a CPU from openly licensed recordings only; no official weights.",
-        "",
-        "```python",
-        "import kikimimi",
-        f'clap = kikimimi.load_clap("{NAME}")   # packaged: no download; the weights are checked against SHA256SUMS',
-        'scores = clap.similarity(clap.encode_audio(["dog.wav"]), clap.encode_text(["a dog barking", "rain"]))',
-        "```",
-        "",
-        "## Evaluation (open suite, test side; float32)",
-        "",
-        f"Held-out prompts (training captions removed), unseen voices/prompts, kits and programs. Report: "
-        f"`evaluation/open_clap_eval.json` (CPU: {report['cpu']}); command: `{report['command']}`.",
-        "",
-        f"| metric (%) | {NAME} | chance |",
-        "|---|---|---|",
-        *rows,
-        "",
-        "## Training",
-        "",
-        f"- recipe `open-clap-tiny` (`kikimimi pretrain --recipe open-clap-tiny`, methods/recipes.py): M2D-CLAP "
-        f"further pre-training from `{ev['init']['checkpoint']}` (step {ev['init']['step']} of the open-m2d-tiny run), "
-        f"{c['step']} steps of batch {c['batch_size']} ({c['samples_seen']:,} crops), "
-        f"{c['train_wall_s'] / 60:.0f} min wall on {c['cpu']} ({c['threads']}; shared machine)",
-        f"- data: {d['train_hours']:.2f} h of the open corpus ({lic}), captions from metadata "
-        "(`kikimimi data open-corpus`); the open suite's and the first run's test clips are excluded (leak-checked)",
-        f"- commands: `{ev['commands']['train']}`; shipped with `{ev['commands']['ship']}`",
-        "",
-        "## Intended use and limits",
-        "",
-        *[f"- {line}" for line in ev["limits"]],
-        "",
-        "## Files",
-        "",
-        f"- `model.safetensors` SHA-256 `{ev['weights']['sha256']}` ({ev['weights']['size_bytes']:,} bytes, float32)",
-        "- `training.json` (data, licences, compute), `evaluation/open_clap_eval.json`",
-        "",
-    ])
+    return open_card(
+        NAME, pipeline_tag="zero-shot-audio-classification",
+        tags=["audio", "clap", "m2d", "m2d-clap", "zero-shot", "audio-retrieval"],
+        intro="kikimimi's own audio–language model: an M2D-CLAP (ViT-tiny audio encoder, 16 kHz, 2.08-s chunks) whose "
+              "audio embeddings share a space with all-MiniLM-L6-v2 sentence embeddings, so text finds sounds and "
+              "labels classify them zero-shot. Trained on a CPU from openly licensed recordings only; no official "
+              "weights.",
+        usage=[f'clap = kikimimi.load_clap("{NAME}")   # packaged: no download; the weights are checked against '
+               "SHA256SUMS",
+               'scores = clap.similarity(clap.encode_audio(["dog.wav"]), clap.encode_text(["a dog barking", "rain"]))'],
+        sections=[
+            ("Evaluation (open suite, test side; float32)", [
+                f"Held-out prompts (training captions removed), unseen voices/prompts, kits and programs. Report: "
+                f"`evaluation/open_clap_eval.json` (CPU: {report['cpu']}); command: `{report['command']}`.",
+                "", f"| metric (%) | {NAME} | chance |", "|---|---|---|", *rows]),
+            ("Training", [
+                f"- recipe `open-clap-tiny` (`kikimimi pretrain --recipe open-clap-tiny`, methods/recipes.py): "
+                f"M2D-CLAP further pre-training from `{ev['init']['checkpoint']}` (step {ev['init']['step']} of the "
+                f"open-m2d-tiny run), {c['step']} steps of batch {c['batch_size']} ({c['samples_seen']:,} crops), "
+                f"{c['train_wall_s'] / 60:.0f} min wall on {c['cpu']} ({c['threads']}; shared machine)",
+                f"- data: {d['train_hours']:.2f} h of the open corpus ({lic}), captions from metadata "
+                "(`kikimimi data open-corpus`); the open suite's and the first run's test clips are excluded "
+                "(leak-checked)",
+                f"- commands: `{ev['commands']['train']}`; shipped with `{ev['commands']['ship']}`"]),
+            ("Intended use and limits", [f"- {line}" for line in ev["limits"]]),
+            ("Files", [f"- `model.safetensors` SHA-256 `{ev['weights']['sha256']}` "
+                       f"({ev['weights']['size_bytes']:,} bytes, float32)",
+                       "- `training.json` (data, licences, compute), `evaluation/open_clap_eval.json`"]),
+        ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
     from kikimimi.checkpoints import load_encoder, save_kikimimi
-    from kikimimi.checkpoints.digest import sha256_file
     from kikimimi.checkpoints.safe_load import safe_torch_load
 
     started = time.perf_counter()
@@ -131,15 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"'{run_dir}': the run has not finished (no kikimimi/ folder); resume it first")
     init = Path(config["init_from"])
     init_step = int(safe_torch_load(init).get("step", 0)) if init.is_file() else None
-    staging = a.out.parent / f".{a.out.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_for(a.out)
     bundle = load_encoder(run_dir / "kikimimi")
     bundle.config["text_encoder"] = config.get("text_encoder") or "minilm"  # found by load_clap with no run folder
     bundle.config["source"] = f"kikimimi pretrain --recipe {config.get('recipe')}, checkpoint-{steps[-1]}.pth"
     save_kikimimi(bundle, staging, licence_note=LICENCE_NOTE)
     weights = staging / "model.safetensors"
-    digest = sha256_file(weights)
-    atomic_write_text(staging / "SHA256SUMS", f"{digest}  model.safetensors\n")
+    digest = write_sums(staging, ["model.safetensors"])["model.safetensors"]
     report_path = staging / "evaluation" / "open_clap_eval.json"
     report_path.parent.mkdir(parents=True)
     eval_argv = ["--model", str(staging), "--suite", str(a.suite), "--out", str(report_path)]
@@ -175,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     atomic_write_json(staging / "training.json", ev)
     atomic_write_text(staging / "README.md", card(ev, report))
-    old = a.out.parent / f".{a.out.name}.old-{os.getpid()}"
-    if a.out.exists():
-        a.out.rename(old)
-    staging.rename(a.out)
-    shutil.rmtree(old, ignore_errors=True)
+    install(staging, a.out)
     print(f"== {a.out}: SHA-256 {digest}; {(time.perf_counter() - started) / 60:.1f} min ({cpu_model()})")
     return 0
 

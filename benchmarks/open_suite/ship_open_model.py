@@ -114,22 +114,24 @@ def compute_facts(run_dir: Path, config: dict, step: int) -> dict:
     }
 
 
-def data_facts(config: dict, corpus: Path) -> dict:
-    """Sources, licences and hours of the corpus (``manifest.jsonl``) and of the items the run trained on."""
+def data_facts(config: dict, corpus: Path, trained: set[str] | None = None) -> dict:
+    """Sources, licences and hours of the corpus (``manifest.jsonl``) and of the items the run trained on: the
+    resolved audio paths ``trained``, else the items of the prep caches listed in the run's ``config["data"]``."""
     manifest = corpus / "manifest.jsonl"
     try:
         records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
         raise SystemExit(f"'{manifest}': cannot read the corpus manifest ({exc}); pass --corpus") from None
     by_audio = {str((corpus / r["file_name"]).resolve()): r for r in records}
-    trained: set[str] = set()
-    for data in config.get("data") or []:
-        listing = Path(data) / "manifest.csv"
-        if listing.is_file():
-            import csv
+    if trained is None:
+        trained = set()
+        for data in config.get("data") or []:
+            listing = Path(data) / "manifest.csv"
+            if listing.is_file():
+                import csv
 
-            with open(listing, newline="", encoding="utf-8") as fh:
-                trained |= {str(Path(row["source"]).resolve()) for row in csv.DictReader(fh)}
+                with open(listing, newline="", encoding="utf-8") as fh:
+                    trained |= {str(Path(row["source"]).resolve()) for row in csv.DictReader(fh)}
     unknown = sorted(trained - set(by_audio))
     if unknown:
         raise SystemExit(f"'{manifest}': {len(unknown)} trained items are not in the corpus manifest "
@@ -187,6 +189,45 @@ def commands(argv: list[str], args: argparse.Namespace, config: dict) -> dict:
         "ship": "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python "
                 + shlex.join(["benchmarks/open_suite/ship_open_model.py", *argv]),
     }
+
+
+# ------------------------------------------------------------------------------------------ shipping (all three)
+def staging_for(out: Path) -> Path:
+    """An empty staging folder beside ``out`` (this process's own), where the shipped folder is assembled."""
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def write_sums(folder: Path, names: list[str]) -> dict[str, str]:
+    """``folder/SHA256SUMS`` (``sha256sum -c`` format) of the files ``names`` (relative; ``model.safetensors``
+    first: the registry pins it) → ``{name: SHA-256}``."""
+    from kikimimi.checkpoints.digest import sha256_file
+
+    sums = {name: sha256_file(folder / name) for name in names}
+    atomic_write_text(folder / "SHA256SUMS", "".join(f"{d}  {n}\n" for n, d in sums.items()))
+    return sums
+
+
+def install(staging: Path, out: Path) -> None:
+    """Put ``staging`` in the place of ``out`` as a whole (a killed run leaves the previous folder intact)."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def open_card(name: str, *, pipeline_tag: str, tags: list[str], intro: str, usage: list[str],
+              sections: list[tuple[str, list[str]]]) -> str:
+    """A shipped model's card (markdown with YAML front matter): title, one paragraph, a Python example, then
+    ``(heading, lines)`` sections (evaluation, training, limits, files)."""
+    lines = ["---", "library_name: kikimimi", "license: apache-2.0", f"pipeline_tag: {pipeline_tag}",
+             f"tags: [{', '.join(tags)}]", "---", f"# {name}", "", intro, "", "```python", "import kikimimi",
+             *usage, "```", ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", *body, ""]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -417,10 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             "released under Apache-2.0 by the kikimimi project; check the sources' terms for your use",
         ],
     }
-    staging = a.out.parent / f".{a.out.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_for(a.out)
     shutil.copytree(model_dir, staging)
-    atomic_write_text(staging / "SHA256SUMS", f"{digest}  model.safetensors\n")
+    write_sums(staging, ["model.safetensors"])
     (staging / "evaluation").mkdir()
     for f in ("report.json", "report.md", "scores.csv"):
         shutil.copyfile(work / "eval" / f, staging / "evaluation" / f)
@@ -428,11 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(staging / "training.json", facts)
     atomic_write_json(staging / "evidence.json", ev)
     how = write_card(staging, ev, facts, report)
-    old = a.out.parent / f".{a.out.name}.old-{os.getpid()}"
-    if a.out.exists():
-        a.out.rename(old)
-    staging.rename(a.out)
-    shutil.rmtree(old, ignore_errors=True)
+    install(staging, a.out)
     table = summary(report, a.name)
     log(f"\n== {a.out} (card: {how}): step {step}; evaluation {eval_s / 60:.1f} min wall, {eval_cpu / 60:.1f} "
         "min CPU; total "

@@ -239,16 +239,21 @@ def test_report_html_is_self_contained_with_chance_lines_audio_and_names(tmp_pat
 
 def test_tiny_offline_demo_end_to_end(tmp_path) -> None:
     """`kikimimi demo --offline` with a few steps: every stage runs, the output is lean, the report says which
-    data it used and whether pre-training helped."""
+    data it used and whether pre-training helped — for the from-scratch runs and for the packaged encoder, as
+    shipped and after one step of further pre-training (when this installation has it)."""
+    from kikimimi.checkpoints.registry import default_packaged_model
     from kikimimi.cli import main
 
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--offline", "--clips-per-class", "5", "--duration-s", "1",
-               "--m2d-steps", "2", "--byola-steps", "2", "--skip-clap", "--workers", "1", "--probe-seeds", "1"])
+               "--m2d-steps", "2", "--byola-steps", "2", "--further-steps", "1", "--skip-clap", "--workers", "1",
+               "--probe-seeds", "1"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["kind"] == "generated" and summary["data"]["fallback_reason"] == "chosen with --offline"
-    assert set(summary["stages"]) == {"data", "log-mel", "pre-training", "evaluation", "report"}
+    shipped = default_packaged_model("encoder") is not None
+    assert set(summary["stages"]) == {"data", "log-mel", "pre-training", "evaluation", "report"} | (
+        {"further pre-training"} if shipped else set())
     # the figures the README states, measured by the run itself (tests/apps/test_first_run_summary.py: README keys)
     from kikimimi.apps.first_run.figures import FIGURE_KEYS
 
@@ -257,11 +262,18 @@ def test_tiny_offline_demo_end_to_end(tmp_path) -> None:
     assert figures["total_s"] == summary["seconds"] and set(figures["stage_s"]) == set(summary["stages"])
     assert figures["probes"]["synthetic8"]["log-mel statistics"]["linear"] >= 0
     assert figures["dataset_cache_mb"] is None and figures["data_kind"] == "generated"
-    assert len(summary["verdicts"]) == 2 * 2  # two encoders × two probes on one task
+    if shipped:  # the packaged encoder as shipped and further pre-trained, both judged against one random twin
+        rows = figures["probes"]["synthetic8"]
+        further = "open-m2d-tiny + further pre-training, 1 steps on the pool"
+        assert {further, "open-m2d-tiny (shipped, Apache-2.0)", "open-m2d-tiny network (random init)"} <= set(rows)
+        assert summary["pretraining"][-1]["name"] == further and summary["pretraining"][-1]["init"]
+        assert {v["model"] for v in summary["verdicts"]} >= {further, "open-m2d-tiny (shipped, Apache-2.0)"}
+        assert not list((out / "pretrain").glob("*-init.pth"))
+    assert len(summary["verdicts"]) == 2 * 2 + (2 * 2 if shipped else 0)  # encoders × two probes on one task
     md = (out / "report" / "report.md").read_text()
     assert "## First run: data, models and what pre-training bought" in md and "generated sounds" in md
     assert "M2D ViT-tiny, 2 steps" in md and "BYOL-A (random init)" in md
     page = (out / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "chance (uniform guess)" in page
     assert not list(out.rglob("checkpoint-*.pth")) and not (out / "work").exists()
-    assert len(list((out / "pretrain").glob("*/kikimimi/config.json"))) == 2
+    assert len(list((out / "pretrain").glob("*/kikimimi/config.json"))) == 2 + shipped

@@ -157,6 +157,13 @@ def test_page_search_play_drop_accessibility_and_narrow_window(server, browser, 
     played = browser.execute_async_script(PLAY)
     assert "error" not in played, played
     assert played["start"] in (6.0, 8.0) and not played["paused"] and played["time"] >= played["start"], played
+    # the describe panel of the first result (long.wav): a timeline and a paragraph, fetched when opened
+    describe = browser.find_element(By.CSS_SELECTOR, "#results li.result .describe > button")
+    describe.click()
+    said = _wait(browser, "const p = document.querySelector('#results li.result .describe-panel .paragraph');"
+                          "return p && p.textContent", what="the description of the first result")
+    assert "'long.wav' lasts" in said and describe.get_attribute("aria-expanded") == "true"
+    assert browser.find_elements(By.CSS_SELECTOR, "#results li.result .timeline li button.span")
 
     assert browser.execute_async_script(DROP, "tone880.wav") is True
     _wait(browser, "return document.querySelectorAll('#tags li').length > 0 && "

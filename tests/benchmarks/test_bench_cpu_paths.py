@@ -38,3 +38,38 @@ def test_micro_run_reports_every_path_against_the_peaks(tmp_path, wav_factory):
                             env=env, timeout=120)
     assert tables.returncode == 0 and "## micro, 1 thread(s): 1 × 10-s clips" in tables.stdout
     assert tables.stdout.count("| ort-int8") == 3  # dynamic, static, static with int8 attention
+
+
+def test_capped_run_and_auto_cost_compare_before_and_now_in_one_child(tmp_path):
+    out = tmp_path / "c.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", KIKIMIMI_HOME=str(tmp_path / "home"))
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                 "FBGEMM_ENABLE_INSTRUCTIONS"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--models", "micro", "--threads", "1", "--no-paths",
+                           "--auto-cost", "--cap-avx2", "--json", str(out)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["machine"]["capability"] == "AVX2"  # torch took the cap: the child was started with it
+    assert result["machine"]["isa_caps"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and result["models"] == []
+    assert "ONNX Runtime NOT capped" in proc.stdout
+    rows = result["auto_cost"]
+    assert [r["measurement"] for r in rows] == ["before", "now"] and all(r["seconds"] > 0 for r in rows)
+    before = {m["path"]: m for m in rows[0]["paths"]}
+    assert "bf16" not in before  # capped below bfloat16: not measured as a native path
+    assert all(m["rounds"] == 2 for m in before.values() if m["error"] is None)  # the unbounded measurement
+    assert all(1 <= m["rounds"] <= 2 for m in rows[1]["paths"] if m["error"] is None)
+    assert "| micro | 1 | now |" in proc.stdout
+    # the path table labels capped rows, and says which could not be capped
+    run = {"machine": {**result["machine"], "load_avg": [0.0] * 3}, "auto_cost": [],
+           "models": [{"model": "m", "clips": 1, "gflop_per_clip": 1.0, "cosine_on": "x", "threads": [
+               {"threads": 1, "peaks_gops": {"fp32": 1.0, "bf16": 1.0, "int8": 1.0},
+                "rows": [{"path": p, "isa": isa, "clips_per_s": 1.0, "audio_s_per_s": 10.0, "x_fp32": 1.0,
+                          "gops": 1.0, "peak_kind": "fp32", "share_of_peak": 1.0, "load_rss_mb": 1.0,
+                          "work_rss_mb": 1.0, "cos_min": 1.0, "cos_mean": 1.0}
+                         for p, isa in (("int8", "capped to AVX2"), ("ort-int8", "NOT capped"))]}]}]}
+    (tmp_path / "t.json").write_text(json.dumps(run))
+    tables = subprocess.run([sys.executable, str(SCRIPT), "--from-json", str(tmp_path / "t.json")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert "| int8 [capped to AVX2] |" in tables.stdout and "| ort-int8 [NOT capped] |" in tables.stdout

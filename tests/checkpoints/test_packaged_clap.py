@@ -14,7 +14,6 @@ import pytest
 import soundfile as sf
 
 import kikimimi
-from kikimimi.checkpoints import registry
 from kikimimi.checkpoints.digest import sha256_file
 from kikimimi.checkpoints.registry import PACKAGED_MODELS, default_packaged_model, get_entry, packaged_sha256
 from kikimimi.cli import main
@@ -22,19 +21,11 @@ from kikimimi.cli import main
 NAME = "open-clap-tiny"
 ENTRY = next(e for e in PACKAGED_MODELS if e.name == NAME)
 FOLDER = Path(ENTRY.url)
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not (FOLDER / "model.safetensors").is_file(),
     reason=f"the packaged model folder {FOLDER} is absent in this checkout (build it with "
     "benchmarks/open_suite/ship_open_clap.py RUN --out src/kikimimi/weights/open-clap-tiny)",
-)
-
-
-@pytest.fixture(autouse=True)
-def offline_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KIKIMIMI_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KIKIMIMI_OFFLINE", "1")
-    monkeypatch.setenv("KIKIMIMI_PRECISION", "fp32")
-    monkeypatch.setattr(registry, "_registered", {})
+), pytest.mark.usefixtures("offline_packaged")]
 
 
 def _tone(path: Path, hz: float, seconds: float = 2.0, rate: int = 16000) -> Path:

@@ -86,11 +86,14 @@ def test_ask_about_audio_builds_the_evidence_and_shows_it(recording, tmp_path, c
     assert json.loads(saved.read_text())["format"] == "kikimimi-evidence"
 
 
-def test_ask_says_it_cannot_tell_and_needs_a_clap_model_for_audio(recording, capsys):
+def test_ask_says_it_cannot_tell_and_needs_a_clap_model_for_audio(recording, capsys, monkeypatch):
+    from kikimimi.checkpoints import registry
+
     assert main(["ask", str(recording), "When does the cymbal crash?", *EVIDENCE_FLAGS, "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)["results"][0]["answer"]
     assert not answer["known"] and answer["text"].startswith("I cannot tell from the evidence")
     assert answer["citations"] == []
+    monkeypatch.setattr(registry, "default_packaged_model", lambda kind: None)  # no packaged CLAP to fall back on
     assert main(["ask", str(recording), "What is it?"]) == 2
     assert "--clap MODEL" in capsys.readouterr().err
 

@@ -11,9 +11,11 @@ import pytest
 import kikimimi
 from kikimimi.inference import cpu_paths
 from kikimimi.inference.cpu_paths import (
+    THOROUGH,
     PathCache,
     PathChoice,
     PathMeasurement,
+    ProbeSettings,
     choice_key,
     choose_cpu_path,
     choose_path,
@@ -84,7 +86,8 @@ def test_measure_paths_reads_injected_timings_cosines_and_failures():
         return fakes[path]
 
     ticks = iter(t for p in ["fp32", "int8", "ort-int8"] * 2 for t in (0.0, durations[p]))  # start, end per call
-    result = measure_paths(make, list(fakes), [np.zeros(10)] * 4, 16000, repeats=2, clock=lambda: next(ticks))
+    result = measure_paths(make, list(fakes), [np.zeros(10)] * 4, 16000, settings=THOROUGH,
+                           clock=lambda: next(ticks))
     by = {m.path: m for m in result}
     assert [m.path for m in result] == list(fakes) and order == list(fakes)
     assert by["fp32"].clips_per_s == pytest.approx(2.0) and by["int8"].clips_per_s == pytest.approx(8.0)
@@ -94,6 +97,71 @@ def test_measure_paths_reads_injected_timings_cosines_and_failures():
     assert by["bf16"].error == "RuntimeError: no kernel for this shape" and by["bf16"].clips_per_s is None
     assert "non-finite" in by["ort-fp32"].error
     assert choose_path(result).path == "int8"  # ort-int8 is faster but fails the cosine bound
+    assert by["fp32"].rounds == by["ort-int8"].rounds == 2 and by["bf16"].rounds == 0
+
+
+def test_a_bf16_path_whose_probe_fell_back_to_float32_is_never_chosen():
+    from types import SimpleNamespace
+
+    fell_back = _Fake()
+    fell_back.encoder = SimpleNamespace(bf16_fallbacks=1)  # its cosine would be float32's, not bf16's
+    fakes = {"fp32": _Fake(), "bf16": fell_back, "int8": _Fake(noise=0.001)}
+    result = measure_paths(fakes.__getitem__, list(fakes), [np.zeros(10)] * 4, 16000)
+    by = {m.path: m for m in result}
+    assert by["bf16"].error.startswith("FloatingPointError: bf16 kernels gave non-finite values on the probe")
+    assert choose_path(result).path != "bf16"
+
+
+class _Clock:
+    """A fake clock that embedders advance by their own duration per clip."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Timed(_Fake):
+    """A :class:`_Fake` that takes ``per_clip`` fake seconds per clip and records the size of each call."""
+
+    def __init__(self, clock: _Clock, per_clip: float, noise: float = 0.0) -> None:
+        super().__init__(noise=noise)
+        self.clock, self.per_clip, self.sizes = clock, per_clip, []
+
+    def embed(self, clips, sample_rate=None, batch_size=8):
+        self.clock.t += self.per_clip * len(clips)
+        self.sizes.append(len(clips))
+        return super().embed(clips, sample_rate, batch_size)
+
+
+def test_the_bounded_measurement_times_only_the_paths_still_in_the_race():
+    clock = _Clock()
+    fakes = {"fp32": _Timed(clock, 1.0), "int8": _Timed(clock, 0.30, noise=0.001),
+             "ort-fp32": _Timed(clock, 0.32), "ort-int8": _Timed(clock, 0.05, noise=0.5),
+             "bf16": _Timed(clock, 0.9, noise=0.001)}
+    result = measure_paths(fakes.__getitem__, list(fakes), [np.zeros(10)] * 4, 16000, clock=clock)
+    by = {m.path: m for m in result}
+    # one-clip warm-up, then the call that gives the cosines is the first timed round
+    assert fakes["fp32"].sizes == [1, 4] and by["fp32"].clips_per_s == pytest.approx(1.0)
+    # ort-int8 is the fastest but below the cosine bound: never timed again, never chosen
+    assert by["ort-int8"].rounds == 1 and by["ort-int8"].cos_min < 0.999 and fakes["ort-int8"].sizes == [1, 4]
+    # fp32 and bf16 are clearly slower than int8 (< 0.6×) after the first round: not timed again
+    assert by["fp32"].rounds == by["bf16"].rounds == 1
+    assert by["int8"].rounds == by["ort-fp32"].rounds == 2 and fakes["int8"].sizes == [1, 4, 4]
+    assert choose_path(result).path == "int8" and by["int8"].clips_per_s == pytest.approx(4 / 1.2)
+
+
+def test_the_measurement_starts_no_round_past_its_time_budget():
+    clock = _Clock()
+    fakes = {"fp32": _Timed(clock, 1.0), "int8": _Timed(clock, 0.9, noise=0.001)}
+    result = measure_paths(fakes.__getitem__, list(fakes), [np.zeros(10)] * 4, 16000, clock=clock,
+                           settings=ProbeSettings(budget_s=5.0))  # 1 + 4 + 0.9 + 3.6 = 9.5 s after the first round
+    assert [m.rounds for m in result] == [1, 1] and choose_path(result).path == "int8"
+    clock.t = 0.0
+    again = measure_paths(fakes.__getitem__, list(fakes), [np.zeros(10)] * 4, 16000, clock=clock,
+                          settings=ProbeSettings(budget_s=60.0, repeats=3))
+    assert [m.rounds for m in again] == [3, 3]  # close in speed and within the budget: every round
 
 
 # ------------------------------------------------------------------------------------------ cache and its key
@@ -128,6 +196,25 @@ def test_the_choice_is_cached_and_measured_again_when_cpu_or_versions_change(tin
         other = choose_cpu_path(tiny_bundle, tiny_m2d_file, build, cache=cache, measure=measure)
         assert other.key != first.key and not other.cached
     assert len(calls) == 5
+
+
+def test_onnx_files_are_shared_across_thread_counts_and_the_line_says_how_long(tiny_bundle, tiny_m2d_file, tmp_path,
+                                                                              monkeypatch):
+    cache, calls = PathCache(tmp_path / "cache"), []
+    build = lambda bundle, precision: object()  # noqa: E731
+    first = choose_cpu_path(tiny_bundle, tiny_m2d_file, build, cache=cache, measure=_fake_measure(calls))
+    assert first.seconds is not None and f"(measured in {first.seconds:.1f} s, once for" in first.line()
+    again = choose_cpu_path(tiny_bundle, tiny_m2d_file, build, cache=cache, measure=_fake_measure(calls))
+    assert again.cached and f" in {first.seconds:.1f} s, cached)" in again.line()
+    signature = cpu_paths.cpu_signature()
+    monkeypatch.setattr(cpu_paths, "cpu_signature", lambda: {**signature, "threads": 7})
+    other = choose_cpu_path(tiny_bundle, tiny_m2d_file, build, cache=cache, measure=_fake_measure(calls))
+    assert other.key != first.key and len(calls) == 2  # the decision is per thread count…
+    assert other.artifacts == first.artifacts and cache.artifacts(other.key) == cache.artifacts(first.key)  # …files not
+    assert cache.artifacts(first.key) == cache.artifact_folder(first.artifacts) != cache.artifact_folder(first.key)
+    monkeypatch.setattr(cpu_paths, "cpu_signature", lambda: {**signature, "flags": ["sse2"]})
+    flags = choose_cpu_path(tiny_bundle, tiny_m2d_file, build, cache=cache, measure=_fake_measure(calls))
+    assert flags.artifacts != first.artifacts  # another CPU: int8 files may differ (7-bit weights without VNNI)
 
 
 def test_a_changed_model_file_is_measured_again(tiny_bundle, tiny_m2d_file, tmp_path, monkeypatch):

@@ -199,3 +199,23 @@ def test_a_reply_citing_unsupported_times_is_replaced(walk, tiny_lm, monkeypatch
     monkeypatch.setattr(grounded, "clean_decoded", lambda text: "It barks from 0:35 on.")
     b = lm_answer(walk, "When does the dog bark?", lm, tok, spec="tiny", max_new_tokens=2)
     assert b.answered_by == "lm:tiny" and [(c.start_s, c.end_s) for c in b.citations] == [(30.0, 40.0)]
+
+
+def test_a_which_question_leads_with_the_strongest_label_and_yes_no_choices_follow_the_findings():
+    # "rain" is among the top tags of every segment, "church bells" the top tag: the top tag leads, though "rain"
+    # comes first in the vocabulary
+    ev = make_evidence(["church bells", "church bells", "a dog barking"])
+    q = "Which is heard: rain or church bells?"
+    a = rule_answer(ev, q)
+    assert a.labels == ["rain", "church bells"]
+    assert a.text.index("church bells") < a.text.index("rain")
+    assert choose(ev, q, ["rain", "church bells"]).choice == "church bells"
+    no = choose(ev, "Is there a woman speaking?", ["yes", "no"])
+    assert no.choice == "no" and no.choice_scores == {"yes": 0.0, "no": 2.0}
+    assert choose(ev, "Is there a dog barking?", ["no", "yes"]).choice == "yes"
+
+
+def test_a_time_choice_is_the_one_nearest_the_cited_start(walk):
+    a = choose(walk, "When does the dog first bark?", ["0:10", "0:31", "1:00"])
+    assert a.choice == "0:31" and a.known  # the first dog segment starts at 0:30
+    assert a.choice_scores["0:31"] > a.choice_scores["1:00"] > 1.0

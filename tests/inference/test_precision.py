@@ -143,7 +143,7 @@ def test_bf16_non_finite_output_is_recomputed_in_float32(caplog):
         out = model.encode_lms(x)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     torch.testing.assert_close(out, x.transpose(1, 2) * 2.0)
-    assert "recomputed that batch in float32" in caplog.text
+    assert "recomputed that batch in float32" in caplog.text and model.bf16_fallbacks == 1  # auto reads the count
     nan_input = x.clone()
     nan_input[0, 0, 0] = float("nan")  # a non-finite input is not hidden by a recomputation
     assert not torch.isfinite(model.encode_lms(nan_input)).all()
@@ -158,4 +158,20 @@ def test_native_bf16_is_read_from_the_cpu_flags_too(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: ["avx2", "avx512f"])
     assert precision.cpu_has_native_bf16() is False
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert precision.cpu_has_native_bf16() is True
+
+
+def test_a_onednn_cap_below_bfloat16_means_no_native_bf16_and_changes_the_auto_key(monkeypatch):
+    from kikimimi.inference import cpu_paths, precision
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ["avx2", "avx512f", "amx_bf16"])
+    for name in precision.ISA_CAP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    uncapped = cpu_paths.cpu_signature()
+    assert "isa_caps" not in uncapped and precision.cpu_has_native_bf16() is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # the benchmark's "capped to AVX2" run
+    assert precision.onednn_isa_cap() == "AVX2" and precision.cpu_has_native_bf16() is False
+    assert cpu_paths.cpu_signature()["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "avx2"}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # a cap that keeps bfloat16
     assert precision.cpu_has_native_bf16() is True

@@ -115,3 +115,49 @@ def test_from_pretrained_errors_name_the_source(tmp_path):
         from_pretrained(tmp_path, kind="tokenizer")
     with pytest.raises(TypeError, match="save_pretrained expects"):
         save_pretrained(object(), tmp_path / "out")
+
+
+def test_load_captioner_and_from_pretrained_take_hf_ids_then_work_offline(hub, tmp_path, tiny_m2d_file, wav_factory,
+                                                                          monkeypatch):
+    import huggingface_hub.constants as constants
+
+    captioner_dir = _tiny_captioner(tmp_path, tiny_m2d_file)
+    wav = wav_factory(duration_s=1.0)
+    expected = from_pretrained(captioner_dir).caption(wav)
+    saved = save_pretrained(captioner_dir, tmp_path / "saved-captioner")
+    assert json.loads((saved / "captioner.json").read_text())["audio_model"] == "audio_model"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # its encoder is found beside it (audio_model/), not from the working folder
+    assert kikimimi.load_captioner(saved).caption(wav) == expected
+    push_to_hub(saved, "kiki/cap2", token="hf_test")
+    assert isinstance(kikimimi.from_pretrained("hf://kiki/cap2"), Captioner)  # dispatched by captioner.json
+    downloads = sum(n for line, n in hub.requests.items() if "/resolve/" in line)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert kikimimi.load_captioner("hf://kiki/cap2").caption(wav) == expected  # from the Hub cache, offline
+    assert sum(n for line, n in hub.requests.items() if "/resolve/" in line) == downloads
+    with pytest.raises(CheckpointError, match="hf://kiki/never"):
+        kikimimi.load_captioner("hf://kiki/never")
+
+
+def test_top_level_from_pretrained_dispatches_by_the_folder_kind(tmp_path, tiny_m2d_file):
+    from clap_fakes import write_tiny_clap2024
+
+    encoder_dir = save_pretrained(kikimimi.load(tiny_m2d_file, "cpu", precision="fp32"), tmp_path / "enc")
+    clap_dir = save_pretrained(kikimimi.load_clap(write_tiny_clap2024(tmp_path / "official"), device="cpu",
+                                                  precision="fp32"), tmp_path / "clap")
+    assert type(kikimimi.from_pretrained(encoder_dir, device="cpu")) is AudioEncoder
+    assert isinstance(kikimimi.from_pretrained(clap_dir, device="cpu"), CLAPModel)
+    assert type(kikimimi.from_pretrained(clap_dir, kind="encoder", device="cpu")) is AudioEncoder
+
+
+def test_from_pretrained_takes_a_registered_name(monkeypatch):
+    from kikimimi.checkpoints.registry import default_packaged_model
+
+    name = default_packaged_model("encoder")
+    if name is None:
+        pytest.skip("no packaged encoder in this checkout")
+    model = kikimimi.from_pretrained(name, device="cpu")
+    assert isinstance(model, AudioEncoder) and model.embedding_dim > 0
+    with pytest.raises(CheckpointError, match="nor a registered name"):
+        from_pretrained("no-such-model-name")

@@ -118,13 +118,30 @@ def clips_and_one_long_file(tmp_path):
     return index_dir
 
 
-def test_one_long_file_appears_once_and_says_how_many_segments_matched(clips_and_one_long_file):
+@pytest.fixture(params=["folder", "milvus"])
+def search_clips(request, clips_and_one_long_file, tmp_path):
+    """``search(text, model, top, segments=)`` over the clips of :func:`clips_and_one_long_file`, in an index
+    folder (faiss / numpy) or in a Milvus Lite database built from the same files (the same answers expected)."""
+    if request.param == "folder":
+        return lambda *a, **k: search(clips_and_one_long_file, *a, **k)
+    pytest.importorskip("milvus_lite", reason='the Milvus backend needs pip install "kikimimi[milvus]"')
+    from kikimimi.inference import milvus_index as mi
+
+    db, settings = str(tmp_path / "clips.db"), mi.MilvusSettings(index_type="FLAT")
+    mi.update_milvus_index(FrequencyCLAP(), tmp_path / "clips", db, model_id="fake", window_s=2, hop_s=1,
+                           settings=settings)
+    index = mi.MilvusIndex.open(db, settings)
+    request.addfinalizer(index.close)
+    return lambda *a, **k: mi.search(index, *a, **k)
+
+
+def test_one_long_file_appears_once_and_says_how_many_segments_matched(search_clips):
     from kikimimi.inference.search import FileHit, SearchHit
 
     model = FrequencyCLAP()
-    flat = search(clips_and_one_long_file, "440 Hz", model, top=5, segments=True)
+    flat = search_clips("440 Hz", model, top=5, segments=True)
     assert [h.key for h in flat] == ["long.wav"] * 5 and all(isinstance(h, SearchHit) for h in flat)  # the flood
-    files = search(clips_and_one_long_file, "440 Hz", model, top=5)
+    files = search_clips("440 Hz", model, top=5)
     keys = [h.key for h in files]
     assert all(isinstance(h, FileHit) for h in files) and len(keys) == len(set(keys)) == 5
     assert keys[0] == "long.wav" and {"clip420.wav", "clip460.wav"} <= set(keys[1:])

@@ -204,3 +204,22 @@ def test_the_first_runs_caption_stage_trains_captions_and_answers(data, tmp_path
     assert all(isinstance(e["caption"], str) for e in result["examples"]) and isinstance(result["answer"], str)
     assert (tmp_path / "caption" / "run" / "captioner" / "captioner.json").is_file()
     assert "## Captioning (audio → words)" in (tmp_path / "caption" / "caption_stage.md").read_text()
+
+
+def test_the_first_runs_caption_stage_also_captions_with_the_shipped_captioner(data, tmp_path, offline_packaged):
+    """The first run scores kikimimi's packaged captioner on the same held-out clips, by the same rule."""
+    from kikimimi.apps.first_run.caption_stage import run_caption_stage
+    from kikimimi.checkpoints.registry import default_packaged_model
+
+    name = default_packaged_model("captioner")
+    assert name == "open-captioner-tiny"
+    result = run_caption_stage(tmp_path / "caption", data["encoder"], data["labels"], steps=2, max_test_clips=3,
+                               shipped_captioner=name, log=None)
+    shipped = result["shipped_examples"]
+    assert [e["file"] for e in shipped] == [e["file"] for e in result["examples"]]
+    assert all(isinstance(e["caption"], str) and e["caption"] for e in shipped)
+    assert result["shipped_captioner"] == name and 0.0 <= result["shipped_class_word_accuracy"] <= 1.0
+    assert f"shipped captioner `{name}`" in (tmp_path / "caption" / "caption_stage.md").read_text()
+    # without it, nothing is claimed
+    plain = run_caption_stage(tmp_path / "plain", data["encoder"], data["labels"], steps=2, max_test_clips=3, log=None)
+    assert plain["shipped_class_word_accuracy"] is None and plain["shipped_examples"] == []

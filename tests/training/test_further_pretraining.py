@@ -39,3 +39,23 @@ def test_init_from_official_full_checkpoint(tmp_path, taus):
     tau = taus[0] if taus else 0.99995
     expected = tau * state["target_blocks.0.mlp.fc1.weight"] + (1 - tau) * written["blocks.0.mlp.fc1.weight"]
     assert torch.allclose(written["target_blocks.0.mlp.fc1.weight"], expected, atol=1e-6)
+
+
+def test_init_from_an_encoder_only_folder_continues_it_as_m2d_x(tmp_path):
+    """`--init-from` a kikimimi folder (like the packaged open-m2d-tiny): online encoder and target start from it."""
+    from kikimimi.checkpoints import load_encoder
+
+    make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.8, classes=("tone", "chirp"))
+    common = ["pretrain", "--method", "m2d", "--size", "tiny", "--input-frames", "64", "--data",
+              str(tmp_path / "audio"), "--steps", "1", "--batch-size", "2", "--device", "cpu", "--norm-samples", "4",
+              "--min-epoch-size", "2", "--no-progress", "--save-every", "1", "--warmup-steps", "0"]
+    assert main([*common, "--out", str(tmp_path / "first"), "--blr", "1e-3"]) == 0
+    released = next((tmp_path / "first").iterdir()) / "kikimimi"  # the encoder-only folder a run exports
+    assert main([*common, "--out", str(tmp_path / "further"), "--blr", "1e-9", "--init-from", str(released)]) == 0
+    written = torch.load(next((tmp_path / "further").iterdir()) / "checkpoint-1.pth", map_location="cpu",
+                         weights_only=True)["model"]
+    encoder = load_encoder(released).encoder.state_dict()
+    for key in ("blocks.0.attn.qkv.weight", "blocks.5.mlp.fc2.weight", "pos_embed"):
+        assert torch.allclose(written[key], encoder[key], atol=1e-4), key
+    for key in ("blocks.0.attn.qkv.weight", "blocks.5.mlp.fc2.weight"):
+        assert torch.allclose(written["target_" + key], encoder[key], atol=1e-4), key

@@ -47,6 +47,7 @@ import secrets
 import shutil
 import stat
 import sys
+import tarfile
 import time
 import warnings
 import zipfile
@@ -66,7 +67,7 @@ from kikimimi.checkpoints.digest import sha256_file, sha256_file_cached
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.hf_hub import download_hf, is_hf_uri
 from kikimimi.checkpoints.home import cache_root
-from kikimimi.checkpoints.registry import ModelEntry, UnknownModelError, find_entry, get_entry
+from kikimimi.checkpoints.registry import ModelEntry, UnknownModelError, find_entry, get_entry, packaged_sums
 from kikimimi.fileio import atomic_write_json, pid_alive
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "remove",
     "resolve_model_source",
     "safe_extract",
+    "safe_extract_tar",
 ]
 
 MIRROR_ENV = "KIKIMIMI_MODEL_MIRROR"
@@ -462,6 +464,27 @@ def _download(entry: ModelEntry, url: str, folder: Path, stem: str, progress: bo
 
 
 # ------------------------------------------------------------------------------------------ unpacking
+def _room_to_unpack(archive: Path, dest: Path, total: int, limit: int) -> Path:
+    """Refuse ``total`` uncompressed bytes above ``limit`` or above the free space of ``dest`` (created); returns
+    ``dest`` resolved, the root every member must stay under."""
+    if total > limit:
+        raise UnsafeArchiveError(archive, f"{total} bytes uncompressed (more than the limit {limit}); refused")
+    dest.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise DiskFullError(None, f"disk full: unpacking {archive} into {dest} needs {total / 1e6:.0f} MB "
+                                  f"({free / 1e6:.0f} MB free); free some space and run again")
+    return dest.resolve()
+
+
+def _member_target(archive: Path, root: Path, name: str) -> Path:
+    """Where member ``name`` unpacks under ``root``; refused when it would land outside it."""
+    target = root.joinpath(*_member_parts(name))
+    if root not in target.resolve().parents and target.resolve() != root:
+        raise UnsafeArchiveError(archive, f"member {name!r} resolves outside {root}; refused")
+    return target
+
+
 def _member_parts(name: str) -> tuple[str, ...]:
     return tuple(p for p in re.split(r"[/\\]", name) if p not in ("", "."))
 
@@ -523,22 +546,13 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int | None = None) -> 
                                                   f"beyond the end of the {archive_size}-byte archive; refused")
             total += info.file_size
             packed += info.compress_size
-        if total > limit:
-            raise UnsafeArchiveError(archive, f"{total} bytes uncompressed (more than the limit {limit}); refused")
         if packed > archive_size:
             raise UnsafeArchiveError(archive, f"its members claim {packed} compressed bytes in a {archive_size}-"
                                               "byte archive; refused")
-        dest.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dest).free
-        if total > free:
-            raise DiskFullError(None, f"disk full: unpacking {archive} into {dest} needs {total / 1e6:.0f} MB "
-                                      f"({free / 1e6:.0f} MB free); free some space and run again")
+        root = _room_to_unpack(archive, dest, total, limit)
         written = []
-        root = dest.resolve()
         for info in infos:
-            target = root.joinpath(*_member_parts(info.filename))
-            if root not in target.resolve().parents and target.resolve() != root:
-                raise UnsafeArchiveError(archive, f"member {info.filename!r} resolves outside {dest}; refused")
+            target = _member_target(archive, root, info.filename)
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
@@ -565,10 +579,95 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, ar
         raise FetchError(archive, f"member {info.filename!r} is damaged ({exc}); nothing was installed") from None
 
 
-def _single_top_folder(archive: Path, origin: str | None = None) -> bool:
-    with open_zip(archive, origin) as zf:
-        tops = {_member_parts(i.filename)[0] for i in zf.infolist() if _member_parts(i.filename)}
-        return len(tops) == 1 and all(len(_member_parts(i.filename)) > 1 or i.is_dir() for i in zf.infolist())
+def _open_tar(archive: Path, origin: str | None = None) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
+    """The opened tar archive (any compression) and its members, or one line of :class:`FetchError`."""
+    try:
+        tf = tarfile.open(archive, "r:*")
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+        raise FetchError(archive, f"{origin or 'the file'} is not a tar archive ({exc}); an error page or a cut "
+                                  "transfer? Nothing was installed") from None
+    members: list[tarfile.TarInfo] = []
+    try:
+        for info in tf:
+            members.append(info)
+            if len(members) > MAX_MEMBERS:
+                tf.close()
+                raise UnsafeArchiveError(archive, f"more than {MAX_MEMBERS} members; refused")
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+        tf.close()
+        raise FetchError(archive, f"{origin or 'the tar archive'} is damaged ({exc}); nothing was installed") from None
+    return tf, members
+
+
+def safe_extract_tar(archive: Path, dest: Path, *, max_bytes: int | None = None) -> list[Path]:
+    """Unpack a tar archive (``.tgz``: gzip-compressed) into ``dest`` after checking every member, as
+    :func:`safe_extract` does for a zip; returns the files written.
+
+    Raises:
+        UnsafeArchiveError: an absolute or drive path, a ``..`` member, a link, device or other non-regular member,
+            more than :data:`MAX_MEMBERS` members, a member over :data:`MAX_MEMBER_BYTES` or more than
+            ``max_bytes`` (default :data:`MAX_ARCHIVE_BYTES`) in total.
+        DiskFullError: the disk has less free space than the archive unpacks to, or fills up while writing.
+        FetchError: not a readable tar archive.
+    """
+    limit = MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes
+    tf, members = _open_tar(archive)
+    with tf:
+        total = 0
+        for info in members:
+            name = info.name
+            if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+                raise UnsafeArchiveError(archive, f"member {name!r} has an absolute path; refused")
+            if ".." in _member_parts(name):
+                raise UnsafeArchiveError(archive, f"member {name!r} points outside the archive folder ('..'); "
+                                                  "refused")
+            if not (info.isfile() or info.isdir()):
+                raise UnsafeArchiveError(archive, f"member {name!r} is a link or a special file; refused")
+            if info.size > MAX_MEMBER_BYTES:
+                raise UnsafeArchiveError(archive, f"member {name!r} unpacks to {info.size} bytes (more than the "
+                                                  f"per-member limit {MAX_MEMBER_BYTES}); refused")
+            total += info.size if info.isfile() else 0
+        root = _room_to_unpack(archive, dest, total, limit)
+        written = []
+        for info in members:
+            target = _member_target(archive, root, info.name)
+            if info.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with tf.extractfile(info) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+                    shutil.copyfileobj(src, out, _CHUNK)
+            except OSError as exc:
+                problem = FetchError(target, f"cannot write ({exc.strerror or exc})")
+                raise disk_full_error(target, exc) or problem from exc
+            except (tarfile.TarError, EOFError, zlib.error) as exc:
+                raise FetchError(archive, f"member {info.name!r} is damaged ({exc}); nothing was installed") from None
+            written.append(target)
+    return written
+
+
+def _single_top_folder(archive: Path, origin: str | None = None, kind: str = "zip") -> bool:
+    if kind == "tgz":
+        tf, members = _open_tar(archive, origin)
+        tf.close()
+        names = [(_member_parts(m.name), m.isdir()) for m in members]
+    else:
+        with open_zip(archive, origin) as zf:
+            names = [(_member_parts(i.filename), i.is_dir()) for i in zf.infolist()]
+    tops = {parts[0] for parts, _ in names if parts}
+    return len(tops) == 1 and all(len(parts) > 1 or is_dir for parts, is_dir in names)
+
+
+def _check_inner(entry: ModelEntry, weights: Path, digest: str | None = None) -> None:
+    """Refuse an unpacked weight file whose SHA-256 is not the registry's ``inner_sha256`` pin."""
+    if entry.inner_sha256 is None:
+        return
+    seen = digest or sha256_file(weights)
+    if seen != entry.inner_sha256:
+        raise HashMismatchError(None, f"'{entry.name}': the weight file {weights.name} inside the archive has "
+                                         f"SHA-256 {seen}, the registry expects {entry.inner_sha256}; refused, "
+                                         "nothing cached")
 
 
 def find_weight_file(root: Path, inner: str | None = None) -> Path:
@@ -608,6 +707,11 @@ def _verify(entry: ModelEntry, record: dict[str, Any]) -> Path:
         raise HashMismatchError(root, f"the cached '{entry.name}' was downloaded with SHA-256 "
                                       f"{record.get('source_sha256')}, but the registry pins {entry.sha256}; run "
                                       f"`kikimimi models remove {entry.name}` and fetch it again")
+    inner = record.get("files", {}).get(record.get("weights"), {}).get("sha256")
+    if entry.inner_sha256 is not None and inner != entry.inner_sha256:
+        raise HashMismatchError(root, f"the cached '{entry.name}' weight file has SHA-256 {inner}, but the registry "
+                                      f"expects {entry.inner_sha256}; run `kikimimi models remove {entry.name}` and "
+                                      "fetch it again")
     for rel, facts in record.get("files", {}).items():
         path = root / rel
         if not path.is_file():
@@ -744,7 +848,8 @@ def fetch(entry: ModelEntry | str, *, accept_licence: bool = False, progress: bo
 
 
 def _check_packaged(entry: ModelEntry, folder: Path) -> Path:
-    """A packaged model's folder, once its ``model.safetensors`` matches the SHA-256 of its ``SHA256SUMS``.
+    """A packaged model's folder, once its ``model.safetensors`` (and every other file its ``SHA256SUMS`` lists: a
+    captioner's language model and tokenizer) matches the SHA-256 recorded there.
 
     Raises:
         FetchError: the folder is not in this installation, or has no ``SHA256SUMS``.
@@ -762,6 +867,12 @@ def _check_packaged(entry: ModelEntry, folder: Path) -> Path:
     if seen != entry.sha256:
         raise HashMismatchError(weights, f"SHA-256 {seen}, but SHA256SUMS of the packaged model '{entry.name}' "
                                          f"records {entry.sha256}; the file is damaged: reinstall kikimimi")
+    for name, digest in packaged_sums(folder).items():  # the other listed files (a captioner's language model…)
+        path = folder / name
+        seen = sha256_file_cached(path) if path.is_file() else "missing"
+        if name != "model.safetensors" and seen != digest:
+            raise HashMismatchError(path, f"SHA-256 {seen}, but SHA256SUMS of the packaged model '{entry.name}' "
+                                          f"records {digest}; the file is damaged: reinstall kikimimi")
     return folder
 
 
@@ -791,10 +902,11 @@ def _fetch_into(entry: ModelEntry, staging: Path, accept_licence: bool, progress
         if downloaded is not None:
             _check_download(entry, size, digest, origin)
             verified_by = _proof(entry, transfer, url, entry.sha256)
-        if entry.kind == "zip":
-            dest = staging if _single_top_folder(source, origin) else staging / entry.folder_name
-            safe_extract(source, dest)
+        if entry.kind in ("zip", "tgz"):
+            dest = staging if _single_top_folder(source, origin, entry.kind) else staging / entry.folder_name
+            (safe_extract_tar if entry.kind == "tgz" else safe_extract)(source, dest)
             weights = find_weight_file(staging, entry.inner)
+            _check_inner(entry, weights)
         else:
             weights = staging / entry.file_name
             shutil.copyfile(source, weights)

@@ -13,7 +13,11 @@ the SHA-256 in the folder's ``SHA256SUMS`` on every load (and against ``config.j
 
 Sizes of the M2D-family zips and most SHA-256 values are not published; :mod:`kikimimi.checkpoints.hub`
 records them on first download (trust on first use) and verifies them on every later load. A user can pin a
-hash by registering the entry again with ``sha256=`` (``register_model(..., replace=True)``).
+hash by registering the entry again with ``sha256=`` (``register_model(..., replace=True)``). Where independent
+projects have recorded the SHA-256 of the weight file *inside* a release archive (the 2025 M2D-CLAP, the 80x200
+M2D; ../shared/docs/official-releases.md), the entry pins it as ``inner_sha256``: a download whose unpacked weight
+file differs is refused, naming the expected and the received value. ``recommended`` marks the model NTT's
+README recommends (the 2025 M2D-CLAP, since upstream commit 3d0c4de).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "get_entry",
     "list_models",
     "packaged_sha256",
+    "packaged_sums",
     "DEFAULT_PACKAGED",
     "default_packaged_model",
     "register_model",
@@ -101,7 +106,7 @@ PAPERS = {
     "BYOL-A": "Niizumi et al., BYOL for Audio, IJCNN 2021 (v1) / IEEE/ACM TASLP 31, 2023 (v2)",
 }
 
-KINDS = ("zip", "file", "folder")
+KINDS = ("zip", "tgz", "file", "folder")
 #: Weight-file layouts the importer knows (docs/reference.md §5); ``kikimimi`` = our safetensors folder.
 LAYOUTS = ("m2d-full", "m2d-enconly", "evar-ft", "clap2024-full", "clap2025", "byola-v1", "byola-v2", "kikimimi")
 
@@ -113,9 +118,10 @@ class ModelEntry:
     Attributes:
         name: short stable name (``m2d-vit-base-mr7``); lower case, digits and ``-``.
         url: ``https://`` URL of the zip / file, ``https://`` base URL of a kikimimi folder, or a local folder.
-        kind: ``"zip"`` (one folder in the official name grammar inside), ``"file"`` (a weight file) or
-            ``"folder"`` (kikimimi ``config.json`` + ``model.safetensors``).
-        family: ``m2d``, ``m2d-as``, ``m2d-s``, ``m2d-clap`` or ``byola`` (or ``kikimimi``-trained families).
+        kind: ``"zip"`` (one folder in the official name grammar inside), ``"tgz"`` (the same as a gzip tar
+            archive), ``"file"`` (a weight file) or ``"folder"`` (kikimimi ``config.json`` + ``model.safetensors``).
+        family: ``m2d``, ``m2d-as``, ``m2d-s``, ``m2d-x``, ``m2d-clap``, ``msm-mae`` or ``byola`` (or
+            ``kikimimi``-trained families).
         description: one line.
         sample_rate: model rate in Hz.
         input_size: training input ``(n_mels, frames)``.
@@ -131,6 +137,8 @@ class ModelEntry:
             or the highest ``checkpoint-N.pth``).
         approx_size: the documented approximate size of the weight file, for display.
         packaged: shipped inside the kikimimi package (``url`` is its folder under :data:`PACKAGED_DIR`).
+        inner_sha256: SHA-256 of the weight file inside the archive when known (verified after unpacking).
+        recommended: the model the official README recommends (shown by ``kikimimi models info``).
     """
 
     name: str
@@ -151,6 +159,8 @@ class ModelEntry:
     inner: str | None = None
     approx_size: str | None = None
     packaged: bool = False
+    inner_sha256: str | None = None
+    recommended: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -159,9 +169,10 @@ class ModelEntry:
             raise ValueError(f"model {self.name!r}: layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.licence not in LICENCES:
             raise ValueError(f"model {self.name!r}: licence must be one of {sorted(LICENCES)}, got {self.licence!r}")
-        if self.sha256 is not None and (len(self.sha256) != 64 or not all(c in "0123456789abcdef"
-                                                                          for c in self.sha256)):
-            raise ValueError(f"model {self.name!r}: sha256 must be 64 lower-case hex digits")
+        for field_name in ("sha256", "inner_sha256"):
+            value = getattr(self, field_name)
+            if value is not None and (len(value) != 64 or not all(c in "0123456789abcdef" for c in value)):
+                raise ValueError(f"model {self.name!r}: {field_name} must be 64 lower-case hex digits")
 
     @property
     def file_name(self) -> str:
@@ -201,11 +212,13 @@ _BYOLA_RAW = "https://github.com/nttcslab/byol-a/raw/master"
 def _m2d(name: str, tag: str, folder: str, family: str, description: str, *, sample_rate: int = 16000,
          input_size: tuple[int, int] = (80, 608), patch_size: tuple[int, int] = (16, 16),
          layout: str = "m2d-full", head: str | None = None, paper: str = "M2D", inner: str | None = None,
-         approx_size: str | None = None) -> ModelEntry:
+         approx_size: str | None = None, kind: str = "zip", inner_sha256: str | None = None,
+         recommended: bool = False) -> ModelEntry:
     embedding_dim = (input_size[0] // patch_size[0]) * 768  # ViT-Base: Fg frequency patches × 768
-    return ModelEntry(name, f"{_M2D_RELEASE}/{tag}/{folder}.zip", "zip", family, description, sample_rate,
+    suffix = ".tgz" if kind == "tgz" else ".zip"
+    return ModelEntry(name, f"{_M2D_RELEASE}/{tag}/{folder}{suffix}", kind, family, description, sample_rate,
                       input_size, patch_size, embedding_dim, head, layout, paper, "ntt-m2d-eval", inner=inner,
-                      approx_size=approx_size)
+                      approx_size=approx_size, inner_sha256=inner_sha256, recommended=recommended)
 
 
 def _byola(name: str, path: str, description: str, embedding_dim: int, layout: str, *,
@@ -215,7 +228,12 @@ def _byola(name: str, path: str, description: str, embedding_dim: int, layout: s
 
 
 _FULL, _ENC = "≈1.6 GB (full training file)", "≈326 MB (encoder only)"
-#: The official releases (nttcslab/m2d release zips v0.1.0–v0.5.0, nttcslab/byol-a repository files).
+#: SHA-256 of weight files inside release archives, each recorded by independent projects
+#: (../shared/docs/official-releases.md): the 2025 M2D-CLAP's checkpoint-30.pth (two projects) and the 80x200
+#: M2D's checkpoint-300.pth (one project, ≈ 1.68 GB)
+CLAP_2025_SHA256 = "238521603c04862ab151cdd80980b591cb36ebe844d43203992fac9ef085c8a1"
+M2D_16X4_SHA256 = "63578974bc004ef57a8e5456bac8c684f62c9285537a7b2ddef13b442386786f"
+#: The official releases (nttcslab/m2d release archives v0.1.0–v0.5.0, nttcslab/byol-a repository files).
 OFFICIAL_MODELS: tuple[ModelEntry, ...] = (
     _m2d("m2d-vit-base-mr6", "v0.1.0", "m2d_vit_base-80x608p16x16-221006-mr6", "m2d",
          "M2D ViT-B, mask ratio 0.6, full training file", approx_size=_FULL),
@@ -228,7 +246,7 @@ OFFICIAL_MODELS: tuple[ModelEntry, ...] = (
          "M2D ViT-B, earlier mask-0.7 run, encoder only", layout="m2d-enconly", approx_size=_ENC),
     _m2d("m2d-vit-base-16x4", "v0.1.0", "m2d_vit_base-80x200p16x4-230529", "m2d",
          "M2D ViT-B, 16x4 patches (40 ms), 2-s input", input_size=(80, 200), patch_size=(16, 4),
-         inner="checkpoint-300.pth"),
+         inner="checkpoint-300.pth", inner_sha256=M2D_16X4_SHA256, approx_size="≈1.68 GB (full training file)"),
     _m2d("m2d-as", "v0.1.0", "m2d_as_vit_base-80x608p16x16-240213", "m2d-as",
          "M2D-AS (M2D-X with AudioSet labels)"),
     _m2d("m2d-as-32k-enconly", "v0.1.0", "m2d_as_vit_base-80x608p16x16p32k-240413_enconly", "m2d-as",
@@ -255,8 +273,15 @@ OFFICIAL_MODELS: tuple[ModelEntry, ...] = (
          "m2d-clap", "M2D-CLAP 2024 fine-tuned on AudioSet (527-class tagging head, AS2M mAP 0.485)",
          input_size=(80, 1001), layout="evar-ft", head="tagging", paper="M2D-CLAP"),
     _m2d("m2d-clap-2025", "v0.5.0", "m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025", "m2d-clap",
-         "M2D-CLAP 2025 = the M2D2 paper's model (fine-tuned BERT text encoder inside the file)",
-         input_size=(80, 1001), layout="clap2025", head="clap", paper="M2D2"),
+         "M2D-CLAP 2025 = the M2D2 paper's model (fine-tuned BERT text encoder inside the file); NTT's recommended "
+         "model (AS2M mAP 0.490 after fine-tuning)", input_size=(80, 1001), layout="clap2025", head="clap",
+         paper="M2D2", inner="checkpoint-30.pth", inner_sha256=CLAP_2025_SHA256, recommended=True),
+    # added to the official README at upstream commit 3d0c4de (2026-02-23)
+    _m2d("m2d-x-icbhi", "v0.2.0", "m2d_x_icbhi", "m2d-x",
+         "M2D-X further pre-trained for respiratory sounds (ICBHI 2017 / SPRSound; from the 80x200 16x4 M2D); a "
+         "tar archive, inner file not documented", input_size=(80, 200), patch_size=(16, 4), kind="tgz"),
+    _m2d("msm-mae-mr75", "v0.1.0", "msm_mae_vit_base-80x608p16x16-220924-mr75", "msm-mae",
+         "MSM-MAE ViT-B, mask ratio 0.75 (the masked-autoencoder predecessor of M2D; its encoder keys are M2D's)"),
     _byola("byola-v1-d512", "pretrained_weights/AudioNTT2020-BYOLA-64x96d512.pth", "BYOL-A v1, d = 512", 512,
            "byola-v1", size_bytes=2_410_576,
            sha256="6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2"),
@@ -283,32 +308,49 @@ PACKAGED_MODELS: tuple[ModelEntry, ...] = (
                "kikimimi's own M2D-CLAP ViT-tiny (text side: minilm), trained on openly licensed audio and "
                "metadata captions; packaged (benchmarks/open_suite/ship_open_clap.py)",
                16000, (80, 208), (16, 16), 5 * 192, "clap", "kikimimi", "M2D-CLAP", "apache-2.0", packaged=True),
+    ModelEntry("open-captioner-tiny", str(PACKAGED_DIR / "open-captioner-tiny"), "folder", "captioner",
+               "kikimimi's own audio captioner: the open-clap-tiny audio encoder → prefix mapper → a tiny word-level "
+               "Llama, trained on openly licensed audio and metadata captions; packaged "
+               "(benchmarks/open_suite/ship_open_captioner.py; kikimimi.load_captioner, `kikimimi caption`)",
+               16000, (80, 208), (16, 16), 5 * 192, "captioner", "kikimimi", "M2D-CLAP", "apache-2.0", packaged=True),
 )
 
 
 #: The packaged model each kind of command uses when no ``-m`` is given (issue 27: used out of the box).
-DEFAULT_PACKAGED: dict[str, str] = {"encoder": "open-m2d-tiny", "clap": "open-clap-tiny"}
+DEFAULT_PACKAGED: dict[str, str] = {"encoder": "open-m2d-tiny", "clap": "open-clap-tiny",
+                                    "captioner": "open-captioner-tiny"}
 
 
 def default_packaged_model(kind: str) -> str | None:
-    """The packaged model for ``kind`` (``"encoder"`` or ``"clap"``) when its weights are installed, else ``None``."""
+    """The packaged model for ``kind`` (``"encoder"``, ``"clap"`` or ``"captioner"``) when its weights are installed,
+    else ``None``."""
     name = DEFAULT_PACKAGED[kind]
     folder = PACKAGED_DIR / name
-    return name if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file() else None
+    config = "captioner.json" if kind == "captioner" else "config.json"
+    return name if (folder / "model.safetensors").is_file() and (folder / config).is_file() else None
+
+
+def packaged_sums(folder: str | os.PathLike) -> dict[str, str]:
+    """file (relative to ``folder``) → SHA-256, the well-formed lines of ``folder/SHA256SUMS`` (``{}`` when absent).
+
+    A packaged encoder or CLAP lists its ``model.safetensors``; a packaged captioner also its language model,
+    tokenizer and ``captioner.json``: every listed file is verified on load (:func:`kikimimi.checkpoints.hub.fetch`).
+    """
+    try:
+        lines = (Path(folder) / PACKAGED_SUMS).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    sums: dict[str, str] = {}
+    for line in lines:
+        digest, _, name = line.strip().partition("  ")
+        if name and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            sums[name.lstrip("*")] = digest
+    return sums
 
 
 def packaged_sha256(folder: str | os.PathLike) -> str | None:
     """The SHA-256 of ``model.safetensors`` recorded in ``folder/SHA256SUMS``, or ``None`` (absent, malformed)."""
-    try:
-        lines = (Path(folder) / PACKAGED_SUMS).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        digest, _, name = line.strip().partition("  ")
-        if name.lstrip("*") == "model.safetensors" and len(digest) == 64 and all(c in "0123456789abcdef"
-                                                                                  for c in digest):
-            return digest
-    return None
+    return packaged_sums(folder).get("model.safetensors")
 
 
 def _pinned(entry: ModelEntry) -> ModelEntry:
@@ -321,6 +363,7 @@ def _pinned(entry: ModelEntry) -> ModelEntry:
 ALIASES: dict[str, str] = {
     "kikimimi-open-m2d-tiny": "open-m2d-tiny",
     "kikimimi-open-clap-tiny": "open-clap-tiny",
+    "kikimimi-open-captioner-tiny": "open-captioner-tiny",
     "m2d": "m2d-vit-base-mr7",
     "m2d2": "m2d-clap-2025",
     "m2d-clap": "m2d-clap-2025",

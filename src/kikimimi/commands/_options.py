@@ -79,18 +79,30 @@ def add_accept_licence_argument(parser: argparse.ArgumentParser) -> None:
                              "(also KIKIMIMI_ACCEPT_LICENCE=1); `kikimimi models info NAME` shows it")
 
 
-def model_or_packaged(value: str | None, kind: str = "clap") -> str | None:
-    """``value`` (the user's ``-m``), else kikimimi's packaged model of ``kind`` with one line on stderr saying so;
-    ``None`` when neither is there."""
+def model_or_packaged(value: str | None, kind: str = "clap", flag: str = "-m") -> str | None:
+    """``value`` (the user's ``-m``, or ``flag``), else kikimimi's packaged model of ``kind`` (``"clap"``,
+    ``"captioner"``, ``"encoder"``) with one line on stderr saying so; ``None`` when neither is there."""
     if value:
         return value
     from kikimimi.checkpoints.registry import default_packaged_model
 
     name = default_packaged_model(kind)
     if name:
-        print(f"no -m given: using kikimimi's packaged open model '{name}' (Apache-2.0, no download; "
+        print(f"no {flag} given: using kikimimi's packaged open model '{name}' (Apache-2.0, no download; "
               f"`kikimimi models info {name}`)", file=sys.stderr)
     return name
+
+
+def names_captioner(value: str) -> bool:
+    """``value`` is a captioner folder (``captioner.json``) or the name of a registered captioner
+    (``open-captioner-tiny``); `caption` and `ask` read their first positional argument with it."""
+    from kikimimi.checkpoints.registry import find_entry
+
+    path = Path(value)
+    if path.exists():
+        return (path / "captioner.json").is_file()
+    entry = find_entry(value)
+    return entry is not None and entry.head == "captioner"
 
 
 def resolve_model(value: str, args: argparse.Namespace) -> str:
@@ -123,8 +135,7 @@ def print_missing(files, missing) -> None:
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """`kikimimi caption` / `kikimimi ask`: the captioner folder and the decoding settings."""
-    parser.add_argument("model", help="captioner folder (written by kikimimi train-captioner)")
+    """`kikimimi caption`: the decoding settings (the captioner is its ``[MODEL]`` positional or ``-m``)."""
     parser.add_argument("--beam", type=int, help="beam size (1 = greedy; default: the model's, 3)")
     parser.add_argument("--max-tokens", type=int, help="most new tokens per answer (default: the model's, 30)")
     parser.add_argument("--window-s", type=float, help="window for long files (default: the training clip length)")

@@ -48,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _is_captioner(path: str) -> bool:
-    return (Path(path) / "captioner.json").is_file()
+    """A captioner folder, or the name of a registered captioner (``open-captioner-tiny``)."""
+    from kikimimi.commands._options import names_captioner
+
+    return names_captioner(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_captioner(args: argparse.Namespace, model: str, audio: list[str], question: str) -> int:
-    from kikimimi.commands._exit import check_paths
+    from kikimimi.commands._exit import check_model_paths, check_paths
 
-    check_paths([model, *audio])  # a missing path: usage error (exit 2)
+    check_model_paths([model])  # a missing path: usage error (exit 2); a name is left to the registry
+    check_paths(audio)
     from kikimimi.inference.captioner import caption_files, load_captioner
 
     captioner = load_captioner(model, audio_model=args.audio_model, device=args.device)
@@ -107,6 +111,12 @@ def _run_grounded(args: argparse.Namespace, sources: list[str], question: str) -
     from kikimimi.commands._exit import UsageError, batch_status, check_model_paths
 
     jsons, audio = _split_sources(sources)
+    if audio and not args.clap:  # no model given: kikimimi's packaged CLAP, and its captioner for the evidence
+        from kikimimi.commands._options import model_or_packaged
+
+        args.clap = model_or_packaged(None, "clap", "--clap")
+        if args.clap and not args.captioner:
+            args.captioner = model_or_packaged(None, "captioner", "--captioner")
     if audio and not args.clap:
         raise UsageError("grounded answers about audio need a CLAP model: --clap MODEL (or give the evidence JSON "
                          "of kikimimi evidence; or a captioner folder first for the end-to-end captioner)")

@@ -1,4 +1,7 @@
-"""`kikimimi caption MODEL AUDIO…`: captions for audio files, folders or CSV lists (long files per window).
+"""`kikimimi caption [MODEL] AUDIO…`: captions for audio files, folders or CSV lists (long files per window).
+
+MODEL (or ``-m MODEL``) is a captioner folder written by `kikimimi train-captioner` or a registered name; left out,
+kikimimi's packaged ``open-captioner-tiny`` is used (one line on stderr says so).
 
 Prints ``file<TAB>caption`` (with ``[start–end s]`` per window for long files), or JSON with ``--json``;
 ``--csv OUT`` also writes ``file_name,caption`` (the prediction format of `kikimimi eval-captions`). A file
@@ -20,15 +23,49 @@ HELP = "Caption audio with a trained captioner (greedy or beam search; long file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO",
+                        help="the captioner (a folder written by kikimimi train-captioner, or a model name; leave it "
+                             "out, or give it with -m, and kikimimi's packaged open-captioner-tiny is used), then "
+                             "audio files, folders (recursive) or CSV lists")
+    parser.add_argument("-m", "--model", help="the captioner, instead of the first positional argument")
+    parser.set_defaults(_more_positionals="inputs")  # `caption MODEL --beam 1 AUDIO…` (kikimimi.cli)
     add_generation_arguments(parser)
-    parser.add_argument("audio", nargs="+", help="audio files, folders (recursive) or CSV lists")
     parser.add_argument("--csv", help="also write file_name,caption to this CSV")
 
 
-def run(args: argparse.Namespace) -> int:
-    from kikimimi.commands._exit import check_paths
+def split_captioner_and_audio(model: str | None, inputs: list[str]) -> tuple[str, list[str]]:
+    """``(captioner, audio)`` from ``-m`` and the positional arguments: with ``-m`` every positional is audio; else
+    the first positional is the captioner when it names one; else kikimimi's packaged captioner (announced on
+    stderr once the audio inputs passed their checks).
 
-    check_paths([args.model, *args.audio])  # a missing path: usage error (exit 2)
+    Raises:
+        UsageError: a missing audio path or only folders without audio, a captioner with no audio after it, or no
+            captioner at all (none given, none packaged).
+    """
+    from kikimimi.commands._exit import UsageError, check_inputs
+    from kikimimi.commands._options import model_or_packaged, names_captioner
+
+    if model:
+        check_inputs(inputs)
+        return model, inputs
+    if names_captioner(inputs[0]):
+        if len(inputs) == 1:
+            raise UsageError(f"give the audio to caption after the captioner '{inputs[0]}'")
+        check_inputs(inputs[1:])
+        return inputs[0], inputs[1:]
+    check_inputs(inputs)
+    name = model_or_packaged(None, "captioner")
+    if name is None:
+        raise UsageError("no captioner given and kikimimi's packaged open-captioner-tiny is not in this installation: "
+                         "give one with -m (a folder written by kikimimi train-captioner)")
+    return name, inputs
+
+
+def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_model_paths
+
+    args.model, args.audio = split_captioner_and_audio(args.model, args.inputs)  # a missing path: usage error (2)
+    check_model_paths([args.model])  # a name is left to the registry
     from kikimimi.fileio import atomic_write_text
     from kikimimi.inference.captioner import caption_files, load_captioner
 

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes for prep")
     parser.add_argument("--m2d-steps", type=int, default=None, help="M2D pre-training steps")
     parser.add_argument("--byola-steps", type=int, default=None, help="BYOL-A pre-training steps")
+    parser.add_argument("--further-steps", type=int, default=None,
+                        help="further pre-training steps of the packaged open-m2d-tiny on the pool (0: leave it out)")
     parser.add_argument("--clap-steps", type=int, default=100, help="tiny M2D-CLAP pre-training steps")
     parser.add_argument("--clap-weight", type=float, default=None,
                         help="CLAP loss weight of the tiny M2D-CLAP (default 1 for this short run; the official "

@@ -5,6 +5,7 @@ drop the tombstones of its HNSW graph now."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", nargs="?", help="folder of audio files (searched recursively)")
     parser.add_argument("-m", "--model", help="M2D-CLAP checkpoint" + MODEL_NAME_HELP +
                         " (default: kikimimi's packaged open-clap-tiny)")
-    parser.add_argument("-o", "--out", help="index folder (created or updated; required to build)")
+    parser.add_argument("-o", "--out", help="index folder (created or updated; required to build, unless --db)")
+    parser.add_argument("--db", metavar="URI", help="keep the index in a Milvus database instead of a folder: a local "
+                        "path ending in .db (Milvus Lite, embedded, no server) or http://host:19530 (a Milvus server "
+                        'or cluster); needs pip install "kikimimi[milvus]"')
+    parser.add_argument("--collection", default="kikimimi_segments", help="Milvus collection holding the index "
+                        "(with --db; default: kikimimi_segments)")
+    parser.add_argument("--db-index", choices=("HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"), default="HNSW",
+                        help="Milvus vector index (with --db; default HNSW; FLAT = exact search)")
     parser.add_argument("--check", metavar="INDEX", help="only verify the index folder INDEX (checksums, row counts, "
                         "vector index): exit 0 when sound, 1 with a one-line reason when corrupted")
     parser.add_argument("--compact", metavar="INDEX", help="only compact the index folder INDEX: rebuild its HNSW "
@@ -80,16 +88,20 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"'{args.compact}': {done['rows']} segments, {done['dropped']} removed segments dropped from the graph")
         return 0
-    if args.folder and args.out:
+    if args.folder and (args.out or args.db):
         args.model = model_or_packaged(args.model, "clap")
-    missing = [flag for flag, value in (("FOLDER", args.folder), ("-m/--model", args.model), ("-o/--out", args.out))
-               if not value]
+    missing = [flag for flag, value in (("FOLDER", args.folder), ("-m/--model", args.model),
+                                        ("-o/--out or --db", args.out or args.db)) if not value]
     if missing:
         print(f"error: building an index needs {', '.join(missing)} (or pass --check INDEX)", file=sys.stderr)
         return 2
     from kikimimi.commands._exit import UsageError, check_inputs
 
     check_inputs([args.folder])  # a missing folder or one without audio: a usage error (exit 2), no index
+    if args.db:
+        if args.out:
+            raise UsageError("give -o/--out (an index folder) or --db (a Milvus database), not both")
+        return _run_db(args)
     from kikimimi.fileio import OutputInUseError, refuse_if_in_use
 
     try:
@@ -110,11 +122,53 @@ def run(args: argparse.Namespace) -> int:
     except (SearchIndexError, CheckpointError, CLAPError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return _report(update, str(args.out))
+
+
+def _run_db(args: argparse.Namespace) -> int:
+    """``kikimimi index FOLDER --db URI``: the same update into a Milvus collection."""
+    from kikimimi.checkpoints import CheckpointError
+    from kikimimi.inference.clap import CLAPError, load_clap
+    from kikimimi.inference.milvus_index import MilvusSettings, update_milvus_index
+    from kikimimi.inference.search import SearchIndexError
+
+    try:
+        settings = MilvusSettings(collection=args.collection, index_type=args.db_index,
+                                  token=os.environ.get("KIKIMIMI_MILVUS_TOKEN"))
+        model_id = str(Path(resolve_model(args.model, args)).resolve())
+        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device,
+                          precision=_db_precision(args, settings), trust_pickle=args.trust_pickle)
+        update = update_milvus_index(model, args.folder, args.db, model_id=model_id, settings=settings,
+                                     batch_size=args.batch_size, rebuild=args.rebuild, window_s=args.window_s,
+                                     hop_s=args.hop_s)
+    except (SearchIndexError, CheckpointError, CLAPError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _report(update, f"{args.db} ({args.collection})")
+
+
+def _report(update, dest: str) -> int:
+    """One line per unreadable file, the counts, and the exit code of the batch rule (1: nothing indexed)."""
     for key, reason in update.errors:
         print(f"error: '{key}': {reason}", file=sys.stderr)
     print(f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
-          f"unchanged {len(update.unchanged)}, unreadable {len(update.errors)} → {args.out}")
+          f"unchanged {len(update.unchanged)}, unreadable {len(update.errors)} → {dest}")
     if update.errors and not (update.added or update.changed or update.unchanged):
         print("error: no file could be indexed", file=sys.stderr)
         return 1
     return 0
+
+
+def _db_precision(args: argparse.Namespace, settings: object) -> str | None:
+    """``--precision`` when given, else the one the database's index recorded (as :func:`index_precision` does for
+    a folder), else ``None``."""
+    from kikimimi.inference.milvus_index import MilvusIndex
+    from kikimimi.inference.search import SearchIndexError
+
+    if getattr(args, "precision", None):
+        return args.precision
+    try:
+        with MilvusIndex.open(args.db, settings) as db:
+            return (db.model_identity or {}).get("precision")
+    except SearchIndexError:
+        return None

@@ -84,9 +84,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-rate", type=int, choices=(16000, 32000), default=S, help="M2D rate in Hz")
     p.add_argument("--mask-ratio", type=float, default=S,
                    help="M2D mask ratio (0.7); m2d2_stage2: training mask of the encoder input (0.3; 0 = stage 2.1)")
-    p.add_argument("--mask-strategy", choices=("structured", "random", "structured-masked"), default=S,
-                   help="m2d2_stage2 training mask: structured (official code: marked rows/columns stay visible), "
-                   "random (official --random_mask) or structured-masked (marked rows/columns masked, as described)")
+    p.add_argument("--mask-strategy", choices=("random", "dwm", "var", "sgim", "ibm", "structured",
+                                               "structured-masked"), default=S,
+                   help="M2D, m2d_clap, m2d2_stage1: random (default), dwm / var (dispersion-weighted: mean absolute "
+                   "deviation / variance), sgim (object-centric) or ibm (inverse block), NTT's IJCNN 2026 masking "
+                   "(docs/masking.md); m2d2_stage2 training mask: structured (official code: marked rows/columns "
+                   "stay visible), random (official --random_mask) or structured-masked (marked rows/columns "
+                   "masked, as described)")
+    p.add_argument("--hint-start-epoch", type=int, default=S, metavar="E",
+                   help="dwm/var/sgim/ibm: plain random masking before epoch E (official --masking_start_epoch 50)")
+    p.add_argument("--hint-k", type=float, default=S, metavar="K",
+                   help="dwm/var/sgim/ibm: hint ratio 1 - (epoch/epochs)^K from --hint-start-epoch on "
+                   "(official --masking_hint_k 2)")
+    p.add_argument("--hint-ratio", type=float, default=S, metavar="H",
+                   help="dwm/var/sgim/ibm: a constant hint ratio instead of the schedule (official --abs_hint_ratio; "
+                   "1 = random masking)")
     p.add_argument("--ema-taus", type=float, nargs=2, default=S, metavar=("START", "END"),
                    help="M2D target EMA decay, linear over the run (default auto: the official 0.99995 0.99999 for "
                    "runs of >= 100k steps, 0.999 0.9999 for shorter ones, whose target would otherwise stay random)")

@@ -19,7 +19,8 @@ HELP = "Search an audio index (built by `kikimimi index`) with a text query; res
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("index", help="index folder written by `kikimimi index`")
+    parser.add_argument("index", help="index folder written by `kikimimi index`, or the Milvus database of "
+                        "`kikimimi index --db URI` (a path ending in .db, or http://host:19530)")
     parser.add_argument("query", nargs="?",
                         help="text query, e.g. 'a dog barking'; '-' reads one query per line from stdin")
     parser.add_argument("--queries", metavar="FILE", help="a text file with one query per line (blank lines skipped)")
@@ -30,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", help="CLAP checkpoint (default: the one that built the index)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON: one object per query (indented for a single query)")
+    db = parser.add_argument_group("Milvus database indexes (`kikimimi index --db URI`)")
+    db.add_argument("--collection", default="kikimimi_segments", help="collection holding the index")
+    db.add_argument("--path-prefix", help="only files whose key (path relative to the indexed folder) starts with "
+                    "this, or whose path does when it is absolute")
+    db.add_argument("--min-duration-s", type=float, help="only files at least this long (seconds)")
+    db.add_argument("--max-duration-s", type=float, help="only files at most this long (seconds)")
+    db.add_argument("--tag", action="append", default=[], help="only files with this tag (repeat: all of them)")
     add_clap_arguments(parser)
 
 
@@ -71,7 +79,15 @@ def _print_text(query: str, hits, segments: bool, several: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top <= 0:
         raise UsageError(f"--top must be at least 1, got {args.top}")
-    check_paths([args.index], "index folder")
+    from kikimimi.inference.milvus_index import is_database_uri
+
+    database = is_database_uri(args.index)
+    filters = args.path_prefix or args.tag or args.min_duration_s is not None or args.max_duration_s is not None
+    if filters and not database:
+        raise UsageError("--path-prefix, --min/max-duration-s and --tag filter a Milvus database index "
+                         "(`kikimimi index --db URI`)")
+    if not database:
+        check_paths([args.index], "index folder")
     queries = _queries(args)
 
     from kikimimi.checkpoints import CheckpointError
@@ -79,12 +95,15 @@ def run(args: argparse.Namespace) -> int:
     from kikimimi.inference.search import SearchIndex, SearchIndexError, search_many
 
     try:
-        index = SearchIndex.load(args.index)
-        model = load_clap(args.model or index.model, text_encoder=args.text_encoder, device=args.device,
-                          precision=index_precision(args, args.index), trust_pickle=args.trust_pickle,
-                          accept_licence=args.accept_licence)
-        results = search_many(index, queries, model, top=args.top, segments=args.segments,
-                              model_id=args.model or index.model)
+        if database:
+            results = _search_db(args, queries)
+        else:
+            index = SearchIndex.load(args.index)
+            model = load_clap(args.model or index.model, text_encoder=args.text_encoder, device=args.device,
+                              precision=index_precision(args, args.index), trust_pickle=args.trust_pickle,
+                              accept_licence=args.accept_licence)
+            results = search_many(index, queries, model, top=args.top, segments=args.segments,
+                                  model_id=args.model or index.model)
     except (SearchIndexError, CheckpointError, CLAPError, ImportError, OSError) as exc:
         raise UsageError(str(exc)) from exc
     several = len(queries) > 1
@@ -96,3 +115,20 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_text(query, hits, args.segments, several)
     return DONE
+
+
+def _search_db(args: argparse.Namespace, queries: list[str]) -> list:
+    """The results of ``queries`` in the Milvus database ``args.index`` (model: ``-m`` or the one that built it)."""
+    import os
+
+    from kikimimi.inference.clap import load_clap
+    from kikimimi.inference.milvus_index import MilvusIndex, MilvusSettings, SearchFilter, search
+
+    where = SearchFilter(args.path_prefix, args.min_duration_s, args.max_duration_s, tuple(args.tag))
+    settings = MilvusSettings(collection=args.collection, token=os.environ.get("KIKIMIMI_MILVUS_TOKEN"))
+    with MilvusIndex.open(args.index, settings) as index:
+        model = load_clap(args.model or index.model, text_encoder=args.text_encoder, device=args.device,
+                          precision=args.precision or (index.model_identity or {}).get("precision"),
+                          trust_pickle=args.trust_pickle, accept_licence=args.accept_licence)
+        return [search(index, q, model, top=args.top, segments=args.segments, model_id=args.model or index.model,
+                       where=where) for q in queries]

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20)")
     parser.add_argument("--max-upload-s", type=float, default=120.0,
                         help="longest uploaded clip accepted, per its header (default 120)")
+    parser.add_argument("--max-describe-s", type=float, default=600.0,
+                        help="longest indexed file the describe panel describes, per its header (default 600)")
     parser.add_argument("--max-query-chars", type=int, default=300)
     parser.add_argument("--max-labels", type=int, default=64, help="zero-shot labels per request (default 64)")
     parser.add_argument("--header-timeout-s", type=float, default=10.0,
@@ -162,5 +164,6 @@ def _build_app(args: argparse.Namespace, model, index_dir: Path, labels, caption
                              body_timeout_s=args.body_timeout_s, workers=args.workers, queue_limit=args.queue_limit,
                              root=None if folder is None else str(folder),
                              token=args.token, allowed_hosts=tuple(hosts), window_s=args.window_s, hop_s=args.hop_s,
-                             vector_kind=args.vector_index, exact_below=args.exact_below, batch_size=args.batch_size)
+                             vector_kind=args.vector_index, exact_below=args.exact_below, batch_size=args.batch_size,
+                             max_describe_s=args.max_describe_s)
     return create_app(model, index_dir, labels=labels, captioner=captioner, settings=settings)

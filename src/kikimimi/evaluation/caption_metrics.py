@@ -9,7 +9,14 @@ never downloads them and reports SPICE as unavailable instead.
 
 Captions are tokenised as COCO does (Stanford PTBTokenizer, lower case, punctuation removed; Java). Without
 Java a plain lower-case word split with the same punctuation removal is used and METEOR is unavailable; the
-scores say which tokeniser they used.
+scores say which tokeniser they used. The vocabulary size (distinct words of the predicted captions, after that
+tokenisation) is always reported.
+
+The DCASE 2024 task 6 set adds SPIDEr-FL (SPIDEr × 0.1 for captions the fluency-error detector flags), FENSE
+(Sentence-BERT similarity with the same penalty) and FER (the share of flagged captions). They come from
+``aac-metrics`` (the ``aacmetrics`` extra) and only when it and the model files it reads are already on this
+machine — :func:`dcase2024_status` names each missing file; kikimimi never downloads them, and without them
+today's metrics above remain the whole (offline) report.
 
 Also here: the nearest-neighbour baseline (the caption of the closest training clip in the audio embedding
 space, cosine) and the readers behind ``kikimimi eval-captions PRED.csv REF.csv``.
@@ -34,6 +41,8 @@ __all__ = [
     "METRIC_NAMES",
     "CaptionScores",
     "caption_scores",
+    "dcase2024_status",
+    "vocabulary_size",
     "evaluate_caption_files",
     "evaluate_captions",
     "java_available",
@@ -45,9 +54,18 @@ __all__ = [
     "spice_status",
 ]
 
+#: the DCASE 2024 metrics computed by aac-metrics (when it and its model files are installed)
+DCASE2024_METRICS = ("SPIDEr-FL", "FENSE", "FER")
 #: every metric name, in report order
-METRIC_NAMES = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr-D", "SPICE", "SPIDEr")
+METRIC_NAMES = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr-D", "SPICE", "SPIDEr",
+                *DCASE2024_METRICS)
 CAPTION_EXTRA_HINT = 'pip install "kikimimi[caption]"'
+AAC_METRICS_HINT = 'pip install "kikimimi[aacmetrics]"'
+#: aac-metrics' names of what :data:`DCASE2024_METRICS` reports
+_AAC_NAMES = {"SPIDEr-FL": "spider_fl", "FENSE": "fense", "FER": "fer"}
+#: the fluency-error detector (FER, FENSE, SPIDEr-FL) and the Sentence-BERT model (FENSE) aac-metrics loads
+FER_CHECKPOINT = "echecker_clotho_audiocaps_base.ckpt"
+SBERT_MODEL = "sentence-transformers/paraphrase-TinyBERT-L6-v2"
 #: the punctuation tokens pycocoevalcap's PTBTokenizer drops
 _PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 _SIMPLE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
@@ -56,12 +74,14 @@ _SIMPLE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 @dataclass
 class CaptionScores:
     """Corpus-level scores (``scores``: name → value), the metrics that could not run and why, the number of
-    clips and the tokeniser used (``ptb`` or ``simple``)."""
+    clips, the tokeniser used (``ptb`` or ``simple``) and the vocabulary size (distinct words of the predicted
+    captions after that tokenisation)."""
 
     scores: dict[str, float]
     unavailable: dict[str, str] = field(default_factory=dict)
     n: int = 0
     tokenizer: str = "ptb"
+    vocabulary: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +117,82 @@ def spice_status() -> tuple[bool, str]:
         return False, (f"needs the Stanford CoreNLP 3.6.0 jars in {lib} ({', '.join(missing)} missing); "
                        "kikimimi does not download them")
     return True, ""
+
+
+def _aac_cache(aac: Any) -> Path:
+    """aac-metrics' cache folder (``AAC_METRICS_CACHE_PATH``, default ``~/.cache``)."""
+    if aac is not None:
+        return Path(aac.utils.globals.get_default_cache_path()).expanduser()
+    return Path(os.environ.get("AAC_METRICS_CACHE_PATH") or "~/.cache").expanduser()
+
+
+def _fense_data() -> Path:
+    """Where aac-metrics keeps the fluency-error detector: ``FENSE_DATA``, default ``<torch hub>/fense_data``."""
+    if os.environ.get("FENSE_DATA"):
+        return Path(os.environ["FENSE_DATA"]).expanduser()
+    import torch
+
+    return Path(torch.hub.get_dir()) / "fense_data"
+
+
+def _hub_cached(repo_id: str, filename: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+
+
+def dcase2024_status() -> dict[str, str]:
+    """For each of :data:`DCASE2024_METRICS`: ``""`` when aac-metrics can compute it offline, else one line saying
+    exactly what is missing (the package, Java, or the files with their paths). Nothing is downloaded.
+
+    SPIDEr-FL needs Java, aac-metrics' SPICE (``<cache>/aac-metrics/spice/spice-1.0.jar`` and its ``lib/``
+    folder) and the fluency-error detector; FER needs the detector (``<FENSE_DATA>/`` :data:`FER_CHECKPOINT`);
+    FENSE the detector and the Sentence-BERT model :data:`SBERT_MODEL` in the Hugging Face cache. The captions
+    are tokenised first with aac-metrics' Stanford tokenizer (``<cache>/aac-metrics/stanford_nlp/
+    stanford-corenlp-3.4.1.jar``, Java) when it is there, else given as they are.
+    """
+    try:
+        import aac_metrics
+        import aac_metrics.utils.globals  # noqa: F401
+    except ImportError as exc:
+        why = f"needs the package 'aac-metrics' ({exc}); {AAC_METRICS_HINT}"
+        return dict.fromkeys(DCASE2024_METRICS, why)
+    cache = _aac_cache(aac_metrics)
+    detector = _fense_data() / FER_CHECKPOINT
+    spice = cache / "aac-metrics" / "spice"
+    need_fer = [] if detector.is_file() else [str(detector)]
+    need_spice = [str(p) for p in (spice / "spice-1.0.jar", spice / "lib") if not p.exists()]
+    need_sbert = [] if _hub_cached(SBERT_MODEL, "modules.json") else [f"the Hugging Face model {SBERT_MODEL} "
+                                                                          "(not in the Hub cache)"]
+    hint = "kikimimi does not download them (aac-metrics-download and a first online run fetch them)"
+
+    def line(missing: list[str], java: bool = False) -> str:
+        parts = (["Java (Debian: default-jre-headless)"] if java and not java_available() else []) + missing
+        return f"aac-metrics is missing {'; '.join(parts)}; {hint}" if parts else ""
+
+    return {"SPIDEr-FL": line(need_spice + need_fer, java=True), "FENSE": line(need_fer + need_sbert),
+            "FER": line(need_fer)}
+
+
+def _dcase2024_scores(candidates: list[str], references: list[list[str]], metrics: Sequence[str],
+                      device: str = "cpu") -> dict[str, float]:
+    """The corpus scores of ``metrics`` (names of :data:`DCASE2024_METRICS`) by aac-metrics' own ``evaluate``."""
+    import aac_metrics
+    from aac_metrics.functional.evaluate import evaluate
+
+    cache = _aac_cache(aac_metrics)
+    ptb = java_available() and (cache / "aac-metrics" / "stanford_nlp" / "stanford-corenlp-3.4.1.jar").is_file()
+    with _quiet_children((1, 2)):
+        corpus, _ = evaluate(candidates, references, preprocess=ptb, metrics=[_AAC_NAMES[m] for m in metrics],
+                             device=device, verbose=0)
+    return {m: float(corpus[_AAC_NAMES[m]]) for m in metrics}
+
+
+def vocabulary_size(tokenized: Mapping[Any, Sequence[str]]) -> int:
+    """The number of distinct words in tokenised captions (key → captions, words separated by spaces)."""
+    return len({w for captions in tokenized.values() for c in captions for w in c.split()})
 
 
 def _simple_tokenize(texts: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
@@ -141,7 +237,8 @@ def _tokenize(texts: Mapping[Any, Sequence[str]], tokenizer: str) -> tuple[dict[
 
 
 def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], *,
-                   tokenizer: str = "auto", meteor: bool = True, spice: bool = True) -> CaptionScores:
+                   tokenizer: str = "auto", meteor: bool = True, spice: bool = True,
+                   dcase2024: bool = True) -> CaptionScores:
     """Corpus-level caption metrics of ``predictions`` (key → one caption) against ``references`` (key → one or
     more captions).
 
@@ -149,6 +246,8 @@ def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequ
         tokenizer: ``"auto"`` (PTB with Java, else simple), ``"ptb"`` or ``"simple"``.
         meteor: compute METEOR (a Java process that takes seconds to start).
         spice: try SPICE / SPIDEr (only when :func:`spice_status` says it can run).
+        dcase2024: try SPIDEr-FL, FENSE and FER through aac-metrics, each only when :func:`dcase2024_status` says
+            it can run offline (else it is named unavailable with what is missing).
 
     Raises:
         ValueError: no predictions, or keys of the predictions without references.
@@ -189,7 +288,17 @@ def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequ
         scores["SPIDEr"] = (scores["CIDEr-D"] + scores["SPICE"]) / 2
     else:
         unavailable["SPICE"] = unavailable["SPIDEr"] = why
-    return CaptionScores(scores, unavailable, len(keys), tok_name)
+    status = dcase2024_status() if dcase2024 else dict.fromkeys(DCASE2024_METRICS, "left out (dcase2024=False)")
+    unavailable.update({m: why for m, why in status.items() if why})
+    ready = [m for m in DCASE2024_METRICS if not status[m]]
+    if ready:
+        try:
+            scores.update(_dcase2024_scores([predictions[k] for k in keys], [list(references[k]) for k in keys],
+                                            ready))
+        except Exception as exc:  # noqa: BLE001 - a third-party scorer: its failure is reported, the rest stands
+            first = (str(exc).splitlines() or [""])[0][:300]
+            unavailable.update(dict.fromkeys(ready, f"aac-metrics failed ({type(exc).__name__}: {first})"))
+    return CaptionScores(scores, unavailable, len(keys), tok_name, vocabulary_size(res))
 
 
 def _close_meteor(meteor: Any) -> None:
@@ -288,13 +397,14 @@ def evaluate_caption_files(pred_csv: str | os.PathLike, ref_csv: str | os.PathLi
 
 def metrics_table(rows: Mapping[str, CaptionScores], *, percent: bool = False) -> str:
     """A markdown table, one row per system (e.g. captioner, nearest neighbour), one column per metric that
-    ran for any of them; unavailable metrics are listed under the table."""
+    ran for any of them and the vocabulary size (distinct words of the captions, last column); unavailable
+    metrics are listed under the table."""
     names = [m for m in METRIC_NAMES if any(m in s.scores for s in rows.values())]
     scale = 100.0 if percent else 1.0
-    lines = ["| system | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines = ["| system | " + " | ".join([*names, "vocabulary"]) + " |", "|---|" + "---:|" * (len(names) + 1)]
     for system, s in rows.items():
         cells = [f"{scale * s.scores[m]:.3f}" if m in s.scores else "–" for m in names]
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines.append(f"| {system} | " + " | ".join([*cells, str(s.vocabulary)]) + " |")
     gone: dict[str, list[str]] = {}  # reason → metrics
     for s in rows.values():
         for m, why in s.unavailable.items():

@@ -70,11 +70,14 @@ from kikimimi.features.normstats import NormStats
 from kikimimi.fileio import atomic_torch_save
 from kikimimi.models.encoder import FrameEncoder
 from kikimimi.models.heads import TaggingHead
+from kikimimi.models.masking import STRUCTURED_MARKED, gather_tokens, training_mask
 from kikimimi.models.vit import AudioViT, resize_pos_embed
 from kikimimi.optim import LARS, lr_at_step, set_lr
 
 __all__ = [
+    "FINETUNE_RECIPES",
     "OPTIMIZERS",
+    "TRAINING_MASK_MODES",
     "SELECTIONS",
     "FinetuneConfig",
     "FinetuneModel",
@@ -90,6 +93,18 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
+#: ``training_mask_mode``: the structured mask of M2D2 (official code: marked rows/columns stay visible), plain
+#: random masking, or the structured mask as described (marked rows/columns masked); kikimimi.models.masking
+TRAINING_MASK_MODES = ("structured", "random", "structured-masked")
+#: Named fine-tuning recipes (``kikimimi finetune --recipe NAME``; given flags win). ``m2d2-stage1.1``: M2D2 stage
+#: 1.1, the AudioSet-2M fine-tuning of the stage-1 model before stage 2 (../shared/docs/fact-sheet-m2d2-2026.md §1,
+#: ``util/ft-as2m.sh``): 1001-frame input, LARS lr 2.0, 70 epochs with 15 of warm-up, batch 64, mixup 0.5,
+#: SpecAugment 30 bins / 192 frames, a structured training mask of 0.5 of the patches, no random resize crop.
+FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
+    "m2d2-stage1.1": dict(dur_frames=1001, optimizer="lars", lr=2.0, epochs=70, warmup_epochs=15.0, batch_size=64,
+                          mixup=0.5, freq_mask=30, time_mask=192, training_mask=0.5,
+                          training_mask_mode="structured", rrc=False),
+}
 SELECTIONS = ("valid", "holdout", "last_epoch")
 _DEFAULT_WD = {"sgd": 0.0, "adamw": 1e-4, "lars": 0.0}
 AUTO_EPOCH_CLIPS = 2000  # epochs=None: about this many training clips seen per fold ...
@@ -132,6 +147,9 @@ class FinetuneConfig:
         folds: fold indices to run (``None`` = all).
         device: ``"cpu"``, ``"cuda"`` … (``"auto"`` picks CUDA when present); ``amp``: float16 autocast on CUDA.
         seed: seeds the head initialisation, hold-out, batch order, crops and every augmentation.
+        training_mask: share of the ViT's input patches dropped in training, per chunk (0 = off; M2D2 stage 1.1:
+            0.5); the clip feature is then each frequency row's mean over its visible patches (the time mean of
+            the frame features when nothing is dropped). training_mask_mode: one of :data:`TRAINING_MASK_MODES`.
     """
 
     lr: float = 1e-3
@@ -157,6 +175,8 @@ class FinetuneConfig:
     amp: bool = True
     seed: int = 42
     max_minutes: float | None = None
+    training_mask: float = 0.0
+    training_mask_mode: str = "structured"
 
     def __post_init__(self) -> None:
         self.optimizer = self.optimizer.lower()
@@ -172,6 +192,20 @@ class FinetuneConfig:
             raise ValueError(f"dur_frames must be positive, got {self.dur_frames}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if not 0.0 <= self.training_mask < 1.0 or self.training_mask_mode not in TRAINING_MASK_MODES:
+            raise ValueError(f"training_mask must be in [0, 1) and training_mask_mode one of "
+                             f"{', '.join(TRAINING_MASK_MODES)}; got {self.training_mask}, {self.training_mask_mode!r}")
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None = None, **given: Any) -> FinetuneConfig:
+        """The settings of ``recipe`` (a :data:`FINETUNE_RECIPES` name; ``None`` = the defaults) under ``given``.
+
+        Raises:
+            ValueError: an unknown recipe or an invalid value.
+        """
+        if recipe is not None and recipe not in FINETUNE_RECIPES:
+            raise ValueError(f"unknown fine-tuning recipe {recipe!r}; choose one of {', '.join(FINETUNE_RECIPES)}")
+        return cls(**{**(FINETUNE_RECIPES[recipe] if recipe else {}), **given})
 
     @property
     def effective_weight_decay(self) -> float:
@@ -267,17 +301,54 @@ def set_dur_frames(encoder: nn.Module, dur_frames: int) -> nn.Module:
 
 
 class FinetuneModel(nn.Module):
-    """Encoder + EVAR head. ``forward(lms [B, F, T] normalised log-mel) -> logits [B, C]``."""
+    """Encoder + EVAR head. ``forward(lms [B, F, T] normalised log-mel) -> logits [B, C]``.
 
-    def __init__(self, encoder: FrameEncoder, n_classes: int, feature_dim: int) -> None:
+    ``training_mask`` > 0 (a ViT encoder, train mode): each chunk's patches are masked by
+    :func:`kikimimi.models.masking.training_mask` (``training_mask_mode``; random draws from the global torch
+    generator, which the fine-tuning loop seeds per epoch) before the blocks.
+    """
+
+    def __init__(self, encoder: FrameEncoder, n_classes: int, feature_dim: int, *, training_mask: float = 0.0,
+                 training_mask_mode: str = "structured") -> None:
         super().__init__()
         self.encoder = encoder
         self.head = TaggingHead(feature_dim, n_classes)
+        self.training_mask = float(training_mask)
+        self.training_mask_mode = training_mask_mode
 
     def features(self, lms: torch.Tensor) -> torch.Tensor:
         """Clip features ``[B, feature_dim]``: the encoder's pooling of its frame features (M2D time-mean,
-        BYOL-A max + mean)."""
+        BYOL-A max + mean); under the training mask, each frequency row's mean over its visible patches."""
+        if self.training and self.training_mask > 0 and isinstance(self.encoder, AudioViT):
+            return self._masked_features(lms)
         return self.encoder.pool(self.encoder.encode_lms(lms))
+
+    def _masked_features(self, lms: torch.Tensor) -> torch.Tensor:
+        """``lms [B, F, T]`` → ``[B, Fg·D]`` (feature index f·D + d, as the frame features) from the visible
+        patches of every chunk; a row with no visible patch contributes zeros."""
+        vit: AudioViT = self.encoder  # type: ignore[assignment]
+        fg = vit.grid_size[0]
+        mode = self.training_mask_mode
+        sums = counts = None
+        for chunk in vit.split_chunks(lms[:, 0] if lms.dim() == 4 else lms):
+            tokens = vit.patchify_tokens(chunk.unsqueeze(1))  # [B, Fg·Tc, D], frequency-major
+            b, n, d = tokens.shape
+            ids = training_mask(b, (fg, n // fg), self.training_mask, structured=mode != "random",
+                                marked="masked" if mode == "structured-masked" else STRUCTURED_MARKED[0],
+                                device=tokens.device)
+            if ids is None:
+                ids_visible = torch.arange(n, device=tokens.device).expand(b, -1)
+            else:
+                ids_visible = ids.visible
+            out = vit.run_blocks(gather_tokens(tokens, ids_visible))  # [B, Lv, D]
+            rows = (ids_visible // (n // fg)).unsqueeze(-1).expand(-1, -1, d)
+            part = torch.zeros(b, fg, d, dtype=out.dtype, device=out.device).scatter_add_(1, rows, out)
+            seen = torch.zeros(b, fg, device=out.device).scatter_add_(
+                1, ids_visible // (n // fg), torch.ones(ids_visible.shape, device=out.device))
+            sums = part if sums is None else sums + part
+            counts = seen if counts is None else counts + seen
+        mean = sums / counts.clamp(min=1).unsqueeze(-1).to(sums.dtype)
+        return mean.reshape(mean.shape[0], -1)
 
     def forward(self, lms: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(lms))
@@ -291,7 +362,8 @@ def build_finetune_model(bundle: EncoderBundle, n_classes: int, config: Finetune
             set_dur_frames(encoder, config.dur_frames)
         if config.freeze_embed:
             encoder.patch_embed.requires_grad_(False)
-    model = FinetuneModel(encoder, n_classes, int(encoder.embedding_dim))
+    model = FinetuneModel(encoder, n_classes, int(encoder.embedding_dim), training_mask=config.training_mask,
+                          training_mask_mode=config.training_mask_mode)
     g = torch.Generator().manual_seed(int(config.seed))
     nn.init.normal_(model.head.linear.weight, std=0.01, generator=g)
     nn.init.zeros_(model.head.linear.bias)
@@ -479,6 +551,8 @@ def _resolve_bundle(bundle_or_path: Any) -> EncoderBundle:
 
 def _fingerprint(config: FinetuneConfig, bundle: EncoderBundle, fold: Fold, stats) -> str:
     keep = {k: v for k, v in config.to_dict().items() if k not in ("device", "amp", "folds", "max_minutes")}
+    if not config.training_mask:  # runs written before the training mask existed resume
+        keep = {k: v for k, v in keep.items() if k not in ("training_mask", "training_mask_mode")}
     h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
     h.update(json.dumps(bundle.config, sort_keys=True, default=str).encode())
     h.update(f"{stats.mean:.8f},{stats.std:.8f}|{fold.index}".encode())

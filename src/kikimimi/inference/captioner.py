@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kikimimi.audio.decode import AudioDecodeError, load_audio, resample
+from kikimimi.checkpoints import resolve_model_source
 from kikimimi.checkpoints.registry import find_entry
 from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.fileio import atomic_write_bytes, atomic_write_json, collect_audio_files
@@ -53,6 +54,7 @@ __all__ = [
     "Captioner",
     "CaptionerError",
     "caption_files",
+    "captioner_folder",
     "is_captioner_folder",
     "load_audio_model",
     "load_captioner",
@@ -305,9 +307,23 @@ def _nn_captions(encoder: AudioEncoder, bank: tuple[torch.Tensor, list[str]] | N
     return [caps[int(i)] for i in sims.argmax(dim=1)]
 
 
+def captioner_folder(path: str | os.PathLike) -> Path:
+    """The folder of a captioner given as a path or a registered name (``open-captioner-tiny``, packaged: verified
+    against its ``SHA256SUMS``, no network); an unknown name comes back as a path (then "not a captioner folder").
+
+    Raises:
+        kikimimi.checkpoints.CheckpointError: a registered captioner that cannot be fetched or fails its SHA-256.
+    """
+    folder = Path(path)
+    if folder.exists() or find_entry(os.fspath(path)) is None:
+        return folder
+    return resolve_model_source(path)
+
+
 def load_captioner(path: str | os.PathLike, *, audio_model: str | os.PathLike | None = None,
                    device: str | torch.device | None = "cpu") -> Captioner:
-    """Load a captioner folder written by ``kikimimi train-captioner`` (:func:`save_captioner`).
+    """Load a captioner folder written by ``kikimimi train-captioner`` (:func:`save_captioner`), or a registered
+    captioner by name (``"open-captioner-tiny"``, shipped with kikimimi: :func:`captioner_folder`).
 
     Args:
         audio_model: the audio encoder to use instead of the one the folder names (same embedding size).
@@ -315,8 +331,9 @@ def load_captioner(path: str | os.PathLike, *, audio_model: str | os.PathLike | 
     Raises:
         CaptionerError: not a captioner folder, missing weights or audio model, mismatched sizes; LoRA
             adapters without ``peft`` (the message names ``pip install "kikimimi[lora]"``).
+        kikimimi.checkpoints.CheckpointError: a packaged captioner whose files fail their SHA-256.
     """
-    folder = Path(path)
+    folder = captioner_folder(path)
     config = _read_config(folder)
     st = _safetensors()
     weights = folder / WEIGHTS_NAME
@@ -349,7 +366,7 @@ def nearest_neighbour_baseline(path: str | os.PathLike, audio: AudioInput, *, sa
         CaptionerError: not a captioner folder, no nn_bank, missing or mismatched audio model.
         kikimimi.audio.decode.AudioDecodeError: an unreadable file.
     """
-    folder = Path(path)
+    folder = captioner_folder(path)
     config = _read_config(folder)
     bank = _load_bank(folder, _safetensors())
     if bank is None:

@@ -11,16 +11,21 @@ A *path* is one way of running the encoder on a CPU (:data:`PATHS`):
   ``onnx`` extra). Encoder-only models: a CLAP model's projector reads the encoder's frames before pooling, which
   the graph does not expose.
 
-:func:`choose_cpu_path` measures every available path once — a few synthetic clips of the model's chunk length
-(:func:`probe_clips`), clips/s (best of two interleaved rounds) and the cosine of each clip embedding to
-float32's — and :func:`choose_path` keeps the fastest path whose *minimum* cosine is >= :data:`MIN_COSINE`; a
-path that failed or missed the bound is never chosen, and ``fp32`` is the fallback. (On a ViT-B, the worst
-cosine of the synthetic probe matched that of 16 real recordings to 1e-4: 0.99935 / 0.99936 for a 7-bit int8 path,
-0.99985 / 0.99980 for an 8-bit one.) The decision is cached in
+:func:`choose_cpu_path` measures every available path once — four synthetic clips of the model's chunk length
+(:func:`probe_clips`), the cosine of each clip embedding to float32's and clips/s — and :func:`choose_path`
+keeps the fastest path whose *minimum* cosine is >= :data:`MIN_COSINE`; a path that failed or missed the bound
+is never chosen, and ``fp32`` is the fallback. The measurement is bounded in time (:class:`ProbeSettings`): the
+call that gives the cosines is the first timed round (after a one-clip warm-up), and only the paths still in the
+race — at the bound and within :attr:`ProbeSettings.drop_below` of the fastest — get a second round, if the
+measurement is still under :attr:`ProbeSettings.budget_s`. Timings may be cut short; the cosine rule never is.
+(On a ViT-B, the worst cosine of the synthetic probe matched that of 16 real recordings to 1e-4: 0.99935 / 0.99936
+for a 7-bit int8 path, 0.99985 / 0.99980 for an 8-bit one.) The decision is cached in
 ``<kikimimi home>/cache/cpu-paths.json`` under a key made of the model's content fingerprint and config, the
 CPU (model name and flags), the thread count and the torch / ONNX Runtime versions (:func:`choice_key`): a
-change of any of them measures again. ONNX files of a chosen ONNX path are kept next to it
-(``<kikimimi home>/cache/cpu-paths/<key>/``) so a later load reuses them.
+change of any of them measures again. ONNX files of the ONNX paths are kept next to it
+(``<kikimimi home>/cache/cpu-paths/<key>/``, the key without the thread count: the files do not depend on it, so a
+measurement at another thread count reuses the export) so a later load reuses them. The user's line
+(:meth:`PathChoice.line`) says how long the measurement took.
 
 ``KIKIMIMI_PRECISION`` (``fp32``, ``bf16``, ``int8`` or ``auto``) replaces the default ``auto`` of every
 command and of :func:`kikimimi.load`; an explicit ``precision=`` / ``--precision`` wins over it.
@@ -59,7 +64,14 @@ from kikimimi.inference.onnx_runtime import (
     quantize_onnx_int8,
     quantize_onnx_int8_static,
 )
-from kikimimi.inference.precision import PRECISIONS, cpu_flags, cpu_has_int8_dot, cpu_has_native_bf16, cpu_name
+from kikimimi.inference.precision import (
+    PRECISIONS,
+    cpu_flags,
+    cpu_has_int8_dot,
+    cpu_has_native_bf16,
+    cpu_name,
+    isa_caps,
+)
 
 __all__ = [
     "AUTO",
@@ -69,7 +81,10 @@ __all__ = [
     "PathCache",
     "PathChoice",
     "PathMeasurement",
+    "ProbeSettings",
+    "THOROUGH",
     "available_paths",
+    "artifact_key",
     "choice_key",
     "choose_cpu_path",
     "choose_path",
@@ -125,6 +140,8 @@ class PathMeasurement:
     cos_min: float | None = None
     cos_mean: float | None = None
     error: str | None = None
+    #: timed rounds behind ``clips_per_s`` (the best one is kept)
+    rounds: int = 0
 
     def eligible(self, min_cosine: float = MIN_COSINE) -> bool:
         """Measured without error, finite, and ``cos_min >= min_cosine`` (``fp32``: always, when it ran)."""
@@ -145,6 +162,10 @@ class PathChoice:
     key: str = ""
     measured_at: str = ""
     cached: bool = False
+    #: wall seconds the measurement took (building the paths, ONNX export and quantisation included)
+    seconds: float | None = None
+    #: the key of the folder of its ONNX files (:func:`artifact_key`; ``""``: ``key``'s)
+    artifacts: str = ""
 
     @property
     def precision(self) -> str:
@@ -152,18 +173,25 @@ class PathChoice:
         return "fp32" if self.path == "ort-fp32" else "int8" if self.path.startswith("ort-") else self.path
 
     def line(self) -> str:
-        """One line for the user: the path and why."""
-        where = f" (measured {self.measured_at}, cached)" if self.cached and self.measured_at else ""
+        """One line for the user: the path, why, and how long its measurement took."""
+        took = f" in {self.seconds:.1f} s" if self.seconds is not None else ""
+        if self.cached and self.measured_at:
+            where = f" (measured {self.measured_at}{took}, cached)"
+        else:
+            where = f" (measured{took}, once for this model, CPU and thread count)" if self.key else ""
         return f"precision auto: {self.path} — {self.reason}{where}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "reason": self.reason, "key": self.key, "measured_at": self.measured_at,
+                "seconds": self.seconds, "artifacts": self.artifacts,
                 "measurements": [dataclasses.asdict(m) for m in self.measurements]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PathChoice:
+        seconds = data.get("seconds")
         return cls(path=str(data["path"]), reason=str(data["reason"]), key=str(data.get("key", "")),
                    measured_at=str(data.get("measured_at", "")),
+                   seconds=None if seconds is None else float(seconds), artifacts=str(data.get("artifacts") or ""),
                    measurements=[PathMeasurement(**m) for m in data.get("measurements", [])])
 
 
@@ -214,39 +242,98 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How :func:`measure_paths` spends its time (the default: ``precision="auto"``'s first load).
+
+    Every path is built and run once on all the probe clips (that call gives its cosines, and is its first timed
+    round unless ``warmup_clips`` is ``None``); later rounds time only the paths still in the race. Timings may be
+    cut short by ``drop_below`` and ``budget_s``; no path below ``min_cosine`` is ever made eligible by them.
+    """
+
+    #: timed rounds per path at most (the best is kept)
+    repeats: int = 2
+    #: clips of the untimed warm-up call before the timed call that gives the cosines (0: none); ``None``: the call
+    #: that gives the cosines is the warm-up, untimed, and ``repeats`` rounds follow (the measurement before the
+    #: time bound, :data:`THOROUGH`)
+    warmup_clips: int | None = 1
+    #: after a round, a path whose clips/s is under this fraction of the fastest one's is not timed again (0: never)
+    drop_below: float = 0.6
+    #: no new round starts once the measurement (building included) has taken this many seconds
+    budget_s: float = 20.0
+    #: a path whose cosine to fp32 is under this after its first call is not timed again (it cannot be chosen)
+    min_cosine: float = MIN_COSINE
+
+
+#: the measurement before it was bounded in time: an untimed warm-up on every clip, then ``repeats`` rounds of every
+#: path that ran, whatever its speed or cosine (``benchmarks/bench_cpu_paths.py --auto-cost`` compares the two)
+THOROUGH = ProbeSettings(warmup_clips=None, drop_below=0.0, budget_s=float("inf"), min_cosine=float("-inf"))
+
+
 def measure_paths(make: Callable[[str], Embedder], paths: Sequence[str], clips: Sequence[np.ndarray],
-                  sample_rate: int, *, repeats: int = 2, batch_size: int = 8,
+                  sample_rate: int, *, settings: ProbeSettings = ProbeSettings(), batch_size: int = 8,
                   clock: Callable[[], float] = time.perf_counter) -> list[PathMeasurement]:
-    """Every path of ``paths`` (``fp32`` among them: the reference) built by ``make(path)`` and timed on
-    ``clips`` (best of ``repeats`` interleaved rounds after one warm-up call, so a disturbance on a shared
-    machine hits every path alike); cosine of each path's clip embeddings to fp32's. A path whose building or
-    embedding raises, or whose embeddings are not finite, gets an ``error`` instead."""
+    """Every path of ``paths`` (``fp32`` among them, first: the reference) built by ``make(path)`` and run on
+    ``clips`` ``[samples]`` at ``sample_rate`` Hz: cosine of each path's clip embeddings to fp32's, and clips/s
+    (best of the timed rounds, interleaved across paths so that a disturbance on a shared machine hits every path
+    alike; how many rounds each path gets: :class:`ProbeSettings`). A path whose building or embedding raises, or
+    whose embeddings are not finite, gets an ``error`` instead."""
     clips = list(clips)
+    begin = clock() if np.isfinite(settings.budget_s) else 0.0
     built: dict[str, Embedder] = {}
     outputs: dict[str, np.ndarray] = {}
+    best: dict[str, float] = {}
     results = {p: PathMeasurement(p) for p in paths}
+
+    def timed(path: str) -> np.ndarray:
+        start = clock()
+        out = built[path].embed(clips, sample_rate, batch_size=batch_size)
+        best[path] = min(best.get(path, float("inf")), clock() - start)
+        results[path].rounds += 1
+        return out
+
     for path in paths:
         try:
             built[path] = make(path)
-            out = np.asarray(built[path].embed(clips, sample_rate, batch_size=batch_size))
+            if settings.warmup_clips is None:
+                out = built[path].embed(clips, sample_rate, batch_size=batch_size)
+            else:
+                if settings.warmup_clips > 0:
+                    built[path].embed(clips[: settings.warmup_clips], sample_rate, batch_size=batch_size)
+                out = timed(path)
+            out = np.asarray(out)
             if not np.isfinite(out).all():
                 raise FloatingPointError("non-finite embeddings")
+            if getattr(getattr(built[path], "encoder", None), "bf16_fallbacks", 0):
+                raise FloatingPointError("bf16 kernels gave non-finite values on the probe (those batches were "
+                                         "recomputed in float32, so its cosine would not be bf16's)")
             outputs[path] = out
         except Exception as exc:  # noqa: BLE001 - a path that cannot run is reported, never chosen
             results[path].error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            results[path].rounds = 0
             built.pop(path, None)
-    best = {p: float("inf") for p in built}
-    for _ in range(repeats):
-        for path, model in built.items():
-            start = clock()
-            model.embed(clips, sample_rate, batch_size=batch_size)
-            best[path] = min(best[path], clock() - start)
+            best.pop(path, None)
     ref = outputs.get("fp32")
+    racing = []
     for path in built:
-        results[path].clips_per_s = len(clips) / max(best[path], 1e-9)
         if ref is not None:
             cos = _cosines(outputs[path], ref)
             results[path].cos_min, results[path].cos_mean = float(cos.min()), float(cos.mean())
+        if ref is None or path == "fp32" or results[path].cos_min >= settings.min_cosine:
+            racing.append(path)
+    while racing:
+        if settings.drop_below > 0 and all(p in best for p in racing):  # clearly slower after a round: out
+            fastest = min(best[p] for p in racing)
+            racing = [p for p in racing if fastest / max(best[p], 1e-12) >= settings.drop_below]
+        done = min(results[p].rounds for p in racing)
+        if done >= settings.repeats or (done >= 1 and len(racing) < 2):
+            break
+        if done >= 1 and np.isfinite(settings.budget_s) and clock() - begin > settings.budget_s:
+            break
+        for path in racing:
+            timed(path)
+    for path in best:
+        results[path].clips_per_s = len(clips) / max(best[path], 1e-9)
     return [results[p] for p in paths]
 
 
@@ -351,17 +438,22 @@ def prepare_path(bundle: EncoderBundle, path: str, onnx_dir: str | os.PathLike |
 # ----------------------------------------------------------------------------------------------------- cache
 def cpu_signature() -> dict[str, Any]:
     """What decides which path is fastest besides the model: CPU model and flags, PyTorch's CPU capability and
-    quantised engine, thread count, torch and ONNX Runtime versions."""
+    quantised engine, thread count, torch and ONNX Runtime versions, and the instruction-set caps set in the
+    environment (:func:`~kikimimi.inference.precision.isa_caps`)."""
     try:
         from importlib.metadata import version
 
         ort_version = version("onnxruntime") if _ort_available() else None
     except Exception:  # noqa: BLE001 - a broken install: no ONNX paths anyway
         ort_version = None
-    return {"cpu": cpu_name(), "machine": platform.machine(), "flags": cpu_flags(),
-            "capability": str(torch.backends.cpu.get_cpu_capability()),
-            "quantized_engine": str(torch.backends.quantized.engine), "threads": int(torch.get_num_threads()),
-            "torch": torch.__version__, "onnxruntime": ort_version}
+    signature = {"cpu": cpu_name(), "machine": platform.machine(), "flags": cpu_flags(),
+                 "capability": str(torch.backends.cpu.get_cpu_capability()),
+                 "quantized_engine": str(torch.backends.quantized.engine), "threads": int(torch.get_num_threads()),
+                 "torch": torch.__version__, "onnxruntime": ort_version}
+    caps = isa_caps()
+    if caps:  # only when set, so that the keys of uncapped runs stay as they were
+        signature["isa_caps"] = caps
+    return signature
 
 
 def model_fingerprint(source: str | os.PathLike | None, config: dict[str, Any]) -> str | None:
@@ -384,10 +476,19 @@ def choice_key(signature: dict[str, Any], model: str, min_cosine: float = MIN_CO
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def artifact_key(signature: dict[str, Any], model: str) -> str:
+    """The key of the folder of a model's ONNX files on this CPU: :func:`choice_key`'s without the thread count
+    and the cosine bound, which do not change the files (an export and its quantisation serve every thread count;
+    a ViT-B's take tens of seconds)."""
+    cpu = {k: v for k, v in signature.items() if k != "threads"}
+    text = json.dumps({"format": _FORMAT, "cpu": cpu, "model": model, "files": "onnx"}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class PathCache:
     """Decisions by :func:`choice_key` in ``<folder>/cpu-paths.json`` (default folder: ``<kikimimi home>/cache``),
-    and a folder per key for ONNX files (``<folder>/cpu-paths/<key[:32]>``). Writes are atomic; a damaged file
-    reads as empty."""
+    and a folder of ONNX files per model and CPU (``<folder>/cpu-paths/<artifact key[:32]>``, :func:`artifact_key`:
+    shared by every thread count). Writes are atomic; a damaged file reads as empty."""
 
     def __init__(self, folder: str | os.PathLike | None = None) -> None:
         self.folder = Path(folder) if folder is not None else cache_root() / "cache"
@@ -418,7 +519,15 @@ class PathCache:
         atomic_write_json(self.file, data)
 
     def artifacts(self, key: str) -> Path:
-        return self.folder / "cpu-paths" / key[:32]
+        """The ONNX files' folder of the decision ``key`` (its :attr:`PathChoice.artifacts` key when the decision is
+        in the file, else ``key``'s own)."""
+        entry = self._read().get(key)
+        name = entry.get("artifacts") if isinstance(entry, dict) else None
+        return self.artifact_folder(str(name) if name else key)
+
+    def artifact_folder(self, name: str) -> Path:
+        """``<folder>/cpu-paths/<name[:32]>``."""
+        return self.folder / "cpu-paths" / name[:32]
 
 
 def choose_cpu_path(bundle: EncoderBundle, source: str | os.PathLike | None,
@@ -436,7 +545,8 @@ def choose_cpu_path(bundle: EncoderBundle, source: str | os.PathLike | None,
     if fingerprint is None:
         return PathChoice("fp32", "a model not loaded from a file is not measured")
     cache = cache or PathCache()
-    key = choice_key(cpu_signature(), fingerprint, min_cosine)
+    signature = cpu_signature()
+    key, files = choice_key(signature, fingerprint, min_cosine), artifact_key(signature, fingerprint)
     paths = available_paths(bundle, device)
     cached = cache.get(key)
     if cached is not None and cached.path in paths:
@@ -445,8 +555,11 @@ def choose_cpu_path(bundle: EncoderBundle, source: str | os.PathLike | None,
         cached = cache.get(key)
         if cached is not None and cached.path in paths:
             return cached
-        choice = _measure_and_choose(bundle, build, paths, cache.artifacts(key), min_cosine, measure or measure_paths)
-        choice.key, choice.measured_at = key, time.strftime("%Y-%m-%d %H:%M", time.localtime())
+        start = time.perf_counter()
+        choice = _measure_and_choose(bundle, build, paths, cache.artifact_folder(files), min_cosine,
+                                     measure or measure_paths)
+        choice.key, choice.artifacts, choice.seconds = key, files, round(time.perf_counter() - start, 1)
+        choice.measured_at = time.strftime("%Y-%m-%d %H:%M", time.localtime())
         try:
             cache.put(key, choice)
         except OSError as exc:  # a read-only home: the choice still holds for this run

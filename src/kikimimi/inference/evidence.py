@@ -41,6 +41,7 @@ from kikimimi.inference.zeroshot import DEFAULT_TEMPLATE, top_labels, zero_shot_
 from kikimimi.models.caption_prompts import CAPTION_QUESTION
 
 __all__ = [
+    "DEFAULT_LABELS_FILE",
     "EVIDENCE_FORMAT",
     "FLOOR_DBFS",
     "Evidence",
@@ -50,6 +51,7 @@ __all__ = [
     "TagScore",
     "TagSummary",
     "build_evidence",
+    "default_labels",
     "level_dbfs",
     "stream_windows",
     "summarise_tags",
@@ -59,6 +61,15 @@ EVIDENCE_FORMAT = "kikimimi-evidence"
 EVIDENCE_VERSION = 1
 #: the level given to digital silence (an RMS or peak of 0)
 FLOOR_DBFS = -120.0
+#: the packaged label vocabulary, the one home of the default labels of evidence, `ask`, `describe` and `kikimimi
+#: serve` (one label a line; ``#`` comments and blank lines skipped)
+DEFAULT_LABELS_FILE = Path(__file__).with_name("labels.txt")
+
+
+def default_labels() -> list[str]:
+    """The packaged label vocabulary (:data:`DEFAULT_LABELS_FILE`), in file order."""
+    lines = DEFAULT_LABELS_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 class EvidenceError(ValueError):

@@ -40,6 +40,7 @@ __all__ = [
     "choose",
     "describe",
     "evidence_text",
+    "format_span",
     "format_time",
     "lm_answer",
     "match_labels",
@@ -314,7 +315,9 @@ def _silence(evidence: Evidence, q: str) -> Answer:
 
 def _about_labels(evidence: Evidence, q: str, labels: list[str]) -> Answer:
     found = [(label, evidence.tag(label)) for label in labels]
-    present = [(label, t) for label, t in found if t is not None]
+    # the strongest first (top tag most often, then most segments): "which language…?" leads with the answer
+    present = sorted([(label, t) for label, t in found if t is not None],
+                     key=lambda lt: (-lt[1].top1, -lt[1].segments, -lt[1].mean_probability))
     if not present:
         names = " / ".join(labels)
         return Answer(q, f"No: {names} is not among the top tags of any non-silent segment.", True, labels=labels)
@@ -461,8 +464,9 @@ def _choice_logprob(lm: Any, tokenizer: Any, prompt: list[int], choice: str) -> 
 def choose(evidence: Evidence, question: str, choices: Sequence[str], *, lm: Any = None, tokenizer: Any = None,
            spec: str = "lm", context: Sequence[str] = ()) -> Answer:
     """Pick one of ``choices`` (module docstring). ``choice_scores``: mean token log-likelihoods (language model)
-    or rule scores (above 1 for a choice the findings name, the earlier the higher; else the share of segments of
-    the labels it matches, weighted by their mean probability).
+    or rule scores (above 1 for a choice the findings name, the earlier the higher — "yes" / "no": the one the
+    findings begin with; a time (``m:ss``): the nearer the start of a cited stretch, the higher; else the share
+    of segments of the labels it matches, weighted by their mean probability).
 
     Raises:
         ValueError: fewer than two distinct choices.
@@ -488,6 +492,11 @@ def choose(evidence: Evidence, question: str, choices: Sequence[str], *, lm: Any
 
 def _rule_choice_score(evidence: Evidence, findings: Answer, choice: str) -> float:
     text = findings.text.lower()
+    if findings.known and choice.strip().lower() in ("yes", "no") and _polarity(text):  # "No: … is not among …"
+        return 2.0 if _polarity(text) == choice.strip().lower() else 0.0
+    if findings.known and findings.citations and _CLOCK.fullmatch(choice.strip()):  # a time: the nearest cited start
+        gap = min(abs(parse_times(choice)[0] - c.start_s) for c in findings.citations)
+        return round(1.0 + 1.0 / (1.0 + gap), 6)
     named = re.search(rf"(?<![\w:.\-–]){re.escape(choice.lower())}(?![\w:\-–]|\.\d)", text)
     if findings.known and named:  # named by the findings (not inside a time): the earlier, the better
         return round(2.0 - named.start() / max(1, len(text)), 6)

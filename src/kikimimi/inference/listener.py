@@ -14,27 +14,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from kikimimi.inference.captioner import load_captioner
 from kikimimi.inference.clap import load_clap
-from kikimimi.inference.evidence import Evidence, EvidenceSettings, build_evidence
+from kikimimi.inference.evidence import DEFAULT_LABELS_FILE, Evidence, EvidenceSettings, build_evidence, default_labels
 from kikimimi.inference.grounded import Answer, Description, choose, describe, lm_answer, rule_answer
 from kikimimi.models.causal_lm import load_causal_lm
 
 __all__ = ["DEFAULT_LABELS_FILE", "Listener", "default_labels", "load_listener"]
-
-#: the packaged label vocabulary (the list `kikimimi serve` tags with; one label a line, ``#`` comments)
-DEFAULT_LABELS_FILE = Path(__file__).resolve().parents[1] / "apps" / "serve" / "labels.txt"
-
-
-def default_labels() -> list[str]:
-    """The packaged label vocabulary (:data:`DEFAULT_LABELS_FILE`)."""
-    lines = DEFAULT_LABELS_FILE.read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 class Listener:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 __all__ = ["PRECISIONS", "Bf16Autocast", "apply_precision", "check_precision", "cpu_flags", "cpu_has_int8_dot",
-           "cpu_has_native_bf16"]
+           "cpu_has_native_bf16", "isa_caps", "onednn_isa_cap"]
 
 #: Accepted ``precision`` values.
 _log = logging.getLogger(__name__)
@@ -52,11 +53,39 @@ def cpu_has_native_bf16() -> bool:
     """Whether PyTorch's CPU kernels can use native bfloat16 instructions (AVX-512 BF16 or AMX) here.
 
     PyTorch's own capability string names AVX-512 without its BF16 subset on many such CPUs, while its oneDNN
-    matmuls do use them; so the CPU's flags (``/proc/cpuinfo``: ``avx512_bf16``, ``amx_bf16``) count too."""
+    matmuls do use them; so the CPU's flags (``/proc/cpuinfo``: ``avx512_bf16``, ``amx_bf16``) count too. Not where
+    ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below them (e.g. ``AVX2``: bfloat16 is emulated then)."""
     capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    cap = onednn_isa_cap()
+    if cap is not None and not any(tag in cap for tag in _BF16_ISAS):  # capped below bfloat16: emulated
+        return False
     if "BF16" in capability or "AMX" in capability:
         return True
     return bool(_BF16_FLAGS & set(cpu_flags())) and torch.backends.mkldnn.is_available()
+
+
+#: environment variables that cap the instruction sets of oneDNN (PyTorch's bf16 matmuls go through it)
+ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+#: every instruction-set cap PyTorch's CPU libraries honour: ATen's own kernels, oneDNN, MKL, FBGEMM (int8).
+#: ONNX Runtime has none (its MLAS kernels are picked by CPUID).
+ISA_CAP_ENV = ("ATEN_CPU_CAPABILITY", *ONEDNN_ISA_ENV, "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps() -> dict[str, str]:
+    """The :data:`ISA_CAP_ENV` variables set in the environment, by name."""
+    return {name: os.environ[name] for name in ISA_CAP_ENV if os.environ.get(name, "").strip()}
+#: parts of the oneDNN ISA names (``AVX512_CORE_BF16``, ``AVX512_CORE_AMX``, ``AVX10_1_512``…, ``ALL``) that
+#: have native bfloat16 dot products
+_BF16_ISAS = ("BF16", "AMX", "AVX10", "FP16", "ALL")
+
+
+def onednn_isa_cap() -> str | None:
+    """The oneDNN ISA cap set in the environment (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2``; upper-cased), or None."""
+    for name in ONEDNN_ISA_ENV:
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return value
+    return None
 
 
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -136,6 +165,9 @@ class Bf16Autocast:
     """
 
     autocast_device_type: str = "cpu"
+    #: batches recomputed in float32 because bfloat16 gave non-finite values (``precision="auto"`` refuses a bf16
+    #: path whose probe needed it: its cosine would be float32's)
+    bf16_fallbacks: int = 0
 
     @staticmethod
     def _float(out):
@@ -155,6 +187,7 @@ class Bf16Autocast:
             return out
         _log.warning("bf16 kernels gave non-finite values for a finite input on this %s; recomputed that batch "
                      "in float32", self.autocast_device_type.upper())
+        self.bf16_fallbacks += 1
         with torch.autocast(device_type=self.autocast_device_type, enabled=False):
             return self._float(compute())
 

@@ -27,10 +27,12 @@ from typing import Any
 
 import torch
 
+from kikimimi.checkpoints import resolve_model_source
 from kikimimi.checkpoints.bundle import EncoderBundle
 from kikimimi.checkpoints.errors import CheckpointError
 from kikimimi.checkpoints.hf_hub import PushPlan, download_hf, is_hf_uri, parse_hf_uri, push_folder
 from kikimimi.checkpoints.ours import CONFIG_NAME, save_kikimimi
+from kikimimi.checkpoints.registry import find_entry
 from kikimimi.fileio import atomic_write_json
 from kikimimi.inference.captioner import CONFIG_NAME as CAPTIONER_CONFIG
 from kikimimi.inference.captioner import Captioner, load_audio_model, load_captioner
@@ -123,19 +125,29 @@ def save_pretrained(model: PretrainedModel | EncoderBundle | str | os.PathLike, 
                     f"{type(model).__name__}")
 
 
-def _local_folder(source: str | os.PathLike) -> Path:
-    """A local folder for ``source``: an existing path, else a Hub repository (``hf://`` or ``owner/name``)."""
-    if not is_hf_uri(source) and Path(source).exists():
-        return Path(source)
+def _local_folder(source: str | os.PathLike, *, accept_licence: bool = False) -> tuple[Path, str]:
+    """``(local path, kind hint)`` for ``source``: an existing path; ``hf://`` (or a bare ``owner/name`` that is no
+    local path) downloaded into the Hub cache; a registered name (``open-captioner-tiny``, ``m2d-clap-2025``)
+    fetched by :func:`~kikimimi.checkpoints.resolve_model_source`, hinted by its entry (``"auto"`` otherwise)."""
     text = os.fspath(source)
-    if not is_hf_uri(text) and text.count("/") != 1:
-        raise CheckpointError(text, "no such file or folder (a Hub repository is hf://owner/name[@revision])")
-    return download_hf(parse_hf_uri(text))
+    if is_hf_uri(text):
+        return download_hf(parse_hf_uri(text)), "auto"
+    if Path(source).exists():
+        return Path(source), "auto"
+    entry = find_entry(text)
+    if entry is not None:
+        hint = entry.head if entry.head in ("clap", "captioner") else "encoder"
+        return resolve_model_source(text, accept_licence=accept_licence), hint
+    if text.count("/") != 1:
+        raise CheckpointError(text, "no such file or folder, nor a registered name (a Hub repository is "
+                                    "hf://owner/name[@revision])")
+    return download_hf(parse_hf_uri(text)), "auto"
 
 
 def from_pretrained(source: str | os.PathLike, *, kind: str = "auto", device: str | torch.device | None = None,
                     **kwargs: Any) -> PretrainedModel:
-    """Load a model folder, ``hf://owner/name[@revision]`` or ``owner/name`` (a Hub repository).
+    """Load a model folder, ``hf://owner/name[@revision]``, ``owner/name`` (a Hub repository) or a registered name
+    (``kikimimi models list``; fetched into kikimimi's cache, or packaged).
 
     Args:
         kind: ``"auto"`` (from the folder: :func:`folder_kind`), ``"encoder"`` (any folder as an
@@ -150,10 +162,11 @@ def from_pretrained(source: str | os.PathLike, *, kind: str = "auto", device: st
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
-    folder = _local_folder(source)
+    folder, hint = _local_folder(source, accept_licence=bool(kwargs.get("accept_licence", False)))
     if kind == "auto":
-        kind = folder_kind(folder) if folder.is_dir() else "encoder"
+        kind = folder_kind(folder) if folder.is_dir() else hint if hint != "auto" else "encoder"
     if kind == "captioner":
+        kwargs.pop("accept_licence", None)  # load_captioner takes none: its encoder is in the folder or named there
         if "audio_model" not in kwargs and (folder / AUDIO_MODEL_FOLDER).is_dir():
             kwargs["audio_model"] = folder / AUDIO_MODEL_FOLDER
         return load_captioner(folder, device="cpu" if device is None else device, **kwargs)

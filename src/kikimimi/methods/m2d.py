@@ -7,10 +7,20 @@ Networks
 - predictor: ``decoder_embed`` (D→Dp), ``mask_token``, frozen sin-cos ``decoder_pos_embed``,
   ``decoder_blocks``, ``decoder_norm``, ``decoder_pred`` (Dp→D).
 
-Step (``forward``): patch-embed + pos for all L patches → random mask → online encoder on CLS +
+Step (``forward``): patch-embed + pos for all L patches → mask (``mask_strategy``, below) → online encoder on CLS +
 visible → predictor on the full grid → predictions at the masked positions ``[B, Lm, D]``; target
 (no grad) on CLS + masked patch embeddings → ``[B, Lm, D]``; loss = ``norm_mse`` (2 − 2·cos after
 per-token standardisation of the target).
+
+Masking (``mask_strategy``, :data:`MASK_STRATEGIES`): ``random`` (the released M2D, unstructured) or one of the
+informed strategies of NTT's IJCNN 2026 masking paper (../shared/docs/fact-sheet-m2d2-2026.md §5;
+:mod:`kikimimi.models.masking`): ``dwm`` (dispersion-weighted: each input patch's mean absolute deviation as its
+weight to be masked), ``var`` (the same with the variance), ``sgim`` (object-centric: the patches least similar to
+the two clusters of the online encoder's unmasked features are masked), ``ibm`` (inverse block: 5 × 5 blocks mark
+the visible region). The informed ones hand back ``h`` of their choice to random masking, the hint ratio of
+:func:`~kikimimi.models.masking.hint_ratio` set before each epoch (:meth:`M2D.set_progress`): 1 (plain random
+masking) until ``hint_start_epoch`` (official 50), then ``1 − (e/E)^k`` (``hint_k``, official 2), or the constant
+``hint_ratio``. Every strategy keeps ``int(L(1 − r))`` patches visible.
 
 Randomness: masks come from ``self.generator`` when set with :meth:`M2D.set_generator` (a CPU
 ``torch.Generator``), otherwise from the global torch RNG (the trainer checkpoints that state).
@@ -29,11 +39,19 @@ from torch import nn
 
 from kikimimi.methods.ema import ema_tau, ema_update_
 from kikimimi.methods.losses import norm_mse_loss
-from kikimimi.methods.masking import MaskIds, gather_tokens, random_masking
+from kikimimi.models.masking import (
+    MaskIds,
+    dispersion_masking,
+    gather_tokens,
+    inverse_block_masking,
+    object_centric_masking,
+    random_masking,
+)
+from kikimimi.models.masking import hint_ratio as hint_schedule
 from kikimimi.models.vit import VIT_SIZES, AudioViT, Block, ViTConfig, init_vit_weights, sincos_pos_embed_2d
 from kikimimi.optim import weight_decay_param_groups
 
-__all__ = ["M2D", "PREDICTOR_SIZES", "DEFAULT_NORM_STATS"]
+__all__ = ["M2D", "PREDICTOR_SIZES", "DEFAULT_NORM_STATS", "MASK_STRATEGIES", "HINT_DEFAULTS"]
 
 #: default predictor (dim, depth) per ViT size
 PREDICTOR_SIZES: dict[str, tuple[int, int]] = {
@@ -45,6 +63,11 @@ PREDICTOR_SIZES: dict[str, tuple[int, int]] = {
 #: scalar log-mel (mean, std) stored as ``norm_stats`` when none is given (docs/reference.md §3)
 DEFAULT_NORM_STATS: tuple[float, float] = (-7.1, 4.2)
 MASK_MODES = ("unstructured",)
+#: ``mask_strategy`` of M2D, M2D-CLAP and M2D2 stage 1: ``random`` (released M2D) and the IJCNN 2026 strategies
+#: (official flags ``--weighted_mask``, ``--var_weighted_mask``, ``--obj_cent_mask``, ``--block_mask``)
+MASK_STRATEGIES = ("random", "dwm", "var", "sgim", "ibm")
+#: official hint schedule defaults: ``--masking_start_epoch 50``, ``--masking_hint_k 2``, no ``--abs_hint_ratio``
+HINT_DEFAULTS: dict[str, float | int | None] = {"hint_start_epoch": 50, "hint_k": 2.0, "hint_ratio": None}
 
 
 def _init_mae_(module: nn.Module) -> None:
@@ -62,6 +85,9 @@ class M2D(nn.Module):
         sample_rate: sample rate in Hz recorded in the encoder config.
         mask_ratio: fraction of masked patches (0.7 released default).
         mask_mode: only ``"unstructured"`` is supported.
+        mask_strategy: one of :data:`MASK_STRATEGIES` (``"random"``, the released M2D).
+        hint_start_epoch / hint_k / hint_ratio: the hint schedule of the informed strategies (official 50, 2,
+            ``None``; :func:`~kikimimi.models.masking.hint_ratio`); ``hint_ratio`` ≥ 0 = a constant ratio.
         decoder_dim / decoder_depth / decoder_heads: predictor width, depth, heads (defaults from
             :data:`PREDICTOR_SIZES`; heads = ``decoder_dim // 32``).
         ema_taus: ``(tau0, tau1)`` linear EMA schedule.
@@ -76,6 +102,8 @@ class M2D(nn.Module):
     trains_on_stage1 = False
     #: whether the run also writes the encoder's official state dict alone (the BYOL-A release format)
     exports_encoder_state_dict = False
+    #: the ``mask_strategy`` values of this method (a run's settings are checked against them)
+    mask_strategies = MASK_STRATEGIES
     #: keys of :meth:`config_dict` that are not constructor arguments (ignored by ``build_method``)
     config_only_keys = frozenset(
         {
@@ -101,6 +129,10 @@ class M2D(nn.Module):
         sample_rate: int = 16000,
         mask_ratio: float = 0.7,
         mask_mode: str = "unstructured",
+        mask_strategy: str = "random",
+        hint_start_epoch: int = 50,
+        hint_k: float = 2.0,
+        hint_ratio: float | None = None,
         decoder_dim: int | None = None,
         decoder_depth: int | None = None,
         decoder_heads: int | None = None,
@@ -113,6 +145,10 @@ class M2D(nn.Module):
             raise ValueError(f"mask_mode {mask_mode!r} is not supported; choose one of {MASK_MODES}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if mask_strategy not in MASK_STRATEGIES:
+            raise ValueError(f"mask_strategy must be one of {', '.join(MASK_STRATEGIES)}, got {mask_strategy!r}")
+        if hint_k <= 0 or hint_start_epoch < 0:
+            raise ValueError(f"hint_k must be > 0 and hint_start_epoch >= 0, got {hint_k} and {hint_start_epoch}")
         if vit_config is None:
             vit_config = ViTConfig.from_size(
                 size,
@@ -124,6 +160,16 @@ class M2D(nn.Module):
         self.vit_config = vit_config
         self.mask_ratio = float(mask_ratio)
         self.mask_mode = mask_mode
+        self.mask_strategy = str(mask_strategy)
+        self.hint_start_epoch = int(hint_start_epoch)
+        self.hint_k = float(hint_k)
+        self.hint_ratio = None if hint_ratio is None or hint_ratio < 0 else float(hint_ratio)
+        #: run length in epochs and optimiser steps of the hint schedule (:meth:`set_schedule`)
+        self.run_epochs: float = 1.0
+        self.run_steps: int = 1
+        #: the hint ratio of the epoch in progress (:meth:`set_progress`)
+        self.hint = 1.0
+        self.set_progress(0)
         self.ema_taus = (float(ema_taus[0]), float(ema_taus[1]))
         self.generator: torch.Generator | None = None
         self.last_tau: float | None = None
@@ -180,6 +226,8 @@ class M2D(nn.Module):
             patch_size=tuple(settings.patch_size),
             sample_rate=int(settings.sample_rate),
             mask_ratio=float(settings.mask_ratio),
+            mask_strategy=getattr(settings, "mask_strategy", None) or "random",
+            **{k: v if getattr(settings, k, None) is None else getattr(settings, k) for k, v in HINT_DEFAULTS.items()},
             ema_taus=tuple(float(t) for t in settings.ema_taus),
             norm_stats=list(norm_stats),
         )
@@ -192,21 +240,81 @@ class M2D(nn.Module):
                     patch_size=tuple(settings.patch_size), sample_rate=int(settings.sample_rate))
 
     @classmethod
-    def from_settings(cls, settings: Any, *, norm_stats: Sequence[float], **_run_facts: Any) -> M2D:
+    def from_settings(
+        cls,
+        settings: Any,
+        *,
+        norm_stats: Sequence[float],
+        run_epochs: float | None = None,
+        run_steps: int | None = None,
+        start_step: int = 0,
+        **_run_facts: Any,
+    ) -> M2D:
         """The M2D of a pre-training run.
 
         Args:
             settings: the run's :class:`~kikimimi.training.settings.PretrainSettings` (read by attribute; see
                 :meth:`settings_kwargs`). norm_stats: the run's log-mel ``(mean, std)``.
+            run_epochs / run_steps: the run's length in epochs (fractional for a run given in steps) and optimiser
+                steps, for the hint schedule (:meth:`set_schedule`); start_step: the step a resumed run continues
+                from.
             **_run_facts: what the run measured that other methods need (``text_dim``, ``epoch_samples``);
                 unused here.
         """
-        return cls(**cls.settings_kwargs(settings, norm_stats))
+        method = cls(**cls.settings_kwargs(settings, norm_stats))
+        method.apply_run_length(run_epochs, run_steps, start_step)
+        return method
 
     # ------------------------------------------------------------------ helpers
     def set_generator(self, generator: torch.Generator | None) -> None:
         """Use ``generator`` (CPU) for masking; ``None`` returns to the global torch RNG."""
         self.generator = generator
+
+    def set_schedule(self, run_epochs: float, run_steps: int, *, start_step: int = 0) -> None:
+        """The run's length for the hint schedule: ``run_epochs`` epochs (fractional for a run given in steps) in
+        ``run_steps`` optimiser steps; then :meth:`set_progress` at ``start_step``."""
+        if run_epochs <= 0 or run_steps < 1:
+            raise ValueError(f"run_epochs must be > 0 and run_steps >= 1, got {run_epochs} and {run_steps}")
+        self.run_epochs, self.run_steps = float(run_epochs), int(run_steps)
+        self.set_progress(start_step)
+
+    def apply_run_length(self, run_epochs: float | None, run_steps: int | None, start_step: int = 0) -> None:
+        """:meth:`set_schedule` when the run's length is known (both given), else nothing."""
+        if run_epochs is not None and run_steps is not None:
+            self.set_schedule(run_epochs, run_steps, start_step=start_step)
+
+    def set_progress(self, step: int) -> None:
+        """Set :attr:`hint` for the step after ``step`` optimiser steps: epoch ``e = ⌊E · step / S⌋`` of
+        ``E`` = ``run_epochs`` in ``S`` = ``run_steps`` (the official schedule is set before each epoch)."""
+        epoch = int(self.run_epochs * step / self.run_steps + 1e-9)
+        self.hint = hint_schedule(epoch, self.run_epochs, start_epoch=self.hint_start_epoch, k=self.hint_k,
+                                  absolute=self.hint_ratio)
+
+    def draw_mask(self, lms: torch.Tensor, tokens: torch.Tensor) -> MaskIds:
+        """The mask of one step by :attr:`mask_strategy` (the informed ones with the hint ratio :attr:`hint`).
+
+        Args:
+            lms: normalised log-mel ``[B, F, T]`` (DWM reads each patch's dispersion from it).
+            tokens: patch embeddings + positions ``[B, L, D]`` (SGIM encodes them all, without grad).
+        """
+        b, n = tokens.shape[:2]
+        kw = dict(generator=self.generator, device=tokens.device)
+        strategy = self.mask_strategy
+        if strategy == "random":
+            return random_masking(b, n, self.mask_ratio, **kw)
+        if strategy in ("dwm", "var"):
+            kind = "mad" if strategy == "dwm" else "var"
+            return dispersion_masking(lms, self.vit_config.patch_size, self.mask_ratio, kind=kind, h=self.hint, **kw)
+        if strategy == "ibm":
+            return inverse_block_masking(b, self.vit_config.grid_size, self.mask_ratio, h=self.hint, **kw)
+        if self.hint >= 1.0:  # sgim, plain random masking: no need to encode the whole input
+            return random_masking(b, n, self.mask_ratio, **kw)
+        with torch.no_grad():
+            x = torch.cat([self._cls(b), tokens], dim=1)
+            for blk in self.encoder.blocks:
+                x = blk(x)
+            features = self.encoder.norm(x)[:, 1:]
+        return object_centric_masking(features, self.mask_ratio, h=self.hint, **kw)
 
     def target_parameters(self) -> list[nn.Parameter]:
         """Target-network parameters (``target_blocks`` then ``target_norm``), in name order."""
@@ -272,8 +380,7 @@ class M2D(nn.Module):
         lms = batch["lms"]
         self._check_input(lms)
         tokens = self.encoder.patchify_tokens(lms.unsqueeze(1))  # [B, L, D]
-        b, n = tokens.shape[:2]
-        ids = random_masking(b, n, self.mask_ratio, generator=self.generator, device=tokens.device)
+        ids = self.draw_mask(lms, tokens)
         latent = self.encode_visible(tokens, ids)
         pred = self.predict(latent, ids)
         target = self.encode_target(tokens, ids)
@@ -285,10 +392,12 @@ class M2D(nn.Module):
 
     @torch.no_grad()
     def on_after_step(self, step: int, total_steps: int) -> None:
-        """EMA update of the target after optimiser step ``step`` (1-based) of ``total_steps``."""
+        """EMA update of the target after optimiser step ``step`` (1-based) of ``total_steps``; the hint ratio of
+        the next step (:meth:`set_progress`)."""
         tau = ema_tau(step - 1, total_steps, *self.ema_taus)
         ema_update_(self.target_parameters(), self._online_counterparts(), tau)
         self.last_tau = tau
+        self.set_progress(step)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on ≥2-D weights only; frozen tensors (target, pos embeds) excluded."""
@@ -309,6 +418,10 @@ class M2D(nn.Module):
             "mlp_ratio": float(cfg.mlp_ratio),
             "mask_ratio": self.mask_ratio,
             "mask_mode": self.mask_mode,
+            "mask_strategy": self.mask_strategy,
+            "hint_start_epoch": self.hint_start_epoch,
+            "hint_k": self.hint_k,
+            "hint_ratio": self.hint_ratio,
             "decoder_dim": self.decoder_dim,
             "decoder_depth": self.decoder_depth,
             "decoder_heads": self.decoder_heads,

@@ -11,7 +11,7 @@ audio encoder (the official ``clap_only``, ``../shared/docs/fact-sheet-m2d2-2026
 
 - the crop (official: 1001 frames whatever the model input) is cut into the model's chunks
   (:meth:`~kikimimi.models.vit.AudioViT.split_chunks`); in training, each chunk's patches go through the
-  training mask (:func:`kikimimi.methods.masking.training_mask`: stage 2 ``mask_ratio`` 0.3, structured by
+  training mask (:func:`kikimimi.models.masking.training_mask`: stage 2 ``mask_ratio`` 0.3, structured by
   default; stage 2.1: 0) and the stage-1 audio encoder (frozen unless ``unfreeze_audio=True``) encodes the
   visible patches; the chunks' tokens are concatenated into the unpooled sequence ``[B, N, D]``;
 - the semantic-token projector (:class:`~kikimimi.models.projectors.SemanticProjector`) maps it to
@@ -50,7 +50,7 @@ from kikimimi.checkpoints.runs import resolve_run_checkpoint
 from kikimimi.checkpoints.text_state import OFFICIAL_TEXT_PREFIX, OLD_TEXT_PREFIX, text_keys_to_wrapper
 from kikimimi.methods.clap import LOGIT_SCALE_MAX, clamp_logit_scale_, clip_infonce, new_logit_scale
 from kikimimi.methods.m2d_clap import M2DCLAP
-from kikimimi.methods.masking import gather_tokens, training_mask
+from kikimimi.models.masking import gather_tokens, training_mask
 from kikimimi.models.projectors import SEMANTIC_MODES, SemanticProjector, linear_text_projection
 from kikimimi.models.text_loading import load_text_encoder
 from kikimimi.models.vit import AudioViT, ViTConfig
@@ -138,6 +138,8 @@ class M2D2Stage2(nn.Module):
     #: a pre-training run pairs each item with caption texts (the text encoder trains) and starts from the
     #: stage-1 encoder of ``init_from`` (:class:`~kikimimi.methods.m2d.M2D` has the same attributes)
     caption_input = "texts"
+    #: the ``mask_strategy`` values of this method (a run's settings are checked against them)
+    mask_strategies = MASK_STRATEGIES
     trains_on_stage1 = True
     exports_encoder_state_dict = False
 

@@ -94,15 +94,26 @@ class M2DCLAP(M2D):
 
     @classmethod
     def from_settings(
-        cls, settings: Any, *, norm_stats: Sequence[float], text_dim: int | None = None, **_run_facts: Any
+        cls,
+        settings: Any,
+        *,
+        norm_stats: Sequence[float],
+        text_dim: int | None = None,
+        run_epochs: float | None = None,
+        run_steps: int | None = None,
+        start_step: int = 0,
+        **_run_facts: Any,
     ) -> M2DCLAP:
         """The M2D-CLAP (or M2D2 stage 1: ``settings.method``) of a pre-training run: the M2D settings
         (:meth:`M2D.settings_kwargs`), ``clap_weight`` (``None`` = the official 0.01) and ``text_encoder``;
-        ``text_dim`` = the width of the run's caption embeddings (``None`` = the encoder width)."""
+        ``text_dim`` = the width of the run's caption embeddings (``None`` = the encoder width); the run length
+        of the hint schedule as in :meth:`M2D.from_settings`."""
         weight = settings.clap_weight if settings.clap_weight is not None else 0.01
-        return cls(**cls.settings_kwargs(settings, norm_stats), text_dim=text_dim, clap_weight=float(weight),
-                   text_encoder=settings.text_encoder, method_name=settings.method,
-                   sem_mode=int(settings.sem_mode or 0))
+        method = cls(**cls.settings_kwargs(settings, norm_stats), text_dim=text_dim, clap_weight=float(weight),
+                     text_encoder=settings.text_encoder, method_name=settings.method,
+                     sem_mode=int(settings.sem_mode or 0))
+        method.apply_run_length(run_epochs, run_steps, start_step)
+        return method
 
     # ------------------------------------------------------------------ embeddings
     def audio_embedding(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "unfreeze_audio": False,
     "sem_mode": None,
     "mask_strategy": None,
+    "hint_start_epoch": None,
+    "hint_k": None,
+    "hint_ratio": None,
     "vit_config": None,
 }
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,6 +101,12 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "patch_size": "16x16",
         "sample_rate": 16000,
         "mask_ratio": 0.7,
+        # masking: random (the released M2D) or an IJCNN 2026 strategy with the official hint schedule
+        # (fact-sheet-m2d2-2026.md §5; kikimimi.methods.m2d.MASK_STRATEGIES)
+        "mask_strategy": "random",
+        "hint_start_epoch": 50,
+        "hint_k": 2.0,
+        "hint_ratio": None,
         "ema_taus": "auto",
         "epochs": 300,
         "warmup_epochs": 20,
@@ -148,7 +157,7 @@ METHOD_DEFAULTS["m2d2_stage1"] = {**METHOD_DEFAULTS["m2d_clap"], "sem_mode": 1, 
 #: the raw log domain; a fresh semantic projector (mode 1); the logit scale reset to ln 100 (in the method). The ViT
 #: sizes and statistics come from the --init-from file. No EMA target.
 METHOD_DEFAULTS["m2d2_stage2"] = {
-    **{k: v for k, v in METHOD_DEFAULTS["m2d"].items() if k != "ema_taus"},
+    **{k: v for k, v in METHOD_DEFAULTS["m2d"].items() if k not in ("ema_taus", "hint_start_epoch", "hint_k")},
     "epochs": 30,
     "warmup_epochs": 5,
     "batch_size": 512,

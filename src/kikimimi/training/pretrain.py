@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from kikimimi.checkpoints.bundle import EncoderBundle
 from kikimimi.checkpoints.hub import resolve_model_source
 from kikimimi.checkpoints.names import vit_size_name
 from kikimimi.checkpoints.ours import LICENCE_NOTE
-from kikimimi.checkpoints.runs import resolve_run_checkpoint
+from kikimimi.checkpoints.runs import CHECKPOINT_PREFIX, resolve_run_checkpoint
 from kikimimi.data.caption_cache import CaptionEmbeddingCache
 from kikimimi.data.caption_pairs import CaptionCropDataset, caption_lists, filter_captioned
 from kikimimi.data.corpus import Corpus, CropDataset, DeviceLogMel, estimate_norm_stats, resolve_corpus
@@ -48,10 +49,11 @@ from kikimimi.features.normstats import NormStats
 from kikimimi.features.prep_cache import prep_cache
 from kikimimi.fileio import atomic_torch_save, atomic_write_json
 from kikimimi.methods import METHODS
-from kikimimi.methods.recipes import frontend_preset, resolve_auto_settings
+from kikimimi.methods.recipes import frontend_preset, planned_steps, resolve_auto_settings
 from kikimimi.models.vit import AudioViT, ViTConfig
 from kikimimi.training.captions import load_caption_table, prepare_embedding_cache
 from kikimimi.training.distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed
+from kikimimi.training.further import encoder_init_state
 from kikimimi.training.run_folder import byola_encoder_stem, claim_run_dir
 from kikimimi.training.settings import PretrainSettings
 from kikimimi.training.trainer import TrainConfig, Trainer, TrainResult
@@ -221,8 +223,10 @@ def _assemble_and_train(
     for name, why in rules.items():
         setattr(decisions, name, why)
     torch.manual_seed(int(settings.seed))  # the method's initial weights
+    run_epochs, run_steps = _run_length(settings, len(dataset), dist.world_size)
     method = method_cls.from_settings(settings, norm_stats=stats.to_list(), text_dim=decisions.text_dim,
-                                      epoch_samples=decisions.epoch_samples)
+                                      epoch_samples=decisions.epoch_samples, run_epochs=run_epochs,
+                                      run_steps=run_steps, start_step=_resume_step(settings.resume))
     if method_cls.caption_input == "texts":
         method.set_captions(dataset.caption_texts)
     if stage1 is not None:  # M2D2 stage 2: the encoder; from a stage-2 file (2.1) also the projector, text side
@@ -231,7 +235,10 @@ def _assemble_and_train(
         # a registered name (kikimimi models list) is fetched; the licence is accepted by KIKIMIMI_ACCEPT_LICENCE=1
         source = resolve_model_source(settings.init_from, accept_licence=bool(settings.accept_licence))
         settings = settings.updated(init_from=str(source))
-        ignored = method.load_official_state_dict(safe_torch_load(source))
+        # an encoder-only release (a kikimimi folder such as the packaged open-m2d-tiny) continues as M2D-X
+        # does: online encoder and target from the release, a fresh predictor (kikimimi.training.further)
+        state = encoder_init_state(source, seed=settings.seed or 0) if source.is_dir() else safe_torch_load(source)
+        ignored = method.load_official_state_dict(state)
         decisions.init_from_ignored_keys = len(ignored)
     decisions.run_dir = str(run_dir)
     method_cfg = method.config_dict()
@@ -263,6 +270,22 @@ def _assemble_and_train(
 
 
 # ---------------------------------------------------------------------------------------------- parts
+def _run_length(settings: PretrainSettings, n_items: int, world_size: int) -> tuple[float, int]:
+    """``(epochs, optimiser steps)`` of the run as the trainer counts them (the M2D hint schedule's clock): the
+    given epochs, or the steps over the micro-batches of an epoch (fractional)."""
+    steps = planned_steps(settings, n_items, world_size)
+    if settings.epochs is not None:
+        return float(settings.epochs), steps
+    iters = max(1, (n_items // max(1, world_size)) // int(settings.batch_size))
+    return steps * int(settings.accum_iter or 1) / iters, steps
+
+
+def _resume_step(resume: str | None) -> int:
+    """The optimiser step of a resumed run's ``checkpoint-<step>.pth`` (0 for a new run)."""
+    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)\.pth", Path(resume).name) if resume else None
+    return int(match.group(1)) if match else 0
+
+
 def _stage1_setup(settings: PretrainSettings) -> tuple[PretrainSettings, EncoderBundle]:
     """A method trained on a stage-1 encoder (M2D2 stage 2): read it; its sizes and statistics become the
     run's settings."""

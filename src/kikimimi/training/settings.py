@@ -29,7 +29,6 @@ from typing import Any, Literal
 from kikimimi.checkpoints.runs import find_resume_checkpoint
 from kikimimi.device import AMP_MODES, resolve_device
 from kikimimi.methods import METHODS
-from kikimimi.methods.m2d2 import MASK_STRATEGIES
 from kikimimi.methods.recipes import (
     BYOLA_METHODS,
     METHOD_DEFAULTS,
@@ -143,6 +142,9 @@ class PretrainSettings:
     patch_size: list[int] | None = None
     mask_ratio: float | None = None
     mask_strategy: str | None = None
+    hint_start_epoch: int | None = None
+    hint_k: float | None = None
+    hint_ratio: float | None = None
     ema_taus: list[float] | Literal["auto"] | None = None
     vit_config: dict[str, Any] | None = None
     # BYOL-A
@@ -243,6 +245,10 @@ class PretrainSettings:
             s["blr"] = None
         if s.get("mlp_lr_scale") is not None and method not in BYOLA_METHODS:
             raise ValueError(f"--mlp-lr-scale is a BYOL-A setting, not one of --method {method}")
+        hints = [k for k in ("hint_start_epoch", "hint_k", "hint_ratio") if s.get(k) is not None]
+        if hints and "hint_k" not in METHOD_DEFAULTS[method]:
+            raise ValueError(f"--{hints[0].replace('_', '-')} is a setting of the M2D masking strategies, not one of "
+                             f"--method {method}")
         if s.get("pre_norm") is not None and method not in BYOLA_METHODS:
             raise ValueError(f"--pre-norm is a BYOL-A setting; --method {method} normalises with corpus statistics")
         settings = cls(**s)
@@ -305,6 +311,11 @@ class PretrainSettings:
                 raise ValueError(f"setting 'mask_ratio' must be in [0, 1), got {self.mask_ratio!r}")
         elif self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"setting 'mask_ratio' must be in (0, 1), got {self.mask_ratio!r}")
+        strategies = getattr(METHODS.get(self.method), "mask_strategies", ())
+        if self.mask_strategy is not None and self.mask_strategy not in strategies:
+            allowed = f"one of {', '.join(strategies)}" if strategies else "unset (no patch masking)"
+            raise ValueError(f"setting 'mask_strategy' of --method {self.method} must be {allowed}; "
+                             f"got {self.mask_strategy!r}")
         for name, size in (("betas", 2), ("norm_stats", 2), ("patch_size", 2), ("ema_taus", 2)):
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != size:
@@ -320,14 +331,14 @@ _RANGES = (
     ("weight_decay", 0, False), ("grad_clip", 0, True), ("input_frames", 0, True), ("sample_rate", 0, True),
     ("min_epoch_size", 0, False), ("norm_samples", 0, True), ("workers", 0, False), ("byola_dim", 0, True),
     ("mlp_lr_scale", 0, False), ("clap_weight", 0, False), ("save_every", 0, True), ("keep_checkpoints", 0, True),
-    ("log_every", 0, True),
+    ("log_every", 0, True), ("hint_start_epoch", 0, False), ("hint_k", 0, True),
+    ("hint_ratio", 0, False),
 )  # fmt: skip
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "method": tuple(METHOD_DEFAULTS),
     "schedule": tuple(SCHEDULES),
     "amp": tuple(AMP_MODES),
     "sem_mode": (0, 1, 2, 3, 4),
-    "mask_strategy": MASK_STRATEGIES,
 }
 #: sections a run writes into ``config.json`` beside its settings
 _RUN_SECTIONS = ("decisions", "method_config", "frontend_preset", "train_config")

@@ -102,6 +102,7 @@ def run_caption_stage(
     llm: str = "tiny",
     max_test_clips: int = 24,
     question: str = LABEL_QUESTIONS[0],
+    shipped_captioner: str | None = None,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Train a tiny captioner on the demo's training clips, caption held-out clips, answer one question.
@@ -116,6 +117,8 @@ def run_caption_stage(
         steps: training steps. llm: ``"tiny"`` (built here and trained with the mapper) or a language-model
             spec (``smollm2``, a folder; frozen — much slower on a CPU).
         max_test_clips: held-out clips captioned (round-robin over classes). question: asked about one clip.
+        shipped_captioner: a captioner kikimimi ships (e.g. ``open-captioner-tiny``, trained on the open corpus,
+            never on these clips) that captions the same held-out clips as it is, scored by the same rule.
         log: one line per step; ``None`` = quiet.
 
     Returns: the dict documented in the demo's integration notes (``markdown``, ``model_dir``, ``run_dir``,
@@ -167,6 +170,10 @@ def run_caption_stage(
             nn_preds = captioner.nearest_neighbour_caption(files)
         with _step(f"ask {question!r}"):
             answer = captioner.ask(files[0], question)
+        shipped_preds: list[str] = []
+        if shipped_captioner:
+            with _step(f"caption the held-out clips with {shipped_captioner}"):
+                shipped_preds = load_captioner(shipped_captioner).caption(files)
     with _step("score the captions"):
         refs = {r["file_name"]: [_caption(t, r["label"]) for t in CAPTION_TEMPLATES] for r in test}
         keys = [r["file_name"] for r in test]
@@ -183,6 +190,8 @@ def run_caption_stage(
 
         acc = sum(hit(p, r["label"]) for p, r in zip(preds, test, strict=True)) / len(test)
         nn_acc = sum(hit(p, r["label"]) for p, r in zip(nn_preds, test, strict=True)) / len(test)
+        shipped_acc = (sum(hit(p, r["label"]) for p, r in zip(shipped_preds, test, strict=True)) / len(test)
+                       if shipped_preds else None)
         examples = [{"file": r["file_name"], "label": r["label"], "caption": p, "nn_caption": q}
                     for r, p, q in zip(test, preds, nn_preds, strict=True)]
         atomic_write_text(out / "predictions.csv",
@@ -195,6 +204,9 @@ def run_caption_stage(
         "unavailable_metrics": {**ours.unavailable}, "examples": examples, "question": question,
         "answer": answer, "answer_file": test[0]["file_name"], "answer_label": test[0]["label"],
         "steps": int(steps), "llm": llm, "seconds": seconds,
+        "shipped_captioner": shipped_captioner if shipped_preds else None, "shipped_class_word_accuracy": shipped_acc,
+        "shipped_examples": [{"file": r["file_name"], "label": r["label"], "caption": p}
+                             for r, p in zip(test, shipped_preds, strict=True)] if shipped_preds else [],
     }  # fmt: skip
     result["markdown"] = _markdown(result, ours, nn)
     atomic_write_json(out / "caption_stage.json", result)
@@ -204,6 +216,8 @@ def run_caption_stage(
     for e in examples[:3]:
         log(f"   {e['file']} ({e['label']}): \"{e['caption']}\"")
     log(f"   Q: {question}  ({test[0]['file_name']}, class {test[0]['label']})  A: {answer}")
+    if shipped_acc is not None:
+        log(f"   {shipped_captioner} as shipped: class word right in {100 * shipped_acc:.0f} % of the same clips")
     return result
 
 
@@ -228,4 +242,11 @@ def _markdown(r: dict[str, Any], ours: Any, nn: Any) -> str:
         lines.append(f"| {e['file']} | {e['label']} | {e['caption']} | {e['nn_caption']} |")
     lines += ["", f"Question about `{r['answer_file']}` (class `{r['answer_label']}`): *{r['question']}* → "
               f"**{r['answer']}**", ""]
+    if r.get("shipped_class_word_accuracy") is not None:
+        lines += [f"kikimimi's shipped captioner `{r['shipped_captioner']}` (trained on the open corpus's metadata "
+                  "captions, never on these clips or these caption templates), as it is: the class word in "
+                  f"{100 * r['shipped_class_word_accuracy']:.0f} % of the same held-out clips.", "",
+                  "| clip | class | shipped captioner |", "|---|---|---|"]
+        lines += [f"| {e['file']} | {e['label']} | {e['caption']} |" for e in r["shipped_examples"][:5]]
+        lines.append("")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
-"""The audio–language stage of the first run: a tiny M2D-CLAP on label captions, zero-shot and text search.
+"""The audio–language stage of the first run: a tiny M2D-CLAP on label captions, zero-shot and text search, and
+the same with kikimimi's packaged CLAP ``open-clap-tiny`` as shipped.
 
 Captions are made from each *training* clip's label with a few templates; the held-out test clips are
 classified zero-shot with a prompt and searched with text queries. Results go to ``<out>/clap/``
 (``zeroshot.json``, ``zeroshot.md``, ``search.json``, ``heldout/`` = links to the test clips, ``index/``) and a
-section appended to the report.
+section appended to the report. :func:`shipped_clap` runs the same zero-shot prompt and queries on the same
+held-out clips with the packaged model (no training; ``<out>/clap/shipped/``), in a section of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ CLAP_QUERIES: tuple[tuple[str, str], ...] = (
     ("clicks", "clicks"),
 )
 CLAP_RUN_NAME = "m2d_clap_vit_tiny-80x64p16x16-demo"
+#: kikimimi's packaged CLAP (issue 27), run as shipped beside the from-scratch one
+SHIPPED_CLAP = "open-clap-tiny"
+#: where :func:`shipped_clap` writes, under ``<out>/clap/``
+SHIPPED_DIR = "shipped"
 #: The pre-training recipe, by name (kikimimi.methods.recipes, which says where its values come from; `kikimimi
 #: pretrain --recipe first-run-clap --data CACHE --captions CSV --steps N` reproduces the run): a tiny M2D-CLAP on
 #: 80x64 crops, batch 16, lr 1e-3, EMA 0.99 → 0.999, captions embedded with the frozen minilm.
@@ -267,9 +273,80 @@ def audio_language(out: Path, labels_csv: Path, cache: Path, *, steps: int = 100
     return {"zeroshot": zs, "search": results, "seconds": seconds}
 
 
+def search_precision(results: Sequence[dict[str, Any]]) -> float | None:
+    """Share of the shown hits (top 3 of each query) that are of the queried class, P@3 over the queries, in [0, 1];
+    ``None`` without hits."""
+    hits = [h["match"] for r in results for h in r.get("hits", [])]
+    return sum(hits) / len(hits) if hits else None
+
+
+def shipped_clap(out: Path, labels_csv: Path, *, duration_s: float = 3.0,
+                 queries: Sequence[tuple[str, str]] = CLAP_QUERIES, prompt: str = CLAP_PROMPT,
+                 task_name: str = "clap_labels", report_md: Path | None = None, model: str | Path = SHIPPED_CLAP,
+                 text_encoder: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Zero-shot classification and text search of the held-out test clips of ``labels_csv`` with a CLAP as it is
+    (default: the packaged ``open-clap-tiny``, verified against its SHA-256, no network): the prompt, queries and
+    clips of :func:`audio_language`, so the two rows compare.
+
+    Args:
+        out: demo folder; results go to ``out/clap/shipped/`` (``zeroshot.json``, ``zeroshot.md``, ``search.json``,
+            ``index/``); the held-out clips are linked under ``out/clap/heldout/``.
+        labels_csv: the demo's ``labels.csv`` (``file_name,label,split``). duration_s: clip length in s.
+        queries: ``(text, class)`` pairs; prompt: zero-shot prompt (``{}`` = the label); task_name: zero-shot task.
+        report_md: report to append a section to (``None`` = none). model: the CLAP (a name or a folder).
+        text_encoder: ``None`` = the model's own (recorded in its ``config.json``), or an encoder / spec string.
+        log: line printer.
+
+    Returns:
+        ``{"zeroshot": summary dict, "search": [query results], "search_precision": P@3, "seconds": stage time}``.
+
+    Raises:
+        ClapStageError: naming the step that failed.
+    """
+    t0 = time.perf_counter()
+    clap_dir, own = out / "clap", out / "clap" / SHIPPED_DIR
+    with _clap_step(f"load the packaged CLAP {model}"):
+        own.mkdir(parents=True, exist_ok=True)
+        test_labels = read_split(labels_csv, "test")
+        if not test_labels:
+            raise ValueError(f"'{labels_csv}': no test clips")
+        clap = load_clap(model, text_encoder=text_encoder, device="cpu")
+    meta = {"model": str(model), "shipped": True}
+    with _clap_step(f"zero-shot classification of the held-out test clips with {model}"):
+        zs = _zero_shot(clap, labels_csv, duration_s, own, meta, prompt, task_name)
+    log(f"   {model} as shipped: zero-shot accuracy on {zs['n_test']} held-out test clips {100 * zs['accuracy']:.1f} % "
+        f"(chance {100 * zs['chance']:.1f} %)")
+    with _clap_step(f"search the held-out clips with {model}"):
+        heldout = clap_dir / "heldout"
+        link_clips(labels_csv, list(test_labels), heldout)
+        results = _search(clap, heldout, own / "index", str(model), test_labels, queries)
+        atomic_write_json(own / "search.json", {"model": str(model), "index": str(own / "index"), "results": results})
+    for r in results:
+        log(f"   query \"{r['query']}\" (class {r['class']}): {sum(h['match'] for h in r['hits'])}/{len(r['hits'])} "
+            f"of the top {len(r['hits'])} with {model}")
+    seconds = time.perf_counter() - t0
+    if report_md is not None:
+        with _clap_step(f"append the {model} section to {report_md}"):
+            append_report_section(report_md, _shipped_section(zs, results, len(test_labels), str(model), seconds),
+                                  key="audio-language-shipped")
+    return {"zeroshot": zs, "search": results, "search_precision": search_precision(results), "seconds": seconds}
+
+
+def _shipped_section(zs: dict[str, Any], results: Sequence[dict[str, Any]], n_heldout: int, model: str,
+                     seconds: float) -> str:
+    head = [
+        f"## Audio–language: {model} as shipped", "",
+        f"kikimimi's packaged CLAP `{model}` (`kikimimi models info {model}`: a tiny M2D-CLAP trained for about an "
+        "hour of CPU time on openly licensed audio and metadata captions), used as it is — no training here — on the "
+        "same held-out clips, prompt and queries as the minutes-long model trained from scratch above. "
+        f"Stage time {seconds:.0f} s.", "",
+    ]
+    return "\n".join(head + _zero_shot_lines(zs) + [""] + _search_lines(results, n_heldout)) + "\n"
+
+
 def _report_section(zs: dict[str, Any], results: Sequence[dict[str, Any]], n_heldout: int, seconds: float) -> str:
     head = [
-        "## Audio–language: tiny M2D-CLAP", "",
+        "## Audio–language: tiny M2D-CLAP trained from scratch (minutes-long)", "",
         f"A tiny M2D-CLAP (ViT-tiny, 80x64 crops, {zs['steps']} steps of batch 16, lr 1e-3, CLAP weight "
         f"{zs['clap_weight']:g} — a short-run setting; the official recipe and the `kikimimi pretrain` default is "
         f"0.01) pre-trained on the {zs['train_clips']} training clips, each with {len(zs['caption_templates'])} "

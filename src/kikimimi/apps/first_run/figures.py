@@ -23,8 +23,9 @@ __all__ = ["FIGURE_KEYS", "describe_machine", "machine_line", "load_factor", "fo
 
 #: The keys of ``summary.json``'s ``figures``: what the README may state about a first run.
 FIGURE_KEYS = ("machine", "data_kind", "total_s", "stage_s", "output_mb", "dataset_cache_mb", "venv_mb", "probes",
-               "zeroshot_accuracy", "zeroshot_chance", "class_word_accuracy", "nn_class_word_accuracy",
-               "caption_chance")
+               "zeroshot_accuracy", "zeroshot_chance", "search_precision", "shipped_zeroshot_accuracy",
+               "shipped_search_precision", "class_word_accuracy", "nn_class_word_accuracy", "caption_chance",
+               "shipped_class_word_accuracy")
 
 _VECTOR = re.compile(r"^(avx2|avx512\w*|avx_vnni|amx\w*)$")
 
@@ -128,15 +129,24 @@ def run_figures(out: Path, summary: Mapping[str, Any], *, dataset_cache: Path | 
 
     Times in seconds, sizes in MB on disk (``None`` where not applicable: ``dataset_cache_mb`` with generated
     sounds, ``venv_mb`` outside a virtual environment), scores as fractions; ``probes`` is
-    ``{task: {model: {probe: mean}}}``.
+    ``{task: {model: {probe: mean}}}`` (every row of the probe table: the from-scratch runs, the packaged encoder as
+    shipped and further pre-trained, their random-init twins, log-mel statistics). ``zeroshot_*`` and
+    ``search_precision`` (share of the top-3 text-search hits of the queried class) are the from-scratch CLAP's,
+    ``shipped_*`` the packaged ``open-clap-tiny``'s on the same held-out clips (``shipped_class_word_accuracy``:
+    the packaged captioner's captions of the caption stage's held-out clips).
     """
     clap, captions = summary.get("clap") or {}, summary.get("captions") or {}
+    shipped = summary.get("shipped_clap") or {}
     figures = {"machine": summary.get("machine"), "data_kind": (summary.get("data") or {}).get("kind"),
                "total_s": summary.get("seconds"), "stage_s": dict(summary.get("stages") or {}),
                "output_mb": folder_mb(out), "dataset_cache_mb": folder_mb(dataset_cache),
                "venv_mb": folder_mb(venv_dir()), "probes": _probe_means(Path(out) / "report" / "report.json"),
                "zeroshot_accuracy": clap.get("zeroshot_accuracy"), "zeroshot_chance": clap.get("chance"),
+               "search_precision": clap.get("search_precision"),
+               "shipped_zeroshot_accuracy": shipped.get("zeroshot_accuracy"),
+               "shipped_search_precision": shipped.get("search_precision"),
                "class_word_accuracy": captions.get("class_word_accuracy"),
                "nn_class_word_accuracy": captions.get("nn_class_word_accuracy"),
-               "caption_chance": captions.get("chance")}
+               "caption_chance": captions.get("chance"),
+               "shipped_class_word_accuracy": captions.get("shipped_class_word_accuracy")}
     return figures

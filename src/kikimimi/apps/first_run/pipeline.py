@@ -9,13 +9,17 @@ with ``figures``, every figure the README states, measured by this run:
    ``$KIKIMIMI_HOME/datasets``), or generated sounds with ``offline`` / when the packages cannot be fetched
    (a line says so);
 2. **log-mel**: prep caches of the pre-training pool (M2D and BYOL-A front ends) and of the labelled clips;
-3. **pre-training**: a short CPU run of a tiny M2D and of BYOL-A on the unlabelled pool;
-4. **evaluation**: linear and logistic probes of both encoders against log-mel statistics, the same networks at
-   random initialisation and chance (and kikimimi's packaged encoder ``open-m2d-tiny`` when installed); the
-   report says, per task, whether pre-training beat random init and,
+3. **pre-training**: a short CPU run of a tiny M2D and of BYOL-A on the unlabelled pool (from scratch);
+3b. **further pre-training** (when this installation has kikimimi's packaged encoder ``open-m2d-tiny``): the
+   shipped encoder continued with its own M2D recipe on the same pool for a minute
+   (:mod:`kikimimi.apps.first_run.further_stage`);
+4. **evaluation**: linear and logistic probes of every encoder (the from-scratch runs, ``open-m2d-tiny`` as
+   shipped and further pre-trained) against log-mel statistics, the same networks at random initialisation and
+   chance; the report says, per task, whether pre-training beat random init and log-mel statistics and,
    where it did not, why (run length);
-5. **audio–language**: a tiny M2D-CLAP on label captions, zero-shot classification and text search of
-   held-out clips (:mod:`kikimimi.apps.first_run.clap_stage`);
+5. **audio–language**: a tiny M2D-CLAP trained from scratch on label captions (minutes-long), and kikimimi's
+   packaged CLAP ``open-clap-tiny`` as shipped: zero-shot classification and text search of the same held-out
+   clips with both (:mod:`kikimimi.apps.first_run.clap_stage`);
 6. **captions**: a captioner on the CLAP encoder and one question answered
    (:mod:`kikimimi.apps.first_run.caption_stage`; a failure is reported and the run goes on);
 7. **report**: ``report/report.md`` and a self-contained ``report/report.html``
@@ -37,11 +41,19 @@ from typing import Any
 
 from kikimimi.apps.first_run import caption_stage, clap_stage
 from kikimimi.apps.first_run.figures import describe_machine, load_factor, machine_line, run_figures
+from kikimimi.apps.first_run.further_stage import (
+    FURTHER_BATCH,
+    FURTHER_FRAMES,
+    FURTHER_RECIPE,
+    SHIPPED_ENCODER,
+    further_pretrain,
+    shipped_encoder_folder,
+)
 from kikimimi.apps.first_run.pretraining import intermediate_settings, pretrain
 from kikimimi.apps.first_run.real_data import RealSet, TaskFile, build_real_set
 from kikimimi.apps.first_run.report_html import write_report_html
 from kikimimi.audio.synthetic import make_dataset
-from kikimimi.checkpoints.registry import find_entry
+from kikimimi.checkpoints.registry import default_packaged_model
 from kikimimi.data.debian_sources import SourceError
 from kikimimi.evaluation.run import ModelSpec, model_specs, run_evaluation
 from kikimimi.evaluation.tasks import Task
@@ -78,8 +90,13 @@ PRETRAIN_CLASSES = ("tone", "chirp", "noise_burst", "harmonic_note", "silence")
 
 #: Planned stage times (s), for the first ETA: a fresh-clone run on the quiet 2-core machine (2026-12-02, the
 #: Debian packages downloaded in the data stage); later ETAs scale them by how fast the finished stages went.
-PLANNED_S = {"data": 40.0, "log-mel": 20.0, "pre-training": 245.0, "evaluation": 110.0, "audio-language": 25.0,
-             "captions": 35.0, "report": 5.0}
+PLANNED_S = {"data": 40.0, "log-mel": 20.0, "pre-training": 245.0, "further pre-training": 60.0,
+             "evaluation": 110.0, "audio-language": 50.0, "captions": 35.0, "report": 5.0}
+#: Further pre-training steps of the packaged encoder (batch 64 of 2.08-s crops, its own recipe): sized like the
+#: from-scratch runs, about a minute at 2 threads on a quiet machine — an estimate, not yet measured quiet: a step
+#: costs about 2.6 times a step of the from-scratch M2D (twice the batch, 1.3 times the patches; about 0.36 s
+#: there in the README's quiet runs). Measured on the team's 2-core Xeon at load 9–13: 50 steps in 12 min 50 s.
+FURTHER_STEPS = 50
 
 
 @dataclass
@@ -94,6 +111,7 @@ class FirstRunOptions:
     workers: int = 2
     m2d_steps: int = 200
     byola_steps: int = 100
+    further_steps: int = FURTHER_STEPS
     clap_steps: int = 100
     clap_weight: float = clap_stage.DEMO_CLAP_WEIGHT
     caption_steps: int = 300
@@ -293,6 +311,9 @@ class EncoderRun:
     batch_size: int
     pool_clips: int
     seconds: float
+    twin: str = ""  # the name of its random-init row (default: "<family> (random init)")
+    init: str = ""  # what the run started from ("" = a random initialisation)
+    why: str = ""  # why it may lose, when not the run length of :func:`why_short`
 
     @property
     def samples(self) -> int:
@@ -312,7 +333,7 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]], runs: Sequence[Encod
     out = []
     for task, models in results.items():
         for run in runs:
-            twin = f"{run.family} (random init)"
+            twin = run.twin or f"{run.family} (random init)"
             if run.name not in models or twin not in models:
                 continue
             for probe in probes:
@@ -320,7 +341,7 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]], runs: Sequence[Encod
                 entry = compare(task, run.name, probe, models[run.name][probe], models[twin][probe],
                                 baseline if base is not None else None, base)
                 entry["family"] = run.family
-                entry["text"] = verdict_text(entry, why_short(run), BASELINE_WINS_SHORT_RUN)
+                entry["text"] = verdict_text(entry, run.why or why_short(run), BASELINE_WINS_SHORT_RUN)
                 out.append(entry)
     return out
 
@@ -346,21 +367,28 @@ WHY_TEXT = ("Why pre-training can lose to random init and to log-mel statistics 
 # ------------------------------------------------------------------------------------------------ the run
 
 
-#: kikimimi's packaged encoder (issue 27), probed beside log-mel statistics when this installation has it
-SHIPPED_ENCODER = "open-m2d-tiny"
+#: Row names of the packaged encoder, as shipped and further pre-trained, and of their random-init twin
+SHIPPED_ROW = f"{SHIPPED_ENCODER} (shipped, Apache-2.0)"
+SHIPPED_TWIN = f"{SHIPPED_ENCODER} network (random init)"
+#: why the packaged encoder may lose: its training, in numbers (the recipe ``open-m2d-tiny``)
+SHIPPED_WHY = "7,500 steps of batch 64 on 11 h of openly licensed audio, a few CPU-hours"
+
+
+def further_row(steps: int) -> str:
+    """The probe-table name of the further pre-trained packaged encoder."""
+    return f"{SHIPPED_ENCODER} + further pre-training, {steps} steps on the pool"
 
 
 def shipped_encoder_specs(log: Log = print) -> list[ModelSpec]:
-    """The packaged encoder as one more row of the probe table (``open-m2d-tiny (shipped, Apache-2.0)``; no random
-    init twin: the from-scratch runs show that baseline), or ``[]`` with a line saying why when the installation
-    has no packaged folder. Loading it verifies its SHA-256 and needs no network."""
-    entry = find_entry(SHIPPED_ENCODER)
-    if entry is None or not entry.packaged or not (Path(entry.url) / "model.safetensors").is_file():
+    """The packaged encoder as one more row of the probe table (``open-m2d-tiny (shipped, Apache-2.0)``; its
+    random-init twin is the further pre-trained run's, the same network), or ``[]`` with a line saying why when the
+    installation has no packaged folder. Loading it verifies its SHA-256 and needs no network."""
+    if shipped_encoder_folder() is None:
         log(f"   the packaged encoder {SHIPPED_ENCODER} is not in this installation: its row is left out")
         return []
     specs = model_specs([SHIPPED_ENCODER], baselines=False)
     for spec in specs:
-        spec.name = f"{SHIPPED_ENCODER} (shipped, Apache-2.0)"
+        spec.name = SHIPPED_ROW
     return specs
 
 
@@ -369,7 +397,8 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     caption_mod = None if opts.skip_captions or opts.skip_clap else caption_stage
-    stages = ["data", "log-mel", "pre-training", "evaluation"]
+    further = opts.further_steps > 0 and shipped_encoder_folder() is not None
+    stages = ["data", "log-mel", "pre-training"] + (["further pre-training"] if further else []) + ["evaluation"]
     stages += [] if opts.skip_clap else ["audio-language"]
     stages += ["captions"] if caption_mod is not None else []
     stages += ["report"]
@@ -416,20 +445,41 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     summary["pretraining"] = [{**_jsonable(asdict(r)), "samples": r.samples} for r in runs]
     progress.end(f"M2D {_fmt_s(runs[0].seconds)}, BYOL-A {_fmt_s(runs[1].seconds)}")
 
+    if further:
+        progress.begin("further pre-training", f"Further pre-training: kikimimi's packaged {SHIPPED_ENCODER} "
+                       "continued with its own M2D recipe on the pool")
+        t0 = time.perf_counter()
+        log(f"   {SHIPPED_ENCODER} (recipe {FURTHER_RECIPE}, {FURTHER_FRAMES / 100:.2f}-s crops): "
+            f"{_steps_text(opts.further_steps, FURTHER_BATCH, n_pool)}")
+        further_dir = further_pretrain(out, m2d_pool, opts.further_steps,
+                                       extra=keep(opts.further_steps, opts.keep_intermediate), seed=opts.seed,
+                                       log=log)
+        runs.append(EncoderRun("M2D", further_row(opts.further_steps), further_dir, opts.further_steps,
+                               FURTHER_BATCH, n_pool, time.perf_counter() - t0, twin=SHIPPED_TWIN,
+                               init=f"{SHIPPED_ENCODER} as shipped",
+                               why=f"{SHIPPED_WHY}, then {opts.further_steps * FURTHER_BATCH:,} crops of the pool"))
+        summary["pretraining"].append({**_jsonable(asdict(runs[-1])), "samples": runs[-1].samples})
+        progress.end(f"{opts.further_steps} steps in {_fmt_s(runs[-1].seconds)}")
+
     progress.begin("evaluation", "Evaluate: linear + logistic probes vs log-mel, random init and chance")
     specs = model_specs([str(r.run_dir / "kikimimi") for r in runs]) + shipped_encoder_specs(log)
     names = {"log-mel stats": "log-mel statistics"}
     for r in runs:
         label = r.run_dir.name
         names[label] = r.name
-        names[f"{label} (random init)"] = f"{r.family} (random init)"
+        names[f"{label} (random init)"] = r.twin or f"{r.family} (random init)"
     for spec in specs:
         spec.name = names.get(spec.name, spec.name)
     report_dir = out / "report"
     probes = ("linear", "logistic")
     outcome = run_evaluation(specs, tasks, report_dir, seeds=opts.probe_seeds, probes=probes,
                              log=lambda line: log("   " + line), verdicts=False)  # its own, with the run length
-    found = verdicts(outcome.results, runs, probes)
+    judged = list(runs)
+    if any(s.name == SHIPPED_ROW for s in specs):  # the shipped encoder against the same twin, when it is there
+        shipped_dir = shipped_encoder_folder() or Path(SHIPPED_ENCODER)
+        judged.append(EncoderRun("M2D", SHIPPED_ROW, shipped_dir, 7_500, 64, 0, 0.0, twin=SHIPPED_TWIN,
+                                 init="", why=SHIPPED_WHY))
+    found = verdicts(outcome.results, judged, probes)
     for v in found:
         log("   " + v["text"].replace("**", ""))
     if any(v["verdict"] != "helped" for v in found):
@@ -437,14 +487,15 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     summary["verdicts"] = [dict(e) for e in found]
     summary["why"] = WHY_TEXT
     summary["models"] = {s.name: {"family": s.family, "fingerprint": s.fingerprint} for s in specs}
-    _append_verdicts(report_dir / "report.md", data, runs, found,
-                     [s.name for s in specs if s.name.startswith(SHIPPED_ENCODER)])
+    _append_verdicts(report_dir / "report.md", data, runs, found, [s.name for s in specs if s.name == SHIPPED_ROW])
     progress.end(f"{len(specs)} models × {len(tasks)} task(s) × {len(probes)} probes")
 
     clap_run = None
     if not opts.skip_clap:
-        progress.begin("audio-language", "Audio–language: tiny M2D-CLAP (zero-shot and text search, held-out clips)")
+        progress.begin("audio-language", "Audio–language: a tiny M2D-CLAP from scratch (minutes-long) and the packaged "
+                       f"{clap_stage.SHIPPED_CLAP} as shipped (zero-shot and text search, held-out clips)")
         assert labelled is not None
+        done = []
         try:
             res = clap_stage.audio_language(
                 out, data.clap_csv, labelled, steps=opts.clap_steps, clap_weight=opts.clap_weight,
@@ -455,13 +506,17 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
             log(f"error: {exc}")
             summary["clap"] = {"error": str(exc)}
             summary.setdefault("failed", []).append("audio-language")
-            progress.end("failed")
         else:
             clap_run = out / "pretrain" / clap_stage.CLAP_RUN_NAME
             zs = res["zeroshot"]
             summary["clap"] = {"zeroshot_accuracy": zs["accuracy"], "chance": zs["chance"], "n_test": zs["n_test"],
-                               "run": str(clap_run)}
-            progress.end(f"zero-shot {100 * zs['accuracy']:.1f} % (chance {100 * zs['chance']:.1f} %)")
+                               "search_precision": clap_stage.search_precision(res["search"]), "run": str(clap_run)}
+            done.append(f"from scratch: zero-shot {100 * zs['accuracy']:.1f} % (chance {100 * zs['chance']:.1f} %)")
+        summary["shipped_clap"] = _shipped_clap(out, data, report_dir / "report.md", log)
+        shipped_zs = summary["shipped_clap"].get("zeroshot_accuracy")
+        if shipped_zs is not None:
+            done.append(f"{clap_stage.SHIPPED_CLAP}: zero-shot {100 * shipped_zs:.1f} %")
+        progress.end("; ".join(done) or "failed")
     elif not opts.skip_captions:
         log("\n   (captions need the audio–language model: skipped with --skip-clap)")
 
@@ -472,10 +527,12 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
         try:
             cap = caption_mod.run_caption_stage(out / "caption", clap_run / "kikimimi", data.clap_csv,
                                                 steps=opts.caption_steps, seed=opts.seed,
+                                                shipped_captioner=default_packaged_model("captioner"),
                                                 log=lambda line: log("   " + line))
             clap_stage.append_report_section(report_dir / "report.md", cap.get("markdown", ""), key="captions")
             summary["captions"] = {k: cap.get(k) for k in ("class_word_accuracy", "nn_class_word_accuracy", "chance",
-                                                           "question", "answer", "model_dir", "n_test")}
+                                                           "question", "answer", "model_dir", "n_test",
+                                                           "shipped_captioner", "shipped_class_word_accuracy")}
             progress.end(f"class word in {100 * float(cap.get('class_word_accuracy') or 0):.0f} % of held-out captions")
         except Exception as exc:  # an optional stage: report, skip, finish
             log(f"   NOTE: caption stage failed ({type(exc).__name__}: {exc}); the report leaves it out")
@@ -500,6 +557,23 @@ def run_first_run(opts: FirstRunOptions, log: Log = print) -> dict[str, Any]:
     log(f"\nDemo finished in {_fmt_s(summary['seconds'])} on {data.kind} data"
         + (f" with failed stage(s) {', '.join(failed)}" if failed else "") + f"; open {html}")
     return summary
+
+
+def _shipped_clap(out: Path, data: DemoData, report_md: Path, log: Log) -> dict[str, Any]:
+    """The packaged CLAP on the held-out clips (:func:`clap_stage.shipped_clap`) as a summary entry: its zero-shot
+    accuracy, chance and text-search P@3, or ``{"skipped": why}`` / ``{"error": …}`` (the run goes on)."""
+    if default_packaged_model("clap") is None:
+        log(f"   the packaged CLAP {clap_stage.SHIPPED_CLAP} is not in this installation: its rows are left out")
+        return {"skipped": f"{clap_stage.SHIPPED_CLAP} is not in this installation"}
+    try:
+        res = clap_stage.shipped_clap(out, data.clap_csv, duration_s=data.clap_unit_s, queries=data.queries,
+                                      task_name="clap_" + data.kind, report_md=report_md, log=log)
+    except clap_stage.ClapStageError as exc:
+        log(f"   NOTE: {exc}; the report leaves the packaged CLAP out")
+        return {"error": str(exc)}
+    zs = res["zeroshot"]
+    return {"model": clap_stage.SHIPPED_CLAP, "zeroshot_accuracy": zs["accuracy"], "chance": zs["chance"],
+            "n_test": zs["n_test"], "search_precision": res["search_precision"], "seconds": res["seconds"]}
 
 
 def _remove_intermediate(out: Path, data: DemoData) -> int:
@@ -533,7 +607,8 @@ def _append_verdicts(report_md: Path, data: DemoData, runs: Sequence[EncoderRun]
     lines += [f"- {t.name}: {t.description}" for t in data.tasks]
     lines += ["", "Models: " + "; ".join(
         f"**{r.name}** (`{r.run_dir.name}`, {r.steps} steps of batch {r.batch_size} on {r.pool_clips} unlabelled "
-        f"clips, {_fmt_s(r.seconds)})" for r in runs) + "; their random-init twins; log-mel statistics"
+        f"clips{', starting from ' + r.init if r.init else ' from scratch'}, {_fmt_s(r.seconds)})" for r in runs)
+        + "; their random-init twins; log-mel statistics"
         + "".join(f"; **{n}**: kikimimi's packaged encoder, trained for hours on openly licensed audio "
                   "(`kikimimi models info open-m2d-tiny`), used as shipped" for n in shipped) + ".", ""]
     lines += [f"- {v['text']}" for v in found]

@@ -9,20 +9,16 @@ limit, origin, bounded and timed bodies), :mod:`~kikimimi.apps.serve.server` the
 deadline, idle-first eviction), :mod:`~kikimimi.apps.serve.files` the checks on every served file (inside the
 indexed folder, the file that was indexed), :mod:`~kikimimi.apps.serve.workers` the bounded embedding pool and
 :mod:`~kikimimi.apps.serve.spectrogram` the small PNG pictures of the result rows. The page itself is in
-``static/`` and the default label list in ``labels.txt``.
+``static/``; the default label list is the packaged vocabulary of
+:func:`kikimimi.inference.evidence.default_labels` (shared with ``kikimimi ask`` / ``describe``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from kikimimi.inference.evidence import DEFAULT_LABELS_FILE, default_labels
+
 __all__ = ["DEFAULT_LABELS_FILE", "STATIC_DIR", "default_labels"]
 
 STATIC_DIR = Path(__file__).with_name("static")
-DEFAULT_LABELS_FILE = Path(__file__).with_name("labels.txt")
-
-
-def default_labels() -> list[str]:
-    """The label list shipped with the package (one label a line; ``#`` comments and blank lines skipped)."""
-    lines = DEFAULT_LABELS_FILE.read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

@@ -20,6 +20,8 @@ origin, rate and body guard) and one router per concern (:mod:`~kikimimi.apps.se
 ``POST /api/example`` (file, labels)  all of the above for one upload, embedded once (what the page uses)
 ``POST /api/caption`` (file)          a caption, when the server was given a captioner (else 501)
 ``GET /api/caption?key=``             the same for an indexed file
+``GET /api/describe?key=``            a timeline and a short paragraph of an indexed file (``kikimimi describe``'s
+                                      evidence; files up to ``max_describe_s``)
 ``GET /api/labels``                   the default label list
 ``POST /api/rescan``                  re-scan the indexed folder in the background (202; 409 while one runs)
 ``GET /api/audio?key=``               the audio file of an indexed key, with HTTP range requests (206)

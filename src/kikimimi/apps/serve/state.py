@@ -1,6 +1,8 @@
 """What the handlers of `kikimimi serve` share: settings (:class:`ServeSettings`), the refusal type
 (:class:`ServeError`) and :class:`ServeState` — the model, the index (swapped whole after a re-scan), labels,
-captioner, the embedding pool and the served files' checks (:mod:`~kikimimi.apps.serve.files`)."""
+captioner, the embedding pool, the served files' checks (:mod:`~kikimimi.apps.serve.files`) and the descriptions
+of indexed files (:meth:`ServeState.describe`: the evidence and timeline of :mod:`kikimimi.inference.evidence` /
+:mod:`kikimimi.inference.grounded`, the same code as ``kikimimi describe``)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from kikimimi.apps.serve.workers import BoundedPool
 from kikimimi.audio.decode import AudioDecodeError, audio_info, load_audio
 from kikimimi.evaluation.zeroshot import class_captions
 from kikimimi.fileio import OutputInUseError
+from kikimimi.inference.evidence import EvidenceSettings, build_evidence
+from kikimimi.inference.grounded import describe as describe_evidence
+from kikimimi.inference.grounded import format_span
 from kikimimi.inference.search import (
     DEFAULT_HOP_S,
     DEFAULT_WINDOW_S,
@@ -76,6 +81,9 @@ class ServeSettings:
     failed_token_burst: int = 10  # wrong tokens a client may send at once …
     failed_token_per_s: float = 1.0  # … then this many a second (more: 429 + Retry-After)
     root: str | None = None  # the folder the user asked to serve: the index must index it (None: its own root)
+    max_describe_s: float = 600.0  # /api/describe refuses longer files (per their header) before decoding
+    describe_segment_s: float = EvidenceSettings.segment_s  # evidence segments of a description
+    describe_cache: int = 64  # descriptions kept (keyed on the file's identity)
 
     def __post_init__(self) -> None:
         check_token(self.token)
@@ -135,6 +143,7 @@ class ServeState:
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._png_cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._describe_cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 
     def _load_index(self) -> SearchIndex:
         index = SearchIndex.load(self.index_dir)
@@ -255,6 +264,39 @@ class ServeState:
                 self._png_cache.popitem(last=False)
         return png
 
+    def describe(self, key: str) -> dict[str, Any]:
+        """A timeline and a short paragraph of indexed file ``key`` (``kikimimi describe``'s evidence and
+        description, over the server's labels), cached on the file's identity. Bounded: a file longer than
+        ``max_describe_s`` (per its header) is refused with 413 before it is decoded; the evidence is streamed
+        (memory of about two segments). Runs in the embedding pool. Raises :class:`ServeError` (404/409/413/422)."""
+        s = self.settings
+        with self.served_file(key) as f:
+            cache_key = (key, f.identity, s.describe_segment_s, tuple(self.labels))
+            with self._lock:
+                if cache_key in self._describe_cache:
+                    self._describe_cache.move_to_end(cache_key)
+                    return self._describe_cache[cache_key]
+            try:
+                duration = audio_info(f.path).duration_s
+                if duration > s.max_describe_s:
+                    raise ServeError(413, f"the file lasts {duration:.0f} s; descriptions are limited to files of "
+                                          f"{s.max_describe_s:g} s", "too_long")
+                evidence = build_evidence(f.path, _CachedText(self), self.labels,
+                                          EvidenceSettings(segment_s=s.describe_segment_s, template=s.template,
+                                                           batch_size=s.batch_size))
+            except AudioDecodeError as exc:
+                raise ServeError(422, f"not a usable audio file: {exc.reason}", exc.kind) from None
+        d = describe_evidence(evidence)
+        out = {"key": key, "name": Path(key).name, "duration_s": d.duration_s, "segments": len(evidence.segments),
+               "segment_s": s.describe_segment_s, "paragraph": d.paragraph,
+               "parts": [{"start_s": p.start_s, "end_s": p.end_s, "span": format_span(p.start_s, p.end_s),
+                          "sounds": p.sounds, "rms_dbfs": p.rms_dbfs} for p in d.parts]}
+        with self._lock:
+            self._describe_cache[cache_key] = out
+            while len(self._describe_cache) > max(1, s.describe_cache):
+                self._describe_cache.popitem(last=False)
+        return out
+
     # ------------------------------------------------------------------ re-scan (its own thread)
     def start_rescan(self) -> bool:
         """Start a background re-scan of the indexed folder; False when one is running."""
@@ -318,6 +360,22 @@ class ServeState:
                 "vectors": vectors, "scan": asdict(self.scan), "pool": self.pool.stats(),
                 "captions": self.captioner is not None, "default_labels": len(self.labels),
                 "limits": self.settings.public()}
+
+
+class _CachedText:
+    """The served model with its text side going through the state's text-embedding cache: the labels of a
+    description are embedded once, not once per file."""
+
+    def __init__(self, state: ServeState) -> None:
+        self.state = state
+        self.sample_rate = int(state.model.sample_rate)
+        self.temperature_scale = float(getattr(state.model, "temperature_scale", 1.0))
+
+    def encode_audio(self, audio: Any, sample_rate: int | None = None, batch_size: int = 8) -> np.ndarray:
+        return self.state.model.encode_audio(audio, sample_rate=sample_rate, batch_size=batch_size)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        return self.state.text_embeddings(list(texts))
 
 
 def _no_paths(message: str, *paths: str) -> str:

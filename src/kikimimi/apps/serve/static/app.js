@@ -56,8 +56,69 @@ function resultRow(hit) {
     const start = parseFloat(audio.dataset.start || "0");
     if (audio.currentTime < start) audio.currentTime = start;
   });
-  li.append(rank, name, meta, img, audio);
+  li.append(rank, name, meta, img, audio, describePanel(hit, audio));
   return li;
+}
+
+// A "Describe" button and its panel: the file's timeline and a short paragraph (GET /api/describe), fetched on
+// the first opening; a part of the timeline plays the file from its start.
+function describePanel(hit, audio) {
+  const box = document.createElement("div");
+  box.className = "describe";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = "Describe";
+  button.setAttribute("aria-label", `Describe ${hit.name}: what is heard when`);
+  button.setAttribute("aria-expanded", "false");
+  const panel = document.createElement("div");
+  panel.className = "describe-panel";
+  panel.hidden = true;
+  panel.setAttribute("role", "region");
+  panel.setAttribute("aria-label", `Description of ${hit.name}`);
+  panel.setAttribute("aria-live", "polite");
+  button.addEventListener("click", async () => {
+    const open = panel.hidden;
+    panel.hidden = !open;
+    button.setAttribute("aria-expanded", String(open));
+    if (!open || panel.dataset.loaded) return;
+    panel.textContent = "Listening to the whole file…";
+    panel.setAttribute("aria-busy", "true");
+    try {
+      const d = await api(`/api/describe?key=${encodeURIComponent(hit.key)}`);
+      const list = document.createElement("ol");
+      list.className = "timeline";
+      list.setAttribute("aria-label", `Timeline of ${hit.name}`);
+      for (const part of d.parts) {
+        const li = document.createElement("li");
+        const at = document.createElement("button");
+        at.type = "button";
+        at.className = "span";
+        at.textContent = part.span;
+        at.setAttribute("aria-label", `Play ${hit.name} from ${part.span.split("–")[0]}`);
+        at.addEventListener("click", () => {
+          audio.dataset.start = part.start_s;
+          audio.currentTime = part.start_s;
+          audio.play().catch(() => {});
+        });
+        const what = document.createElement("span");
+        what.className = "sounds";
+        what.textContent = ` ${part.sounds.join(", ")} (${Math.round(part.rms_dbfs)} dBFS)`;
+        li.append(at, what);
+        list.append(li);
+      }
+      const paragraph = document.createElement("p");
+      paragraph.className = "paragraph";
+      paragraph.textContent = d.paragraph;
+      panel.replaceChildren(list, paragraph);
+      panel.dataset.loaded = "1";
+    } catch (e) {
+      panel.textContent = `Cannot describe ${hit.name}: ${e.message}`;
+    } finally {
+      panel.removeAttribute("aria-busy");
+    }
+  });
+  box.append(button, panel);
+  return box;
 }
 
 function showResults(list, hits, emptyText) {
