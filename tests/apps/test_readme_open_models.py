@@ -54,3 +54,14 @@ def test_clap_table_is_the_packaged_report():
     want = [f"{100 * v:.1f}" for v in chance["zero_shot"].values()]
     want += [f"{100 * chance['retrieval'][d]['R@10']:.1f}" for d in ("text_to_audio", "audio_to_text")]
     assert row[1:] == want
+
+
+@pytest.mark.skipif(not (WEIGHTS / "open-captioner-tiny" / "evaluation" / "open_captioner_eval.json").is_file(),
+                    reason="no packaged open-captioner-tiny in this checkout")
+def test_captioner_table_is_the_packaged_report():
+    report = json.loads((WEIGHTS / "open-captioner-tiny" / "evaluation" / "open_captioner_eval.json").read_text())
+    section = _section()
+    assert f"{report['n_test']:,} held-out test clips, beam {report['beam']}" in section
+    for task, v in report["class_words"].items():
+        (row,) = _rows(section, task)[-1:]  # the captioner table comes after the encoder table
+        assert row[1:] == [f"{100 * v[k]:.1f}" for k in ("captioner", "nearest_neighbour", "chance")], task

@@ -82,3 +82,12 @@ def test_every_number_of_the_card_comes_from_the_evaluation_report():
         numbers = re.findall(r"\d+\.\d+", line)
         assert numbers == [f"{100 * k[c]:.1f}" for c in ("captioner", "nearest_neighbour", "chance")], line
     assert report["n_test"] == sum(k["n"] for k in rows.values()) > 1000
+
+
+def test_loading_the_captioner_as_an_encoder_names_the_right_loader(offline_packaged):
+    import kikimimi
+    from kikimimi.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="is a captioner, not an audio encoder: load it with "
+                                              "kikimimi.load_captioner"):
+        kikimimi.load("open-captioner-tiny")

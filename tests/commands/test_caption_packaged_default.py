@@ -68,3 +68,14 @@ def test_ask_defaults_to_the_packaged_models_and_takes_the_captioner_by_name(cli
     assert main(["ask", NAME, str(clip), "Describe this sound."]) == 0  # the end-to-end captioner, by name
     lines, err = _caption_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"{clip}\t") and USING not in err
+
+
+def test_a_hub_repository_is_read_as_the_captioner_not_as_audio(tmp_path):
+    from kikimimi.commands._options import names_captioner
+
+    assert names_captioner("hf://someone/a-captioner@main")
+    assert not names_captioner(str(tmp_path / "clip.wav"))  # a missing path is audio (reported as missing later)
+    (tmp_path / "cap").mkdir()
+    assert not names_captioner(str(tmp_path / "cap"))  # a folder without captioner.json
+    (tmp_path / "cap" / "captioner.json").write_text("{}")
+    assert names_captioner(str(tmp_path / "cap"))

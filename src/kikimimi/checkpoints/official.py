@@ -200,6 +200,9 @@ def load_encoder(
                      norm_stats=as_norm_stats(norm_stats))
     if is_kikimimi_checkpoint(path):
         return load_kikimimi(path, **overrides)
+    if path.is_dir() and (path / "captioner.json").is_file():
+        raise CheckpointError(path, "is a captioner, not an audio encoder: load it with kikimimi.load_captioner "
+                                    "(`kikimimi caption`, `kikimimi ask`)")
     if path.is_dir():
         raise CheckpointError(
             path,

@@ -94,10 +94,13 @@ def model_or_packaged(value: str | None, kind: str = "clap", flag: str = "-m") -
 
 
 def names_captioner(value: str) -> bool:
-    """``value`` is a captioner folder (``captioner.json``) or the name of a registered captioner
-    (``open-captioner-tiny``); `caption` and `ask` read their first positional argument with it."""
+    """``value`` is a captioner folder (``captioner.json``), the name of a registered captioner
+    (``open-captioner-tiny``) or an ``hf://`` repository; `caption` and `ask` read their first positional
+    argument with it."""
     from kikimimi.checkpoints.registry import find_entry
 
+    if value.startswith("hf://"):  # a Hub repository is never an audio file: load_captioner reads it
+        return True
     path = Path(value)
     if path.exists():
         return (path / "captioner.json").is_file()
