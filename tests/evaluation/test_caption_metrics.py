@@ -109,3 +109,15 @@ def test_eval_captions_command(tmp_path, capsys):
                             {f"sub/{k}.wav": v for k, v in REFS.items()}, tokenizer="simple", meteor=False)
     assert got["predictions"]["scores"] == pytest.approx(direct.scores)
     assert got["baseline"]["scores"]["CIDEr-D"] < got["predictions"]["scores"]["CIDEr-D"]
+
+
+def test_distinctive_phrases_drop_the_words_classes_share():
+    from kikimimi.evaluation.caption_metrics import distinctive_phrases
+
+    phrases = {"English_speech": "English speech", "French_speech": "French speech", "kick_drum": "kick drum",
+               "tom_drum": "tom drum", "hi-hat": "hi-hat", "hand_percussion": "hand percussion", "drum": "drum"}
+    own = distinctive_phrases(phrases)
+    assert own == {"English_speech": "english", "French_speech": "french", "kick_drum": "kick", "tom_drum": "tom",
+                   "hi-hat": "hi-hat", "hand_percussion": "hand percussion", "drum": "drum"}
+    assert named_class("an automated telephone prompt in french", phrases) is None
+    assert named_class("an automated telephone prompt in french", own) == "French_speech"

@@ -42,6 +42,7 @@ __all__ = [
     "CaptionScores",
     "caption_scores",
     "dcase2024_status",
+    "distinctive_phrases",
     "vocabulary_size",
     "evaluate_caption_files",
     "evaluate_captions",
@@ -339,6 +340,24 @@ def named_class(text: str, class_phrases: Mapping[str, str]) -> str | None:
         if p and f" {p} " in low and (best is None or len(p) > best[0]):
             best = (len(p), cls)
     return best[1] if best else None
+
+
+def distinctive_phrases(class_phrases: Mapping[str, str]) -> dict[str, str]:
+    """Each class's phrase without the words several classes share, for :func:`named_class`: ``"English speech"``,
+    ``"French speech"`` → ``"english"``, ``"french"``; ``"kick drum"``, ``"snare drum"`` → ``"kick"``, ``"snare"``.
+    A caption that says "a prompt in french" then names French speech, whatever its wording; a phrase made only
+    of shared words stays whole."""
+    words = {cls: " ".join(re.sub(r"[^a-z0-9-]+", " ", phrase.lower()).split()).split() for cls, phrase in
+             class_phrases.items()}
+    counts: dict[str, int] = {}
+    for ws in words.values():
+        for w in set(ws):
+            counts[w] = counts.get(w, 0) + 1
+    out = {}
+    for cls, ws in words.items():
+        own = [w for w in ws if counts[w] == 1]
+        out[cls] = " ".join(own) if own else " ".join(ws)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- files
