@@ -185,8 +185,10 @@ class Bf16Autocast:
             out = self._float(compute())
         if self._finite(out) or not bool(torch.isfinite(x).all()):
             return out
-        _log.warning("bf16 kernels gave non-finite values for a finite input on this %s; recomputed that batch "
-                     "in float32", self.autocast_device_type.upper())
+        say = _log.warning if self.bf16_fallbacks == 0 else _log.debug  # once per model, not once per batch
+        say("bf16 kernels gave non-finite values for a finite input on this %s; recomputed that batch in float32 "
+            "(such batches are recomputed quietly from now on; --precision fp32 avoids bf16)",
+            self.autocast_device_type.upper())
         self.bf16_fallbacks += 1
         with torch.autocast(device_type=self.autocast_device_type, enabled=False):
             return self._float(compute())
