@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kikimimi {__version__}")
     _add_verbose_argument(parser, 0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(**{SUBPARSERS: {}})
     for module_name in COMMAND_MODULES:
         module = _load_command(module_name)
         if module is None:
@@ -77,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_verbose_argument(p, argparse.SUPPRESS)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
+        parser.get_default(SUBPARSERS)[module.NAME] = p
     return parser
+
+
+#: the top-level parser's default holding ``{command: its sub-parser}``, so that a sub-command's usage error
+#: shows that sub-command's usage line
+SUBPARSERS = "_subparsers"
 
 
 def _add_verbose_argument(parser: argparse.ArgumentParser, default) -> None:
@@ -111,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
-        args = _more_positionals(parser, args, extras)
+        args = _more_positionals(parser.get_default(SUBPARSERS).get(args.command, parser), args, extras)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0 if argv is not None or len(sys.argv) > 1 else 1

@@ -26,3 +26,13 @@ def test_an_unknown_flag_is_still_refused(capsys):
     assert exit_info.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a command without a list to extend keeps argparse's rule
         _parse(["info", "--json", "x.wav", "extra", "--bogus"])
+
+
+def test_an_unknown_flag_shows_the_sub_commands_usage(capsys):
+    from kikimimi.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "some-index", "a drum hit", "-k", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("usage: kikimimi search ") and "--top TOP" in err
+    assert "kikimimi search: error: unrecognized arguments: -k 3" in err
