@@ -102,3 +102,19 @@ class FrequencyCLAP:
 
     def __call__(self, waves, sample_rate):
         return self.encode_audio(list(waves), sample_rate)
+
+
+#: classes of the first run's tiny generated labelled set (:func:`tiny_demo_set`)
+DEMO_CLASSES = ("tone", "noise_burst", "clicks")
+
+
+def tiny_demo_set(out: Path) -> tuple[Path, Path, Path]:
+    """``(out, labels.csv, m2d-16k cache)``: 5 one-second clips per class of :data:`DEMO_CLASSES` (3 train / 1 valid /
+    1 test) and their log-mel cache, as the first run's audio–language stages read them."""
+    from kikimimi.audio.synthetic import make_dataset
+    from kikimimi.features.prep_cache import prep_cache
+
+    labels_csv = make_dataset(out / "audio", n_per_class=5, duration_s=1.0, seed=0, classes=DEMO_CLASSES)
+    cache = out / "logmel-m2d-16k"
+    prep_cache([labels_csv], cache, preset="m2d-16k", workers=1)
+    return out, labels_csv, cache

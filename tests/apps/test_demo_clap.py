@@ -12,22 +12,17 @@ import json
 from pathlib import Path
 
 import pytest
+from clap_fakes import DEMO_CLASSES, tiny_demo_set
 
 from kikimimi.apps.first_run import clap_stage as demo
-from kikimimi.audio.synthetic import make_dataset
-from kikimimi.features.prep_cache import prep_cache
 
-CLASSES = ("tone", "noise_burst", "clicks")
+CLASSES = DEMO_CLASSES
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory) -> tuple[Path, Path, Path]:
     """``(demo folder, labels.csv, m2d-16k cache)``: 5 one-second clips per class (3 train / 1 valid / 1 test)."""
-    out = tmp_path_factory.mktemp("demo")
-    labels_csv = make_dataset(out / "audio", n_per_class=5, duration_s=1.0, seed=0, classes=CLASSES)
-    cache = out / "logmel-m2d-16k"
-    prep_cache([labels_csv], cache, preset="m2d-16k", workers=1)
-    return out, labels_csv, cache
+    return tiny_demo_set(tmp_path_factory.mktemp("demo"))
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

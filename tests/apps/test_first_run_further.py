@@ -13,29 +13,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from clap_fakes import HashTextEncoder
+from clap_fakes import DEMO_CLASSES, HashTextEncoder, tiny_demo_set
 from safetensors.torch import load_file
 
 from kikimimi.apps.first_run import clap_stage, further_stage
 from kikimimi.apps.first_run.figures import run_figures
 from kikimimi.apps.first_run.report_html import write_report_html
-from kikimimi.audio.synthetic import make_dataset
 from kikimimi.checkpoints import load_encoder
 from kikimimi.checkpoints.registry import default_packaged_model
-from kikimimi.features.prep_cache import prep_cache
 from kikimimi.models.vit import AudioViT
 
-CLASSES = ("tone", "noise_burst", "clicks")
+CLASSES = DEMO_CLASSES
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory) -> tuple[Path, Path, Path]:
     """``(demo folder, labels.csv, m2d-16k cache)``: 5 one-second clips per class (3 train / 1 valid / 1 test)."""
-    out = tmp_path_factory.mktemp("demo")
-    labels_csv = make_dataset(out / "audio", n_per_class=5, duration_s=1.0, seed=0, classes=CLASSES)
-    cache = out / "logmel-m2d-16k"
-    prep_cache([labels_csv], cache, preset="m2d-16k", workers=1)
-    return out, labels_csv, cache
+    return tiny_demo_set(tmp_path_factory.mktemp("demo"))
 
 
 def _packaged(kind: str) -> str:
