@@ -59,3 +59,12 @@ def test_init_from_an_encoder_only_folder_continues_it_as_m2d_x(tmp_path):
         assert torch.allclose(written[key], encoder[key], atol=1e-4), key
     for key in ("blocks.0.attn.qkv.weight", "blocks.5.mlp.fc2.weight"):
         assert torch.allclose(written["target_" + key], encoder[key], atol=1e-4), key
+
+
+def test_a_missing_init_from_path_is_one_line_and_creates_nothing(tmp_path, capsys):
+    make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.8, classes=("tone",))
+    out = tmp_path / "runs"
+    assert main(["pretrain", "--method", "m2d", "--data", str(tmp_path / "audio"), "--out", str(out),
+                 "--init-from", str(tmp_path / "no-such.pth")]) == 2
+    assert f"no such file or folder: {tmp_path / 'no-such.pth'}" in capsys.readouterr().err
+    assert not out.exists()

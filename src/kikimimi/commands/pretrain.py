@@ -193,9 +193,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kikimimi.commands._exit import check_model_paths
     from kikimimi.training.pretrain import run_pretraining
     from kikimimi.training.settings import PretrainSettings, resolve_settings, resume_settings
 
+    check_model_paths([getattr(args, "init_from", None)])  # before statistics or a cache are made
     given = {k: v for k, v in vars(args).items() if k in (*PretrainSettings.names(), "config")}  # no global flags
     settings = resume_settings(given) if given.get("resume") else resolve_settings(given)
     from kikimimi.training.checkpointing import CheckpointDiskFullError
