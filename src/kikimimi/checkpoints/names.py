@@ -23,10 +23,14 @@ from kikimimi.models.vit import VIT_SIZES, ViTConfig
 
 __all__ = [
     "BYOLA_V2_FEATURE_D",
+    "MASK_STRATEGY_TAGS",
     "TEXT_ENCODER_CODES",
     "OfficialName",
     "format_byola_name",
     "format_m2d_name",
+    "format_run_tags",
+    "path_tag",
+    "tag_value",
     "parse_official_name",
     "text_encoder_code",
     "try_parse_official_name",
@@ -40,7 +44,7 @@ _M2D_RE = re.compile(r"^(?P<cls>[A-Za-z0-9_]+)-(?P<params>\d+x\d+p\d+x\d+(?:p[A-
 _BYOLA_RE = re.compile(r"^(?P<cls>AudioNTT20(?:20|22)\w*)-(?:.*?)(?P<f>\d+)x(?P<t>\d+)d(?P<d>\d+)")
 _SR_RE = re.compile(r"^(\d+)k$")
 #: name-extras code of the text encoder (docs/reference.md §6): A = GTE-base, B = BERT, N = LLM embedder
-TEXT_ENCODER_CODES: dict[str, str] = {"gte": "A", "bert": "B", "llm": "N", "smollm2": "N"}
+TEXT_ENCODER_CODES: dict[str, str] = {"gte": "A", "bert": "B", "llm": "N", "smollm2": "N", "nvembed": "N"}
 #: BYOL-A ``model_cls`` per version
 _BYOLA_CLS = {1: "AudioNTT2020", 2: "AudioNTT2022"}
 
@@ -182,6 +186,36 @@ def format_byola_name(
     """
     name = f"{_BYOLA_CLS[int(version)]}-BYOLA-{input_size[0]}x{input_size[1]}d{int(d)}"
     return name + (f"-{suffix}" if suffix else "")
+
+
+#: run-name tag of each M2D masking strategy (the official flags --weighted_mask, --var_weighted_mask, --block_mask,
+#: --obj_cent_mask; fact-sheet-m2d2-2026.md §5); ``random`` is the default and has none
+MASK_STRATEGY_TAGS: dict[str, str] = {"dwm": "Wm", "var": "Vm", "ibm": "Bm", "sgim": "Om"}
+
+
+def tag_value(value: object) -> str:
+    """A flag value as the run-name tags write it: ``True`` → ``""``, ``7`` → ``"7"``, ``0.0`` → ``"0"``,
+    ``2.0`` → ``"2"``, ``0.25`` → ``"0.25"``, ``3e-06`` → ``"3e-06"``; a path → :func:`path_tag`."""
+    if value is True:
+        return ""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return path_tag(str(value))
+
+
+def path_tag(path: str) -> str:
+    """The initials of a path as the official run names abbreviate file flags: the first character of every part
+    split on ``/`` and ``_``, the suffix dropped (``data/files_A_S_V_S_W_C_X.csv`` → ``dfASVSWCX``)."""
+    text = str(path).replace("\\", "/")
+    stem = text.rsplit(".", 1)[0] if "." in text.rsplit("/", 1)[-1] else text
+    return "".join(part[0] for chunk in stem.split("/") for part in chunk.split("_") if part)
+
+
+def format_run_tags(tags: list[tuple[str, object]] | tuple[tuple[str, object], ...]) -> str:
+    """``[("M", "data/files_w_c.csv"), ("mr", 0.0), ("FT", True)]`` → ``"Mdfwcmr0FT"`` (code + :func:`tag_value`)."""
+    return "".join(code + tag_value(value) for code, value in tags)
 
 
 def text_encoder_code(spec: str | None) -> str:

@@ -15,10 +15,13 @@ which is created inside ``--out`` with an official-style name (:mod:`kikimimi.tr
 
 ``--method m2d_clap`` (and ``m2d2_stage1``, the same objective against LLM-based caption embeddings) needs
 ``--captions`` = a caption table (CSV/JSON; embedded first with ``--text-encoder`` inside the run folder,
-reused on resume) or a caption-embedding cache; run folders are named
-``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>-<yymmdd>``. ``--method m2d2_stage2`` trains the semantic projector and
-a text encoder (``--text-encoder``) on the encoder of ``--init-from STAGE1_RUN`` (frozen unless
-``--unfreeze-audio``), folder ``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>p16kp<code>pTI-<yymmdd>``.
+reused on resume) or a caption-embedding cache (NTT's ``rawcap_*.csv`` / ``capembs_*.npy`` and ``files_*.csv``
+are read as they are, :mod:`kikimimi.data.official_lists`); run folders are named
+``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>-<yymmdd>`` (stage 1: ``…p16kp<code>-<yymmdd>-<tags>-e<epochs>``).
+``--method m2d2_stage2`` trains the semantic projector and a text encoder (``--text-encoder``) on the encoder of
+``--init-from STAGE1_RUN`` (frozen unless ``--unfreeze-audio``), folder
+``m2d_clap_vit_<size>-<F>x<T>p<f>x<t>p16kp<code>pTI-<tags>-<yymmdd>`` (tags:
+:func:`kikimimi.training.run_folder.official_run_tags`).
 
 Multi-process: ``torchrun --nproc_per_node=N -m kikimimi pretrain …`` (gloo on CPU, nccl on CUDA);
 ``--batch-size`` is per process. ``--resume RUN_DIR|CHECKPOINT`` restores every setting from the
@@ -45,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="objective (required unless --recipe names a recipe for one method)",
     )
     p.add_argument(
-        "--data", nargs="+", default=S, metavar="CORPUS", help="audio folders, CSV lists or prep caches"
+        "--data", nargs="+", default=S, metavar="CORPUS",
+        help="audio folders, CSV lists, prep caches or NTT's files_*.csv lists of *_lms log-mels"
     )
     p.add_argument(
         "--recipe",
@@ -163,14 +167,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--captions",
         default=S,
         metavar="CAPTIONS",
-        help="M2D-CLAP/M2D2: caption table (.csv/.json; embedded with --text-encoder) or caption-embedding cache",
+        help="M2D-CLAP/M2D2: caption table (.csv/.json, or NTT's rawcap_*.csv files / their folder; embedded with "
+        "--text-encoder) or caption-embedding cache (also NTT's capembs_*.npy / their folder)",
     )
     p.add_argument(
         "--text-encoder",
         default=S,
         metavar="SPEC",
-        help="text encoder (minilm, st:PATH, gte:PATH, bert:PATH, llm:PATH#eos, smollm2#eos): embeds a caption "
-        "table for m2d_clap/m2d2_stage1, is trained in m2d2_stage2",
+        help="text encoder (minilm, st:PATH, gte:PATH, bert:PATH, llm:PATH#eos, smollm2#eos, nvembed:PATH = "
+        "NV-Embed-v2 through its own remote code): embeds a caption table for m2d_clap/m2d2_stage1, is trained in "
+        "m2d2_stage2",
     )
     p.add_argument("--clap-weight", type=float, default=S, help="CLAP loss weight in M2D-CLAP (0.01)")
     p.add_argument(

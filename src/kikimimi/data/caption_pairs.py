@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,12 @@ def match_caption_keys(corpus: Corpus, available: Iterable[str]) -> list[str | N
 
 
 def filter_captioned(
-    corpus: Corpus, available: Iterable[str], missing: str = "error", *, source: str = "captions"
+    corpus: Corpus,
+    available: Iterable[str],
+    missing: str = "error",
+    *,
+    source: str = "captions",
+    match: Callable[[Corpus, list[str]], list[str | None]] | None = None,
 ) -> tuple[Corpus, list[str]]:
     """Keep the files that have captions: ``(corpus, keys)`` with one caption key per kept file.
 
@@ -111,13 +116,15 @@ def filter_captioned(
         missing: ``"error"`` → raise listing the files without captions; ``"skip"`` → drop them with a
             :class:`UserWarning` naming how many and the first few.
         source: the caption file named in messages.
+        match: ``match(corpus, keys)`` → each file's key or ``None`` (default :func:`match_caption_keys`; the
+            official ``ytid`` rule is :func:`kikimimi.data.official_lists.match_official_keys`).
 
     Raises:
         ValueError: files without captions (``missing="error"``), or no file has a caption.
     """
     if missing not in MISSING_MODES:
         raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
-    keys = match_caption_keys(corpus, available)
+    keys = (match or match_caption_keys)(corpus, list(available))
     lacking = [str(f) for f, k in zip(corpus.files, keys, strict=True) if k is None]
     if lacking and len(lacking) == len(corpus.files):
         raise ValueError(

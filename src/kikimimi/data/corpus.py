@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from kikimimi.audio.decode import load_audio
+from kikimimi.data.official_lists import is_lms_list, read_file_list
 from kikimimi.features.frontend import FrontendConfig, LogMelSpectrogram, get_preset, log_mel
 from kikimimi.features.normstats import NormStats
 from kikimimi.features.prep_cache import cache_entries, cache_preset, is_prep_cache, open_log_mel
@@ -64,13 +65,16 @@ class Corpus:
     """A resolved list of training items.
 
     ``kind`` is ``"audio"`` (``files`` are audio files) or ``"cache"`` (``files`` are ``.npy`` log-mels);
-    ``preset`` is the front-end preset name recorded in a cache's ``prep.json`` (``None`` for audio).
+    ``preset`` is the front-end preset name recorded in a cache's ``prep.json`` (``None`` for audio);
+    ``default_pad`` is the padding used when a run names none (``None``: ``wave_zero`` for audio, ``log_silence``
+    for caches; official ``files_*.csv`` log-mel lists: ``log_zero``, as NTT's dataset pads, fact sheet §4).
     """
 
     kind: str
     files: list[Path]
     preset: str | None = None
     sources: list[str] = field(default_factory=list)
+    default_pad: str | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -79,8 +83,10 @@ class Corpus:
 def resolve_corpus(inputs: Sequence[str | Path]) -> Corpus:
     """Resolve ``--data`` arguments into a :class:`Corpus`.
 
-    Each input is a prep cache folder, an audio folder (searched recursively) or a CSV list of audio files
-    (see :func:`kikimimi.fileio.collect_audio_files`). Caches and audio sources cannot be mixed.
+    Each input is a prep cache folder, an audio folder (searched recursively), a CSV list of audio files
+    (see :func:`kikimimi.fileio.collect_audio_files`) or an official ``files_*.csv`` list of log-mel ``.npy`` files
+    (:func:`kikimimi.data.official_lists.read_file_list`: missing files named in one warning and skipped). Caches,
+    log-mel lists and audio sources cannot be mixed.
 
     Raises:
         ValueError: no inputs, an input that does not exist, mixed kinds, caches with different presets, or no
@@ -92,7 +98,16 @@ def resolve_corpus(inputs: Sequence[str | Path]) -> Corpus:
     if missing:
         raise ValueError(f"--data: no such file or folder: {', '.join(repr(m) for m in missing)}")
     caches = [Path(p) for p in inputs if is_prep_cache(p)]
-    others = [Path(p) for p in inputs if not is_prep_cache(p)]
+    lms_lists = [Path(p) for p in inputs if is_lms_list(p)]  # official files_*.csv over *_lms trees
+    others = [Path(p) for p in inputs if not is_prep_cache(p) and not is_lms_list(p)]
+    if lms_lists:
+        if caches or others:
+            raise ValueError(
+                f"cannot mix log-mel file lists ({lms_lists[0]}) with other --data ({(caches + others)[0]}) in one "
+                "corpus"
+            )
+        files = [f for lst in lms_lists for f in read_file_list(lst).files]
+        return Corpus("cache", files, None, [str(p) for p in lms_lists], default_pad="log_zero")
     if caches and others:
         raise ValueError(
             f"cannot mix prep caches ({caches[0]}) and audio sources ({others[0]}) in one corpus; "
@@ -165,7 +180,7 @@ class CropDataset(Dataset):
         if len(corpus) == 0:
             raise ValueError("the corpus is empty")
         if pad_mode is None:
-            pad_mode = "wave_zero" if corpus.kind == "audio" else "log_silence"
+            pad_mode = corpus.default_pad or ("wave_zero" if corpus.kind == "audio" else "log_silence")
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         if pad_mode == "wave_zero" and corpus.kind != "audio":

@@ -823,6 +823,10 @@ def export_finetuned(model: FinetuneModel, bundle: EncoderBundle, classes: Seque
     ``input_size``; ``info`` lands under ``config["finetune"]``.
     """
     config = json.loads(json.dumps(bundle.config, default=str))
+    # the file holds the fine-tuned encoder and the head (as EVAR's stage-1.1 file): a CLAP model's projectors and text
+    # side are not fine-tuned nor written, so their descriptions go too (M2D2 stage 2 builds a fresh projector)
+    for key in ("audio_proj", "text_proj", "text_encoder", "logit_scale"):
+        config.pop(key, None)
     if isinstance(model.encoder, AudioViT):  # dur_frames may have changed the input size
         config["vit"] = model.encoder.config.to_dict()
     head = model.head

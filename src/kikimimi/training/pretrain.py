@@ -51,7 +51,7 @@ from kikimimi.fileio import atomic_torch_save, atomic_write_json
 from kikimimi.methods import METHODS
 from kikimimi.methods.recipes import frontend_preset, planned_steps, resolve_auto_settings
 from kikimimi.models.vit import AudioViT, ViTConfig
-from kikimimi.training.captions import load_caption_table, prepare_embedding_cache
+from kikimimi.training.captions import caption_key_matcher, load_caption_table, prepare_embedding_cache
 from kikimimi.training.distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed
 from kikimimi.training.further import encoder_init_state
 from kikimimi.training.run_folder import byola_encoder_stem, claim_run_dir
@@ -338,8 +338,9 @@ def _pair_with_captions(
         captions = _Captions([], source, embeddings=cache)
         available = list(cache.keys())
     corpus, captions.keys = filter_captioned(
-        corpus, available, settings.missing_captions or "error", source=captions.source
-    )
+        corpus, available, settings.missing_captions or "error", source=captions.source,
+        match=caption_key_matcher(str(settings.captions)),
+    )  # fmt: skip
     return corpus, captions, settings
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kikimimi.checkpoints.runs import find_resume_checkpoint
+from kikimimi.data.official_lists import caption_source_kind
 from kikimimi.device import AMP_MODES, resolve_device
 from kikimimi.methods import METHODS
 from kikimimi.methods.recipes import (
@@ -451,7 +452,11 @@ def resume_settings(given: Mapping[str, Any]) -> PretrainSettings:
 
 
 def is_embedding_cache(path: Any) -> bool:
-    """True for a caption-embedding cache, False for a caption table (``.csv``/``.json``/``.tsv``)."""
+    """True for a caption-embedding cache (official ``capembs_*.npy`` and folders of them included), False for a
+    caption table (``.csv``/``.json``/``.tsv``, official ``rawcap_*.csv`` and folders of them)."""
+    official = caption_source_kind(str(path))
+    if official is not None:
+        return official == "capembs"
     return Path(str(path)).suffix.lower() not in (".csv", ".json", ".tsv")
 
 
