@@ -25,8 +25,15 @@ database in a temporary folder: build seconds (create + insert + flush + the bac
 search), recall@10, single-query latency through the client (the gRPC round trip included, as a caller sees
 it), batch queries/s, the database's size on disk per row, and the RSS growth of this process and its children.
 
+Measuring at 1M rows in two steps (the build takes long; the query phase wants a quiet machine): ``--save DIR``
+writes each faiss index built (``<kind>.npz`` by :meth:`VectorIndex.save` and ``<kind>.json``, its description
+with the build's seconds and RSS growth), the query sets and their exact top-10 (``queries.npz``) and the run's
+settings (``run.json``) to ``DIR``; ``--from DIR`` reads them back and runs only the query phase (recall,
+latency, batch, sweep) of the saved kinds, reporting the build figures recorded at ``--save`` time. The base
+vectors are not saved (the graph holds them; the ground truth is saved with the queries).
+
 Usage: python benchmarks/bench_index_scale.py [--rows 100000] [--dim 768] [--kinds flat ivf hnsw hnsw_sq milvus]
-           [--queries 200] [--json OUT]
+           [--queries 200] [--json OUT] [--save DIR | --from DIR]
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model  # noqa: E402
 
+from kikimimi.fileio import atomic_open, atomic_write_json  # noqa: E402
 from kikimimi.inference.vector_index import (  # noqa: E402
     VectorIndex,
     _exact_topk,
@@ -197,43 +205,159 @@ def latencies_ms(index: VectorIndex, queries: np.ndarray, k: int = 10) -> np.nda
     return out
 
 
+#: the files ``--save`` writes besides one ``<kind>.npz`` + ``<kind>.json`` per faiss kind
+RUN_FILE, QUERY_FILE = "run.json", "queries.npz"
+
+
+def measure(kind: str, index: VectorIndex, sets: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+            sweep: bool, exact_p50: float | None) -> dict:
+    """The query phase of one faiss ``index``: recall@10 per query set, single-query latency (ms, one search
+    thread), batch queries/s (all threads) and, with ``sweep``, recall and p50 around the calibrated effort."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    info = index.describe()
+    recall = {n: round(recall_at_k(index.search(q, 10)[1], truth[n]), 4) for n, q in sets.items()}
+    faiss.omp_set_num_threads(1)
+    lat = np.concatenate([latencies_ms(index, q) for q in sets.values()])
+    faiss.omp_set_num_threads(threads)
+    every = np.concatenate(list(sets.values()))
+    t = time.perf_counter()
+    index.search(every, 10)
+    batch_qps = len(every) / (time.perf_counter() - t)
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    effort = {k: info[k] for k in ("efSearch", "nprobe", "nlist", "M", "efConstruction") if k in info}
+    row = {"kind": kind, **effort, "calibrated_recall": (info.get("calibration") or {}).get("recall_at_10"),
+           "recall_at_10": recall, "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3),
+           "qps_1_thread": round(1000 / lat.mean(), 1), f"qps_batch_{threads}_threads": round(batch_qps, 1)}
+    if exact_p50 is not None:
+        row["p50_speedup_vs_exact"] = round(exact_p50 / p50, 1)
+    if sweep and kind in ("hnsw", "hnsw_sq", "ivf"):  # the trade-off around the calibrated effort
+        name = "nprobe" if kind == "ivf" else "efSearch"
+        chosen, out = index.params[name], {}
+        faiss.omp_set_num_threads(1)
+        for value in sorted({max(1, chosen // 4), max(1, chosen // 2), chosen, chosen * 2}):
+            index.params[name] = value
+            index._apply_search_params()
+            out[value] = {s: {"recall_at_10": round(recall_at_k(index.search(q, 10)[1], truth[s]), 4),
+                              "p50_ms": round(float(np.median(latencies_ms(index, q[:100]))), 3)}
+                          for s, q in sets.items()}
+        faiss.omp_set_num_threads(threads)
+        index.params[name] = chosen
+        index._apply_search_params()
+        row[f"sweep_{name}"] = out
+    return row
+
+
+def save_queries(folder: Path, run: dict, sets: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> None:
+    """Write the run's settings and its query sets with their exact top-10 rows into ``folder`` (``--save``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_open(folder / QUERY_FILE, "wb") as fh:
+        np.savez(fh, **{f"queries_{n}": q for n, q in sets.items()}, **{f"truth_{n}": t for n, t in truth.items()})
+    atomic_write_json(folder / RUN_FILE, run)
+
+
+def load_saved(folder: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The settings, query sets and exact top-10 rows ``--save`` wrote into ``folder``; exits with one line when
+    they are missing or unreadable."""
+    try:
+        run = json.loads((folder / RUN_FILE).read_text())
+        with np.load(folder / QUERY_FILE, allow_pickle=False) as z:
+            sets = {n[len("queries_"):]: z[n] for n in z.files if n.startswith("queries_")}
+            truth = {n[len("truth_"):]: z[n] for n in z.files if n.startswith("truth_")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"'{folder}': not a folder written by --save ({exc})") from None
+    return run, sets, truth
+
+
+def saved_index_bytes(path: Path) -> int:
+    """Bytes of the serialised faiss index inside a ``.npz`` written by :meth:`VectorIndex.save` (its ``index``
+    member less the 128-byte ``.npy`` header), read from the zip directory without loading it."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return z.getinfo("index.npy").file_size - 128
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--centres", type=int, default=1000)
-    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "hnsw_sq"],
-                        choices=("numpy", "flat", "ivf", "hnsw", "hnsw_sq", "milvus", "milvus_flat"))
+    parser.add_argument("--kinds", nargs="+", default=None,
+                        choices=("numpy", "flat", "ivf", "hnsw", "hnsw_sq", "milvus", "milvus_flat"),
+                        help="default: flat ivf hnsw hnsw_sq (with --from: every kind saved)")
     parser.add_argument("--queries", type=int, default=200, help="held-out queries of each sort")
     parser.add_argument("--target", type=float, default=0.95, help="recall@10 the calibration aims at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="skip the recall/latency sweep around the calibrated search effort")
     parser.add_argument("--json", help="also write the results here")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--save", metavar="DIR", type=Path,
+                       help="also save each faiss index built and the query sets here (for --from)")
+    where.add_argument("--from", dest="load", metavar="DIR", type=Path,
+                       help="run only the query phase on the indexes and queries --save wrote here")
     args = parser.parse_args()
 
     import faiss
 
-    print(f"# bench_index_scale: {args.rows} × {args.dim} clustered ({args.centres} centres), "
-          f"{args.queries} + {args.queries} queries, target recall@10 {args.target}")
+    if args.load is not None:
+        run, sets, truth = load_saved(args.load)
+        saved = [k for k in run["kinds"] if (args.load / f"{k}.npz").is_file() or k in ("flat", "numpy")]
+        kinds = args.kinds or saved
+        if missing := [k for k in kinds if k not in saved]:
+            raise SystemExit(f"'{args.load}': no saved index of kind {', '.join(missing)} (saved: "
+                             f"{', '.join(saved) or 'none'})")
+        if any(k in ("flat", "numpy") for k in kinds):
+            raise SystemExit(f"'{args.load}': exact kinds are not saved (they need the base vectors); "
+                             "run them without --from")
+        rows, dim, centres, queries = run["rows"], run["dim"], run["centres"], run["queries"]
+    else:
+        kinds = args.kinds or ["flat", "ivf", "hnsw", "hnsw_sq"]
+        rows, dim, centres, queries = args.rows, args.dim, args.centres, args.queries
+    print(f"# bench_index_scale: {rows} × {dim} clustered ({centres} centres), "
+          f"{queries} + {queries} queries, target recall@10 {args.target}"
+          + (f"; query phase only, indexes read from {args.load}" if args.load else "")
+          + (f"; saving the indexes to {args.save}" if args.save else ""))
     print(f"# CPU: {cpu_model()}; {os.cpu_count()} cores; vector extensions: {cpu_flags()}")
     print(f"# faiss {faiss.__version__} ({faiss.get_compile_options().strip()}), "
           f"{faiss.omp_get_max_threads()} OpenMP threads; load average {os.getloadavg()[0]:.2f}", flush=True)
-    if any(k.startswith("milvus") for k in args.kinds):
+    if any(k.startswith("milvus") for k in kinds):
         from importlib import metadata
 
         print(f"# pymilvus {metadata.version('pymilvus')}, milvus-lite {metadata.version('milvus-lite')} "
               "(Milvus Lite, embedded)", flush=True)
-    base = clustered(args.rows, args.dim, args.centres, args.seed)
-    rng = np.random.default_rng([args.seed, 3])
-    picks = rng.choice(args.rows, args.queries, replace=False)
-    sets = {"near": normalise(base[picks] + 1.5 * normalise(rng.standard_normal((args.queries, args.dim),
-                                                                                np.float32))),
-            "text": normalise(rng.standard_normal((args.queries, args.dim), np.float32))}
-    truth = {name: _exact_topk(base, q, 10)[1] for name, q in sets.items()}
-    threads = faiss.omp_get_max_threads()
     results, exact_p50 = [], None
-    for kind in args.kinds:
+    if args.load is not None:
+        for kind in kinds:
+            built = json.loads((args.load / f"{kind}.json").read_text())
+            rss0 = rss_mb()
+            t = time.perf_counter()
+            index = VectorIndex.from_saved(built["describe"], path=args.load / f"{kind}.npz")
+            load_s = time.perf_counter() - t
+            row = {"kind": kind, "rows": rows, "dim": dim, "build_s": built["build_s"],
+                   "load_s": round(load_s, 1), "rss_after_load_mb": round(rss_mb() - rss0, 1),
+                   **{k: built[k] for k in ("index_bytes_per_row", "mb_per_million_rows_extrapolated",
+                                            "rss_growth_mb") if k in built},
+                   **measure(kind, index, sets, truth, args.sweep, None)}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            del index
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        return 0
+    base = clustered(rows, dim, centres, args.seed)
+    rng = np.random.default_rng([args.seed, 3])
+    picks = rng.choice(rows, queries, replace=False)
+    sets = {"near": normalise(base[picks] + 1.5 * normalise(rng.standard_normal((queries, dim), np.float32))),
+            "text": normalise(rng.standard_normal((queries, dim), np.float32))}
+    truth = {name: _exact_topk(base, q, 10)[1] for name, q in sets.items()}
+    if args.save is not None:
+        save_queries(args.save, {"rows": rows, "dim": dim, "centres": centres, "queries": queries,
+                                 "seed": args.seed, "target": args.target, "cpu": cpu_model(),
+                                 "kinds": [k for k in kinds if k in ("ivf", "hnsw", "hnsw_sq")]}, sets, truth)
+    for kind in kinds:
         if kind.startswith("milvus"):
             row = bench_milvus(kind, base, sets, truth, args.sweep)
             if exact_p50 is not None:
@@ -246,45 +370,25 @@ def main() -> int:
         index = VectorIndex.build(base, kind=kind, target_recall=args.target, seed=args.seed)
         build_s = time.perf_counter() - t
         rss_growth = rss_mb() - rss0
+        print(f"# {kind}: built in {build_s:.1f} s, RSS +{rss_growth:.0f} MB", file=sys.stderr, flush=True)
         info = index.describe()
-        size = len(faiss.serialize_index(index._faiss)) if index._faiss is not None else base.nbytes
-        recall = {n: round(recall_at_k(index.search(q, 10)[1], truth[n]), 4) for n, q in sets.items()}
-        faiss.omp_set_num_threads(1)
-        lat = np.concatenate([latencies_ms(index, q) for q in sets.values()])
-        faiss.omp_set_num_threads(threads)
-        every = np.concatenate(list(sets.values()))
-        t = time.perf_counter()
-        index.search(every, 10)
-        batch_qps = len(every) / (time.perf_counter() - t)
-        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-        exact_p50 = p50 if kind in ("flat", "numpy") and exact_p50 is None else exact_p50
-        effort = {k: info[k] for k in ("efSearch", "nprobe", "nlist", "M", "efConstruction") if k in info}
-        row = {"kind": kind, "rows": args.rows, "dim": args.dim, "build_s": round(build_s, 1), **effort,
-               "calibrated_recall": (info.get("calibration") or {}).get("recall_at_10"),
-               "recall_at_10": recall, "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3),
-               "qps_1_thread": round(1000 / lat.mean(), 1), f"qps_batch_{threads}_threads": round(batch_qps, 1),
-               "index_bytes_per_row": round(size / args.rows, 1),
-               "mb_per_million_rows_extrapolated": round(size / args.rows * 1e6 / 2**20, 1),
-               "estimate_bytes_per_row": round(estimate_bytes(kind, args.rows, args.dim,
-                                                              m=int(info.get("M", 32)),
-                                                              nlist=int(info.get("nlist", 0))) / args.rows, 1),
-               "rss_growth_mb": round(rss_growth, 1)}
-        if exact_p50 is not None:
-            row["p50_speedup_vs_exact"] = round(exact_p50 / p50, 1)
-        if args.sweep and kind in ("hnsw", "hnsw_sq", "ivf"):  # the trade-off around the calibrated effort
-            name = "nprobe" if kind == "ivf" else "efSearch"
-            chosen, sweep = index.params[name], {}
-            faiss.omp_set_num_threads(1)
-            for value in sorted({max(1, chosen // 4), max(1, chosen // 2), chosen, chosen * 2}):
-                index.params[name] = value
-                index._apply_search_params()
-                sweep[value] = {s: {"recall_at_10": round(recall_at_k(index.search(q, 10)[1], truth[s]), 4),
-                                    "p50_ms": round(float(np.median(latencies_ms(index, q[:100]))), 3)}
-                                for s, q in sets.items()}
-            faiss.omp_set_num_threads(threads)
-            index.params[name] = chosen
-            index._apply_search_params()
-            row[f"sweep_{name}"] = sweep
+        if args.save is not None and not index.exact:
+            index.save(args.save / f"{kind}.npz")  # measured from the file: no second copy of the graph in RAM
+            size = saved_index_bytes(args.save / f"{kind}.npz")
+        else:
+            size = len(faiss.serialize_index(index._faiss)) if index._faiss is not None else base.nbytes
+        build = {"rows": rows, "dim": dim, "build_s": round(build_s, 1),
+                 "index_bytes_per_row": round(size / rows, 1),
+                 "mb_per_million_rows_extrapolated": round(size / rows * 1e6 / 2**20, 1),
+                 "estimate_bytes_per_row": round(estimate_bytes(kind, rows, dim, m=int(info.get("M", 32)),
+                                                                nlist=int(info.get("nlist", 0))) / rows, 1),
+                 "rss_growth_mb": round(rss_growth, 1)}
+        if args.save is not None and not index.exact:
+            atomic_write_json(args.save / f"{kind}.json", {**build, "describe": info})
+            print(f"# {kind}: saved to {args.save / f'{kind}.npz'}", file=sys.stderr, flush=True)
+        row = measure(kind, index, sets, truth, args.sweep, exact_p50)
+        row = {"kind": kind, **build, **row}
+        exact_p50 = row["p50_ms"] if kind in ("flat", "numpy") and exact_p50 is None else exact_p50
         results.append(row)
         print(json.dumps(row), flush=True)
         del index

@@ -20,8 +20,18 @@ the query to a vector (no model time), so the figures are the server and the ind
 run with that CLAP checkpoint's own text encoder over a ``--model-rows`` index of the model's dimension: the
 end-to-end latency of a text query.
 
+End-to-end text-query latency (``text_e2e`` in every row; ``--text-queries`` of them, 0 = skip): one client in
+another process sends ``GET /api/search?q=…&top=10`` one after the other over loopback, first ``--text-queries``
+texts the server has never seen (``cache_miss``: the text embedding is computed, so it is included — the hash
+stand-in costs microseconds, a real ``--model`` its encoder time), then the same texts again (``cache_hit``: the
+server's text-embedding cache answers, so only HTTP, the search and the answer are timed). p50/p95/p99 in ms.
+
+``--index-from DIR`` serves the HNSW index that ``benchmarks/bench_index_scale.py --kinds hnsw --save DIR`` built
+(e.g. 1M × 768: ``--rows 1000000``) instead of building one per ``--sizes``, and measures its recall on the query
+sets saved with it: the 1M figures without the build.
+
 Usage: python benchmarks/bench_serve.py [--sizes 10000 1000000] [--dim 768] [--clients 4] [--seconds 10]
-           [--mix text similar tags] [--model CKPT] [--json OUT]
+           [--mix text similar tags] [--model CKPT] [--text-queries 200] [--index-from DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -237,6 +247,62 @@ def load_run(app, clients: int, seconds: float, seed: int, mix: tuple[str, ...] 
     return out
 
 
+def _text_latency_process(url: str, texts: list[str], out) -> None:
+    """Send each text query once, then each again, one at a time; put ``(first pass ms, second pass ms, statuses)``
+    on ``out``."""
+    import httpx
+
+    passes: list[list[float]] = [[], []]
+    statuses: dict[int, int] = {}
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for ms in passes:
+            for text in texts:
+                t = time.perf_counter()
+                r = c.get("/api/search", params={"q": text, "top": 10})
+                ms.append(1000 * (time.perf_counter() - t))
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+    out.put((passes[0], passes[1], statuses))
+
+
+def text_latency(app, n: int, seed: int) -> dict:
+    """End-to-end latency of ``n`` sequential text queries through ``app`` served on loopback (module docstring):
+    ``cache_miss`` (text embedding included) and ``cache_hit`` (served from the text-embedding cache)."""
+    rng = random.Random(seed + 7)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(3)) + f" e2e {i}" for i in range(n)]
+    server, url = serve_in_thread(app)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_text_latency_process, args=(url, texts, queue))
+    proc.start()
+    miss, hit, statuses = queue.get(timeout=600)
+    proc.join()
+    server.should_exit = True
+
+    def pct(ms: list[float]) -> dict:
+        p50, p95, p99 = np.percentile(np.asarray(ms), [50, 95, 99])
+        return {"queries": len(ms), "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2),
+                "p99_ms": round(float(p99), 2)}
+
+    return {"cache_miss": {**pct(miss), "text_embedding": "included"},
+            "cache_hit": {**pct(hit), "text_embedding": "excluded (served from the server's cache)"},
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def saved_index(folder: Path) -> tuple[VectorIndex, dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The HNSW index, its build record and the query sets with their exact top-10 that
+    ``bench_index_scale.py --save`` wrote into ``folder``."""
+    try:
+        built = json.loads((folder / "hnsw.json").read_text())
+        index = VectorIndex.from_saved(built["describe"], path=folder / "hnsw.npz")
+        with np.load(folder / "queries.npz", allow_pickle=False) as z:
+            sets = {n[len("queries_"):]: z[n] for n in z.files if n.startswith("queries_")}
+            truth = {n[len("truth_"):]: z[n] for n in z.files if n.startswith("truth_")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"'{folder}': no HNSW index saved by bench_index_scale.py --kinds hnsw --save ({exc})") \
+            from None
+    return index, built, sets, truth
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -267,6 +333,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", choices=("uniform", "clustered"), default="uniform")
+    parser.add_argument("--text-queries", type=int, default=200,
+                        help="sequential text queries of the end-to-end latency (each twice: cache miss, hit; 0: skip)")
+    parser.add_argument("--index-from", metavar="DIR", type=Path,
+                        help="serve the HNSW index bench_index_scale.py --save wrote here instead of --sizes")
     parser.add_argument("--mix", nargs="+", choices=("text", "similar", "tags"), default=["text", "similar", "tags"],
                         help="endpoints the clients call, drawn at random: text search, search by example and "
                              "zero-shot tags of an indexed file")
@@ -280,8 +350,33 @@ def main() -> int:
 
     settings = ServeSettings(workers=args.workers, queue_limit=args.queue_limit, max_top=100)
     results = []
-    print(f"# bench_serve: {args.data} data, dim {args.dim}, {args.clients} clients × {args.seconds:g} s, "
+    from _common import cpu_model
+    from bench_index_scale import cpu_flags
+
+    what = f"index from {args.index_from}" if args.index_from else f"{args.data} data, dim {args.dim}"
+    print(f"# bench_serve: {what}, {args.clients} clients × {args.seconds:g} s, "
           f"server workers {args.workers}, queue {args.queue_limit}, cores {os.cpu_count()}", flush=True)
+    print(f"# CPU: {cpu_model()}; vector extensions: {cpu_flags()}; load average {os.getloadavg()[0]:.2f}",
+          flush=True)
+    if args.index_from is not None:
+        rss0 = current_rss_mb()
+        t = time.perf_counter()
+        index, built, sets, truth = saved_index(args.index_from)
+        load_s = time.perf_counter() - t
+        recall = {name: round(recall_at_k(index.search(q, 10)[1], truth[name], 10), 4) for name, q in sets.items()}
+        by_key = bool({"similar", "tags"} & set(args.mix))
+        with tempfile.TemporaryDirectory() as tmp:
+            app = create_app(HashText(index.dim), tmp, settings=settings,
+                             index=synthetic_search_index(index, "hash", vectors=by_key))
+            e2e = text_latency(app, args.text_queries, args.seed) if args.text_queries else None
+            load = load_run(app, args.clients, args.seconds, args.seed, tuple(args.mix), index.size)
+        row = {"rows": index.size, "dim": index.dim, "index_from": str(args.index_from),
+               "vector_index": {k: v for k, v in index.describe().items() if k != "library"},
+               "build_s": built.get("build_s"), "load_s": round(load_s, 1), "recall": recall, "text_e2e": e2e,
+               "load": load, "index_rss_mb": round(current_rss_mb() - rss0, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        args.sizes = []
     for n in args.sizes:
         rss0 = current_rss_mb()
         index, build_s = build_index(n, args.dim, args.seed, args.exact_below)
@@ -304,10 +399,11 @@ def main() -> int:
             by_key = bool({"similar", "tags"} & set(args.mix))
             app = create_app(HashText(args.dim), tmp, settings=settings,
                              index=synthetic_search_index(index, "hash", vectors=by_key))
+            e2e = text_latency(app, args.text_queries, args.seed) if args.text_queries else None
             load = load_run(app, args.clients, args.seconds, args.seed, tuple(args.mix), n)
         row = {"rows": n, "dim": args.dim, "data": args.data,
                "vector_index": {k: v for k, v in info.items() if k != "library"},
-               "build_s": round(build_s, 1), "recall": recall, "load": load,
+               "build_s": round(build_s, 1), "recall": recall, "text_e2e": e2e, "load": load,
                "index_rss_mb": round(rss_index, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -321,9 +417,11 @@ def main() -> int:
         index, build_s = build_index(args.model_rows, model.embedding_dim, args.seed, args.exact_below)
         with tempfile.TemporaryDirectory() as tmp:
             app = create_app(model, tmp, settings=settings, index=synthetic_search_index(index, args.model))
+            e2e = text_latency(app, args.text_queries, args.seed) if args.text_queries else None
             load = load_run(app, args.clients, args.seconds, args.seed)
         row = {"rows": args.model_rows, "dim": model.embedding_dim, "model": args.model,
-               "text_encoder": model.text_encoder_description(), "vector_index": index.kind, "load": load,
+               "text_encoder": model.text_encoder_description(), "vector_index": index.kind, "text_e2e": e2e,
+               "load": load,
                "peak_rss_mb": round(peak_rss_mb(), 1)}
         results.append(row)
         print(json.dumps(row), flush=True)

@@ -49,3 +49,29 @@ def test_small_run_reports_the_milvus_backend(tmp_path):
         r = rows[kind]
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["disk_bytes_per_row"] > 16 * 4
         assert r["p50_ratio_to_faiss_exact"] > 0 and "sweep_ef" not in r  # --no-sweep
+
+
+def test_save_then_query_phase_only_from_the_saved_folder(tmp_path):
+    """--save DIR keeps the built index and the query sets; --from DIR measures the same recall without building."""
+    saved, first, second = tmp_path / "saved", tmp_path / "a.json", tmp_path / "b.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--rows", "2000", "--dim", "16", "--centres", "30",
+                           "--queries", "40", "--kinds", "flat", "hnsw", "--no-sweep", "--save", str(saved),
+                           "--json", str(first)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in saved.iterdir()) == ["hnsw.json", "hnsw.npz", "queries.npz", "run.json"]
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--from", str(saved), "--json", str(second)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "query phase only" in proc.stdout and "# CPU:" in proc.stdout
+    built = {r["kind"]: r for r in json.loads(first.read_text())}["hnsw"]
+    (again,) = json.loads(second.read_text())
+    assert again["kind"] == "hnsw" and again["rows"] == 2000 and again["build_s"] == built["build_s"]
+    assert again["recall_at_10"] == built["recall_at_10"] and again["efSearch"] == built["efSearch"]
+    assert again["index_bytes_per_row"] == built["index_bytes_per_row"] and "sweep_efSearch" in again
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--from", str(saved), "--kinds", "ivf"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "no saved index of kind ivf (saved: hnsw)" in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--from", str(tmp_path / "nothing")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "not a folder written by --save" in proc.stderr

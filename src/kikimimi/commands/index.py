@@ -1,6 +1,7 @@
 """`kikimimi index DIR -m MODEL -o INDEX`: build or update a text-searchable index of a folder's audio;
 `kikimimi index --check INDEX`: verify an index (exit 0 sound, 1 corrupted); `kikimimi index --compact INDEX`:
-drop the tombstones of its HNSW graph now."""
+drop the tombstones of its HNSW graph now. On a Milvus database (INDEX a ``.db`` path or ``http://host:19530``),
+``--check`` verifies the rows against their files and repairs them, ``--compact`` runs the database's compaction."""
 
 from __future__ import annotations
 
@@ -34,10 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-index", choices=("HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"), default="HNSW",
                         help="Milvus vector index (with --db; default HNSW; FLAT = exact search)")
     parser.add_argument("--check", metavar="INDEX", help="only verify the index folder INDEX (checksums, row counts, "
-                        "vector index): exit 0 when sound, 1 with a one-line reason when corrupted")
+                        "vector index): exit 0 when sound, 1 with a one-line reason when corrupted. A Milvus database "
+                        "(a .db path or http://host:19530, --collection): its rows are checked against their files "
+                        "(missing, changed, unreadable, outside the folder) and repaired — rows of missing files "
+                        "deleted, changed files embedded again (-m, default: the model that built it); exit 0 when "
+                        "sound or repaired, 1 when something is left")
+    parser.add_argument("--no-repair", action="store_true",
+                        help="with --check on a database: only report (exit 1 when a row needs repair)")
     parser.add_argument("--compact", metavar="INDEX", help="only compact the index folder INDEX: rebuild its HNSW "
                         "graph without the removed segments it still holds (updates do it when they pass a quarter "
-                        "of the graph)")
+                        "of the graph); on a Milvus database: run its compaction now (deleted rows leave storage)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rebuild", action="store_true", help="discard the existing index and embed everything")
     parser.add_argument("--save-every-s", type=float, default=60.0, metavar="SECONDS",
@@ -68,6 +75,11 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one file is indexed, 1 when every file failed, 2 on a bad setting or model.
     With ``--check``: 0 when the index is sound, 1 when it is corrupted or unreadable."""
+    if args.check or args.compact:
+        from kikimimi.inference.milvus_index import is_database_uri
+
+        if is_database_uri(args.check or args.compact):
+            return _check_db(args) if args.check else _compact_db(args)
     if args.check:
         from kikimimi.inference.search import check_index
 
@@ -145,6 +157,68 @@ def _run_db(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return _report(update, f"{args.db} ({args.collection})")
+
+
+def _db_settings(args: argparse.Namespace):
+    from kikimimi.inference.milvus_index import MilvusSettings
+
+    return MilvusSettings(collection=args.collection, token=os.environ.get("KIKIMIMI_MILVUS_TOKEN"))
+
+
+def _check_db(args: argparse.Namespace) -> int:
+    """``--check URI``: one line per row problem, then what was repaired (exit 0: sound or repaired, 1: problems
+    left, 2: the database cannot be opened or the model is refused)."""
+    from kikimimi.checkpoints import CheckpointError
+    from kikimimi.inference.clap import CLAPError, load_clap
+    from kikimimi.inference.milvus_index import MilvusIndex, check_milvus_index, repair_milvus_index
+    from kikimimi.inference.search import SearchIndexError
+
+    uri, settings = args.check, _db_settings(args)
+    dest = f"'{uri}' ({args.collection})"
+    try:
+        found = check_milvus_index(uri, settings)
+        for line in found.problems():
+            print(f"error: {line}", file=sys.stderr)
+        if found.sound:
+            print(f"{dest}: the index is sound ({found.files} files, {found.rows} segments)")
+            return 0
+        if args.no_repair:
+            print(f"{dest}: {len(found.problems())} of {found.files} files need repair (--no-repair: nothing "
+                  "changed)")
+            return 1
+        model = model_id = None
+        if found.changed:
+            with MilvusIndex.open(uri, settings) as db:
+                recorded = db.model
+                precision = getattr(args, "precision", None) or (db.model_identity or {}).get("precision")
+            model_id = str(Path(resolve_model(args.model or recorded, args)).resolve())
+            model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device, precision=precision,
+                              trust_pickle=args.trust_pickle)
+        done = repair_milvus_index(uri, found, settings, model=model, model_id=model_id,
+                                   batch_size=args.batch_size)
+    except (SearchIndexError, CheckpointError, CLAPError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for key, reason in done.not_repaired:
+        print(f"error: '{key}': not repaired: {reason}", file=sys.stderr)
+    print(f"{dest}: repaired — rows of {len(done.removed)} files removed, {len(done.re_embedded)} files embedded "
+          f"again, {len(done.not_repaired)} left")
+    return 1 if done.not_repaired else 0
+
+
+def _compact_db(args: argparse.Namespace) -> int:
+    """``--compact URI``: the database's compaction, reported in one line."""
+    from kikimimi.inference.milvus_index import compact_milvus_index
+    from kikimimi.inference.search import SearchIndexError
+
+    try:
+        done = compact_milvus_index(args.compact, _db_settings(args))
+    except (SearchIndexError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"'{args.compact}' ({args.collection}): compaction job {done['job']} {done['state']} in "
+          f"{done['seconds']:g} s; {done['rows']} segments")
+    return 0 if str(done["state"]).lower().endswith("completed") else 1
 
 
 def _report(update, dest: str) -> int:

@@ -1,4 +1,5 @@
-"""`kikimimi serve FOLDER_OR_INDEX -m MODEL`: a local sound-search and tagging service with a web page."""
+"""`kikimimi serve FOLDER_OR_INDEX -m MODEL`: a local sound-search and tagging service with a web page;
+`kikimimi serve --db URI [FOLDER]`: the same service on a Milvus database index (`kikimimi index --db URI`)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,14 @@ TOKEN_ENV = "KIKIMIMI_SERVE_TOKEN"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="FOLDER_OR_INDEX",
+    parser.add_argument("target", metavar="FOLDER_OR_INDEX", nargs="?",
                         help="a folder of audio files (indexed first, incrementally) or an index folder written by "
-                             "`kikimimi index`")
+                             "`kikimimi index`; with --db: the folder the database indexes (optional)")
+    parser.add_argument("--db", metavar="URI", help="serve the index kept in a Milvus database (`kikimimi index --db "
+                        "URI`): a path ending in .db (Milvus Lite) or http://host:19530 (a Milvus server; its "
+                        'credentials from $KIKIMIMI_MILVUS_TOKEN); needs pip install "kikimimi[milvus]"')
+    parser.add_argument("--collection", default="kikimimi_segments",
+                        help="the Milvus collection holding the index (with --db; default: kikimimi_segments)")
     parser.add_argument("-m", "--model", help="M2D-CLAP checkpoint" + MODEL_NAME_HELP +
                         " (default for an index: the model that built it; for a folder: kikimimi's packaged "
                         "open-clap-tiny)")
@@ -76,11 +82,16 @@ def _load_captioner(path: str):
 
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 after a clean stop, 2 on a bad setting, model, index or address."""
-    from kikimimi.commands._exit import check_inputs, check_paths
+    from kikimimi.commands._exit import UsageError, check_inputs, check_paths
 
-    check_paths([args.target], "folder or index")  # a missing path: a usage error (exit 2), nothing written
-    if Path(args.target).is_dir() and not (Path(args.target) / "manifest.json").is_file():
-        check_inputs([args.target])  # a folder without audio files: a usage error too
+    if args.target is None and not args.db:
+        raise UsageError("serve needs a FOLDER_OR_INDEX, or --db URI")
+    if args.target is not None:
+        check_paths([args.target], "folder or index")  # a missing path: a usage error (exit 2), nothing written
+        if Path(args.target).is_dir() and not (Path(args.target) / "manifest.json").is_file():
+            check_inputs([args.target])  # a folder without audio files: a usage error too
+        elif args.db:
+            raise UsageError(f"'{args.target}': with --db, give the folder of audio the database indexes (or none)")
     from kikimimi.apps.serve.security import BindRefused, check_bind, check_token
     from kikimimi.checkpoints import CheckpointError
     from kikimimi.fileio import OutputInUseError
@@ -104,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if warning:
         print(warning, file=sys.stderr)
+    if args.db:
+        return _run_db(args)
     target = Path(args.target)
     try:
         if (target / MANIFEST).is_file():
@@ -133,16 +146,16 @@ def run(args: argparse.Namespace) -> int:
         if (index_dir / MANIFEST).is_file():  # text queries from another model would return nonsense
             check_model_space(index_dir, model, model_id)
         captioner = _load_captioner(args.captioner) if args.captioner else None
-        labels = None
-        if args.labels:
-            lines = Path(args.labels).read_text(encoding="utf-8").splitlines()
-            labels = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
-            if not labels:
-                raise ValueError(f"'{args.labels}': no labels in the file")
+        labels = _read_labels(args.labels)
         app = _build_app(args, model, index_dir, labels, captioner, folder)
     except (SearchIndexError, CheckpointError, CLAPError, OutputInUseError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return _listen(args, app)
+
+
+def _listen(args: argparse.Namespace, app) -> int:
+    """Serve ``app`` on ``--host``/``--port`` with the connection limits until Ctrl-C."""
     import uvicorn
 
     from kikimimi.apps.serve.server import ConnectionLimits, server_config
@@ -154,7 +167,67 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_app(args: argparse.Namespace, model, index_dir: Path, labels, captioner, folder: Path | None):
+def _read_labels(path: str | None) -> list[str] | None:
+    """The labels of ``--labels FILE`` (one a line, ``#`` comments), None without the flag."""
+    if not path:
+        return None
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    labels = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    if not labels:
+        raise ValueError(f"'{path}': no labels in the file")
+    return labels
+
+
+def _run_db(args: argparse.Namespace) -> int:
+    """``serve --db URI [FOLDER]``: update the database from FOLDER (unless --no-update), refuse a model of
+    another embedding space, then serve the database's index."""
+    from kikimimi.checkpoints import CheckpointError
+    from kikimimi.inference.clap import CLAPError, load_clap
+    from kikimimi.inference.milvus_index import MilvusIndex, MilvusSettings, update_milvus_index
+    from kikimimi.inference.search import SearchIndexError, check_space, model_identity
+
+    settings = MilvusSettings(collection=args.collection, token=os.environ.get("KIKIMIMI_MILVUS_TOKEN"))
+    folder = Path(args.target) if args.target else None
+    try:
+        recorded, precision = None, getattr(args, "precision", None)
+        try:
+            with MilvusIndex.open(args.db, settings) as db:
+                recorded, precision = db.model, precision or (db.model_identity or {}).get("precision")
+        except SearchIndexError:
+            if folder is None:
+                raise
+        model_arg = args.model or recorded or model_or_packaged(None, "clap")
+        if not model_arg:
+            raise ValueError(f"'{args.db}': say which model indexes the folder (-m MODEL)")
+        model_id = str(Path(resolve_model(model_arg, args)).resolve())
+        model = load_clap(model_id, text_encoder=args.text_encoder, device=args.device, precision=precision,
+                          trust_pickle=args.trust_pickle, accept_licence=args.accept_licence)
+        if folder is not None and not args.no_update:
+            print(f"indexing '{folder}' into '{args.db}' (only new or changed files are embedded)…", flush=True)
+            update = update_milvus_index(model, folder, args.db, model_id=model_id, settings=settings,
+                                         batch_size=args.batch_size, window_s=args.window_s, hop_s=args.hop_s,
+                                         log=lambda line: print(line, end="\r", flush=True))
+            for key, reason in update.errors:
+                print(f"skipped '{key}': {reason}", file=sys.stderr)
+            print(f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
+                  f"unchanged {len(update.unchanged)}, unreadable {len(update.errors)}")
+        index = MilvusIndex.open(args.db, settings)
+        try:  # text queries from another model would return nonsense
+            check_space(index, model_identity(model, model_id), model_id)
+        except SearchIndexError:
+            index.close()
+            raise
+        captioner = _load_captioner(args.captioner) if args.captioner else None
+        app = _build_app(args, model, args.db, _read_labels(args.labels), captioner, folder, index=index,
+                         milvus=settings)
+    except (SearchIndexError, CheckpointError, CLAPError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _listen(args, app)
+
+
+def _build_app(args: argparse.Namespace, model, index_dir: Path | str, labels, captioner, folder: Path | None,
+               index=None, milvus=None):
     from kikimimi.apps.serve.app import ServeSettings, create_app
     from kikimimi.apps.serve.security import LOOPBACK_NAMES, is_loopback
 
@@ -166,4 +239,5 @@ def _build_app(args: argparse.Namespace, model, index_dir: Path, labels, caption
                              token=args.token, allowed_hosts=tuple(hosts), window_s=args.window_s, hop_s=args.hop_s,
                              vector_kind=args.vector_index, exact_below=args.exact_below, batch_size=args.batch_size,
                              max_describe_s=args.max_describe_s)
-    return create_app(model, index_dir, labels=labels, captioner=captioner, settings=settings)
+    return create_app(model, index_dir, labels=labels, captioner=captioner, settings=settings, index=index,
+                      milvus=milvus)

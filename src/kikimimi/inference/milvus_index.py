@@ -27,6 +27,12 @@ search running meanwhile sees the file (briefly twice), never not at all. Delete
 the database compacts its segments itself. An update ends with a flush, which seals the new rows into indexed
 segments (Milvus Lite searches unsealed rows by brute force). The vector index is Milvus's own (:class:`MilvusSettings`:
 ``HNSW`` by default, ``FLAT`` for exact search).
+
+:func:`check_milvus_index` verifies the rows against the files they name (missing, changed since they were
+embedded, unreadable, or naming a file outside the indexed root) and :func:`repair_milvus_index` repairs what it
+found — the rows of missing, unreadable and outside files deleted, changed files embedded again (new rows before
+the old ones go) — as ``kikimimi index --check URI`` does; :func:`compact_milvus_index` asks the database to compact
+its segments now (deleted rows are dropped from storage; Milvus also does it by itself in the background).
 """
 
 from __future__ import annotations
@@ -41,12 +47,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from kikimimi.audio.decode import AudioDecodeError
+from kikimimi.audio.decode import AudioDecodeError, audio_info
 from kikimimi.fileio import collect_audio_files, relative_key
 from kikimimi.inference.jobs import NON_FINITE
 from kikimimi.inference.search import (
@@ -67,8 +73,9 @@ from kikimimi.inference.search import (
 from kikimimi.inference.vector_index import normalise
 from kikimimi.models.encoder import TextAudioModel
 
-__all__ = ["DEFAULT_COLLECTION", "FORMAT", "INDEX_TYPES", "MISSING_EXTRA", "PROPERTY", "MilvusIndex",
-           "MilvusSettings", "MissingIndexError", "SearchFilter", "is_database_uri", "search", "update_milvus_index"]
+__all__ = ["DEFAULT_COLLECTION", "FORMAT", "INDEX_TYPES", "MISSING_EXTRA", "PROPERTY", "DatabaseCheck", "MilvusIndex",
+           "MilvusSettings", "MissingIndexError", "SearchFilter", "check_milvus_index", "compact_milvus_index",
+           "is_database_uri", "repair_milvus_index", "search", "update_milvus_index"]
 
 FORMAT = "kikimimi-milvus-index/1"
 DEFAULT_COLLECTION = "kikimimi_segments"
@@ -404,6 +411,44 @@ class MilvusIndex:
             it.close()
         return out
 
+    @property
+    def n_files(self) -> int:
+        """Number of indexed files (their first segments)."""
+        rows = self._call("counting", self._client.query, filter="seg == 0", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    @property
+    def segmenting(self) -> tuple[float | None, float | None]:
+        """``(window_s, hop_s)`` the index was built with."""
+        return self.window_s, self.hop_s
+
+    def describe(self) -> dict[str, Any]:
+        """The vector index as a client may see it: ``kind`` ``"milvus"``, Milvus's index type and parameters, the
+        search parameters, ``exact`` and the row count (no URI: it may hold a host or a path)."""
+        return {"kind": "milvus", "index_type": self.settings.index_type,
+                "params": self.record.get("index_params") or {}, "search_params": self.settings.search_params(10),
+                "exact": self.settings.index_type == "FLAT", "rows": self.n_rows,
+                "collection": self.settings.collection}
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """File ``key``'s record (``key``, ``path``, ``size``, ``mtime_ns``, ``duration_s``), as a folder index's
+        manifest entry, or None when it is not indexed."""
+        rows = self._call("querying", self._client.query, filter=f"key == {_literal(key)}", limit=1,
+                          output_fields=["key", "path", "size", "mtime_ns", "duration_s"])
+        return {k: rows[0][k] for k in ("key", "path", "size", "mtime_ns", "duration_s")} if rows else None
+
+    def rows_of(self, key: str) -> np.ndarray:
+        """Row ids of file ``key``'s segments ``[S]`` int64 (empty when not indexed; :attr:`SearchHit.row`)."""
+        return np.asarray(sorted(self.row_ids([key])), np.int64)
+
+    def file_vector(self, key: str) -> np.ndarray | None:
+        """The unit mean of file ``key``'s segment embeddings ``[dim]`` (a query "like this file"), or None when
+        the key is not indexed."""
+        rows = self._call("querying", self._client.query, filter=f"key == {_literal(key)}", output_fields=["vector"])
+        if not rows:
+            return None
+        return normalise(normalise(np.asarray([r["vector"] for r in rows], np.float32)).mean(axis=0))[0]
+
     def add_file(self, entry: dict[str, Any], embeddings: np.ndarray, segments: Sequence[Sequence[float]],
                  tags: Sequence[str] = ()) -> list[int]:
         """Insert one file's segments: ``entry`` (``key``, ``path``, ``size``, ``mtime_ns``, ``duration_s``),
@@ -670,3 +715,137 @@ def update_milvus_index(model: TextAudioModel, root: str | os.PathLike, uri: str
         if index is not None:
             index.close()
     return update
+
+
+@dataclass
+class DatabaseCheck:
+    """What :func:`check_milvus_index` found (file keys) and :func:`repair_milvus_index` did.
+
+    ``missing``: no file at the key any more; ``changed``: its size or mtime is not the recorded one;
+    ``unreadable``: ``(key, reason)``, its header does not decode; ``outside``: ``(key, reason)``, the key or the
+    recorded path leaves the indexed root (never served, never embedded). ``removed`` / ``re_embedded``: keys
+    repaired; ``not_repaired``: ``(key, reason)``.
+    """
+
+    files: int = 0
+    rows: int = 0
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    outside: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    re_embedded: list[str] = field(default_factory=list)
+    not_repaired: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def sound(self) -> bool:
+        """Whether every row names an unchanged, readable file inside the root."""
+        return not (self.missing or self.changed or self.unreadable or self.outside)
+
+    def problems(self) -> list[str]:
+        """One line per problem found, ``'KEY': what``."""
+        return ([f"'{k}': missing" for k in self.missing] + [f"'{k}': changed since it was indexed" for k in
+                                                              self.changed]
+                + [f"'{k}': unreadable ({r})" for k, r in self.unreadable]
+                + [f"'{k}': {r}" for k, r in self.outside])
+
+
+def _outside(key: str, path: str, root: str) -> str | None:
+    """Why a row's ``key`` / recorded ``path`` leaves the indexed ``root`` (None: it does not)."""
+    parts = PurePosixPath(key).parts
+    if not key or "\x00" in key or PurePosixPath(key).is_absolute() or ".." in parts:
+        return "its key leaves the indexed folder"
+    real_root = os.path.realpath(root)
+    try:
+        inside = os.path.commonpath([os.path.normpath(path), real_root]) == real_root
+    except ValueError:
+        inside = False
+    return None if inside else "its recorded path is outside the indexed folder"
+
+
+def check_milvus_index(uri: str | os.PathLike, settings: MilvusSettings | None = None) -> DatabaseCheck:
+    """Check every file a database index lists against the file itself (reads each file's header only; the
+    database is not changed). Raises :class:`SearchIndexError` when the database cannot be opened."""
+    out = DatabaseCheck()
+    with MilvusIndex.open(uri, settings) as index:
+        files = index.files()
+        out.files, out.rows = len(files), sum(int(f["segments"]) for f in files.values())
+        for key, record in sorted(files.items()):
+            reason = _outside(key, str(record.get("path", "")), index.root)
+            if reason:
+                out.outside.append((key, reason))
+                continue
+            path = Path(index.root, *PurePosixPath(key).parts)
+            st = _stat(path)
+            if st is None:
+                out.missing.append(key)
+            elif not _same_file(record, st):
+                out.changed.append(key)
+            else:
+                try:
+                    audio_info(path)
+                except AudioDecodeError as exc:
+                    out.unreadable.append((key, exc.reason))
+    return out
+
+
+def repair_milvus_index(uri: str | os.PathLike, found: DatabaseCheck, settings: MilvusSettings | None = None, *,
+                        model: TextAudioModel | None = None, model_id: str | None = None,
+                        batch_size: int = 8) -> DatabaseCheck:
+    """Repair what :func:`check_milvus_index` ``found``: delete the rows of missing, unreadable and outside files;
+    embed changed files again with ``model`` (refused when ``model_id``'s embedding space is not the index's;
+    without a model they are listed in ``not_repaired``), inserting the new rows before deleting the old ones.
+    Returns ``found`` with ``removed``, ``re_embedded`` and ``not_repaired`` filled in."""
+    with MilvusIndex.open(uri, settings) as index:
+        if model is not None and model_id is not None:
+            identity = model_identity(model, model_id)
+            if identity is not None and index.model_identity is not None:
+                check_space(index, identity, model_id, doing="add")
+        drop = found.missing + [k for k, _ in found.unreadable] + [k for k, _ in found.outside]
+        for key in found.changed:
+            if model is None:
+                found.not_repaired.append((key, "changed: give the model to embed it again (-m MODEL)"))
+                continue
+            path = Path(index.root, *PurePosixPath(key).parts)
+            st = _stat(path)
+            try:
+                if st is None:
+                    raise AudioDecodeError(str(path), "the file disappeared during the check")
+                emb, segs, duration = embed_segments(model, path, window_s=float(index.window_s or 0.0),
+                                                     hop_s=float(index.hop_s or 0.0), batch_size=batch_size)
+                if not np.isfinite(emb).all():
+                    raise AudioDecodeError(str(path), NON_FINITE)
+            except AudioDecodeError as exc:
+                found.unreadable.append((key, exc.reason))
+                drop.append(key)
+                continue
+            old = index.row_ids([key])
+            index.add_file({"key": key, "path": str(path.resolve()), "size": st[0], "mtime_ns": st[1],
+                            "duration_s": round(duration, 6)}, emb, segs)
+            index.delete_rows(old)  # after the new rows: a reader never misses the file
+            found.re_embedded.append(key)
+        index.delete_files(drop)
+        found.removed = sorted(drop)
+        if drop or found.re_embedded:
+            index.flush()
+    return found
+
+
+def compact_milvus_index(uri: str | os.PathLike, settings: MilvusSettings | None = None,
+                         timeout_s: float = 600.0) -> dict[str, Any]:
+    """Ask the database to compact the collection's segments now (dropping deleted rows from storage) and wait
+    for the job. Returns ``{"job", "state", "seconds", "rows"}``; a state other than ``"Completed"`` after
+    ``timeout_s`` is returned as it is (the database goes on by itself)."""
+    with MilvusIndex.open(uri, settings) as index:
+        start = time.monotonic()
+        with _quiet_lite_server():
+            job = index._call("compacting", index._client.compact)
+            while True:
+                try:
+                    state = str(index._client.get_compaction_state(job))
+                except Exception as exc:  # pymilvus' own exception types
+                    raise SearchIndexError(f"'{index.folder}': compaction job {job} failed ({_short(exc)})") from exc
+                if state.lower().endswith("completed") or time.monotonic() - start > timeout_s:
+                    break
+                time.sleep(0.2)
+        return {"job": job, "state": state, "seconds": round(time.monotonic() - start, 2), "rows": index.n_rows}

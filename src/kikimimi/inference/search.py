@@ -66,7 +66,7 @@ from kikimimi.fileio import (
     settings_fingerprint,
 )
 from kikimimi.inference.jobs import NON_FINITE, fingerprint_cache_file, job_record
-from kikimimi.inference.vector_index import COMPACT_ABOVE, EXACT_BELOW, VectorIndex, VectorIndexError
+from kikimimi.inference.vector_index import COMPACT_ABOVE, EXACT_BELOW, VectorIndex, VectorIndexError, normalise
 from kikimimi.models.encoder import TextAudioModel
 
 __all__ = ["DEFAULT_HOP_S", "DEFAULT_WINDOW_S", "FORMAT", "SPACE_FIELDS", "EmbeddingSpaceError", "FileHit",
@@ -388,6 +388,27 @@ class SearchIndex:
         for old in old_files - {name, vec_name}:
             if _OWN_FILE.fullmatch(old):  # named by the manifest it replaced; never a path elsewhere
                 (folder / old).unlink(missing_ok=True)
+
+    @property
+    def n_files(self) -> int:
+        """Number of indexed files."""
+        return len(self.entries)
+
+    def describe(self) -> dict[str, Any]:
+        """The vector index as a client may see it (:meth:`VectorIndex.describe` without its file name)."""
+        return {k: v for k, v in self.vector_index.describe().items() if k != "file"}
+
+    def file_vector(self, key: str) -> np.ndarray | None:
+        """The unit mean of file ``key``'s unit segment embeddings ``[dim]`` (a query "like this file"), or None
+        when the key is not indexed."""
+        rows = self.rows_of(key)
+        if rows.size == 0:
+            return None
+        return normalise(normalise(np.asarray(self.embeddings[rows])).mean(axis=0))[0]
+
+    def search_files(self, query: np.ndarray, top: int = 10) -> list[FileHit]:
+        """:func:`search_files` on this index (the method a database index offers too)."""
+        return search_files(self, query, top)
 
     def search(self, query: np.ndarray, top: int = 10) -> list[SearchHit]:
         """The ``top`` segments most similar (cosine) to one query embedding ``[dim]``, best first."""
@@ -835,19 +856,21 @@ def group_hits_by_file(hits: Sequence[SearchHit], top: int = 10,
 def search_files(index: SearchIndex, query: np.ndarray, top: int = 10) -> list[FileHit]:
     """The ``top`` files of ``index`` most similar to one query embedding ``[dim]`` (see
     :func:`group_hits_by_file`). Searches more segments than ``top`` — growing the search until it holds more
-    than ``top`` distinct files or every segment — so that one long file cannot crowd the others out."""
+    than ``top`` distinct files or every segment — so that one long file cannot crowd the others out.
+
+    The cost does not grow with the number of files beyond the search itself: the segment counts are read for
+    the files hit only, from the key table built once per index (:meth:`SearchIndex._key_table`)."""
     n_rows, n_files = index.n_rows, len(index.entries)
     if top <= 0 or n_rows == 0:
         return []
-    owner = index.row_table()[0]
-    per_entry = np.bincount(owner, minlength=n_files)
-    segments_of = {e["key"]: int(per_entry[i]) for i, e in enumerate(index.entries)}
+    keys, bounds = index._key_table()
     k = min(n_rows, max(4 * top, top + 32))
     while True:
         hits = index.search(query, k)
         if k >= n_rows or len({h.key for h in hits}) > min(top, n_files):
             break
         k = min(n_rows, 4 * k)
+    segments_of = {h.key: int(bounds[keys[h.key] + 1] - bounds[keys[h.key]]) for h in hits if h.key in keys}
     return group_hits_by_file(hits, top, segments_of)
 
 

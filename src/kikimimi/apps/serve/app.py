@@ -1,7 +1,8 @@
 """The FastAPI application of `kikimimi serve`: JSON endpoints, audio streaming and the page.
 
 :func:`create_app` takes a CLAP model (``sample_rate``, ``encode_audio``, ``encode_text``; e.g.
-:class:`kikimimi.inference.clap.CLAPModel`) and a search-index folder (:mod:`kikimimi.inference.search`) and
+:class:`kikimimi.inference.clap.CLAPModel`) and a search-index folder (:mod:`kikimimi.inference.search`) or a
+Milvus database URI (:mod:`kikimimi.inference.milvus_index`: a ``.db`` path or ``http://host:19530``) and
 returns the app; :func:`kikimimi.apps.serve.server.server_config` serves it with the connection limits.
 The app is assembled from :mod:`~kikimimi.apps.serve.state` (:class:`ServeState`, :class:`ServeSettings`),
 :mod:`~kikimimi.apps.serve.deps` (shared dependencies), :mod:`~kikimimi.apps.serve.security` (host, token,
@@ -35,7 +36,6 @@ unexpected failure gets ``{"error": "internal error"}`` (500) and is logged, nev
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -46,28 +46,32 @@ from kikimimi.apps.serve.errors import install_error_handlers
 from kikimimi.apps.serve.routers import ROUTERS
 from kikimimi.apps.serve.security import FailureLimiter, GuardMiddleware
 from kikimimi.apps.serve.state import ServeError, ServeSettings, ServeState
+from kikimimi.inference.milvus_index import MilvusIndex, MilvusSettings
 from kikimimi.inference.search import SearchIndex
 
 __all__ = ["ServeError", "ServeSettings", "ServeState", "create_app"]
 
 
 def create_app(model: Any, index_dir: str | os.PathLike, *, labels: Sequence[str] | None = None,
-               captioner: Any = None, settings: ServeSettings | None = None, index: SearchIndex | None = None) -> Any:
+               captioner: Any = None, settings: ServeSettings | None = None,
+               index: SearchIndex | MilvusIndex | None = None, milvus: MilvusSettings | None = None) -> Any:
     """The FastAPI app serving the index in ``index_dir`` with ``model`` (see the module docstring).
 
     Args:
         model: a CLAP model (``sample_rate``, ``encode_audio``, ``encode_text``, optional ``temperature_scale``).
-        index_dir: a search-index folder (``kikimimi index``).
+        index_dir: a search-index folder (``kikimimi index -o``) or a Milvus database URI (``kikimimi index
+            --db``; needs ``pip install "kikimimi[milvus]"``).
         labels: default zero-shot labels (default: the package's ``labels.txt``).
         captioner: an object with ``caption(path) -> str``, or None (caption endpoints answer 501).
         settings: limits and options (:class:`ServeSettings`).
         index: an index already in memory (benchmarks); default: read ``index_dir``.
+        milvus: a database's collection and credentials (default :class:`MilvusSettings`).
 
     Raises:
-        kikimimi.inference.search.SearchIndexError: the index cannot be read.
+        kikimimi.inference.search.SearchIndexError: the index cannot be read (a database: also a missing extra).
     """
     s = settings or ServeSettings()
-    state = ServeState(model, Path(index_dir), list(labels) if labels else default_labels(), captioner, s, index)
+    state = ServeState(model, index_dir, list(labels) if labels else default_labels(), captioner, s, index, milvus)
     app = FastAPI(title="kikimimi serve", version="1", docs_url=None, redoc_url=None,
                   description="Search a folder of sounds by text or by example, tag them zero-shot, listen.")
     app.state.kikimimi = state

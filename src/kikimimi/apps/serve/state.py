@@ -2,7 +2,15 @@
 (:class:`ServeError`) and :class:`ServeState` — the model, the index (swapped whole after a re-scan), labels,
 captioner, the embedding pool, the served files' checks (:mod:`~kikimimi.apps.serve.files`) and the descriptions
 of indexed files (:meth:`ServeState.describe`: the evidence and timeline of :mod:`kikimimi.inference.evidence` /
-:mod:`kikimimi.inference.grounded`, the same code as ``kikimimi describe``)."""
+:mod:`kikimimi.inference.grounded`, the same code as ``kikimimi describe``).
+
+The index is a folder (:class:`~kikimimi.inference.search.SearchIndex`) or a Milvus database
+(:class:`~kikimimi.inference.milvus_index.MilvusIndex`, when ``index_dir`` is a URI:
+:func:`~kikimimi.inference.milvus_index.is_database_uri`); the handlers use only what both offer — ``root``,
+``model``, ``search``, ``search_files``, ``entry``, ``rows_of``, ``file_vector``, ``describe``, ``n_rows``,
+``n_files`` — and serve a database's files under the same rules as a folder's (inside its recorded root, the file
+it recorded: :mod:`~kikimimi.apps.serve.files`). A database's entries are checked when they first appear in an
+answer, not all at load (it may hold millions)."""
 
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from kikimimi.apps.serve.files import ServedFile, check_entries, open_indexed
+from kikimimi.apps.serve.files import ServedFile, check_entries, entry_problem, open_indexed
 from kikimimi.apps.serve.security import LOOPBACK_NAMES, check_token
 from kikimimi.apps.serve.spectrogram import segment_png
 from kikimimi.apps.serve.workers import BoundedPool
@@ -30,6 +38,7 @@ from kikimimi.fileio import OutputInUseError
 from kikimimi.inference.evidence import EvidenceSettings, build_evidence
 from kikimimi.inference.grounded import describe as describe_evidence
 from kikimimi.inference.grounded import format_span
+from kikimimi.inference.milvus_index import MilvusIndex, MilvusSettings, is_database_uri, update_milvus_index
 from kikimimi.inference.search import (
     DEFAULT_HOP_S,
     DEFAULT_WINDOW_S,
@@ -37,7 +46,6 @@ from kikimimi.inference.search import (
     SearchHit,
     SearchIndex,
     SearchIndexError,
-    search_files,
     update_index,
 )
 from kikimimi.inference.vector_index import EXACT_BELOW, normalise
@@ -115,27 +123,32 @@ class ServeState:
     """What the handlers share: the model, the index (swapped whole after a re-scan), labels, captioner, pool.
 
     ``refused`` maps manifest keys that are never served (an entry naming a file outside the indexed folder,
-    an absolute or ``..`` key) to the reason; it is computed whenever an index is loaded.
+    an absolute or ``..`` key) to the reason; it is computed whenever an index is loaded (a database's: as its
+    keys appear in answers). ``index_dir`` is a folder or a database URI (``milvus``: its collection and
+    credentials).
     """
 
     model: Any
-    index_dir: Path
+    index_dir: Path | str
     labels: list[str]
     captioner: Any = None
     settings: ServeSettings = field(default_factory=ServeSettings)
-    index: SearchIndex | None = None  # None: read from index_dir
+    index: SearchIndex | MilvusIndex | None = None  # None: read from index_dir
+    milvus: MilvusSettings | None = None
     pool: BoundedPool = field(init=False)
     scan: _Scan = field(default_factory=_Scan)
     refused: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.index_dir = Path(self.index_dir)
+        self.database = isinstance(self.index, MilvusIndex) or (
+            self.index is None and is_database_uri(self.index_dir))
+        self.index_dir = str(self.index_dir) if self.database else Path(self.index_dir)
         self.index = self._load_index() if self.index is None else self.index
         root = self.settings.root
         if root is not None and os.path.realpath(self.index.root or "/nowhere") != os.path.realpath(root):
             raise SearchIndexError(f"'{self.index_dir}': indexes '{self.index.root}', not '{root}'; serve the "
                                    "folder it indexes or index this one into another folder")
-        self.refused = check_entries(self.index)
+        self.refused = {} if self.database else check_entries(self.index)
         for key, reason in list(self.refused.items())[:5]:
             log.warning("not serving manifest entry %r: %s", key, reason)
         s = self.settings
@@ -145,7 +158,9 @@ class ServeState:
         self._png_cache: OrderedDict[tuple, bytes] = OrderedDict()
         self._describe_cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 
-    def _load_index(self) -> SearchIndex:
+    def _load_index(self) -> SearchIndex | MilvusIndex:
+        if self.database:
+            return MilvusIndex.open(self.index_dir, self.milvus)
         index = SearchIndex.load(self.index_dir)
         _ = index.vector_index  # build or read it now, not in the first request
         return index
@@ -169,7 +184,7 @@ class ServeState:
     def search_text(self, query: str, top: int, segments: bool = False) -> list[SearchHit] | list[FileHit]:
         """The ``top`` files (best segment each) or, with ``segments``, the ``top`` segments for a query."""
         vec = self.text_embeddings([query])[0]
-        return self.index.search(vec, top) if segments else search_files(self.index, vec, top)
+        return self.index.search(vec, top) if segments else self.index.search_files(vec, top)
 
     def decode_upload(self, data: bytes, filename: str) -> tuple[np.ndarray, float, str]:
         """Check and decode an upload: returns ``(wave [samples] at the model rate, duration_s, temp path)``;
@@ -212,10 +227,30 @@ class ServeState:
 
     def file_vector(self, key: str) -> np.ndarray:
         """The unit mean of an indexed file's segment embeddings ``[D]``."""
-        rows = self.index.rows_of(key)
-        if rows.size == 0 or key in self.refused:
+        if self.database:  # its recorded path is checked too, as for a file it would serve
+            entry = self.index.entry(key)
+            refused = entry is None or self._not_served(key, str(entry.get("path")))
+        else:
+            refused = self._not_served(key)
+        vec = None if refused else self.index.file_vector(key)
+        if vec is None:
             raise ServeError(404, "no such indexed file (keys come from the search results)")
-        return normalise(normalise(np.asarray(self.index.embeddings[rows])).mean(axis=0))[0]
+        return vec
+
+    def _not_served(self, key: str, path: str | None = None) -> bool:
+        """Whether file ``key`` (of a hit whose recorded path is ``path``) is never served (:attr:`refused`); a
+        database's key is checked (:func:`~kikimimi.apps.serve.files.entry_problem`) the first time it is seen."""
+        if key in self.refused:
+            return True
+        if not self.database:
+            return False
+        problem = entry_problem({"key": key} if path is None else {"key": key, "path": path}, self.index.root)
+        if problem:
+            with self._lock:
+                self.refused[key] = problem
+                if len(self.refused) <= 5:
+                    log.warning("not serving database entry %r: %s", key, problem)
+        return problem is not None
 
     def tags(self, vector: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
         """Zero-shot tags (:func:`kikimimi.inference.zeroshot.zero_shot_scores`): cosine of ``vector`` with
@@ -234,7 +269,7 @@ class ServeState:
     def served_file(self, key: str) -> ServedFile:
         """The indexed file ``key``, opened after every check (inside the indexed folder, no link leaving it,
         the same file as when indexed); the caller closes it. Raises :class:`ServeError` (404/409)."""
-        if key in self.refused:
+        if self._not_served(key):
             raise ServeError(404, "no such indexed file")
         entry = self.index.entry(key)
         if entry is None:
@@ -311,11 +346,17 @@ class ServeState:
         s, idx = self.settings, self.index
         window, hop = idx.segmenting if idx.window_s is not None else (s.window_s, s.hop_s)
         try:
-            update = update_index(self.model, idx.root, self.index_dir, model_id=idx.model,
-                                  batch_size=s.batch_size, window_s=float(window), hop_s=float(hop or s.hop_s),
-                                  vector_kind=s.vector_kind, exact_below=s.exact_below)
-            fresh = self._load_index()
-            refused = check_entries(fresh)
+            if self.database:  # rows are written (new before old) into the collection the server searches
+                update = update_milvus_index(self.model, idx.root, self.index_dir, model_id=idx.model,
+                                             settings=idx.settings, batch_size=s.batch_size, window_s=float(window),
+                                             hop_s=float(hop or s.hop_s))
+                fresh, refused = idx, {}
+            else:
+                update = update_index(self.model, idx.root, self.index_dir, model_id=idx.model,
+                                      batch_size=s.batch_size, window_s=float(window), hop_s=float(hop or s.hop_s),
+                                      vector_kind=s.vector_kind, exact_below=s.exact_below)
+                fresh = self._load_index()
+                refused = check_entries(fresh)
             with self._lock:
                 self.index, self.refused = fresh, refused
                 self.scan.result = {"added": len(update.added), "changed": len(update.changed),
@@ -345,19 +386,22 @@ class ServeState:
 
     def hits_json(self, hits: Sequence[SearchHit | FileHit]) -> list[dict[str, Any]]:
         """Ranked hits as JSON; files that are never served (:attr:`refused`) are left out."""
-        kept = [h for h in hits if h.key not in self.refused]
+        kept = [h for h in hits if not self._not_served(h.key, h.path)]
         return [self.hit_json(i, h) for i, h in enumerate(kept, start=1)]
 
     def status(self) -> dict[str, Any]:
         """What a client may know: sizes, model name, vector index, re-scan state, pool, limits — no
         absolute path (the model and folders by their last name only) and no process id."""
         idx = self.index
-        vectors = {k: v for k, v in idx.vector_index.describe().items() if k != "file"}
-        return {"files": len(idx.entries), "segments": idx.n_rows, "unreadable": len(idx.errors),
+        where = ("milvus" if str(self.index_dir).startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+                 else Path(self.index_dir).name)  # a server's URI may hold a host name or credentials
+        return {"files": idx.n_files, "segments": idx.n_rows,
+                "unreadable": 0 if self.database else len(idx.errors),
                 "not_served": len(self.refused), "model": Path(idx.model).name if idx.model else idx.model,
-                "root": Path(idx.root).name, "index": self.index_dir.name, "format": idx.format,
+                "root": Path(idx.root).name, "index": where, "database": self.database,
+                "format": self.index.record["format"] if self.database else idx.format,
                 "segmenting": {"window_s": idx.window_s, "hop_s": idx.hop_s},
-                "vectors": vectors, "scan": asdict(self.scan), "pool": self.pool.stats(),
+                "vectors": idx.describe(), "scan": asdict(self.scan), "pool": self.pool.stats(),
                 "captions": self.captioner is not None, "default_labels": len(self.labels),
                 "limits": self.settings.public()}
 
