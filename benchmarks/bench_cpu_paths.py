@@ -3,10 +3,14 @@
 Paths (:mod:`kikimimi.inference.cpu_paths`): float32 eager (the reference), bf16 autocast (where the CPU has
 native bfloat16), torch dynamic int8, ONNX Runtime float32, ONNX Runtime int8 dynamic, ONNX Runtime int8 static
 (QDQ, calibrated on real audio from ``--real`` when it has any, else on synthetic audio, which the output says),
-and with ``--attention-int8`` the static variant with the attention matrix products in int8 too.
+and with ``--attention-int8`` the static variant with the attention matrix products in int8 too; with ``--ort-spin``
+``ort-int8-spin`` / ``ort-int8-nospin``: the dynamic int8 file with ONNX Runtime's idle threads spinning (its
+default) or not (kikimimi's sessions spin only while the machine has idle cores for them: ``spin_by_load``).
+``--ort-profile``: each ONNX Runtime path's time by operator type (what int8 does not speed up).
 
-For each model (``--models``: ``vitb`` = M2D ViT-Base 80x608 p16x16 and ``tiny`` = the ``open-m2d-tiny`` shape,
-ViT-Tiny 80x208 p16x16, both random weights in the official layout, as tests/official_layouts.py builds them) and
+For each model (``--models``: ``vitb`` = M2D ViT-Base 80x608 p16x16 and ``tiny`` = ViT-Tiny 80x208 p16x16, 12
+blocks, both random weights in the official layout, as tests/official_layouts.py builds them; ``open-m2d-tiny`` and
+``open-clap-tiny``: the shipped models with their weights, the CLAP model's audio encoder without its projector) and
 each thread count (``--threads``), it measures in the same process:
 
 - the float32, bfloat16 and int8 matrix-multiply peaks (``[2048, 2048]²``; int8: the better of torch ``_int_mm``
@@ -34,9 +38,12 @@ or AMX in torch's fp32, bf16 and int8 kernels), as an AVX2-only CPU would run it
 ONNX Runtime cannot be capped (its MLAS kernels are picked by CPUID; it reads no such setting), so its rows and
 its int8 peak still use this CPU's AVX-512 / VNNI / AMX and say "NOT capped".
 
-Usage: nice -n 10 python benchmarks/bench_cpu_paths.py [--quick] [--models vitb tiny] [--threads 1 2]
-           [--clips 2] [--repeats 2] [--real DIR] [--real-max 24] [--attention-int8] [--json FILE]
-           [--auto-cost] [--no-paths] [--cap-avx2]
+Usage: nice -n 10 python benchmarks/bench_cpu_paths.py [--quick] [--models vitb tiny open-m2d-tiny open-clap-tiny]
+           [--threads 1 2] [--clips 2] [--repeats 2] [--real DIR] [--real-max 24] [--attention-int8] [--ort-spin]
+           [--ort-profile] [--json FILE] [--auto-cost] [--no-paths] [--cap-avx2]
+
+The README's CPU table is rendered from the JSON of runs committed under ``benchmarks/results/``
+(``benchmarks/render_perf_table.py``).
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ CLIP_S = 10.0
 MODELS = {"vitb": ("m2d_vit_base-80x608p16x16-bench_enconly", 768, 12, 608),
           "tiny": ("m2d_vit_tiny-80x208p16x16-bench_enconly", 192, 12, 208),
           "micro": ("m2d_vit_base-80x208p16x16-micro_enconly", 64, 2, 208)}
+#: shipped (packaged) models, measured with their real weights; a CLAP model's audio encoder alone (its projector
+#: is left out, as the ONNX paths leave it out)
+PACKAGED = ("open-m2d-tiny", "open-clap-tiny")
 #: what ``--cap-avx2`` sets (:data:`kikimimi.inference.precision.ISA_CAP_ENV`): torch's own kernels, oneDNN, MKL, FBGEMM
 AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
              "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
@@ -123,6 +133,43 @@ def peaks(threads: int, n: int = 2048) -> dict[str, float]:
     return out
 
 
+def ort_profile(onnx_file: Path, chunks: list[np.ndarray], threads: int, runs: int = 3) -> dict[str, float]:
+    """Share of ONNX Runtime's node time per operator type (``DynamicQuantizeMatMul``, ``MatMul``, ``Softmax``…) over
+    ``runs`` runs of ``chunks`` (``[1, n_mels, Tc]`` each, batched by width, as ``embed`` batches them), after one
+    untimed run; the session is set up as :func:`~kikimimi.inference.onnx_runtime.onnx_session` sets it up, with
+    profiling on. Largest first."""
+    import collections
+
+    import onnxruntime as ort
+
+    from kikimimi.inference.onnx_runtime import INPUT_NAME, spin_by_load
+
+    options = ort.SessionOptions()  # as onnx_session makes them, with profiling
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_by_load(threads) else "0")
+    groups: dict[int, list[np.ndarray]] = collections.defaultdict(list)
+    for chunk in chunks:
+        groups[chunk.shape[-1]].append(chunk)
+    batches = [np.concatenate(g) for g in groups.values()]
+    warm = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    for batch in batches:
+        warm.run(None, {INPUT_NAME: batch})
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            for batch in batches:
+                session.run(None, {INPUT_NAME: batch})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    total = sum(per_op.values()) or 1
+    return {op: t / total for op, t in per_op.most_common()}
+
+
 # ------------------------------------------------------------------------------------------------ memory
 class RssPeak:
     """Peak resident memory (bytes) of this process while the block runs, sampled every 5 ms."""
@@ -154,7 +201,11 @@ class RssPeak:
 
 
 # ------------------------------------------------------------------------------------------------ models
-def write_model(name: str, tmp: Path) -> Path:
+def write_model(name: str, tmp: Path) -> Path | str:
+    """The model file of ``name``: a packaged model's name as it is, else an official-layout file written in ``tmp``
+    (random weights, seed 0)."""
+    if name in PACKAGED:
+        return name
     sys.path.insert(0, str(HERE.parent / "tests"))
     import official_layouts as ol
 
@@ -165,6 +216,18 @@ def write_model(name: str, tmp: Path) -> Path:
         torch.manual_seed(0)
         torch.save(ol.m2d_encoder_state(embed_dim=dim, depth=depth, input_size=(80, frames)), folder / "w.pth")
     return folder / "w.pth"
+
+
+def load_fp32(model_path: Path | str):
+    """The model at float32 as an AudioEncoder; a CLAP model's audio encoder without its projectors (what the ONNX
+    paths export)."""
+    from kikimimi.inference.encoder import AudioEncoder, load
+
+    model = load(model_path, device="cpu", precision="fp32")
+    if getattr(model.bundle, "audio_proj", None) is None:
+        return model
+    bundle = dataclasses.replace(model.bundle, audio_proj=None, text_proj=None)
+    return AudioEncoder(bundle, device="cpu", precision="fp32")
 
 
 def encoder_flops(model, waves: list[np.ndarray]) -> float:
@@ -201,17 +264,18 @@ def real_waves(root: str | None, limit: int) -> list[np.ndarray]:
     return waves
 
 
-def build_paths(model_path: Path, onnx_dir: Path, names: list[str], calibration, attention_int8: bool) -> dict:
+def build_paths(model_path: Path, onnx_dir: Path, names: list[str], calibration, attention_int8: bool,
+                ort_spin: bool = False) -> dict:
     """Every path as an AudioEncoder built now (ONNX sessions take the current torch thread count)."""
     import dataclasses
 
     from kikimimi.inference.cpu_paths import prepare_path
-    from kikimimi.inference.encoder import AudioEncoder, load
+    from kikimimi.inference.encoder import AudioEncoder
     from kikimimi.inference.onnx_runtime import OnnxFrameEncoder, onnx_session, quantize_onnx_int8_static
     from kikimimi.inference.precision import cpu_has_int8_dot
 
     with RssPeak() as rss:
-        base = load(model_path, device="cpu", precision="fp32")
+        base = load_fp32(model_path)
     out, load_mb = {}, {"fp32": (rss.peak - rss.start) / 2**20}
     for name in names:
         with RssPeak() as rss, warnings.catch_warnings():
@@ -227,17 +291,22 @@ def build_paths(model_path: Path, onnx_dir: Path, names: list[str], calibration,
         config = dict(base.bundle.config, precision="int8")
         bundle = dataclasses.replace(base.bundle, encoder=OnnxFrameEncoder(onnx_session(attn), config), config=config)
         out["ort-int8-static-attn"] = AudioEncoder(bundle, device="cpu", precision="int8")
+    if ort_spin and "ort-int8" in out:  # the same file, its idle threads spinning (ONNX Runtime's default) or not
+        config = dict(base.bundle.config, precision="int8")
+        for name, spin in (("ort-int8-spin", True), ("ort-int8-nospin", False)):
+            session = onnx_session(onnx_dir / "int8.onnx", spin=spin)
+            bundle = dataclasses.replace(base.bundle, encoder=OnnxFrameEncoder(session, config), config=config)
+            out[name] = AudioEncoder(bundle, device="cpu", precision="int8")
     return out, load_mb
 
 
 def bench_model(name: str, args, tmp: Path, real: list[np.ndarray]) -> dict:
     from kikimimi.inference.cpu_paths import available_paths, calibration_chunks, prepare_path, probe_clips
-    from kikimimi.inference.encoder import load
     from kikimimi.inference.precision import isa_caps
 
     model_path = write_model(name, tmp)
     onnx_dir = tmp / f"{name}-onnx"
-    ref = load(model_path, device="cpu", precision="fp32")
+    ref = load_fp32(model_path)
     names = list(available_paths(ref.bundle, "cpu", include_static=True))
     half = len(real) // 2
     if real:
@@ -257,14 +326,15 @@ def bench_model(name: str, args, tmp: Path, real: list[np.ndarray]) -> dict:
     rng = np.random.default_rng(0)
     clips = [(rng.standard_normal(int(CLIP_S * SR)) * 0.1).astype(np.float32) for _ in range(args.clips)]
     flops = encoder_flops(ref, clips)
-    result = {"model": name, "config": ref.bundle.config["vit"], "export_and_quantise_s": round(prep_s, 1),
+    result = {"model": name, "weights": "shipped" if name in PACKAGED else "random (official layout)",
+              "config": ref.bundle.config["vit"], "export_and_quantise_s": round(prep_s, 1),
               "cosine_on": note, "calibration": "real" if real else "synthetic", "clips": len(clips),
               "gflop_per_clip": flops / len(clips) / 1e9, "threads": []}
     cos_table = None
     for threads in args.threads:
         torch.set_num_threads(threads)
         peak = peaks(threads)
-        models, load_mb = build_paths(model_path, onnx_dir, names, calibration, args.attention_int8)
+        models, load_mb = build_paths(model_path, onnx_dir, names, calibration, args.attention_int8, args.ort_spin)
         if cos_table is None:  # accuracy does not depend on the thread count: measured once
             want = models["fp32"].embed(cos_waves, SR)
             cos_table = {p: cosines(m.embed(cos_waves, SR), want) for p, m in models.items()}
@@ -286,9 +356,18 @@ def bench_model(name: str, args, tmp: Path, real: list[np.ndarray]) -> dict:
                          "gops": gops / 1e9, "peak_kind": kind,
                          "share_of_peak": gops / peak[kind], "load_rss_mb": load_mb.get(p, float("nan")),
                          "work_rss_mb": memory[p] / 2**20,
-                         "cos_min": float(cos_table[p].min()), "cos_mean": float(cos_table[p].mean())})
-        result["threads"].append({"threads": threads, "peaks_gops": {k: v / 1e9 for k, v in peak.items()},
-                                  "rows": rows})
+                         "cos_min": float(cos_table[p].min()), "cos_mean": float(cos_table[p].mean()),
+                         # batches bf16 gave non-finite values for, recomputed in float32 (its speed is not bf16's)
+                         "bf16_fallbacks": int(getattr(models[p].encoder, "bf16_fallbacks", 0))})
+        entry = {"threads": threads, "peaks_gops": {k: v / 1e9 for k, v in peak.items()}, "rows": rows}
+        if args.ort_profile:  # where each ONNX Runtime path spends its time, by operator type
+            chunks = calibration_chunks(ref.bundle, clips)
+            entry["ort_profile"] = {p: ort_profile(onnx_dir / f"{p.removeprefix('ort-')}.onnx", chunks, threads)
+                                    for p in names if p.startswith("ort-")}
+            for p, shares in entry["ort_profile"].items():
+                print(f"{p} time by operator: " + ", ".join(f"{op} {100 * v:.0f}%" for op, v in
+                                                           list(shares.items())[:8]), flush=True)
+        result["threads"].append(entry)
         print_table(name, threads, peak, rows, len(clips), flops, note)
     return result
 
@@ -380,7 +459,7 @@ def main() -> None:
     from kikimimi.checkpoints.home import cache_root
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=["tiny", "vitb"])
+    ap.add_argument("--models", nargs="+", choices=[*MODELS, *PACKAGED], default=["tiny", "vitb"])
     ap.add_argument("--threads", type=int, nargs="+", help="thread counts (default 1 2; --quick: 2)")
     ap.add_argument("--clips", type=int, default=2, help="10-s clips per timed call (batch 8; the issue names 8)")
     ap.add_argument("--repeats", type=int, default=2, help="timed rounds per path (best is kept)")
@@ -390,6 +469,10 @@ def main() -> None:
     ap.add_argument("--real-max", type=int, default=24, help="real clips for the cosine (as many for calibration)")
     ap.add_argument("--attention-int8", action="store_true",
                     help="also the static int8 variant with attention matrix products in int8")
+    ap.add_argument("--ort-profile", action="store_true", help="also each ONNX Runtime path's time by operator "
+                    "type (ONNX Runtime's profiler, on the timed clips' chunks)")
+    ap.add_argument("--ort-spin", action="store_true", help="also ort-int8 with ONNX Runtime's idle threads "
+                    "spinning (its own default) and not (kikimimi's sessions spin only on idle cores)")
     ap.add_argument("--quick", action="store_true", help="2 threads (unless --threads), 2 clips, 1 round, 8 real "
                     "clips")
     ap.add_argument("--json", help="write the results here (default: print them last)")
@@ -424,7 +507,9 @@ def main() -> None:
         ort_version = None
     header = {"cpu": cpu_model(), "flags": [f for f in SHOWN_FLAGS if f in flags], "cores": os.cpu_count(),
               "torch": torch.__version__, "capability": str(torch.backends.cpu.get_cpu_capability()),
-              "onnxruntime": ort_version, "load_avg": os.getloadavg(), "isa_caps": isa_caps()}
+              "onnxruntime": ort_version, "load_avg": os.getloadavg(), "isa_caps": isa_caps(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "command": " ".join(["python", "benchmarks/bench_cpu_paths.py", *sys.argv[1:]])}
     print(f"CPU: {header['cpu']} ({header['cores']} cores); flags: {' '.join(header['flags'])}; torch "
           f"{header['torch']} ({header['capability']}); onnxruntime {ort_version}; load {header['load_avg']}")
     if header["isa_caps"]:
@@ -435,6 +520,7 @@ def main() -> None:
         results = [bench_model(name, args, Path(tmp_name), real) for name in args.models] if args.paths else []
         costs = [r for name in args.models for r in auto_cost(name, args, Path(tmp_name))] if args.auto_cost else []
     header["wall_s"] = round(time.perf_counter() - start, 1)
+    header["load_avg_end"] = os.getloadavg()
     header["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"machine": header, "models": results, "auto_cost": costs}
     print(f"\nwall {header['wall_s']} s; process peak RSS {header['max_rss_mb']:.0f} MB")

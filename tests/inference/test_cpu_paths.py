@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,6 +113,110 @@ def test_a_bf16_path_whose_probe_fell_back_to_float32_is_never_chosen():
     assert choose_path(result).path != "bf16"
 
 
+class _NaNOnSomeShapes(_Fake):
+    """A fast path that is finite on the probe (clips of one length) and on other lengths, but gives NaN, or falls
+    back to float32 like :class:`~kikimimi.inference.precision.Bf16Autocast`, on the probe's length once other
+    lengths have run (what oneDNN's bf16 kernels did on an AMX CPU)."""
+
+    def __init__(self, fallback: bool = False) -> None:
+        super().__init__(noise=0.0001)
+        self.fallback, self.lengths = fallback, []
+        self.encoder = SimpleNamespace(bf16_fallbacks=0)
+
+    def embed(self, clips, sample_rate=None, batch_size=8):
+        out = super().embed(clips, sample_rate, batch_size)
+        lengths = sorted({len(c) for c in clips})
+        if len(lengths) == 1 and any(len(seen) > 1 for seen in self.lengths):
+            if self.fallback:
+                self.encoder.bf16_fallbacks += 1  # recomputed in float32: finite, but not bf16 any more
+            else:
+                out[-1] = np.nan
+        self.lengths.append(lengths)
+        return out
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_a_fast_path_that_is_not_finite_on_other_batch_shapes_is_not_chosen(fallback):
+    clips = [np.zeros(100)] * 4  # one chunk each, as probe_clips makes them
+    fakes = {"fp32": _Fake(), "bf16": _NaNOnSomeShapes(fallback), "int8": _Fake(noise=0.001)}
+    speeds = {"fp32": 1.0, "bf16": 0.1, "int8": 0.5}
+    clock = _Clock()
+
+    def make(path):
+        fake = fakes[path]
+        embed = fake.embed
+
+        def timed_embed(clips, sample_rate=None, batch_size=8):
+            clock.t += speeds[path] * len(clips)
+            return embed(clips, sample_rate, batch_size)
+
+        fake.embed = timed_embed
+        return fake
+
+    unchecked = measure_paths(make, list(fakes), clips, 16000, clock=clock, settings=ProbeSettings(shape_check=()))
+    assert choose_path(unchecked).path == "bf16"  # the probe alone sees nothing wrong: the old choice
+    fakes.update(bf16=_NaNOnSomeShapes(fallback), int8=_Fake(noise=0.001))
+    result = measure_paths(make, list(fakes), clips, 16000, clock=clock)
+    by = {m.path: m for m in result}
+    # clips of 0.3, 1.55, 2.8 and 8.45 probe lengths, then the probe clips again
+    assert fakes["bf16"].lengths[-2:] == [[30, 155, 280, 845], [100]]
+    assert "shape check" in by["bf16"].error and by["int8"].error is None
+    choice = choose_path(result)
+    assert choice.path == "int8" and "failed: bf16" in choice.reason
+
+
+def test_shape_check_clips_cut_the_probe_clips_end_to_end():
+    clips = [np.full(10, i, np.float32) for i in range(3)]
+    out = cpu_paths.shape_check_clips(clips, (0.5, 2.5))
+    assert [len(c) for c in out] == [5, 25] and out[1][:25].tolist() == [0] * 10 + [1] * 10 + [2] * 5
+
+
+def test_a_path_that_gave_nan_at_run_time_is_excluded_from_the_cached_choice(tmp_path):
+    cache = PathCache(tmp_path)
+    measured = [_fp32(10), M("bf16", 40, 0.9999, 0.9999), M("int8", 30, 0.9999, 0.9999)]
+    first = choose_path(measured)
+    first.key, first.artifacts, first.measured_at = "k" * 64, "a" * 64, "2026-12-08 01:00"
+    cache.put(first.key, first)
+    assert first.path == "bf16"
+    again = cpu_paths.record_nonfinite(first.key, "bf16", cache)
+    assert again.path == "int8" and "failed: bf16" in again.reason
+    cached = cache.get(first.key)
+    assert cached.path == "int8" and cached.artifacts == first.artifacts and cached.measured_at == first.measured_at
+    bf16 = next(m for m in cached.measurements if m.path == "bf16")
+    assert "non-finite values on a batch at run time" in bf16.error and not bf16.eligible()
+    assert cpu_paths.record_nonfinite("unknown", "bf16", cache) is None
+
+
+def test_load_auto_records_a_bf16_nan_at_run_time_and_the_next_load_avoids_bf16(tiny_m2d_file, tmp_path,
+                                                                               monkeypatch, caplog):
+    import warnings
+
+    import torch
+
+    monkeypatch.setenv("KIKIMIMI_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_paths, "_ort_available", lambda: False)
+    monkeypatch.setattr(cpu_paths, "cpu_has_native_bf16", lambda: True)
+    calls: list = []
+
+    def measure(make, paths, clips, sample_rate):
+        calls.append(tuple(paths))
+        return [_fp32(10), M("bf16", 40, 0.9999, 0.9999), M("int8", 30, 0.9999, 0.9999)]
+
+    monkeypatch.setattr(cpu_paths, "measure_paths", measure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU without it (CI) warns
+        model = kikimimi.load(tiny_m2d_file, device="cpu", precision="auto")
+    assert model.precision == "bf16" and len(calls) == 1
+    linear = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    linear.register_forward_hook(lambda m, i, o: o * float("nan") if torch.is_autocast_enabled("cpu") else o)
+    with caplog.at_level("WARNING", logger="kikimimi"):
+        emb = model.embed([np.full(16000, 0.01, np.float32)], 16000)
+    assert np.isfinite(emb).all() and model.encoder.bf16_fallbacks == 1
+    assert "the next load of this model on this CPU runs int8" in caplog.text
+    again = kikimimi.load(tiny_m2d_file, device="cpu", precision="auto")
+    assert again.precision == "int8" and again.precision_choice.cached and len(calls) == 1  # not measured again
+
+
 class _Clock:
     """A fake clock that embedders advance by their own duration per clip."""
 
@@ -148,7 +253,7 @@ def test_the_bounded_measurement_times_only_the_paths_still_in_the_race():
     assert by["ort-int8"].rounds == 1 and by["ort-int8"].cos_min < 0.999 and fakes["ort-int8"].sizes == [1, 4]
     # fp32 and bf16 are clearly slower than int8 (< 0.6×) after the first round: not timed again
     assert by["fp32"].rounds == by["bf16"].rounds == 1
-    assert by["int8"].rounds == by["ort-fp32"].rounds == 2 and fakes["int8"].sizes == [1, 4, 4]
+    assert by["int8"].rounds == by["ort-fp32"].rounds == 2 and fakes["int8"].sizes == [1, 4, 4, 4, 4]  # + shape check
     assert choose_path(result).path == "int8" and by["int8"].clips_per_s == pytest.approx(4 / 1.2)
 
 

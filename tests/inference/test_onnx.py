@@ -133,3 +133,19 @@ def test_static_int8_and_every_onnx_path_of_auto_stay_close_to_torch(m2d, tmp_pa
         from kikimimi.inference.onnx_runtime import quantize_onnx_int8_static
 
         quantize_onnx_int8_static(tmp_path / "fp32.onnx", tmp_path / "x.onnx", [])
+
+
+def test_sessions_spin_idle_threads_only_where_the_machine_has_idle_cores(m2d_onnx, monkeypatch):
+    from kikimimi.inference import onnx_runtime
+    from kikimimi.inference.onnx_runtime import onnx_session, spin_by_load
+
+    key = "session.intra_op.allow_spinning"  # spinning: 1.13-1.2× faster on an idle 2-core machine, 1.3-6× slower
+    assert spin_by_load(2, load=1.3, cores=2) and not spin_by_load(2, load=4.5, cores=2)  # on a loaded one
+    assert not spin_by_load(1, load=0.0, cores=4)  # one thread: no pool to spin
+    monkeypatch.setattr(onnx_runtime.os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    monkeypatch.setattr(onnx_runtime.os, "cpu_count", lambda: 2)
+    assert onnx_session(m2d_onnx, 2).get_session_options().get_session_config_entry(key) == "0"
+    monkeypatch.setattr(onnx_runtime.os, "getloadavg", lambda: (1.0, 0.0, 0.0))
+    monkeypatch.setattr(onnx_runtime.os, "cpu_count", lambda: 2)
+    assert onnx_session(m2d_onnx, 2).get_session_options().get_session_config_entry(key) == "1"
+    assert onnx_session(m2d_onnx, 2, spin=False).get_session_options().get_session_config_entry(key) == "0"

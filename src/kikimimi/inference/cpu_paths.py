@@ -93,6 +93,8 @@ __all__ = [
     "measure_paths",
     "prepare_path",
     "probe_clips",
+    "record_nonfinite",
+    "shape_check_clips",
 ]
 
 _log = logging.getLogger(__name__)
@@ -263,6 +265,12 @@ class ProbeSettings:
     budget_s: float = 20.0
     #: a path whose cosine to fp32 is under this after its first call is not timed again (it cannot be chosen)
     min_cosine: float = MIN_COSINE
+    #: lengths, in probe-clip lengths, of the clips of the shape check (:func:`shape_check_clips`; empty: none): the
+    #: fastest eligible path must also give finite outputs, without a bfloat16 fallback, on the batch shapes of real
+    #: work (full chunks at batch 8 and 3, partial chunks of four widths at batch 1) and then on the probe clips
+    #: again, else the next fastest is checked. oneDNN's bfloat16 kernels on an AMX CPU (PyTorch 2.13, 2 threads)
+    #: returned NaN for open-m2d-tiny's full chunks once other widths had run, not on the probe's one shape alone
+    shape_check: tuple[float, ...] = (0.3, 1.55, 2.8, 8.45)
 
 
 #: the measurement before it was bounded in time: an untimed warm-up on every clip, then ``repeats`` rounds of every
@@ -304,7 +312,7 @@ def measure_paths(make: Callable[[str], Embedder], paths: Sequence[str], clips: 
             out = np.asarray(out)
             if not np.isfinite(out).all():
                 raise FloatingPointError("non-finite embeddings")
-            if getattr(getattr(built[path], "encoder", None), "bf16_fallbacks", 0):
+            if _bf16_fallbacks(built[path]):
                 raise FloatingPointError("bf16 kernels gave non-finite values on the probe (those batches were "
                                          "recomputed in float32, so its cosine would not be bf16's)")
             outputs[path] = out
@@ -334,7 +342,51 @@ def measure_paths(make: Callable[[str], Embedder], paths: Sequence[str], clips: 
             timed(path)
     for path in best:
         results[path].clips_per_s = len(clips) / max(best[path], 1e-9)
+    if settings.shape_check and "fp32" in best:
+        bound = settings.min_cosine if np.isfinite(settings.min_cosine) else MIN_COSINE
+        candidates = sorted((results[p] for p in best if p != "fp32" and results[p].eligible(bound)
+                             and results[p].clips_per_s > results["fp32"].clips_per_s),
+                            key=lambda m: -m.clips_per_s)
+        # the other shapes, then the probe's own again: oneDNN's bf16 NaN came on a shape seen before, after others
+        calls = [shape_check_clips(clips, settings.shape_check), clips]
+        for m in candidates:  # the fastest first, until one passes: only a path that passed can be chosen
+            problem = _nonfinite_on(built[m.path], calls, sample_rate, batch_size)
+            if problem is None:
+                break
+            m.error = problem
     return [results[p] for p in paths]
+
+
+def shape_check_clips(clips: Sequence[np.ndarray], lengths: Sequence[float]) -> list[np.ndarray]:
+    """Clips ``[round(f · len(clips[0]))]`` for each ``f`` of ``lengths``, cut from the probe clips laid end to end
+    (so with their levels): with one-chunk probe clips, their chunks come in every shape real work batches (full
+    chunks at several batch sizes, partial chunks of several widths)."""
+    tape = np.concatenate([np.asarray(c, np.float32) for c in clips])
+    n = len(clips[0])
+    return [np.resize(tape, max(1, round(f * n))) for f in lengths]
+
+
+def _bf16_fallbacks(embedder: Embedder) -> int:
+    """Batches a bf16 embedder recomputed in float32 so far (0 for every other path)."""
+    return int(getattr(getattr(embedder, "encoder", None), "bf16_fallbacks", 0) or 0)
+
+
+def _nonfinite_on(embedder: Embedder, calls: Sequence[Sequence[np.ndarray]], sample_rate: int,
+                  batch_size: int) -> str | None:
+    """``None`` when ``embedder`` gives finite embeddings of the clips of every call of ``calls`` (in order) without
+    a bfloat16 fallback, else the one-line error (as :class:`PathMeasurement` keeps it)."""
+    before = _bf16_fallbacks(embedder)
+    for clips in calls:
+        try:
+            out = np.asarray(embedder.embed(list(clips), sample_rate, batch_size=batch_size))
+        except Exception as exc:  # noqa: BLE001 - a shape it cannot run: not a path for real work
+            return f"{type(exc).__name__} on the shape check: {' '.join(str(exc).split())[:160]}"
+        if _bf16_fallbacks(embedder) > before:
+            return ("FloatingPointError: bf16 kernels gave non-finite values on the shape check (batch shapes of real "
+                    "work; those batches were recomputed in float32)")
+        if not np.isfinite(out).all():
+            return "FloatingPointError: non-finite embeddings on the shape check (batch shapes of real work)"
+    return None
 
 
 # ------------------------------------------------------------------------------------------- paths themselves
@@ -518,6 +570,25 @@ class PathCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.file, data)
 
+    def exclude(self, key: str, path: str, why: str, min_cosine: float = MIN_COSINE) -> PathChoice | None:
+        """Mark ``path`` of the decision ``key`` as failed (``why``) and choose again from the same measurements
+        (nothing is measured again), so that the next load takes the new choice; returns it (``None`` when ``key``
+        is not in the file)."""
+        choice = self.get(key)
+        if choice is None:
+            return None
+        measured = [m for m in choice.measurements if m.path == path]
+        if not measured:
+            choice.measurements.append(PathMeasurement(path))
+            measured = choice.measurements[-1:]
+        for m in measured:
+            m.error, m.clips_per_s = why, None
+        again = choose_path(choice.measurements, min_cosine)
+        again.key, again.artifacts, again.seconds = choice.key or key, choice.artifacts, choice.seconds
+        again.measured_at = choice.measured_at
+        self.put(key, again)
+        return again
+
     def artifacts(self, key: str) -> Path:
         """The ONNX files' folder of the decision ``key`` (its :attr:`PathChoice.artifacts` key when the decision is
         in the file, else ``key``'s own)."""
@@ -565,6 +636,25 @@ def choose_cpu_path(bundle: EncoderBundle, source: str | os.PathLike | None,
         except OSError as exc:  # a read-only home: the choice still holds for this run
             _log.warning("could not cache the precision choice in %s (%s)", cache.file, exc)
     return choice
+
+
+def record_nonfinite(key: str, path: str, cache: PathCache | None = None) -> PathChoice | None:
+    """``path``, chosen by ``precision="auto"`` under the cache key ``key``, gave non-finite values on a batch at run
+    time (a shape the probe did not see): the cached decision excludes it from now on, so the next load of this model
+    on this CPU takes the next fastest path (:meth:`PathCache.exclude`). Says so in one warning; returns the new
+    choice (``None`` without a cached decision or a writable cache)."""
+    cache = cache or PathCache()
+    try:
+        again = cache.exclude(key, path, f"FloatingPointError: non-finite values on a batch at run time "
+                                         f"({time.strftime('%Y-%m-%d %H:%M', time.localtime())})")
+    except OSError as exc:
+        _log.warning("precision auto: %s gave non-finite values; could not record it in %s (%s)", path, cache.file,
+                     exc)
+        return None
+    if again is not None:
+        _log.warning("precision auto: %s gave non-finite values on a batch here; the next load of this model on this "
+                     "CPU runs %s instead (recorded in %s)", path, again.path, cache.file)
+    return again
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import warnings
@@ -30,9 +31,17 @@ from kikimimi.checkpoints import EncoderBundle, load_encoder, resolve_model_sour
 from kikimimi.device import resolve_device
 from kikimimi.features.frontend import LogMelSpectrogram, empty_mel_bins, get_preset, log_mel
 from kikimimi.features.normstats import NormStats, compute_norm_stats
-from kikimimi.inference.cpu_paths import AUTO, PathCache, PathChoice, choose_cpu_path, default_precision, prepare_path
+from kikimimi.inference.cpu_paths import (
+    AUTO,
+    PathCache,
+    PathChoice,
+    choose_cpu_path,
+    default_precision,
+    prepare_path,
+    record_nonfinite,
+)
 from kikimimi.inference.onnx_runtime import is_onnx_path, load_onnx_bundle
-from kikimimi.inference.precision import apply_precision, check_precision
+from kikimimi.inference.precision import Bf16Autocast, apply_precision, check_precision
 from kikimimi.models.encoder import FrameEncoder
 
 _log = logging.getLogger(__name__)
@@ -281,6 +290,8 @@ def _load_auto(bundle: EncoderBundle, path: str | os.PathLike, device: str | tor
         prepared, precision = bundle, "fp32"
     model = AudioEncoder(prepared, device=device, precision=precision)
     model.precision_choice = choice
+    if precision == "bf16" and choice.key and isinstance(model.encoder, Bf16Autocast):  # a NaN batch: not bf16 again
+        model.encoder.on_nonfinite = functools.partial(record_nonfinite, choice.key, choice.path)
     _log.info("%s", choice.line())
     return model
 

@@ -273,16 +273,39 @@ class OnnxFrameEncoder(nn.Module):
         raise NotImplementedError("an ONNX model has no random-init twin; load the torch checkpoint for that")
 
 
-def onnx_session(model: str | bytes | os.PathLike, threads: int | None = None):
+def onnx_session(model: str | bytes | os.PathLike, threads: int | None = None, *, spin: bool | None = None):
     """An ONNX Runtime CPU session of ``model`` (a path or the file's bytes): all graph optimisations,
-    ``threads`` intra-op threads (default: ``torch.get_num_threads()``), one inter-op thread."""
+    ``threads`` intra-op threads (default: ``torch.get_num_threads()``), one inter-op thread.
+
+    ``spin``: whether idle intra-op threads busy-wait for work (ONNX Runtime's default); ``None``: only while the
+    machine has the idle cores for them (:func:`spin_by_load`)."""
     ort = _require("onnxruntime")
     model = os.fspath(model) if isinstance(model, os.PathLike) else model
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if spin is None:
+        spin = spin_by_load(options.intra_op_num_threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def spin_by_load(threads: int, load: float | None = None, cores: int | None = None) -> bool:
+    """Whether ``threads`` ONNX Runtime threads should spin: unless the machine is oversubscribed, its 1-minute load
+    average (``load``, default :func:`os.getloadavg`'s) above 1.5× its cores (``cores``, default
+    :func:`os.cpu_count`). Measured on a 2-core Xeon, dynamic int8 at 2 threads: spinning ran ViT-B 1.13-1.2×
+    faster at load 1.3 (and 1.6× at load 3 to 1.3), and 1.3-3.2× slower at load 6-8 (ViT-B) and 6× slower at load
+    4-5 (open-m2d-tiny): spinning threads take the cores the other threads of the same matmul wait for
+    (``benchmarks/bench_cpu_paths.py --ort-spin`` measures both). Where the load cannot be read: spin (ONNX Runtime's
+    default)."""
+    if threads <= 1:
+        return False  # no pool to spin
+    try:
+        load = os.getloadavg()[0] if load is None else load
+    except OSError:
+        return True
+    return load <= 1.5 * (cores or os.cpu_count() or 1)
 
 
 def load_onnx_bundle(path: str | os.PathLike, *, precision: str = "fp32",

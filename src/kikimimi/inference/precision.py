@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -168,6 +169,8 @@ class Bf16Autocast:
     #: batches recomputed in float32 because bfloat16 gave non-finite values (``precision="auto"`` refuses a bf16
     #: path whose probe needed it: its cosine would be float32's)
     bf16_fallbacks: int = 0
+    #: called once, at the first such batch (``precision="auto"`` sets it: the cached choice then excludes bf16)
+    on_nonfinite: Callable[[], object] | None = None
 
     @staticmethod
     def _float(out):
@@ -190,6 +193,11 @@ class Bf16Autocast:
             "(such batches are recomputed quietly from now on; --precision fp32 avoids bf16)",
             self.autocast_device_type.upper())
         self.bf16_fallbacks += 1
+        if self.bf16_fallbacks == 1 and self.on_nonfinite is not None:
+            try:
+                self.on_nonfinite()
+            except Exception as exc:  # noqa: BLE001 - recording it must never stop the embedding
+                _log.warning("could not record the bf16 non-finite batch (%s)", exc)
         with torch.autocast(device_type=self.autocast_device_type, enabled=False):
             return self._float(compute())
 
