@@ -9,7 +9,8 @@ Rows, each answering every question from the same evidence (CLAP tags over the s
 of ``--slot-s`` seconds):
 
 - ``grounded LM, free answer``: :func:`~kikimimi.inference.grounded.lm_answer` (``kikimimi ask FILE Q --lm``), its
-  text read back into a choice (:func:`open_suite.questions.read_answer`);
+  text read back into a choice (:func:`open_suite.questions.read_answer`); the share of its replies replaced by
+  the findings (they contradicted them) is reported per question type;
 - ``grounded LM, --choices``: :func:`~kikimimi.inference.grounded.choose` with the language model (each choice's
   likelihood);
 - ``grounded rules, free answer`` / ``grounded rules, --choices``: the same without a language model;
@@ -260,11 +261,24 @@ def run(args: argparse.Namespace, *, clap: Any = None, lm: Any = None, tokenizer
                      "template": settings.template, "labels": len(vocab.labels), "seed": args.seed},
         "n_questions": n, "chance": chance, "evidence_seconds": round(evidence_s, 2),
         "rows": [{"name": r.name, "available": r.available, "note": r.note, "accuracy": r.accuracy(types),
-                  "seconds_per_question": round(r.seconds / max(1, len(r.results)), 4)} for r in rows],
+                  "seconds_per_question": round(r.seconds / max(1, len(r.results)), 4),
+                  **({"replaced": replaced_share(r, types)} if r.name == ROWS[0] and r.results else {})}
+                 for r in rows],
         "questions": [{**q.to_dict(), "audio": Path(q.audio).name,
                        "answers": {r.name: r.results[i] for r in rows if r.results}} for i, q in enumerate(questions)],
         "timing": times,
     }
+
+
+def replaced_share(row: Row, qtypes: list[str]) -> dict[str, float]:
+    """Per question type, the share of the language model's free replies replaced by the findings because they
+    contradicted them (:func:`~kikimimi.inference.grounded.lm_answer`)."""
+    out = {}
+    for t in qtypes:
+        got = [r for r in row.results if r["qtype"] == t]
+        if got:
+            out[t] = round(sum(str(r.get("answered_by", "")).startswith("rules") for r in got) / len(got), 4)
+    return out
 
 
 def table(report: dict[str, Any]) -> str:
@@ -280,6 +294,10 @@ def table(report: dict[str, Any]) -> str:
         accs = [r["accuracy"][t] for t in types]
         lines.append(f"| {r['name']} | " + " | ".join("—" if a is None else f"{100 * a:.1f}" for a in accs)
                      + f" | {r['seconds_per_question']:.3f} |")
+    for r in report["rows"]:
+        if r.get("replaced"):
+            lines.append(f"({r['name']}: replies replaced by the findings, %: "
+                         + ", ".join(f"{t} {100 * v:.0f}" for t, v in r["replaced"].items()) + ")")
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ import soundfile as sf
 from captions import DRUM_WORD, FAMILY_WORD, LANGUAGE_WORD
 
 from kikimimi.audio.decode import load_audio
-from kikimimi.inference.grounded import format_time, parse_times
+from kikimimi.inference.grounded import format_time, parse_times, stated_count
 
 __all__ = ["QTYPES", "Question", "Vocabulary", "compose", "make_questions", "read_answer", "test_rows",
            "vocabulary"]
@@ -46,8 +46,6 @@ __all__ = ["QTYPES", "Question", "Vocabulary", "compose", "make_questions", "rea
 QTYPES = ("language", "instrument", "drum", "speech", "count", "first_time")
 #: the task CSV each clip question draws from
 TASK_OF = {"language": "language_id", "instrument": "instrument_family", "drum": "drum_type"}
-_NUMBER_WORDS = {"once": 1, "one": 1, "twice": 2, "two": 2, "three": 3, "thrice": 3, "four": 4, "five": 5,
-                 "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "no": 0, "never": 0, "zero": 0}
 
 
 @dataclass(frozen=True)
@@ -228,27 +226,13 @@ def make_questions(suite: Path, work: Path, n_per_type: int, *, slot_s: float = 
 
 
 # ---------------------------------------------------------------------- reading free answers back
-_TIME_LIKE = re.compile(r"\d+:\d+(?::\d+)?(?:\.\d+)?|\d+(?:\.\d+)?\s*(?:h|hours?|min|mins|minutes?|s|secs?|seconds?)\b"
-                        r"|\d+\s*dBFS|\d+\s*%", re.I)
-
-
-def _first_count(text: str) -> int | None:
-    """The first count a free answer states: a number that is not part of a time, a level or a share, or a number
-    word ("twice")."""
-    masked = _TIME_LIKE.sub(lambda m: " " * len(m.group(0)), text)
-    hits = [(m.start(), int(m.group(0))) for m in re.finditer(r"(?<![\w.])\d+(?![\w.])", masked)]
-    hits += [(m.start(), _NUMBER_WORDS[m.group(0).lower()])
-             for m in re.finditer(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", masked, re.I)
-             if m.group(0).lower() not in ("no", "one") or re.search(r"time|hit", masked[m.end():m.end() + 12], re.I)]
-    return min(hits)[1] if hits else None
-
-
 def read_answer(question: Question, text: str, segment_s: float) -> tuple[str | None, bool]:
     """``(the choice a free answer gives, whether it is right)``.
 
     Named choices: the one named first (the longer one where two start at the same place). Yes / no: the
-    answer's first word, else "no" when it says "not", else "yes". Counts: the first count stated. Times: the first
-    time named, right when it is within ``segment_s`` of the true first time (then read as the nearest choice).
+    answer's first word, else "no" when it says "not", else "yes". Counts: the first count stated
+    (:func:`~kikimimi.inference.grounded.stated_count`). Times: the first time named, right when it is within
+    ``segment_s`` of the true first time (then read as the nearest choice).
     An answer that gives none of these is wrong.
     """
     text = text or ""
@@ -257,7 +241,7 @@ def read_answer(question: Question, text: str, segment_s: float) -> tuple[str | 
         said = m.group(1).lower() if m else ("no" if re.search(r"\bnot?\b|cannot", text, re.I) else "yes")
         return said, said == question.answer
     if question.qtype == "count":
-        n = _first_count(text)
+        n = stated_count(text)
         said = None if n is None else str(n)
         return said, said == question.answer
     if question.qtype == "first_time":

@@ -147,3 +147,49 @@ def test_bad_settings_and_files_are_named(tmp_path, recording):
     bad.write_text('{"format": "other"}')
     with pytest.raises(EvidenceError, match="bad.json.*not kikimimi evidence"):
         Evidence.load(bad)
+
+
+def test_a_label_never_on_top_is_still_found_by_its_scores(tmp_path):
+    """Presence: a rank among the top labels and a threshold relative to the label's best score in the file; the
+    scores are saved with the evidence, and evidence without them falls back to the top tags."""
+    from kikimimi.inference.evidence import PRESENCE_MARGIN, Segment, TagScore, summarise_tags
+
+    labels = [f"label {i}" for i in range(10)]
+    # "label 1" is never the top tag (label 0 always is) but scores high in segments 1, 2 and 5; low elsewhere
+    rows = [[0.5, 0.1], [0.5, 0.4], [0.5, 0.42], [0.5, 0.1], [0.5, 0.12], [0.5, 0.38]]
+    segs = []
+    for i, (a, b) in enumerate(rows):
+        scores = [a, b] + [0.0] * 8
+        segs.append(Segment(i, 3.0 * i, 3.0 * i + 3, -20.0, -6.0, False, [TagScore("label 0", 0.9, a)], None, scores))
+    ev = Evidence("f.wav", 18.0, 16000, labels, {"segment_s": 3.0}, {}, segs, summarise_tags(segs), 0.0, -20.0)
+    p = ev.presence("label 1")
+    assert p.by_score and p.threshold == pytest.approx(0.42 - PRESENCE_MARGIN)
+    assert p.segments == [1, 2, 5] and p.spans == [[3.0, 9.0], [15.0, 18.0]] and p.count == 2 and p.first_s == 3.0
+    assert ev.tag("label 1") is None  # the top tags alone never see it
+    assert ev.presence("label 9").segments == []  # ties at the segment's median: not heard
+    assert ev.presence("not a label") is None
+    again = Evidence.load(ev.save(tmp_path / "e.json"))
+    assert again.presence("label 1") == p
+    data = json.loads((tmp_path / "e.json").read_text())
+    for s in data["segments"]:
+        s.pop("scores")
+    old = Evidence.from_dict(data)  # a version-1 file: no scores
+    assert not old.presence("label 0").by_score and old.presence("label 0").segments == list(range(6))
+    data["segments"][0]["scores"] = [0.1]
+    with pytest.raises(EvidenceError, match="do not match the 10 labels"):
+        Evidence.from_dict(data, "e.json")
+
+
+def test_a_short_hit_in_a_quiet_segment_is_not_silence(tmp_path):
+    # 1 s segments: a one-sample click at -26 dBFS peak has an RMS of -68 dBFS over its segment's second, but it is a
+    # sound; a segment of noise at -80 dBFS is silent
+    wave = np.concatenate([np.zeros(SR, np.float32), np.full(SR, 1e-4, np.float32)])
+    wave[SR // 2] = 0.05
+    path = tmp_path / "click.wav"
+    sf.write(path, wave, SR, subtype="FLOAT")
+    ev = build_evidence(path, FrequencyCLAP(), LABELS, EvidenceSettings(segment_s=1.0))
+    assert ev.segments[0].rms_dbfs < -60 and ev.segments[0].peak_dbfs > -40
+    assert [s.silent for s in ev.segments] == [False, True]
+    assert all(s.scores is not None and len(s.scores) == len(LABELS) for s in ev.segments)
+    lean = build_evidence(path, FrequencyCLAP(), LABELS, EvidenceSettings(segment_s=1.0, keep_scores=False))
+    assert all(s.scores is None for s in lean.segments)

@@ -10,13 +10,16 @@ import pytest
 from kikimimi.inference.evidence import Evidence, Segment, TagScore, summarise_tags
 from kikimimi.inference.grounded import (
     CANNOT_TELL,
+    choice_logprobs,
     choose,
     evidence_text,
     format_time,
+    label_facts,
     lm_answer,
     match_labels,
     parse_times,
     rule_answer,
+    stated_count,
 )
 
 LABELS = ["a dog barking", "a man speaking", "a woman speaking", "rain", "church bells", "silence"]
@@ -144,7 +147,75 @@ def test_multiple_choice_by_the_language_models_likelihood(walk, tiny_lm):
     a = choose(walk, "How many times does a dog bark?", ["1", "2", "3"], lm=lm, tokenizer=tok, spec="tiny")
     assert set(a.choice_scores) == {"1", "2", "3"} and a.answered_by == "lm:tiny"
     assert a.choice == max(a.choice_scores, key=a.choice_scores.get)
-    assert all(s < 0 for s in a.choice_scores.values())  # log-likelihoods
+
+
+def test_choice_likelihoods_reuse_the_prompt_cache_and_equal_a_full_pass(tiny_lm):
+    import torch
+
+    lm, tok = tiny_lm
+    prompt = tok("a dog barking at 0:30 yes", add_special_tokens=False)["input_ids"]
+    got = choice_logprobs(lm, tok, prompt, ["no", "1 2 3", "a dog barking"])
+    for choice, value in got.items():
+        ids = tok(" " + choice if not getattr(tok, "chat_template", None) else choice,
+                  add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1], -1)
+        full = float(logp[torch.arange(len(ids)), torch.tensor(ids)].mean())  # per token: length-normalised
+        assert value == pytest.approx(full, abs=1e-4) and value < 0, choice
+
+
+def scored_evidence() -> Evidence:
+    """12 segments of 3 s over a 10-label vocabulary: "a dog barking" is never the top tag ("rain" always is) but
+    scores high in segments 2, 3 and 7 (heard twice: 0:06–0:12 and 0:21–0:24)."""
+    segs = []
+    for i in range(12):
+        dog = 0.45 if i in (2, 3, 7) else 0.1
+        scores = [dog, 0.05, 0.05, 0.6, 0.0, 0.0] + [0.0] * 4
+        segs.append(Segment(i, 3.0 * i, 3.0 * i + 3, -20.0, -6.0, False, [TagScore("rain", 0.8, 0.6)], None, scores))
+    labels = [*LABELS, "l6", "l7", "l8", "l9"]
+    return Evidence("hits.wav", 36.0, 16000, labels, {"segment_s": 3.0, "silence_dbfs": -60.0}, {}, segs,
+                    summarise_tags(segs), 0.0, -20.0)
+
+
+def test_counts_and_first_times_come_from_the_per_label_scores():
+    ev = scored_evidence()
+    a = rule_answer(ev, "How many times does the dog bark?")
+    assert a.text == "A dog barking: 2 times: 0:06–0:12, 0:21–0:24."
+    assert [(c.start_s, c.end_s) for c in a.citations] == [(6.0, 12.0), (21.0, 24.0)]
+    assert rule_answer(ev, "When is the dog first heard?").text == "A dog barking first occurs at 0:06–0:12."
+    assert choose(ev, "How many times does the dog bark?", ["1", "2", "3"]).choice == "2"
+    assert label_facts(ev, ["a dog barking", "church bells"]) == [
+        "a dog barking: heard 2 times, at 0:06–0:12, 0:21–0:24; first at 0:06, last until 0:24",
+        "church bells: not heard"]
+    assert stated_count("A 440 Hz tone: 3 times at 0:05 (-20 dBFS)", ignore=["a 440 Hz tone"]) == 3
+    assert stated_count("it is hit twice") == 2 and stated_count("at 0:03 and 0:09") is None
+
+
+def test_the_prompt_puts_the_facts_next_to_the_question_and_checks_the_reply(tiny_lm, monkeypatch):
+    from kikimimi.inference import grounded
+
+    lm, tok = tiny_lm
+    ev = scored_evidence()
+    q = "How many times does the dog bark?"
+    monkeypatch.setattr(grounded, "clean_decoded", lambda text: "The dog barks 3 times.")
+    wrong = lm_answer(ev, q, lm, tok, spec="tiny", max_new_tokens=2)
+    prompt = wrong.grounding
+    assert prompt.index("Timeline:") < prompt.index("Facts (computed") < prompt.index("Question: " + q)
+    assert "- a dog barking: heard 2 times, at 0:06–0:12, 0:21–0:24" in prompt
+    assert wrong.answered_by == "rules (lm:tiny stated another count)" and wrong.text.startswith("A dog barking: 2 ")
+    monkeypatch.setattr(grounded, "clean_decoded", lambda text: "The dog barks twice.")
+    right = lm_answer(ev, q, lm, tok, spec="tiny", max_new_tokens=2)
+    assert right.answered_by == "lm:tiny" and right.text == "The dog barks twice. (0:06–0:12, 0:21–0:24)"
+    monkeypatch.setattr(grounded, "clean_decoded", lambda text: "First heard at 0:06–0:12.")
+    span = lm_answer(ev, "When is the dog first heard?", lm, tok, spec="tiny", max_new_tokens=2)
+    assert [(c.start_s, c.end_s) for c in span.citations] == [(6.0, 9.0), (9.0, 12.0)]  # not the one from 0:12
+    monkeypatch.setattr(grounded, "clean_decoded", lambda text: "First at 1:02:05.")
+    late = lm_answer(ev, "When is the dog first heard?", lm, tok, spec="tiny", max_new_tokens=2)
+    assert late.answered_by == "rules (lm:tiny cited times the evidence does not support)"  # past the end
+    monkeypatch.setattr(grounded, "clean_decoded", lambda text: "The sound of the sound of the sound.")
+    which = lm_answer(ev, "Which is heard: a dog barking or church bells?", lm, tok, spec="tiny", max_new_tokens=2)
+    assert which.answered_by == "rules (lm:tiny named none of the sounds asked about)"
+    assert which.text.startswith("Yes, a dog barking")
 
 
 def test_a_follow_up_question_refers_back_to_the_previous_sounds(walk):
@@ -152,6 +223,8 @@ def test_a_follow_up_question_refers_back_to_the_previous_sounds(walk):
     follow = rule_answer(walk, "and when does it stop for the last time?", context=first.labels)
     assert follow.labels == ["a dog barking"] and [(c.start_s, c.end_s) for c in follow.citations] == [(60.0, 70.0)]
     assert not rule_answer(walk, "and when does it stop for the last time?").known  # no context: cannot tell
+    silent = rule_answer(walk, "Is it silent at 0:25?", context=first.labels)  # "it" is the recording here
+    assert silent.text.startswith("Yes, it is silent at 0:25") and silent.labels == []
 
 
 def test_a_reply_that_contradicts_the_findings_is_replaced(walk, tiny_lm, monkeypatch):
@@ -167,7 +240,8 @@ def test_a_reply_that_contradicts_the_findings_is_replaced(walk, tiny_lm, monkey
     a = lm_answer(walk, "Is it silent at 25 s?", lm, tok, spec="tiny")
     assert a.text.startswith("Yes, it is silent") and a.answered_by == "rules (lm:tiny contradicted the evidence)"
     agrees = lm_answer(walk, "Is it silent at 0:05?", lm, tok, spec="tiny")
-    assert agrees.text == "no" and agrees.answered_by == "lm:tiny"
+    assert agrees.answered_by == "lm:tiny"
+    assert agrees.text == "no (0:00–0:10)"  # a reply naming no time gets the findings' times
 
 
 def test_describe_gives_a_bounded_timeline_and_a_paragraph(walk):

@@ -6,14 +6,23 @@ records per segment:
 
 - its times (``start_s``, ``end_s``; seconds from the start of the file);
 - its loudness: RMS and peak level in dBFS (0 dBFS = a full-scale square wave; a full-scale sine is −3 dBFS;
-  digital silence is floored at :data:`FLOOR_DBFS`) and a ``silent`` flag (RMS below ``silence_dbfs``);
+  digital silence is floored at :data:`FLOOR_DBFS`) and a ``silent`` flag (RMS below ``silence_dbfs`` and peak
+  below ``silence_dbfs`` + :data:`SILENT_PEAK_MARGIN_DB`: a short hit in a quiet segment is not silence);
 - the ``top_k`` zero-shot tags of a CLAP model over a label vocabulary (``template.format(label)`` captions,
-  :func:`kikimimi.inference.zeroshot.zero_shot_scores` with the model's temperature: a softmax over the labels);
+  :func:`kikimimi.inference.zeroshot.zero_shot_scores` with the model's temperature: a softmax over the labels),
+  and (``keep_scores``) the cosine score of every label, so that a question about any label can be answered;
 - the captioner's caption of the segment, when a captioner is given.
 
 File-level summaries (:class:`TagSummary`, most frequent first) count, for each label, the non-silent segments
 that have it among their top tags, the segments where it is the top tag, when it first starts and last ends,
-and its spans (runs of consecutive segments). :class:`Evidence` is saved as JSON (:meth:`Evidence.save`, an
+and its spans (runs of consecutive segments). Where a label is heard — to count it, find when it first occurs
+— is :meth:`Evidence.presence` (:class:`Presence`), the one rule that both answerers use: a non-silent segment has
+the label when the label ranks among the segment's top :data:`PRESENCE_RANK` labels (and above its median one)
+*and* its score is within
+:data:`PRESENCE_MARGIN` of the label's best score in the file (a threshold relative to the file, so that a model
+whose scores for a label run high or low everywhere still separates the segments that have it from those that do
+not); evidence without per-label scores falls back to the segments with the label among their top tags.
+:class:`Evidence` is saved as JSON (:meth:`Evidence.save`, an
 atomic write) and read back with :meth:`Evidence.load`; the question answering of
 :mod:`kikimimi.inference.grounded` reads only this structure.
 
@@ -47,6 +56,10 @@ __all__ = [
     "Evidence",
     "EvidenceError",
     "EvidenceSettings",
+    "PRESENCE_MARGIN",
+    "PRESENCE_RANK",
+    "Presence",
+    "SILENT_PEAK_MARGIN_DB",
     "Segment",
     "TagScore",
     "TagSummary",
@@ -58,9 +71,16 @@ __all__ = [
 ]
 
 EVIDENCE_FORMAT = "kikimimi-evidence"
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2  # 2: per-label scores of each segment (version 1 files still load, without them)
 #: the level given to digital silence (an RMS or peak of 0)
 FLOOR_DBFS = -120.0
+#: a segment with an RMS below the silence level is still not silent when its peak is this many dB above that level
+SILENT_PEAK_MARGIN_DB = 20.0
+#: :meth:`Evidence.presence`: a label is heard in a segment only when it ranks among this many labels of the segment
+PRESENCE_RANK = 5
+#: :meth:`Evidence.presence`: … and when its cosine score is at most this far below its best score in the file
+#: (chosen on held-out open-suite files composed as benchmarks/bench_questions.py does; 0.1–0.15 did equally well)
+PRESENCE_MARGIN = 0.12
 #: the packaged label vocabulary, the one home of the default labels of evidence, `ask`, `describe` and `kikimimi
 #: serve` (one label a line; ``#`` comments and blank lines skipped)
 DEFAULT_LABELS_FILE = Path(__file__).with_name("labels.txt")
@@ -101,6 +121,8 @@ class EvidenceSettings:
         silence_dbfs: a segment whose RMS level is below this (dBFS) is ``silent``.
         batch_size: segments embedded together.
         caption_question: the question put to the captioner (``None``: its own caption question).
+        keep_scores: keep every label's cosine score per segment (``Segment.scores``; 4 decimals), which
+            :meth:`Evidence.presence` needs; off: only the top tags (a smaller JSON for huge vocabularies).
     """
 
     segment_s: float = 10.0
@@ -110,6 +132,7 @@ class EvidenceSettings:
     silence_dbfs: float = -60.0
     batch_size: int = 8
     caption_question: str | None = None
+    keep_scores: bool = True
 
     def __post_init__(self) -> None:
         if not self.segment_s > 0:
@@ -138,7 +161,8 @@ class TagScore:
 
 @dataclass
 class Segment:
-    """What the models say about one segment ``[start_s, end_s)`` (seconds). Levels in dBFS."""
+    """What the models say about one segment ``[start_s, end_s)`` (seconds). Levels in dBFS. ``scores``: the
+    cosine score of every label of :attr:`Evidence.labels`, in that order (``None`` when not kept)."""
 
     index: int
     start_s: float
@@ -148,6 +172,7 @@ class Segment:
     silent: bool
     tags: list[TagScore] = field(default_factory=list)
     caption: str | None = None
+    scores: list[float] | None = None
 
     def labels(self) -> list[str]:
         return [t.label for t in self.tags]
@@ -173,6 +198,39 @@ class TagSummary:
     spans: list[list[float]]
     top_spans: list[list[float]]
     mean_probability: float
+
+
+@dataclass
+class Presence:
+    """Where one label is heard (:meth:`Evidence.presence`).
+
+    Attributes:
+        label: the label. segments: indices of the segments that have it, in time order. spans: ``[[start_s, end_s],
+        …]`` runs of consecutive such segments (each run counts as one occurrence). by_score: ``True`` when decided
+        from the per-label scores (rank and file-relative threshold), ``False`` from the top tags alone.
+        threshold: the cosine score a segment needed (``None`` without scores).
+    """
+
+    label: str
+    segments: list[int]
+    spans: list[list[float]]
+    by_score: bool
+    threshold: float | None = None
+
+    @property
+    def count(self) -> int:
+        """How many separate times the label is heard (its runs)."""
+        return len(self.spans)
+
+    @property
+    def first_s(self) -> float | None:
+        return self.spans[0][0] if self.spans else None
+
+    def how(self) -> str:
+        """How the segments were chosen, in words."""
+        if self.by_score:
+            return f"among the top {PRESENCE_RANK} labels, score at least {self.threshold:.2f}"
+        return "among the top tags"
 
 
 @dataclass
@@ -203,6 +261,31 @@ class Evidence:
         """The summary of ``label`` (``None``: never among the top tags of a non-silent segment)."""
         return next((t for t in self.tags if t.label == label), None)
 
+    def presence(self, label: str, *, rank: int = PRESENCE_RANK, margin: float = PRESENCE_MARGIN) -> Presence | None:
+        """Where ``label`` is heard (module docstring): the non-silent segments where it ranks among the top
+        ``rank`` labels, scores above the segment's median label (so that ties and tiny vocabularies do not count)
+        and its cosine score is at least its best score over the file's non-silent segments less ``margin``;
+        without per-label scores, those with it among their top tags. ``None``: not a label of the vocabulary.
+        Time: O(segments × labels)."""
+        if label not in self.labels:
+            return None
+        live = [s for s in self.segments if not s.silent]
+        col = self.labels.index(label)
+        by_score = bool(live) and all(s.scores is not None and len(s.scores) == len(self.labels) for s in live)
+        threshold = None
+        if by_score:
+            threshold = round(max(s.scores[col] for s in live) - margin, 4)
+            hits = [s for s in live if s.scores[col] >= threshold and sum(v > s.scores[col] for v in s.scores) < rank
+                    and s.scores[col] > float(np.median(s.scores))]
+        else:
+            hits = [s for s in live if label in s.labels()]
+        spans: list[list[float]] = []
+        previous = -2
+        for s in hits:
+            _add_to_spans(spans, s, previous)
+            previous = s.index
+        return Presence(label, [s.index for s in hits], spans, by_score, threshold)
+
     def segments_at(self, time_s: float) -> list[Segment]:
         """The segments that contain ``time_s`` (the last segment also contains the file's end)."""
         hits = [s for s in self.segments if s.start_s <= time_s < s.end_s]
@@ -227,11 +310,16 @@ class Evidence:
                                 "make it with kikimimi evidence)")
         try:
             segments = [Segment(**{**s, "tags": [TagScore(**t) for t in s["tags"]]}) for s in data["segments"]]
+            width = len(data["labels"])
+            if any(s.scores is not None and len(s.scores) != width for s in segments):
+                raise ValueError(f"a segment's scores do not match the {width} labels")
             tags = [TagSummary(**t) for t in data["tags"]]
             names = {f.name for f in fields(cls)} - {"segments", "tags"}
             return cls(segments=segments, tags=tags, **{k: data[k] for k in names})
         except (KeyError, TypeError) as exc:
             raise EvidenceError(f"'{where}': incomplete evidence ({type(exc).__name__}: {exc})") from exc
+        except ValueError as exc:
+            raise EvidenceError(f"'{where}': bad evidence ({exc})") from exc
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the evidence as JSON (atomically); returns the path."""
@@ -398,9 +486,11 @@ def build_evidence(path: str | os.PathLike, clap: ZeroShotModel, labels: Sequenc
             rms, peak = level_dbfs(wave)
             tags = [TagScore(t["label"], t["probability"], t["score"])
                     for t in top_labels(scores, labels, row, settings.top_k)]
-            segments.append(Segment(len(segments), round(a / sr, 3), round(b / sr, 3), rms, peak,
-                                     rms < settings.silence_dbfs, tags,
-                                     _caption(captioner, wave, sr, question) if captioner is not None else None))
+            silent = rms < settings.silence_dbfs and peak < settings.silence_dbfs + SILENT_PEAK_MARGIN_DB
+            segments.append(Segment(len(segments), round(a / sr, 3), round(b / sr, 3), rms, peak, silent, tags,
+                                     _caption(captioner, wave, sr, question) if captioner is not None else None,
+                                     [round(float(v), 4) for v in scores.cosine[row]]
+                                     if settings.keep_scores else None))
         if bar is not None:
             bar.update(len(batch))
 

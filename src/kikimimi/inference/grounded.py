@@ -4,21 +4,28 @@ Two answerers read the same :class:`~kikimimi.inference.evidence.Evidence`:
 
 - :func:`rule_answer` needs no language model: it finds the labels of the vocabulary a question names (content
   words, crude stemming) and the times it gives (``1:30``, ``90 s``, ``2 minutes``), and answers "when does X
-  happen" (spans where X is the top tag, else among the top tags), "is there X", "how many times", "what happens
-  at T", "is it silent (at T)", "the loudest / quietest part" and "what sounds are in it". A question about a
-  sound the vocabulary has no label for is answered "I cannot tell" — never with a guess.
-- :func:`lm_answer` gives a local causal language model (:func:`kikimimi.models.causal_lm.load_causal_lm`) the
-  evidence as compact text (:func:`evidence_text`) and the rule answerer's findings, and asks it to answer citing
-  times; the times its answer names become its citations (the findings' when it names none).
+  happen", "is there X", "how many times", "when is X first heard" from where X is heard
+  (:meth:`~kikimimi.inference.evidence.Evidence.presence`: the per-label scores, ranked and thresholded relative
+  to the file), "what happens at T", "is it silent (at T)", "the loudest / quietest part" and "what sounds are in
+  it". A question about a sound the vocabulary has no label for is answered "I cannot tell" — never with a guess.
+- :func:`lm_answer` gives a local causal language model (:func:`kikimimi.models.causal_lm.load_causal_lm`) a
+  short prompt ordered by relevance: the computed facts about the sounds the question names (:func:`label_facts`:
+  how many times, where, first and last), the rule answerer's findings, then a bounded timeline; it answers citing
+  times. Its reply is checked against the facts (yes / no, the count, the leading sound of a "which" question, the
+  times) and replaced by the findings when it contradicts them; a reply naming no time gets the findings' times.
 
 :func:`describe` turns the evidence into a timeline of at most a dozen parts and a short paragraph.
 
 :func:`choose` answers a multiple-choice question: with a language model, the choice of the highest mean token
-log-likelihood after the prompt; without one, the choice the findings name (else the best-scoring matched label).
+log-likelihood after the prompt, calibrated by the same without the evidence (the prompt run once, its key/value
+cache reused for every choice); without one,
+the choice the findings name (else the best-scoring matched label).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 import re
 from collections.abc import Sequence
@@ -28,7 +35,7 @@ from typing import Any
 
 import torch
 
-from kikimimi.inference.evidence import Evidence, Segment, TagSummary
+from kikimimi.inference.evidence import Evidence, Presence, Segment, TagSummary
 from kikimimi.models.caption_prompts import clean_decoded, prompt_ids
 
 __all__ = [
@@ -37,15 +44,18 @@ __all__ = [
     "Citation",
     "Description",
     "Part",
+    "choice_logprobs",
     "choose",
     "describe",
     "evidence_text",
     "format_span",
     "format_time",
+    "label_facts",
     "lm_answer",
     "match_labels",
     "parse_times",
     "rule_answer",
+    "stated_count",
     "timeline",
 ]
 
@@ -70,6 +80,11 @@ _OVERVIEW_WORDS = {"describe", "summary", "summarise", "summarize", "kind", "con
                    "main", "overall", "give", "list", "whole", "thing", "label", "tag"}
 _CLOCK = re.compile(r"\b(\d+):(\d{1,2})(?::(\d{1,2}))?(\.\d+)?\b")
 _AMOUNT = re.compile(r"\b(\d+(?:\.\d+)?)\s*(h|hours?|min|mins|minutes?|s|secs?|seconds?)\b", re.I)
+#: what a count is not part of: a time, an amount of time, a level or a share
+_TIME_LIKE = re.compile(r"\d+:\d+(?::\d+)?(?:\.\d+)?|\d+(?:\.\d+)?\s*(?:h|hours?|min|mins|minutes?|s|secs?|seconds?)\b"
+                        r"|\d+\s*dBFS|\d+\s*%", re.I)
+_NUMBER_WORDS = {"once": 1, "one": 1, "twice": 2, "two": 2, "three": 3, "thrice": 3, "four": 4, "five": 5,
+                 "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "no": 0, "never": 0, "zero": 0}
 
 
 @dataclass
@@ -143,6 +158,21 @@ def parse_times(text: str) -> list[float]:
     return [t for _pos, t in sorted(found)]
 
 
+def stated_count(text: str, ignore: Sequence[str] = ()) -> int | None:
+    """The first count a text states: a number that is not part of a time, a level, a share or one of the
+    ``ignore`` phrases (labels such as "a 440 Hz tone"), or a number word ("twice"; "no" / "one" only before "time"
+    or "hit"); ``None`` when it states none."""
+    masked = text or ""
+    for phrase in sorted(ignore, key=len, reverse=True):
+        masked = re.sub(re.escape(phrase), lambda m: " " * len(m.group(0)), masked, flags=re.I)
+    masked = _TIME_LIKE.sub(lambda m: " " * len(m.group(0)), masked)
+    hits = [(m.start(), int(m.group(0))) for m in re.finditer(r"(?<![\w.])\d+(?![\w.])", masked)]
+    hits += [(m.start(), _NUMBER_WORDS[m.group(0).lower()])
+             for m in re.finditer(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", masked, re.I)
+             if m.group(0).lower() not in ("no", "one") or re.search(r"time|hit", masked[m.end():m.end() + 12], re.I)]
+    return min(hits)[1] if hits else None
+
+
 # ---------------------------------------------------------------------- labels in a question
 def _stem(word: str) -> str:
     for suffix in ("ing", "ed", "s"):
@@ -203,23 +233,62 @@ def _run_line(start_s: float, end_s: float, what: str, segs: list[Segment]) -> s
     return line + (f'; caption: "{captions[0]}"' if captions else "")
 
 
+def _header(evidence: Evidence) -> str:
+    seg_s = float(evidence.settings.get("segment_s") or 0.0)
+    return (f"Recording '{Path(evidence.file).name}', {format_time(evidence.duration_s)} long, "
+            f"{len(evidence.segments)} segments of {seg_s:g} s; level {evidence.mean_dbfs:.0f} dBFS; "
+            f"silent for {format_time(evidence.silent_s)} in total.")
+
+
+def _timeline_lines(evidence: Evidence, max_lines: int) -> list[str]:
+    runs = timeline(evidence)
+    lines = ["Timeline:", *(_run_line(*r) for r in runs[:max_lines])]
+    if len(runs) > max_lines:
+        lines.append(f"... and {len(runs) - max_lines} more parts until {format_time(evidence.duration_s)}")
+    return lines
+
+
 def evidence_text(evidence: Evidence, *, max_lines: int = 40, max_tags: int = 8) -> str:
     """The evidence as compact text for a language model (or a person): the file, the most frequent sounds with
     their spans, and the timeline (runs of segments with the same top tag; at most ``max_lines``)."""
-    seg_s = float(evidence.settings.get("segment_s") or 0.0)
-    lines = [f"Recording '{Path(evidence.file).name}', {format_time(evidence.duration_s)} long, "
-             f"{len(evidence.segments)} segments of {seg_s:g} s; level {evidence.mean_dbfs:.0f} dBFS; "
-             f"silent for {format_time(evidence.silent_s)} in total."]
+    lines = [_header(evidence)]
     if evidence.tags:
         lines.append("Sounds detected (label: segments where it is among the top tags; times):")
         for t in evidence.tags[:max_tags]:
             lines.append(f"- {t.label}: {t.segments} segments (top tag in {t.top1}); {_spans_text(t.spans)}")
-    runs = timeline(evidence)
-    lines.append("Timeline:")
-    lines.extend(_run_line(*r) for r in runs[:max_lines])
-    if len(runs) > max_lines:
-        lines.append(f"... and {len(runs) - max_lines} more parts until {format_time(evidence.duration_s)}")
+    lines.extend(_timeline_lines(evidence, max_lines))
     return "\n".join(lines)
+
+
+def _heard(evidence: Evidence, labels: Sequence[str]) -> list[tuple[str, Presence]]:
+    """``(label, presence)`` of the labels that are heard somewhere, the strongest first (top tag most often, then
+    most segments, then the highest mean score where heard): "which language…?" leads with the answer."""
+    out = []
+    for label in labels:
+        p = evidence.presence(label)
+        if p is None or not p.segments:
+            continue
+        t = evidence.tag(label)
+        where = set(p.segments)
+        scores = [s.scores[evidence.labels.index(label)] for s in evidence.segments
+                  if s.index in where and s.scores is not None]
+        key = (-(t.top1 if t else 0), -len(p.segments), -(sum(scores) / len(scores) if scores else 0.0))
+        out.append((key, label, p))
+    return [(label, p) for _k, label, p in sorted(out, key=lambda x: x[0])]
+
+
+def label_facts(evidence: Evidence, labels: Sequence[str]) -> list[str]:
+    """One line of computed facts per label, heard ones first (strongest first): ``"snare drum: heard 2 times, at
+    0:03–0:06, 0:12–0:15; first at 0:03, last until 0:15"`` or ``"cymbal: not heard"``."""
+    heard = _heard(evidence, labels)
+    lines = []
+    for label, p in heard:
+        n = p.count
+        lines.append(f"{label}: heard {n} time{'s' if n != 1 else ''}, at {_spans_text(p.spans)}; first at "
+                     f"{format_time(p.spans[0][0])}, last until {format_time(p.spans[-1][1])}")
+    names = {label for label, _p in heard}
+    lines.extend(f"{label}: not heard" for label in labels if label not in names)
+    return lines
 
 
 # ---------------------------------------------------------------------- the rule answerer
@@ -263,7 +332,7 @@ def rule_answer(evidence: Evidence, question: str, context: Sequence[str] = ()) 
     if not q:
         raise ValueError("the question is empty")
     labels = match_labels(q, evidence.labels)
-    if not labels and context and _REFERS_BACK.search(q):
+    if not labels and context and _REFERS_BACK.search(q) and not _SILENCE.search(q):  # "is it silent" asks anew
         labels = [label for label in context if label in evidence.labels]
     sounds = [label for label in labels if not _SILENCE.search(label)]  # "silence" is read from the levels
     times = parse_times(q)
@@ -314,31 +383,29 @@ def _silence(evidence: Evidence, q: str) -> Answer:
 
 
 def _about_labels(evidence: Evidence, q: str, labels: list[str]) -> Answer:
-    found = [(label, evidence.tag(label)) for label in labels]
-    # the strongest first (top tag most often, then most segments): "which language…?" leads with the answer
-    present = sorted([(label, t) for label, t in found if t is not None],
-                     key=lambda lt: (-lt[1].top1, -lt[1].segments, -lt[1].mean_probability))
+    present = _heard(evidence, labels)
     if not present:
         names = " / ".join(labels)
-        return Answer(q, f"No: {names} is not among the top tags of any non-silent segment.", True, labels=labels)
+        return Answer(q, f"No: {names} is not heard in any non-silent segment.", True, labels=labels)
     parts, cites = [], []
-    for label, t in present:
-        spans, how = _strong_spans(t)
+    for label, p in present:
+        spans = p.spans
         if _COUNT.search(q):
-            parts.append(f"{label}: {len(spans)} time{'s' if len(spans) != 1 else ''} ({how}): {_spans_text(spans)}")
+            parts.append(f"{label}: {p.count} time{'s' if p.count != 1 else ''}: {_spans_text(spans)}")
         elif re.search(r"\bfirst\b", q, re.I):
-            parts.append(f"{label} first occurs at {format_span(*spans[0])} ({how})")
+            parts.append(f"{label} first occurs at {format_span(*spans[0])}")
             spans = spans[:1]
         elif re.search(r"\blast\b", q, re.I):
-            parts.append(f"{label} last occurs at {format_span(*spans[-1])} ({how})")
+            parts.append(f"{label} last occurs at {format_span(*spans[-1])}")
             spans = spans[-1:]
         elif _WHEN.search(q):
-            parts.append(f"{label} {how}: {_spans_text(spans)}")
+            parts.append(f"{label}: {_spans_text(spans)}")
         else:
-            parts.append(f"Yes, {label} ({how}): {_spans_text(spans)}")
+            parts.append(f"Yes, {label}: {_spans_text(spans)}")
         cites.extend(_cite_spans(spans, label))
-    missing = [label for label, t in found if t is None]
-    text = "; ".join(parts) + (f"; not detected: {', '.join(missing)}" if missing else "") + "."
+    names = {label for label, _p in present}
+    missing = [label for label in labels if label not in names]
+    text = "; ".join(parts) + (f"; not heard: {', '.join(missing)}" if missing else "") + "."
     return Answer(q, text[0].upper() + text[1:], True, cites, labels=labels)
 
 
@@ -354,19 +421,27 @@ def _overview(evidence: Evidence, q: str) -> Answer:
 
 
 # ---------------------------------------------------------------------- a language model
-_INSTRUCTIONS = ("Answer the question about an audio recording in one or two sentences, using only the evidence "
-                 "below, which audio models produced, and the findings. Cite the times (m:ss) your answer rests on. "
-                 f"If the evidence does not answer the question, say: {CANNOT_TELL}.")
+_INSTRUCTIONS = ("Answer the question about an audio recording in one short sentence, using only the facts "
+                 "below, which audio models produced. Cite the times (m:ss) your answer rests on. "
+                 f"If the facts do not answer the question, say: {CANNOT_TELL}.")
+#: timeline lines in a language model's prompt (fewer when the prompt would not fit the model's context)
+PROMPT_TIMELINE_LINES = 12
 
 
 def _lm_prompt(evidence: Evidence, question: str, findings: Answer, max_lines: int,
                history: Sequence[tuple[str, str]] = ()) -> str:
-    facts = findings.text if findings.known else f"{findings.text} (do not guess)"
-    facts = f"{facts} (computed from the evidence; they are right)"
+    """The prompt, most relevant last (nearest the question, where a small model reads best): the recording's
+    header and at most ``max_lines`` timeline lines, the conversation so far, the facts about the sounds the
+    question names, the findings, and the question."""
+    facts = label_facts(evidence, findings.labels) if findings.labels else []
+    verdict = findings.text if findings.known else f"{findings.text} (do not guess)"
+    lines = [_INSTRUCTIONS, "", _header(evidence), *_timeline_lines(evidence, max_lines), ""]
     earlier = "".join(f"Q: {q}\nA: {a}\n" for q, a in history[-3:])
-    earlier = f"Earlier in this conversation:\n{earlier}\n" if earlier else ""
-    return (f"{_INSTRUCTIONS}\n\nEvidence:\n{evidence_text(evidence, max_lines=max_lines)}\n\n{earlier}"
-            f"Findings for this question: {facts}\n\nQuestion: {question}")
+    if earlier:
+        lines += [f"Earlier in this conversation:\n{earlier}"]
+    lines += ["Facts (computed from the evidence; they are right):", *(f"- {f}" for f in facts),
+              f"Findings for this question: {verdict}"]
+    return "\n".join([*lines, "", f"Question: {question}"])
 
 
 def _context_limit(lm: Any) -> int:
@@ -376,8 +451,8 @@ def _context_limit(lm: Any) -> int:
 
 def _fitting_prompt(evidence: Evidence, question: str, findings: Answer, tokenizer: Any, budget: int,
                     history: Sequence[tuple[str, str]] = ()) -> tuple[str, list[int]]:
-    """The prompt and its ids, with the timeline shortened until it fits ``budget`` tokens (at least the header)."""
-    lines = 40
+    """The prompt and its ids, with the timeline shortened until it fits ``budget`` tokens (at least the facts)."""
+    lines = PROMPT_TIMELINE_LINES
     while True:
         text = _lm_prompt(evidence, question, findings, lines, history)
         ids = prompt_ids(tokenizer, text)
@@ -386,31 +461,77 @@ def _fitting_prompt(evidence: Evidence, question: str, findings: Answer, tokeniz
         lines //= 2
 
 
+_SPAN = re.compile(rf"({_CLOCK.pattern})\s*[–-]\s*({_CLOCK.pattern})")
+
+
 def _cite_times(evidence: Evidence, text: str) -> list[Citation]:
+    """The segments at the times a text names; a span ``a–b`` cites the segments overlapping ``[a, b)`` (not the
+    one starting at its end)."""
+    segs: list[Segment] = []
+    for m in _SPAN.finditer(text):
+        times = parse_times(m.group(0))
+        a, b = times[0], times[-1]
+        segs.extend(s for s in evidence.segments if s.start_s < b and a < s.end_s)
+    segs.extend(seg for t in parse_times(_SPAN.sub(" ", text)) for seg in evidence.segments_at(t))
     cites: list[Citation] = []
-    for t in parse_times(text):
-        for seg in evidence.segments_at(t):
-            c = _cite_segment(seg)
-            if all((c.start_s, c.end_s) != (d.start_s, d.end_s) for d in cites):
-                cites.append(c)
+    for seg in sorted(segs, key=lambda s: s.index):
+        c = _cite_segment(seg)
+        if all((c.start_s, c.end_s) != (d.start_s, d.end_s) for d in cites):
+            cites.append(c)
     return cites
+
+
+def _first_named(text: str, labels: Sequence[str]) -> str | None:
+    """The label whose distinctive words (those the other ``labels`` lack) a text names first."""
+    best: tuple[int, str] | None = None
+    for label in labels:
+        others = set().union(*(_content(o) for o in labels if o != label))
+        for word in _content(label) - others:
+            m = re.search(rf"\b{re.escape(word)}", text, re.I)
+            if m and (best is None or m.start() < best[0]):
+                best = (m.start(), label)
+    return best[1] if best else None
+
+
+def _reply_problem(evidence: Evidence, question: str, reply: str, findings: Answer,
+                   cited: list[Citation]) -> str | None:
+    """Why a reply cannot stand (it contradicts the computed findings), or ``None``."""
+    if not reply:
+        return "said nothing"
+    if _polarity(reply) not in (None, _polarity(findings.text)):
+        return "contradicted the evidence"
+    heard = [label for label, _p in _heard(evidence, findings.labels)]  # the strongest first
+    if _COUNT.search(question) and heard and stated_count(reply, findings.labels) != evidence.presence(heard[0]).count:
+        return "stated another count"
+    if len(findings.labels) > 1 and heard and not (_COUNT.search(question) or _YESNO.search(question)):
+        named = _first_named(reply, findings.labels)  # a "which …?" question: the leading sound must lead
+        if named is None:
+            return "named none of the sounds asked about"
+        if named != heard[0]:
+            return "named first a sound the evidence ranks lower"
+    if any(t > evidence.duration_s for t in parse_times(reply)) or (
+            cited and findings.citations and not any(_overlap(c, d) for c in cited for d in findings.citations)):
+        return "cited times the evidence does not support"
+    return None
 
 
 @torch.inference_mode()
 def lm_answer(evidence: Evidence, question: str, lm: Any, tokenizer: Any, *, spec: str = "lm",
               max_new_tokens: int = 64, history: Sequence[tuple[str, str]] = (),
               context: Sequence[str] = ()) -> Answer:
-    """A language model's answer from the evidence text and the rule answerer's findings (greedy decoding).
+    """A language model's answer from the facts, the rule answerer's findings and the timeline (greedy decoding).
 
     When the findings cannot tell (the question names a sound the vocabulary lacks, or a time past the end), they
     are the answer: the model is not asked, so it cannot invent one.
 
-    The prompt is cut to the model's context (``max_position_embeddings`` less ``max_new_tokens``) by shortening
-    the timeline. Citations: the segments at the times the answer names, else the findings' citations.
-    ``history``: the conversation so far (``(question, answer)`` pairs; the last three go in the prompt);
-    ``context``: as :func:`rule_answer`. A reply that says "yes" where the findings say "no" (or the reverse),
-    cites only times outside the findings' citations, or says nothing, is replaced by the findings
-    (``answered_by`` then says so).
+    The prompt (:func:`_lm_prompt`) is cut to the model's context (``max_position_embeddings`` less
+    ``max_new_tokens``) by shortening the timeline. ``history``: the conversation so far (``(question, answer)``
+    pairs; the last three go in the prompt); ``context``: as :func:`rule_answer`. A reply that says nothing, says
+    "yes" where the findings say "no" (or the reverse), states another count, names none of the sounds a question
+    about several asks for or names first one the findings rank lower, or cites times past the end or only outside
+    the findings' citations is replaced by the findings (``answered_by`` then
+    says so). Citations: the segments at the times the answer names; an answer naming no time gets the findings'
+    citations and their first times appended, so that every answer cites times.
     """
     findings = rule_answer(evidence, question, context)
     if not findings.known:  # nothing in the evidence to rest on: say so, never let the model invent
@@ -425,14 +546,14 @@ def lm_answer(evidence: Evidence, question: str, lm: Any, tokenizer: Any, *, spe
     reply = clean_decoded(tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True))
     by = f"lm:{spec}"
     cited = _cite_times(evidence, reply)
-    problem = ("said nothing" if not reply
-               else "contradicted the evidence" if _polarity(reply) not in (None, _polarity(findings.text))
-               else "cited times the evidence does not support" if cited and findings.citations
-               and not any(_overlap(c, d) for c in cited for d in findings.citations)
-               else None)  # a small model can contradict the findings or invent times
+    problem = _reply_problem(evidence, question, reply, findings, cited)  # a small model can contradict or invent
     said = reply
     if problem:
         reply, by, cited = findings.text, f"rules (lm:{spec} {problem})", []
+    elif not cited and findings.citations and CANNOT_TELL.lower() not in reply.lower():
+        shown = [format_span(c.start_s, c.end_s) for c in findings.citations[:3]]
+        more = f" and {len(findings.citations) - 3} more" if len(findings.citations) > 3 else ""
+        reply = f"{reply.rstrip()} ({', '.join(shown)}{more})"
     cites = cited or findings.citations
     known = CANNOT_TELL.lower() not in reply.lower()
     return Answer(question, reply, known, cites, by, findings.labels, text, model_reply=said)
@@ -448,25 +569,47 @@ def _polarity(text: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
+def _choice_ids(tokenizer: Any, choice: str) -> list[int]:
+    text = " " + choice.strip() if not getattr(tokenizer, "chat_template", None) else choice.strip()
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 @torch.inference_mode()
-def _choice_logprob(lm: Any, tokenizer: Any, prompt: list[int], choice: str) -> float:
-    """Mean log-probability per token of ``choice`` after the ``prompt`` ids."""
-    ids = list(tokenizer(" " + choice.strip() if not getattr(tokenizer, "chat_template", None) else choice.strip(),
-                         add_special_tokens=False)["input_ids"])
-    if not ids:
-        return -math.inf
+def choice_logprobs(lm: Any, tokenizer: Any, prompt: list[int], choices: Sequence[str]) -> dict[str, float]:
+    """Mean log-probability per token of each choice after the ``prompt`` ids (length-normalised, so a long choice
+    is not penalised for its length). The prompt runs once; its key/value cache is copied for each choice, so a
+    choice costs its own tokens only. A choice with no tokens scores ``-inf``."""
     device = next(lm.parameters()).device
-    x = torch.tensor([prompt + ids], dtype=torch.long, device=device)
-    logp = torch.log_softmax(lm(input_ids=x).logits[0, len(prompt) - 1:-1].float(), dim=-1)
-    return float(logp[torch.arange(len(ids)), torch.tensor(ids, device=device)].mean())
+    out = lm(input_ids=torch.tensor([prompt], dtype=torch.long, device=device), use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    # transformers 5 names the key/value cache ``cache``; earlier versions ``past_key_values``
+    cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    cache = getattr(out, "cache", None) if cache_arg == "cache" else out.past_key_values
+    scores: dict[str, float] = {}
+    for choice in choices:
+        ids = _choice_ids(tokenizer, choice)
+        if not ids:
+            scores[choice] = -math.inf
+            continue
+        total = float(first[ids[0]])
+        if len(ids) > 1:
+            past = copy.deepcopy(cache)
+            rest = lm(input_ids=torch.tensor([ids[:-1]], dtype=torch.long, device=device), **{cache_arg: past},
+                      use_cache=True).logits[0].float()
+            logp = torch.log_softmax(rest, dim=-1)
+            total += float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=device)].sum())
+        scores[choice] = total / len(ids)
+    return scores
 
 
 def choose(evidence: Evidence, question: str, choices: Sequence[str], *, lm: Any = None, tokenizer: Any = None,
            spec: str = "lm", context: Sequence[str] = ()) -> Answer:
-    """Pick one of ``choices`` (module docstring). ``choice_scores``: mean token log-likelihoods (language model)
-    or rule scores (above 1 for a choice the findings name, the earlier the higher — "yes" / "no": the one the
-    findings begin with; a time (``m:ss``): the nearer the start of a cited stretch, the higher; else the share
-    of segments of the labels it matches, weighted by their mean probability).
+    """Pick one of ``choices`` (module docstring). ``choice_scores``: with a language model, each choice's mean token
+    log-likelihood after the prompt less the same without the evidence (:func:`choice_logprobs`; contextual
+    calibration: what the evidence adds), else rule scores (above 1 for a choice the findings name, the earlier the
+    higher — "yes" / "no": the one the findings begin with; a time (``m:ss``): the nearer the start of a cited
+    stretch, the higher; a count: the findings' count; else the share of segments of the labels it matches,
+    weighted by their mean probability).
 
     Raises:
         ValueError: fewer than two distinct choices.
@@ -479,7 +622,12 @@ def choose(evidence: Evidence, question: str, choices: Sequence[str], *, lm: Any
         asked = f"{question}\nAnswer with one of: {', '.join(options)}."
         budget = max(16, _context_limit(lm) - 16)
         text, ids = _fitting_prompt(evidence, asked, findings, tokenizer, budget)
-        scores = {c: round(_choice_logprob(lm, tokenizer, ids, c), 4) for c in options}
+        given = choice_logprobs(lm, tokenizer, ids, options)
+        # contextual calibration: less each choice's likelihood without the evidence (a small model prefers "1"
+        # and "0:00" whatever the facts say)
+        prior = choice_logprobs(lm, tokenizer, prompt_ids(tokenizer, f"{_INSTRUCTIONS}\n\nQuestion: {asked}"),
+                                options)
+        scores = {c: round(given[c] - prior[c], 4) for c in options}
         by = f"lm:{spec}"
     else:
         text, scores, by = findings.text, {c: _rule_choice_score(evidence, findings, c) for c in options}, "rules"
@@ -492,12 +640,16 @@ def choose(evidence: Evidence, question: str, choices: Sequence[str], *, lm: Any
 
 def _rule_choice_score(evidence: Evidence, findings: Answer, choice: str) -> float:
     text = findings.text.lower()
+    if findings.known and _COUNT.search(findings.question) and choice.strip().isdigit():  # a count: the findings'
+        heard = _heard(evidence, findings.labels)
+        stated = heard[0][1].count if heard else 0
+        return 2.0 if int(choice) == stated else 0.0
     if findings.known and choice.strip().lower() in ("yes", "no") and _polarity(text):  # "No: … is not among …"
         return 2.0 if _polarity(text) == choice.strip().lower() else 0.0
     if findings.known and findings.citations and _CLOCK.fullmatch(choice.strip()):  # a time: the nearest cited start
         gap = min(abs(parse_times(choice)[0] - c.start_s) for c in findings.citations)
         return round(1.0 + 1.0 / (1.0 + gap), 6)
-    named = re.search(rf"(?<![\w:.\-–]){re.escape(choice.lower())}(?![\w:\-–]|\.\d)", text)
+    named = re.search(rf"(?<![\w:.\-–]){re.escape(choice.lower())}(?![\w\-–]|[:.]\d)", text)
     if findings.known and named:  # named by the findings (not inside a time): the earlier, the better
         return round(2.0 - named.start() / max(1, len(text)), 6)
     total = 0.0
