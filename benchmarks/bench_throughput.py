@@ -207,6 +207,8 @@ def main() -> None:
           f"{args.threads} thread(s); torch {torch.__version__}; onnxruntime {ort_version}; "
           f"load average {machine['load_avg'][0]:.1f}")
     start = time.perf_counter()
+    if args.tmp:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)  # a named scratch folder may not exist yet
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
         tmp = Path(tmp_name)
         env = {**os.environ, "KIKIMIMI_HOME": str(tmp / "home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
