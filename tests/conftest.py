@@ -86,3 +86,17 @@ def offline_packaged(tmp_path, monkeypatch):
     monkeypatch.setenv("KIKIMIMI_OFFLINE", "1")
     monkeypatch.setenv("KIKIMIMI_PRECISION", "fp32")
     monkeypatch.setattr(registry, "_registered", {})
+
+
+@pytest.fixture(scope="session")
+def milvus_ok(tmp_path_factory):
+    """Skip a test unless pymilvus and Milvus Lite are installed and Milvus Lite starts here (the ``milvus`` extra)."""
+    try:
+        import milvus_lite  # noqa: F401
+        from pymilvus import MilvusClient
+    except ImportError as exc:
+        pytest.skip(f'pymilvus / milvus-lite not installed ({exc}): pip install "kikimimi[milvus]"')
+    try:
+        MilvusClient(str(tmp_path_factory.mktemp("probe") / "probe.db")).close()
+    except Exception as exc:  # noqa: BLE001 - any failure to start is a reason to skip
+        pytest.skip(f"Milvus Lite cannot start on this machine: {exc}")

@@ -39,18 +39,6 @@ class BrokenModel(FrequencyCLAP):
         raise RuntimeError("secret detail at /home/user/model.py line 42")
 
 
-@pytest.fixture(scope="module")
-def milvus_ok(tmp_path_factory):
-    try:
-        import milvus_lite  # noqa: F401
-        from pymilvus import MilvusClient
-    except ImportError as exc:
-        pytest.skip(f'pymilvus / milvus-lite not installed ({exc}): pip install "kikimimi[milvus]"')
-    try:
-        MilvusClient(str(tmp_path_factory.mktemp("probe") / "probe.db")).close()
-    except Exception as exc:  # noqa: BLE001 - any failure to start is a reason to skip
-        pytest.skip(f"Milvus Lite cannot start on this machine: {exc}")
-
 
 def _library(root):
     (root / "sub").mkdir(parents=True)

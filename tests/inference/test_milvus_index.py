@@ -22,27 +22,6 @@ from kikimimi.inference.vector_index import VectorIndex, normalise, recall_at_k
 SR = 16000
 
 
-def _milvus_lite_starts(tmp: str) -> str | None:
-    """None when Milvus Lite opens a database here, else why not (the skip reason)."""
-    try:
-        import milvus_lite  # noqa: F401
-        from pymilvus import MilvusClient
-    except ImportError as exc:
-        return f'pymilvus / milvus-lite not installed ({exc}): pip install "kikimimi[milvus]"'
-    try:
-        MilvusClient(os.path.join(tmp, "probe.db")).close()
-    except Exception as exc:  # noqa: BLE001 - any failure to start is a reason to skip
-        return f"Milvus Lite cannot start on this machine: {exc}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def milvus_ok(tmp_path_factory):
-    reason = _milvus_lite_starts(str(tmp_path_factory.mktemp("milvus_probe")))
-    if reason:
-        pytest.skip(reason)
-
-
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
     c = np.random.default_rng(1234).standard_normal((32, dim))
     rng = np.random.default_rng(seed)

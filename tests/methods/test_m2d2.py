@@ -160,7 +160,8 @@ def test_from_stage1_run_uses_its_encoder_and_stats(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _tiny_bert_folder(path: Path) -> str:
+def tiny_bert_folder(path: Path) -> str:
+    """A 1-layer, 32-wide BERT with the packaged vocabulary saved in ``path``; returns its ``bert:`` spec."""
     transformers = pytest.importorskip("transformers")
     from kikimimi.models.text_loading import bert_tokenizer_from_vocab
 
@@ -184,7 +185,7 @@ def test_cli_m2d_clap_then_stage2(tmp_path, monkeypatch) -> None:
         rows = list(csv.DictReader(f))
     caps = tmp_path / "audio" / "captions.csv"
     caps.write_text("file_name,caption\n" + "".join(f"{r['file_name']},The sound of {r['label']}.\n" for r in rows))
-    spec = _tiny_bert_folder(tmp_path / "bert")
+    spec = tiny_bert_folder(tmp_path / "bert")
     common = ["--data", str(tmp_path / "audio"), "--out", str(tmp_path / "runs"), "--steps", "2", "--batch-size", "2",
               "--device", "cpu", "--norm-samples", "8", "--min-epoch-size", "4", "--no-progress", "--save-every", "1",
               "--captions", str(caps), "--text-encoder", spec]  # fmt: skip

@@ -18,12 +18,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from test_m2d2 import tiny_bert_folder  # noqa: E402
+
 from kikimimi.audio.decode import load_audio  # noqa: E402
 from kikimimi.audio.synthetic import make_dataset  # noqa: E402
 from kikimimi.checkpoints import load_encoder  # noqa: E402
 from kikimimi.cli import main  # noqa: E402
 from kikimimi.features.frontend import log_mel  # noqa: E402
-from kikimimi.models.text_loading import bert_tokenizer_from_vocab  # noqa: E402
 
 #: generated clips → official-style names: AudioSet (11-character ID prefix) and WavCaps (<Source>_flac folder)
 YTIDS = ["aaaaaaaaaa1", "bbbbbbbbbb2", "ccccccccc-3"]
@@ -61,12 +62,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 def test_stage1_then_1_1_then_2_then_2_1(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     task, files, capembs, data = _official_data(tmp_path)
-    tok = bert_tokenizer_from_vocab()
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                  vocab_size=len(tok), max_position_embeddings=64)  # fmt: skip
-    transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
-    tok.save_pretrained(tmp_path / "bert")
+    tiny_bert_folder(tmp_path / "bert")
     runs = tmp_path / "runs"
     common = ["--data", str(files), "--out", str(runs), "--steps", "1", "--batch-size", "2", "--device", "cpu",
               "--norm-samples", "4", "--no-progress"]  # fmt: skip

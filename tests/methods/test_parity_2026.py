@@ -14,6 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_m2d2 import tiny_bert_folder  # noqa: E402
 from test_m2d_clap import TINY_INPUT, WordBagEncoder  # noqa: E402
 
 from kikimimi.checkpoints import load_encoder  # noqa: E402
@@ -216,10 +217,9 @@ def test_stage1_semantic_projector_sees_the_unpooled_visible_tokens(tmp_path) ->
 
 # ------------------------------------------------------------------------------------------ CLI smoke run
 def test_cpu_smoke_stage1_then_stage2_then_stage2_1(tmp_path, monkeypatch) -> None:
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from kikimimi.audio.synthetic import make_dataset
     from kikimimi.cli import main
-    from kikimimi.models.text_loading import bert_tokenizer_from_vocab
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     labels = make_dataset(tmp_path / "audio", n_per_class=1, duration_s=0.8, classes=("tone", "chirp", "noise_burst"))
@@ -227,12 +227,7 @@ def test_cpu_smoke_stage1_then_stage2_then_stage2_1(tmp_path, monkeypatch) -> No
         rows = list(csv.DictReader(f))
     caps = tmp_path / "audio" / "captions.csv"
     caps.write_text("file_name,caption\n" + "".join(f"{r['file_name']},The sound of {r['label']}.\n" for r in rows))
-    tok = bert_tokenizer_from_vocab()
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                  vocab_size=len(tok), max_position_embeddings=64)  # fmt: skip
-    transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
-    tok.save_pretrained(tmp_path / "bert")
+    tiny_bert_folder(tmp_path / "bert")
     spec = f"bert:{tmp_path / 'bert'}"
     runs = tmp_path / "runs"
     common = ["--data", str(tmp_path / "audio"), "--out", str(runs), "--steps", "1", "--batch-size", "2",
