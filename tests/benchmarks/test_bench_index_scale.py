@@ -69,6 +69,8 @@ def test_save_then_query_phase_only_from_the_saved_folder(tmp_path):
     assert again["kind"] == "hnsw" and again["rows"] == 2000 and again["build_s"] == built["build_s"]
     assert again["recall_at_10"] == built["recall_at_10"] and again["efSearch"] == built["efSearch"]
     assert again["index_bytes_per_row"] == built["index_bytes_per_row"] and "sweep_efSearch" in again
+    for point in again["sweep_efSearch"].values():  # each effort: recall, p50 and p99 per sort of query
+        assert all(0 < q["p50_ms"] <= q["p99_ms"] and 0 <= q["recall_at_10"] <= 1 for q in point.values())
     proc = subprocess.run([sys.executable, str(SCRIPT), "--from", str(saved), "--kinds", "ivf"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0 and "no saved index of kind ivf (saved: hnsw)" in proc.stderr
