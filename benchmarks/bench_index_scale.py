@@ -4,13 +4,18 @@ For ``--rows`` unit vectors of ``--dim`` dimensions drawn around ``--centres`` r
 to their centre: closer to how embeddings of real sounds fill the space than uniform directions), each kind
 of :class:`kikimimi.inference.vector_index.VectorIndex` is built the way ``kikimimi index`` builds it
 (HNSW / IVF calibrated to recall@10 >= ``--target``; build time includes that calibration) and measured on
-``--queries`` held-out queries of two sorts, against exact search over the same vectors:
+``--queries`` held-out queries of three sorts, against exact search over the same vectors:
 
 - ``near``: a stored vector plus noise 1.5 times its norm (cosine ≈ 0.55 to it): a new sound among the others;
-- ``text``: a uniformly random direction: like a query from another modality, far from every stored row
-  (the hard case for a graph or inverted lists).
+- ``text``: a stored vector plus noise :data:`~kikimimi.inference.vector_index.TEXT_QUERY_NOISE` (2.0) times its
+  norm (cosine ≈ 0.45 to it): as far as a CLAP model's text queries sit from the closest sound they describe
+  (measured, see :meth:`VectorIndex.calibrate`); the calibration aims at these two;
+- ``uniform``: a uniformly random direction, near-ties to every stored row: a worst case (reported, not a target).
 
-Printed per kind: build seconds, search effort chosen, recall@10 (near / text), single-query latency p50 /
+``--from DIR --recalibrate`` regenerates the run's vectors from its seed, calibrates the saved graph again with
+the current rule and measures the three sorts on new queries (the saved query sets are from the rule of its build).
+
+Printed per kind: build seconds, search effort chosen, recall@10 per sort, single-query latency p50 /
 p95 / p99 in ms and queries/s with one search thread (query embedding excluded), queries/s of a batch with
 all threads, and memory: the serialised index size (measured) per row and per million rows (extrapolated
 linearly from this size, said so), the estimate the manifest records, and the process's RSS growth while the
@@ -52,6 +57,7 @@ from _common import cpu_model  # noqa: E402
 
 from kikimimi.fileio import atomic_open, atomic_write_json  # noqa: E402
 from kikimimi.inference.vector_index import (  # noqa: E402
+    TEXT_QUERY_NOISE,
     VectorIndex,
     _exact_topk,
     estimate_bytes,
@@ -252,6 +258,21 @@ def measure(kind: str, index: VectorIndex, sets: dict[str, np.ndarray], truth: d
     return row
 
 
+def query_sets(base: np.ndarray, queries: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``queries`` held-out queries of each sort (module docstring: ``near``, ``text``, ``uniform``) around the rows
+    of ``base`` ``[N, D]``, and their exact top-10 rows."""
+    rows, dim = base.shape
+    rng = np.random.default_rng([seed, 3])
+    picks = rng.choice(rows, queries, replace=False)
+
+    def around(noise: float) -> np.ndarray:
+        return normalise(base[picks] + noise * normalise(rng.standard_normal((queries, dim), np.float32)))
+
+    sets = {"near": around(1.5), "text": around(TEXT_QUERY_NOISE),
+            "uniform": normalise(rng.standard_normal((queries, dim), np.float32))}
+    return sets, {name: _exact_topk(base, q, 10)[1] for name, q in sets.items()}
+
+
 def save_queries(folder: Path, run: dict, sets: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> None:
     """Write the run's settings and its query sets with their exact top-10 rows into ``folder`` (``--save``)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -301,7 +322,12 @@ def main() -> int:
                        help="also save each faiss index built and the query sets here (for --from)")
     where.add_argument("--from", dest="load", metavar="DIR", type=Path,
                        help="run only the query phase on the indexes and queries --save wrote here")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="with --from: rebuild the vectors from the run's seed, calibrate the saved index again "
+                             "with the current rule and measure new queries of every sort")
     args = parser.parse_args()
+    if args.recalibrate and args.load is None:
+        parser.error("--recalibrate needs --from DIR")
 
     import faiss
 
@@ -316,11 +342,14 @@ def main() -> int:
             raise SystemExit(f"'{args.load}': exact kinds are not saved (they need the base vectors); "
                              "run them without --from")
         rows, dim, centres, queries = run["rows"], run["dim"], run["centres"], run["queries"]
+        base = clustered(rows, dim, centres, run["seed"]) if args.recalibrate else None
+        if base is not None:
+            sets, truth = query_sets(base, queries, run["seed"] + 1)  # new draws, not the saved ones
     else:
         kinds = args.kinds or ["flat", "ivf", "hnsw", "hnsw_sq"]
         rows, dim, centres, queries = args.rows, args.dim, args.centres, args.queries
     print(f"# bench_index_scale: {rows} × {dim} clustered ({centres} centres), "
-          f"{queries} + {queries} queries, target recall@10 {args.target}"
+          f"{queries} queries of each sort, target recall@10 {args.target}"
           + (f"; query phase only, indexes read from {args.load}" if args.load else "")
           + (f"; saving the indexes to {args.save}" if args.save else ""))
     print(f"# CPU: {cpu_model()}; {os.cpu_count()} cores; vector extensions: {cpu_flags()}")
@@ -339,6 +368,11 @@ def main() -> int:
             t = time.perf_counter()
             index = VectorIndex.from_saved(built["describe"], path=args.load / f"{kind}.npz")
             load_s = time.perf_counter() - t
+            if base is not None:
+                t = time.perf_counter()
+                index.calibrate(run.get("target", args.target), reference=base)
+                print(f"# {kind}: calibrated again in {time.perf_counter() - t:.1f} s: "
+                      f"{json.dumps(index.describe().get('calibration'))}", file=sys.stderr, flush=True)
             row = {"kind": kind, "rows": rows, "dim": dim, "build_s": built["build_s"],
                    "load_s": round(load_s, 1), "rss_after_load_mb": round(rss_mb() - rss0, 1),
                    **{k: built[k] for k in ("index_bytes_per_row", "mb_per_million_rows_extrapolated",
@@ -351,11 +385,7 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         return 0
     base = clustered(rows, dim, centres, args.seed)
-    rng = np.random.default_rng([args.seed, 3])
-    picks = rng.choice(rows, queries, replace=False)
-    sets = {"near": normalise(base[picks] + 1.5 * normalise(rng.standard_normal((queries, dim), np.float32))),
-            "text": normalise(rng.standard_normal((queries, dim), np.float32))}
-    truth = {name: _exact_topk(base, q, 10)[1] for name, q in sets.items()}
+    sets, truth = query_sets(base, queries, args.seed)
     if args.save is not None:
         save_queries(args.save, {"rows": rows, "dim": dim, "centres": centres, "queries": queries,
                                  "seed": args.seed, "target": args.target, "cpu": cpu_model(),

@@ -24,7 +24,7 @@ def test_small_run_reports_every_kind(tmp_path):
     assert "# CPU:" in proc.stdout and "vector extensions:" in proc.stdout
     rows = {r["kind"]: r for r in json.loads(out.read_text())}
     assert set(rows) == {"flat", "ivf", "hnsw", "hnsw_sq"}
-    assert rows["flat"]["recall_at_10"] == {"near": 1.0, "text": 1.0}
+    assert rows["flat"]["recall_at_10"] == {"near": 1.0, "text": 1.0, "uniform": 1.0}
     for kind in ("ivf", "hnsw", "hnsw_sq"):
         assert rows[kind]["calibrated_recall"] >= 0.95
         assert min(rows[kind]["recall_at_10"].values()) >= 0.9  # other queries than the calibration's
@@ -43,7 +43,7 @@ def test_small_run_reports_the_milvus_backend(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "# CPU:" in proc.stdout and "milvus-lite" in proc.stdout
     rows = {r["kind"]: r for r in json.loads(out.read_text())}
-    assert rows["milvus_flat"]["recall_at_10"] == {"near": 1.0, "text": 1.0}  # exact, like faiss flat
+    assert rows["milvus_flat"]["recall_at_10"] == {"near": 1.0, "text": 1.0, "uniform": 1.0}  # exact, like faiss flat
     assert min(rows["milvus"]["recall_at_10"].values()) >= 0.95
     for kind in ("milvus", "milvus_flat"):
         r = rows[kind]
@@ -71,6 +71,16 @@ def test_save_then_query_phase_only_from_the_saved_folder(tmp_path):
     assert again["index_bytes_per_row"] == built["index_bytes_per_row"] and "sweep_efSearch" in again
     for point in again["sweep_efSearch"].values():  # each effort: recall, p50 and p99 per sort of query
         assert all(0 < q["p50_ms"] <= q["p99_ms"] and 0 <= q["recall_at_10"] <= 1 for q in point.values())
+    # --recalibrate: the vectors rebuilt from the run's seed, the saved graph calibrated again, new queries
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--from", str(saved), "--recalibrate", "--no-sweep", "--json",
+                           str(second)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "calibrated again" in proc.stderr
+    (recal,) = json.loads(second.read_text())
+    assert set(recal["recall_at_10"]) == {"near", "text", "uniform"}
+    assert min(recal["recall_at_10"]["near"], recal["recall_at_10"]["text"]) >= 0.9  # new draws, target 0.95
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--recalibrate"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "--recalibrate needs --from DIR" in proc.stderr
     proc = subprocess.run([sys.executable, str(SCRIPT), "--from", str(saved), "--kinds", "ivf"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0 and "no saved index of kind ivf (saved: hnsw)" in proc.stderr
