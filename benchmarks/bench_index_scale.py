@@ -273,6 +273,15 @@ def query_sets(base: np.ndarray, queries: int, seed: int) -> tuple[dict[str, np.
     return sets, {name: _exact_topk(base, q, 10)[1] for name, q in sets.items()}
 
 
+def emit(results: list[dict], row: dict, json_path: str | None) -> None:
+    """Print one measured ``row`` as a JSON line and rewrite ``json_path`` (if given) with every row so far, so a
+    run stopped part-way keeps what it measured."""
+    results.append(row)
+    print(json.dumps(row), flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+
+
 def save_queries(folder: Path, run: dict, sets: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> None:
     """Write the run's settings and its query sets with their exact top-10 rows into ``folder`` (``--save``)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -378,11 +387,8 @@ def main() -> int:
                    **{k: built[k] for k in ("index_bytes_per_row", "mb_per_million_rows_extrapolated",
                                             "rss_growth_mb") if k in built},
                    **measure(kind, index, sets, truth, args.sweep, None)}
-            results.append(row)
-            print(json.dumps(row), flush=True)
+            emit(results, row, args.json)
             del index
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         return 0
     base = clustered(rows, dim, centres, args.seed)
     sets, truth = query_sets(base, queries, args.seed)
@@ -395,8 +401,7 @@ def main() -> int:
             row = bench_milvus(kind, base, sets, truth, args.sweep)
             if exact_p50 is not None:
                 row["p50_ratio_to_faiss_exact"] = round(row["p50_ms"] / exact_p50, 2)
-            results.append(row)
-            print(json.dumps(row), flush=True)
+            emit(results, row, args.json)
             continue
         rss0 = rss_mb()
         t = time.perf_counter()
@@ -422,11 +427,8 @@ def main() -> int:
         row = measure(kind, index, sets, truth, args.sweep, exact_p50)
         row = {"kind": kind, **build, **row}
         exact_p50 = row["p50_ms"] if kind in ("flat", "numpy") and exact_p50 is None else exact_p50
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        emit(results, row, args.json)
         del index
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
